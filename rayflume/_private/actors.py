@@ -1,0 +1,291 @@
+"""The Ray actors behind every component.
+
+Each component runs in its own named, detached actor created with ``max_restarts`` (supervised
+restarts): Ray re-runs ``__init__`` with the same arguments after the process dies, so every
+actor rebuilds itself from its config there. Actors are threaded (``max_concurrency``): the
+component's loop runs in a background thread while metrics, status and stop calls are served.
+
+* ``ChannelActor`` fronts a :class:`~rayflume.channels.base.Channel`; it expires overdue leases.
+* ``SourceActor`` runs a :class:`~rayflume._private.runners.SourceRunner`.
+* ``SinkGroupActor`` runs a sink processor over one or more
+  :class:`~rayflume._private.runners.SinkRunner`; on start it releases leases its previous
+  incarnation held, so a restarted sink's batches return to the channel at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+
+import ray
+
+from rayflume._private.metrics import RayExporter
+from rayflume._private.runners import SinkRunner, SourceRunner, run_sink_group
+from rayflume.errors import ConfigError
+from rayflume.event import EventBatch
+from rayflume.interceptors.base import InterceptorChain
+from rayflume.sinks.base import SinkContext
+from rayflume.sources.base import SourceContext
+
+logger = logging.getLogger("rayflume")
+NAMESPACE = "rayflume"
+HOUSEKEEPING_S = 0.5
+EXPORT_EVERY_S = 5.0
+
+
+def actor_name(topology: str, kind: str, name: str) -> str:
+    return f"{topology}/{kind}/{name}"
+
+
+def _typed(kind: str, raw: dict, path: str):
+    from rayflume.topology import _with_nested, build_config
+
+    errors: list[str] = []
+    config = build_config(kind, raw, path, errors)
+    if config is not None and kind == "source":
+        config = _with_nested(config, path, errors)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+class _Component:
+    """What every component actor shares: identity, start time, restart detection, stop."""
+
+    kind = ""
+
+    def _init_identity(self, topology: str, name: str) -> None:
+        self.topology = topology
+        self.name = name
+        self.incarnation = uuid.uuid4().hex
+        self.start_time_ms = int(time.time() * 1000)
+        self.stop_time_ms = 0
+        self.stopping = threading.Event()
+        self.reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        self.exporter = RayExporter(topology, self.kind, name)
+        if self.reconstructed:
+            logger.warning("%s '%s' of topology '%s' restarted after its process died (pid %d)",
+                           self.kind.lower(), name, topology, os.getpid())
+
+    def _base_info(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "incarnation": self.incarnation,
+                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                "reconstructed": self.reconstructed, "stopping": self.stopping.is_set(),
+                "start_time_ms": self.start_time_ms}
+
+    def _times(self) -> dict:
+        return {"StartTime": self.start_time_ms, "StopTime": self.stop_time_ms}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class ChannelActor(_Component):
+    kind = "CHANNEL"
+
+    def __init__(self, topology: str, name: str, raw_config: dict):
+        self._init_identity(topology, name)
+        self.config = _typed("channel", raw_config, f"channels.{name}")
+        self.channel = self.config.build(name)
+        self._housekeeper = threading.Thread(target=self._housekeep, daemon=True,
+                                             name=f"channel-{name}-housekeeping")
+        self._housekeeper.start()
+
+    def _housekeep(self) -> None:
+        last_export = 0.0
+        while not self.stopping.wait(HOUSEKEEPING_S):
+            try:
+                self.channel.expire_leases()
+                if time.monotonic() - last_export >= EXPORT_EVERY_S:
+                    last_export = time.monotonic()
+                    self.exporter.export(self.channel.metrics())
+            except Exception:
+                logger.exception("channel '%s': housekeeping failed", self.name)
+
+    # the channel contract, as actor methods
+    def put(self, batch: EventBatch, txn_id: str) -> None:
+        self.channel.put(batch, txn_id)
+
+    def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
+        return self.channel.take(max_events, holder, timeout_s)
+
+    def commit(self, lease_id: str) -> None:
+        self.channel.commit(lease_id)
+
+    def rollback(self, lease_id: str) -> None:
+        self.channel.rollback(lease_id)
+
+    def release(self, holder: str) -> int:
+        return self.channel.release(holder)
+
+    def size(self) -> int:
+        return self.channel.size()
+
+    def metrics(self) -> dict:
+        return {**self.channel.metrics(), **self._times()}
+
+    def info(self) -> dict:
+        return {**self._base_info(), "size": self.channel.size(), "capacity": self.channel.capacity}
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.stop_time_ms = int(time.time() * 1000)
+        self.channel.close()
+
+
+class _ChannelHandlePort:
+    """A channel actor seen by a runner as synchronous calls."""
+
+    def __init__(self, handle, call_timeout_s: float = 60.0):
+        self.handle = handle
+        self.call_timeout_s = call_timeout_s
+
+    def put(self, batch, txn_id):
+        ray.get(self.handle.put.remote(batch, txn_id), timeout=self.call_timeout_s)
+
+    def take(self, max_events, holder, timeout_s):
+        return ray.get(self.handle.take.remote(max_events, holder, timeout_s),
+                       timeout=self.call_timeout_s + timeout_s)
+
+    def commit(self, lease_id):
+        ray.get(self.handle.commit.remote(lease_id), timeout=self.call_timeout_s)
+
+    def rollback(self, lease_id):
+        ray.get(self.handle.rollback.remote(lease_id), timeout=self.call_timeout_s)
+
+
+class SourceActor(_Component):
+    kind = "SOURCE"
+
+    def __init__(self, topology: str, name: str, raw_config: dict, channels: dict):
+        self._init_identity(topology, name)
+        self.config = _typed("source", raw_config, f"sources.{name}")
+        self.channels = channels
+        self.counters: dict = {}
+        self.context = SourceContext(name=name, topology=topology,
+                                     logger=logging.getLogger(f"rayflume.source.{name}"),
+                                     counters=self.counters)
+        self.source = self.config.build(name)
+        chain = InterceptorChain([c.build() for c in self.config.interceptors])
+        selector = self.config.selector.build(list(self.config.channels))
+        self.runner = SourceRunner(name, self.source, chain, selector, self._put_many, self.counters)
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"source-{name}")
+        self._thread.start()
+
+    def _put_many(self, subbatches: dict, txn_id: str) -> dict:
+        refs = {ch: self.channels[ch].put.remote(b, txn_id) for ch, b in subbatches.items()}
+        out = {}
+        for ch, ref in refs.items():
+            try:
+                ray.get(ref, timeout=60)
+                out[ch] = None
+            except Exception as exc:  # ChannelFull, actor death, timeout: retried by the runner
+                out[ch] = exc
+        return out
+
+    def _run(self) -> None:
+        try:
+            self.source.start(self.context)
+        except Exception as exc:
+            self.error = f"failed to start: {exc}"
+            logger.error("source '%s' of topology '%s' %s", self.name, self.topology, self.error)
+            return
+        threading.Thread(target=self._export_loop, daemon=True).start()
+        self.runner.run()
+
+    def _export_loop(self) -> None:
+        while not self.stopping.wait(EXPORT_EVERY_S):
+            self.exporter.export(self.counters)
+
+    def metrics(self) -> dict:
+        return {**self.counters, **self._times()}
+
+    def info(self) -> dict:
+        return {**self._base_info(), "finished": bool(self.source.finished) and not self._thread.is_alive(),
+                "error": self.error or self.runner.last_error}
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop polling; a batch in flight gets ``timeout_s`` to be committed."""
+        self.runner.stopping.set()
+        self.stopping.set()
+        self._thread.join(timeout_s)
+        try:
+            self.source.stop()
+        finally:
+            self.stop_time_ms = int(time.time() * 1000)
+
+
+class SinkGroupActor(_Component):
+    kind = "SINK"
+
+    def __init__(self, topology: str, group: str, raw_sinks: dict, raw_processor: dict | None,
+                 channels: dict):
+        self._init_identity(topology, group)
+        self.runners: list[SinkRunner] = []
+        self.counters: dict[str, dict] = {}
+        for sink_name, raw in raw_sinks.items():
+            config = _typed("sink", raw, f"sinks.{sink_name}")
+            sink = config.build(sink_name)
+            counters: dict = {}
+            self.counters[sink_name] = counters
+            sink.start(SinkContext(name=sink_name, topology=topology,
+                                   logger=logging.getLogger(f"rayflume.sink.{sink_name}"),
+                                   counters=counters))
+            holder = f"{topology}/{group}/{sink_name}"
+            channel = channels[config.channel]
+            # Leases of our previous incarnation return to the channel now, not at their timeout.
+            try:
+                ray.get(channel.release.remote(holder), timeout=60)
+            except Exception:
+                logger.warning("sink '%s': could not release old leases; they will expire", sink_name)
+            self.runners.append(SinkRunner(sink_name, sink, _ChannelHandlePort(channel), holder, counters))
+        if raw_processor is None:
+            raw_processor = {"type": "default"}
+        self.processor = _typed("processor", raw_processor, f"sink_groups.{group}.processor").build(self.runners)
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"sinks-{group}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        exporters = {r.name: RayExporter(self.topology, "SINK", r.name) for r in self.runners}
+
+        def export_loop():
+            while not self.stopping.wait(EXPORT_EVERY_S):
+                for sink_name, exporter in exporters.items():
+                    exporter.export(self.counters[sink_name])
+
+        threading.Thread(target=export_loop, daemon=True).start()
+        run_sink_group(self.processor, self.runners, self.stopping)
+
+    def metrics(self) -> dict:
+        """Counters per sink of this group."""
+        return {name: {**c, **self._times()} for name, c in self.counters.items()}
+
+    def info(self) -> dict:
+        errors = {r.name: r.last_error for r in self.runners if r.last_error}
+        state = getattr(self.processor, "state", None)
+        return {**self._base_info(), "sinks": [r.name for r in self.runners], "errors": errors,
+                "processor": state() if callable(state) else None}
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish the batch in flight, then flush and close every sink."""
+        self.stopping.set()
+        self._thread.join(timeout_s)
+        for r in self.runners:
+            try:
+                r.sink.stop()
+            except Exception:
+                logger.exception("sink '%s': stop failed", r.name)
+        self.stop_time_ms = int(time.time() * 1000)
+
+
+def actor_options(topology: str, kind: str, name: str, max_restarts: int, **extra) -> dict:
+    return dict(name=actor_name(topology, kind, name), namespace=NAMESPACE, lifetime="detached",
+                max_restarts=max_restarts, max_task_retries=0, max_concurrency=16, num_cpus=0, **extra)
+
+
+RemoteChannel = ray.remote(ChannelActor)
+RemoteSource = ray.remote(SourceActor)
+RemoteSinkGroup = ray.remote(SinkGroupActor)

@@ -1,0 +1,227 @@
+"""The loops inside source and sink actors, written against plain callables so they can be
+tested without Ray.
+
+``SourceRunner`` polls a source, intercepts, routes, and puts into channels until every
+required channel committed (the batch is kept and retried with back-off meanwhile), then
+acknowledges the source. ``SinkRunner`` is one sink's take -> write -> commit step, rolled back
+on any failure; sink processors drive several of them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Callable, Protocol
+
+from rayflume._private.backoff import Backoff
+from rayflume.errors import ChannelFull, DeliveryError, LeaseUnknown
+from rayflume.event import EventBatch
+from rayflume.interceptors.base import InterceptorChain
+from rayflume.processors.base import Status
+from rayflume.selectors.base import ChannelSelector
+from rayflume.sinks.base import Sink
+from rayflume.sources.base import Source
+
+logger = logging.getLogger("rayflume.runner")
+
+
+class ChannelPort(Protocol):
+    """How a runner talks to one channel: synchronous calls that raise on failure."""
+
+    def put(self, batch: EventBatch, txn_id: str) -> None: ...
+
+    def take(self, max_events: int, holder: str, timeout_s: float): ...
+
+    def commit(self, lease_id: str) -> None: ...
+
+    def rollback(self, lease_id: str) -> None: ...
+
+
+SOURCE_COUNTERS = ("EventReceivedCount", "EventAcceptedCount", "AppendBatchReceivedCount",
+                   "AppendBatchAcceptedCount", "ChannelWriteFail", "EventReadFail",
+                   "GenericProcessingFail", "OptionalChannelWriteFail", "EventDroppedByInterceptorCount")
+SINK_COUNTERS = ("ConnectionCreatedCount", "ConnectionClosedCount", "ConnectionFailedCount",
+                 "BatchEmptyCount", "BatchUnderflowCount", "BatchCompleteCount",
+                 "EventDrainAttemptCount", "EventDrainSuccessCount", "EventWriteFail",
+                 "ChannelReadFail", "RollbackCount", "DuplicateDeliveryCount")
+
+
+class SourceRunner:
+    """Drives one source. ``put_many`` puts sub-batches into channels concurrently and returns
+    ``{channel: exception or None}``; the runner retries the failed required ones.
+
+    Delivery: a batch is acknowledged to the source only after every required channel committed
+    it. Optional channels are tried once; their failures are counted and logged.
+    """
+
+    def __init__(self, name: str, source: Source, chain: InterceptorChain, selector: ChannelSelector,
+                 put_many: Callable[[dict[str, EventBatch], str], dict[str, BaseException | None]],
+                 counters: dict, backoff: Backoff | None = None, idle_backoff: Backoff | None = None):
+        self.name = name
+        self.source = source
+        self.chain = chain
+        self.selector = selector
+        self.put_many = put_many
+        self.counters = counters
+        for key in SOURCE_COUNTERS:
+            counters.setdefault(key, 0)
+        self.backoff = backoff or Backoff(0.05, 5.0)
+        self.idle_backoff = idle_backoff or Backoff(0.005, 0.5)
+        self.stopping = threading.Event()
+        self.last_error: str | None = None
+
+    def run_once(self) -> bool:
+        """Poll once and deliver what came; True if a batch was delivered."""
+        try:
+            batch = self.source.poll()
+        except Exception as exc:
+            self.counters["EventReadFail"] += 1
+            self._note_error(f"read failed: {exc!r}")
+            self._sleep(self.backoff.next_delay())
+            return False
+        if batch is None or len(batch) == 0:
+            if batch is not None:
+                self.source.ack()
+            self._sleep(self.idle_backoff.next_delay())
+            return False
+        self.idle_backoff.reset()
+        self.counters["EventReceivedCount"] += len(batch)
+        self.counters["AppendBatchReceivedCount"] += 1
+        if not self.deliver(batch):
+            return False
+        self.source.ack()
+        return True
+
+    def deliver(self, batch: EventBatch) -> bool:
+        """Intercept, route and put until committed; False only if stopped before that."""
+        intercepted = self.chain.intercept(batch)
+        self.counters["EventDroppedByInterceptorCount"] += len(batch) - len(intercepted)
+        routing = self.selector.route(intercepted)
+        txn_id = uuid.uuid4().hex
+        pending = dict(routing.required)
+        while pending:
+            results = self.put_many(pending, txn_id)
+            failed = {ch: exc for ch, exc in results.items() if exc is not None}
+            if not failed:
+                break
+            pending = {ch: pending[ch] for ch in failed}
+            self.counters["ChannelWriteFail"] += 1
+            for ch, exc in failed.items():
+                kind = "full" if isinstance(exc, ChannelFull) else "failed"
+                self._note_error(f"channel '{ch}' {kind}: {exc}; keeping the batch and retrying",
+                                 level=logging.DEBUG if kind == "full" else logging.WARNING)
+            if self.stopping.is_set():
+                return False
+            self._sleep(self.backoff.next_delay())
+        self.backoff.reset()
+        if routing.optional:
+            for ch, exc in self.put_many(routing.optional, txn_id).items():
+                if exc is not None:
+                    self.counters["OptionalChannelWriteFail"] += 1
+                    self._note_error(f"optional channel '{ch}' refused a batch: {exc}")
+        self.counters["EventAcceptedCount"] += len(intercepted)
+        self.counters["AppendBatchAcceptedCount"] += 1
+        self.last_error = None
+        return True
+
+    def run(self) -> None:
+        while not self.stopping.is_set() and not self.source.finished:
+            try:
+                self.run_once()
+            except Exception as exc:  # never let the loop die: count, log, back off
+                self.counters["GenericProcessingFail"] += 1
+                self._note_error(f"unexpected error: {exc!r}", exc_info=True)
+                self._sleep(self.backoff.next_delay())
+
+    def _note_error(self, message: str, level: int = logging.WARNING, exc_info: bool = False) -> None:
+        self.last_error = message
+        logger.log(level, "source '%s': %s", self.name, message, exc_info=exc_info)
+
+    def _sleep(self, seconds: float) -> None:
+        self.stopping.wait(seconds)
+
+
+class SinkRunner:
+    """One sink over its channel: ``process()`` is a single take -> write -> commit.
+
+    Returns READY after a committed batch and BACKOFF when the channel had nothing; raises
+    DeliveryError after rolling the take back when the sink failed.
+    """
+
+    def __init__(self, name: str, sink: Sink, channel: ChannelPort, holder: str, counters: dict,
+                 take_timeout_s: float = 0.1):
+        self.name = name
+        self.sink = sink
+        self.channel = channel
+        self.holder = holder
+        self.counters = counters
+        for key in SINK_COUNTERS:
+            counters.setdefault(key, 0)
+        self.take_timeout_s = take_timeout_s
+        self.last_error: str | None = None
+
+    def process(self) -> Status:
+        try:
+            got = self.channel.take(self.sink.batch_size, self.holder, self.take_timeout_s)
+        except Exception as exc:
+            self.counters["ChannelReadFail"] += 1
+            raise DeliveryError(f"sink '{self.name}': cannot take from its channel: {exc}") from exc
+        if got is None:
+            self.counters["BatchEmptyCount"] += 1
+            return Status.BACKOFF
+        lease_id, batch = got
+        n = len(batch)
+        self.counters["EventDrainAttemptCount"] += n
+        try:
+            self.sink.write(batch)
+        except Exception as exc:
+            self.counters["EventWriteFail"] += 1
+            self.counters["RollbackCount"] += 1
+            self.last_error = f"write failed: {exc!r}"
+            try:
+                self.channel.rollback(lease_id)
+            except Exception:
+                # The lease expires on its own and the events return to the channel.
+                logger.warning("sink '%s': rollback failed; the lease will expire", self.name)
+            raise DeliveryError(f"sink '{self.name}' failed to deliver {n} events: {exc}") from exc
+        try:
+            self.channel.commit(lease_id)
+        except LeaseUnknown:
+            # Delivered, but the lease expired first: the events will be delivered again.
+            self.counters["DuplicateDeliveryCount"] += n
+        self.counters["EventDrainSuccessCount"] += n
+        if n >= self.sink.batch_size:
+            self.counters["BatchCompleteCount"] += 1
+        else:
+            self.counters["BatchUnderflowCount"] += 1
+        self.last_error = None
+        return Status.READY
+
+
+def run_sink_group(processor, runners: list[SinkRunner], stopping: threading.Event,
+                   maintain_every_s: float = 0.5) -> None:
+    """The sink-group loop: process until stopped; back off when idle or failing."""
+    backoff = Backoff(0.1, 5.0)
+    last_maintain = 0.0
+    while not stopping.is_set():
+        try:
+            status = processor.process()
+            backoff.reset()
+            if status is Status.BACKOFF:
+                # take() already waited take_timeout_s for data: no extra sleep needed
+                pass
+        except DeliveryError as exc:
+            logger.warning("%s; backing off", exc)
+            stopping.wait(backoff.next_delay())
+        except Exception:
+            logger.exception("sink group: unexpected error; backing off")
+            stopping.wait(backoff.next_delay())
+        now = time.monotonic()
+        if now - last_maintain >= maintain_every_s:
+            last_maintain = now
+            for r in runners:
+                try:
+                    r.sink.maintain()
+                except Exception:
+                    logger.exception("sink '%s': maintain() failed", r.name)

@@ -1,0 +1,133 @@
+"""The Python API: deploy a topology to the connected Ray cluster and manage it.
+
+    import ray, rayflume
+    ray.init()                                   # or ray.init(address="auto")
+    handle = rayflume.deploy("topologies/quickstart.yaml")
+    handle.wait_finished(timeout_s=60)           # finite sources only
+    print(handle.metrics()["SINK.out"]["EventDrainSuccessCount"])
+    handle.stop()
+
+``deploy`` starts a local Ray when none is connected. Topologies run in detached actors: they
+outlive the Python process that deployed them until ``stop()``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from rayflume._private.actors import NAMESPACE
+from rayflume._private.controller import RemoteController, controller_name, controller_options
+from rayflume.errors import RayflumeError
+from rayflume.topology import Topology, load_topology, loads_topology, validate
+
+
+def load(path: str | os.PathLike) -> Topology:
+    """Read and validate a topology file (raises ConfigError listing every problem)."""
+    return load_topology(path)
+
+
+def loads(text: str) -> Topology:
+    """Validate a topology given as YAML text."""
+    return loads_topology(text)
+
+
+def _as_topology(topology: Topology | dict | str | os.PathLike) -> Topology:
+    if isinstance(topology, Topology):
+        return topology
+    if isinstance(topology, dict):
+        return validate(topology)
+    return load_topology(topology)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to Ray unless already connected; with no address, start a local instance."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE,
+                 logging_level="WARNING")
+
+
+class TopologyHandle:
+    """A deployed topology, reached through its controller actor. Safe to pickle and share."""
+
+    def __init__(self, name: str, controller=None):
+        self.name = name
+        self._controller = controller or ray.get_actor(controller_name(name), namespace=NAMESPACE)
+
+    def __repr__(self) -> str:
+        return f"TopologyHandle({self.name!r})"
+
+    def status(self) -> dict:
+        """State, components (state, restarts, counters, errors) and recent controller events."""
+        return ray.get(self._controller.status.remote(), timeout=60)
+
+    def metrics(self) -> dict:
+        """Flume-shaped counters: ``{"SOURCE.gen": {"EventAcceptedCount": "10", ...}, ...}``."""
+        return ray.get(self._controller.metrics.remote(), timeout=60)
+
+    def metrics_url(self) -> str | None:
+        return ray.get(self._controller.metrics_url.remote(), timeout=60)
+
+    def finished(self) -> bool:
+        """True when every source is finished and every channel is empty."""
+        return ray.get(self._controller.finished.remote(), timeout=60)
+
+    def wait_finished(self, timeout_s: float = 300.0, poll_s: float = 0.25) -> None:
+        """Block until ``finished()``; raises TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.finished():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topology '{self.name}' did not finish within {timeout_s}s")
+            time.sleep(poll_s)
+
+    def stop(self, drain_timeout_s: float = 30.0) -> dict:
+        """Stop sources, drain channels (up to ``drain_timeout_s``), stop sinks, remove all actors."""
+        result = ray.get(self._controller.stop.remote(drain_timeout_s), timeout=drain_timeout_s + 180)
+        ray.kill(self._controller, no_restart=True)
+        return result
+
+
+def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None = None) -> TopologyHandle:
+    """Validate and deploy ``topology`` (a file path, YAML mapping or Topology) under its name.
+
+    Deploying a name that is already running with the same configuration returns its handle;
+    a different configuration under a running name is refused (stop it first).
+    """
+    topo = _as_topology(topology)
+    ensure_ray(address)
+    existing = get(topo.name)
+    if existing is not None:
+        running = ray.get(existing._controller.raw_topology.remote(), timeout=60)
+        if running == topo.raw:
+            return existing
+        raise RayflumeError(f"topology '{topo.name}' is already deployed with a different configuration; "
+                            f"stop it first: rayflume stop {topo.name}")
+    controller = RemoteController.options(**controller_options(topo.name)).remote(topo.raw)
+    ray.get(controller.ping.remote(), timeout=180)
+    return TopologyHandle(topo.name, controller)
+
+
+def get(name: str) -> TopologyHandle | None:
+    """The handle of the running topology ``name``, or None."""
+    try:
+        return TopologyHandle(name)
+    except ValueError:
+        return None
+
+
+def list_deployed() -> list[str]:
+    """Names of the topologies deployed on the connected cluster."""
+    names = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry.get("namespace") == NAMESPACE and entry["name"].endswith("/controller"):
+            names.append(entry["name"].rsplit("/", 1)[0])
+    return sorted(names)
+
+
+__all__: list[Any] = ["load", "loads", "deploy", "get", "list_deployed", "TopologyHandle", "ensure_ray"]

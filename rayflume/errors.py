@@ -1,0 +1,41 @@
+"""Exceptions with messages that say which component failed, on which key, and what to do."""
+from __future__ import annotations
+
+
+class RayflumeError(Exception):
+    """Base class of every rayflume error."""
+
+
+class ChannelError(RayflumeError):
+    """A channel refused an operation; nothing of that operation was applied."""
+
+
+class ChannelFull(ChannelError):
+    """The channel has no room for the put; retry later (backpressure). Nothing was enqueued."""
+
+
+class TransactionTooLarge(ChannelError):
+    """A put or take exceeds the channel's ``transaction_capacity``."""
+
+
+class LeaseUnknown(ChannelError):
+    """Commit or rollback named a lease the channel no longer holds (it expired and was returned)."""
+
+
+class ChannelLost(ChannelError):
+    """A durable channel's data is unreachable (its node is gone); it is not recreated empty."""
+
+
+class DeliveryError(RayflumeError):
+    """A sink could not deliver a batch; its take is rolled back and retried later."""
+
+
+class ConfigError(RayflumeError):
+    """A topology is invalid. ``errors`` lists every problem as ``path: message``."""
+
+    def __init__(self, errors: list[str], topology: str | None = None):
+        self.errors = list(errors)
+        self.topology = topology
+        head = f"topology '{topology}'" if topology else "topology"
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(f"{head} is invalid ({len(self.errors)} problem(s)):\n{lines}")

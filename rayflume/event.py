@@ -1,0 +1,157 @@
+"""Events and event batches.
+
+An :class:`Event` is what users see: a ``dict[str, str]`` of headers and a ``bytes`` body.
+An :class:`EventBatch` is what moves: a ``pyarrow.RecordBatch`` with the schema
+``headers: map<string, string>, body: binary``. Batches cross actor boundaries without
+per-event pickling, and interceptors, selectors and sinks work on them with Arrow kernels.
+Converting between the two is explicit and cheap; hot paths never need to.
+
+An ``EventBatch`` is immutable: every operation returns a new batch sharing buffers where it can.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+HEADERS_TYPE = pa.map_(pa.string(), pa.string())
+SCHEMA = pa.schema([pa.field("headers", HEADERS_TYPE), pa.field("body", pa.binary())])
+
+
+@dataclass
+class Event:
+    """One event: string headers and a byte body, as in Flume."""
+
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _empty_headers(n: int) -> pa.MapArray:
+    offsets = pa.array(np.zeros(n + 1, dtype=np.int32))
+    return pa.MapArray.from_arrays(offsets, pa.array([], pa.string()), pa.array([], pa.string()))
+
+
+def _as_binary(body: pa.Array) -> pa.Array:
+    if body.type == pa.binary():
+        return body
+    if body.type in (pa.large_binary(), pa.string(), pa.large_string()):
+        return body.cast(pa.binary())
+    raise TypeError(f"event bodies must be binary or string, not {body.type}")
+
+
+class EventBatch:
+    """An immutable batch of events backed by a ``pyarrow.RecordBatch``.
+
+    Construction validates the schema; ``len(batch)`` is the number of events and ``nbytes`` the
+    size of the Arrow buffers (bodies and headers), which is what byte capacities count.
+    """
+
+    __slots__ = ("record_batch",)
+
+    def __init__(self, record_batch: pa.RecordBatch):
+        if not record_batch.schema.equals(SCHEMA):
+            raise TypeError(f"an EventBatch needs schema {SCHEMA}, got {record_batch.schema}")
+        self.record_batch = record_batch
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def empty(cls) -> "EventBatch":
+        return cls.from_bodies([])
+
+    @classmethod
+    def from_bodies(cls, bodies, headers: pa.MapArray | None = None) -> "EventBatch":
+        """A batch from an Arrow array (or a Python sequence) of bodies, with empty headers unless given."""
+        body = bodies if isinstance(bodies, pa.Array) else pa.array(list(bodies), pa.binary())
+        if isinstance(body, pa.ChunkedArray):
+            body = body.combine_chunks()
+        body = _as_binary(body)
+        if headers is None:
+            headers = _empty_headers(len(body))
+        return cls(pa.RecordBatch.from_arrays([headers, body], schema=SCHEMA))
+
+    @classmethod
+    def from_events(cls, events: Iterable[Event]) -> "EventBatch":
+        events = list(events)
+        headers = pa.array([list(e.headers.items()) for e in events], HEADERS_TYPE)
+        body = pa.array([e.body for e in events], pa.binary())
+        return cls(pa.RecordBatch.from_arrays([headers, body], schema=SCHEMA))
+
+    @classmethod
+    def concat(cls, batches: Sequence["EventBatch"]) -> "EventBatch":
+        if not batches:
+            return cls.empty()
+        if len(batches) == 1:
+            return batches[0]
+        return cls(pa.concat_batches([b.record_batch for b in batches]))
+
+    # -- access -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.record_batch.num_rows
+
+    def __repr__(self) -> str:
+        return f"EventBatch(events={len(self)}, nbytes={self.nbytes})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, EventBatch) and self.record_batch.equals(other.record_batch)
+
+    def __reduce__(self):
+        return (EventBatch, (self.record_batch,))
+
+    @property
+    def nbytes(self) -> int:
+        return self.record_batch.nbytes
+
+    @property
+    def body(self) -> pa.BinaryArray:
+        return self.record_batch.column(1)
+
+    @property
+    def headers(self) -> pa.MapArray:
+        return self.record_batch.column(0)
+
+    def to_events(self) -> list[Event]:
+        headers = self.headers.to_pylist()
+        return [Event(body=b, headers=dict(h)) for b, h in zip(self.body.to_pylist(), headers)]
+
+    def bodies(self) -> list[bytes]:
+        return self.body.to_pylist()
+
+    def header(self, key: str) -> pa.StringArray:
+        """The value of header ``key`` for every event; null where the event lacks it."""
+        if len(self) == 0:
+            return pa.array([], pa.string())
+        return pc.map_lookup(self.headers, pa.scalar(key, pa.string()), "first")
+
+    # -- transformation -----------------------------------------------------------------------
+    def slice(self, offset: int, length: int | None = None) -> "EventBatch":
+        return EventBatch(self.record_batch.slice(offset, length))
+
+    def filter(self, mask) -> "EventBatch":
+        return EventBatch(self.record_batch.filter(mask))
+
+    def take(self, indices) -> "EventBatch":
+        return EventBatch(self.record_batch.take(indices))
+
+    def with_body(self, body: pa.Array) -> "EventBatch":
+        return EventBatch(pa.RecordBatch.from_arrays([self.headers, _as_binary(body)], schema=SCHEMA))
+
+    def with_headers(self, headers: pa.MapArray) -> "EventBatch":
+        return EventBatch(pa.RecordBatch.from_arrays([headers, self.body], schema=SCHEMA))
+
+    # -- serialisation (file channel payloads, tier hops) ---------------------------------------
+    def to_ipc(self) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, SCHEMA) as writer:
+            writer.write_batch(self.record_batch)
+        return sink.getvalue().to_pybytes()
+
+    @classmethod
+    def from_ipc(cls, data) -> "EventBatch":
+        reader = pa.ipc.open_stream(pa.py_buffer(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+        batches = [b for b in reader]
+        if not batches:
+            return cls.empty()
+        return cls(batches[0] if len(batches) == 1 else pa.concat_batches(batches))

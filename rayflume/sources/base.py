@@ -1,0 +1,55 @@
+"""The source interface.
+
+A source is polled by its runner (inside the source actor) for one batch at a time. The runner
+runs the interceptor chain and the channel selector, then puts the batch into every required
+channel, retrying with back-off until each committed. Only then does it call ``ack()`` and poll
+again. So a source never needs to re-read: the batch it returned is held by the runner until it is
+safely in the channels. A source acknowledges its own upstream (file position, Kafka offset) in
+``ack()``, never in ``poll()``.
+
+Methods are called from one thread at a time.
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from rayflume.event import EventBatch
+
+
+@dataclass
+class SourceContext:
+    """What a running source gets from its runner."""
+
+    name: str
+    topology: str = ""
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("rayflume.source"))
+    counters: dict = field(default_factory=dict)
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to a counter reported with this source's metrics."""
+        self.counters[key] = self.counters.get(key, 0) + n
+
+
+class Source(ABC):
+    """Reads events in batches. See the module docstring for the delivery contract."""
+
+    def start(self, context: SourceContext) -> None:
+        """Open resources. Called once, before the first ``poll``."""
+        self.context = context
+
+    @abstractmethod
+    def poll(self) -> EventBatch | None:
+        """The next batch, or None when nothing is available now (the runner backs off)."""
+
+    def ack(self) -> None:
+        """The batch from the last ``poll`` is committed to every required channel."""
+
+    @property
+    def finished(self) -> bool:
+        """True once a finite source has returned (and had acknowledged) everything it will read."""
+        return False
+
+    def stop(self) -> None:
+        """Release resources. ``poll`` is not called again."""

@@ -1,0 +1,265 @@
+"""The channel contract, as a test class every channel type runs.
+
+A channel type's test module subclasses :class:`ChannelContract` and defines ``make_channel``;
+durable types also define ``reopen`` (close and open again on the same storage) and set
+``durable = True``, which adds the restart cases.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from rayflume.errors import ChannelFull, LeaseUnknown, TransactionTooLarge
+from rayflume.event import EventBatch
+
+
+def numbered(start: int, n: int, size: int = 0) -> EventBatch:
+    return EventBatch.from_bodies([str(i).zfill(size).encode() for i in range(start, start + n)])
+
+
+def numbers(batch: EventBatch) -> list[int]:
+    return [int(b) for b in batch.bodies()]
+
+
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.01, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def drain(channel, batch: int = 1000) -> list[int]:
+    out = []
+    while True:
+        got = channel.take(min(batch, channel.transaction_capacity))
+        if got is None:
+            return out
+        lease, b = got
+        out += numbers(b)
+        channel.commit(lease)
+
+
+class ChannelContract:
+    durable = False
+
+    @pytest.fixture
+    def make(self, tmp_path):
+        made = []
+
+        def factory(**options):
+            ch = self.make_channel(tmp_path, **options)
+            made.append(ch)
+            return ch
+
+        yield factory
+        for ch in made:
+            try:
+                ch.close()
+            except Exception:
+                pass
+
+    def make_channel(self, tmp_path, **options):  # pragma: no cover - overridden
+        raise AssertionError("a contract subclass defines make_channel")
+
+    # -- put / take / commit ------------------------------------------------------------------
+    def test_put_then_take_commit_is_fifo(self, make):
+        ch = make(capacity=1000, transaction_capacity=100)
+        ch.put(numbered(0, 10), "t1")
+        ch.put(numbered(10, 10), "t2")
+        assert ch.size() == 20
+        lease, b = ch.take(15)
+        assert numbers(b) == list(range(15))
+        ch.commit(lease)
+        assert ch.size() == 5
+        assert drain(ch) == list(range(15, 20))
+        assert ch.size() == 0
+        assert ch.take(10) is None
+
+    def test_take_empty_waits_up_to_timeout(self, make):
+        ch = make()
+        t = time.monotonic()
+        assert ch.take(10, timeout_s=0.2) is None
+        assert time.monotonic() - t >= 0.15
+
+    def test_take_wakes_on_put(self, make):
+        ch = make()
+        threading.Timer(0.1, lambda: ch.put(numbered(0, 3), "late")).start()
+        got = ch.take(10, timeout_s=5)
+        assert got is not None and numbers(got[1]) == [0, 1, 2]
+
+    def test_rollback_restores_at_head(self, make):
+        ch = make()
+        ch.put(numbered(0, 5), "a")
+        ch.put(numbered(5, 5), "b")
+        lease, b = ch.take(3)
+        assert numbers(b) == [0, 1, 2]
+        ch.rollback(lease)
+        assert ch.size() == 10
+        assert drain(ch) == list(range(10))
+
+    def test_leased_events_count_toward_size(self, make):
+        ch = make(capacity=10)
+        ch.put(numbered(0, 10), "a")
+        ch.take(5)
+        assert ch.size() == 10
+        with pytest.raises(ChannelFull):
+            ch.put(numbered(10, 1), "b")
+
+    def test_lease_timeout_returns_events_to_head(self, make):
+        ch = make(lease_timeout_s=0.2)
+        ch.put(numbered(0, 2), "a")
+        ch.put(numbered(2, 2), "b")
+        lease, b = ch.take(2)
+        assert numbers(b) == [0, 1]
+        lease2, _ = ch.take(2)
+        ch.commit(lease2)
+        # only the first lease's events can come back, and only by expiring
+        wait_until(lambda: ch.expire_leases() > 0, timeout_s=5, what="the lease to expire")
+        assert ch.size() == 2
+        with pytest.raises(LeaseUnknown):
+            ch.commit(lease)
+        assert drain(ch) == [0, 1]
+
+    def test_release_rolls_back_a_holders_leases(self, make):
+        ch = make()
+        ch.put(numbered(0, 6), "a")
+        ch.take(2, holder="sink-1")
+        ch.take(2, holder="sink-2")
+        assert ch.release("sink-1") == 2
+        lease, b = ch.take(10)
+        assert numbers(b) == [0, 1, 4, 5]
+
+    # -- idempotency ---------------------------------------------------------------------------
+    def test_put_is_idempotent_per_txn_id(self, make):
+        ch = make()
+        ch.put(numbered(0, 5), "same")
+        ch.put(numbered(0, 5), "same")
+        assert ch.size() == 5
+        assert drain(ch) == list(range(5))
+
+    def test_commit_and_rollback_are_idempotent(self, make):
+        ch = make()
+        ch.put(numbered(0, 4), "a")
+        lease, _ = ch.take(2)
+        ch.commit(lease)
+        ch.commit(lease)
+        ch.rollback(lease)  # after a commit: no effect
+        assert ch.size() == 2
+        lease2, _ = ch.take(2)
+        ch.rollback(lease2)
+        ch.rollback(lease2)
+        assert ch.size() == 2
+        with pytest.raises(LeaseUnknown):
+            ch.commit(lease2)
+        assert drain(ch) == [2, 3]
+
+    def test_commit_of_unknown_lease_fails(self, make):
+        ch = make()
+        with pytest.raises(LeaseUnknown):
+            ch.commit("no-such-lease")
+
+    # -- capacity ------------------------------------------------------------------------------
+    def test_capacity_in_events(self, make):
+        ch = make(capacity=10, transaction_capacity=10)
+        ch.put(numbered(0, 8), "a")
+        with pytest.raises(ChannelFull) as err:
+            ch.put(numbered(8, 3), "b")
+        assert "full" in str(err.value) and ch.name in str(err.value)
+        assert ch.size() == 8
+        ch.put(numbered(8, 2), "c")
+        assert ch.size() == 10
+        # the refused txn id was not recorded: the same put goes through once there is room
+        drain(ch)
+        ch.put(numbered(8, 3), "b")
+        assert ch.size() == 3
+
+    def test_capacity_in_bytes(self, make):
+        one = numbered(0, 10, size=100)
+        ch = make(byte_capacity=one.nbytes * 2 + 10)
+        ch.put(one, "a")
+        ch.put(numbered(10, 10, size=100), "b")
+        with pytest.raises(ChannelFull):
+            ch.put(numbered(20, 10, size=100), "c")
+        assert ch.size() == 20
+
+    def test_transaction_capacity(self, make):
+        ch = make(transaction_capacity=5)
+        with pytest.raises(TransactionTooLarge):
+            ch.put(numbered(0, 6), "a")
+        with pytest.raises(TransactionTooLarge):
+            ch.take(6)
+        assert ch.size() == 0
+
+    def test_headers_survive(self, make):
+        from rayflume.event import Event
+
+        ch = make()
+        events = [Event(b"x", {"host": "a", "k": "v"}), Event(b"y", {})]
+        ch.put(EventBatch.from_events(events), "a")
+        _, b = ch.take(10)
+        assert b.to_events() == events
+
+    # -- concurrency ---------------------------------------------------------------------------
+    def test_concurrent_producers_and_consumers(self, make):
+        ch = make(capacity=2000, transaction_capacity=100)
+        producers, per_producer, per_put = 4, 2000, 50
+        got: list[int] = []
+        got_lock = threading.Lock()
+        done = threading.Event()
+
+        def produce(p):
+            base = p * per_producer
+            for i in range(0, per_producer, per_put):
+                while True:
+                    try:
+                        ch.put(numbered(base + i, per_put), f"p{p}-{i}")
+                        break
+                    except ChannelFull:
+                        time.sleep(0.001)
+
+        def consume():
+            while not done.is_set() or ch.size():
+                t = ch.take(70, timeout_s=0.05)
+                if t is None:
+                    continue
+                lease, b = t
+                with got_lock:
+                    got.extend(numbers(b))
+                ch.commit(lease)
+
+        ps = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+        cs = [threading.Thread(target=consume) for _ in range(3)]
+        for t in ps + cs:
+            t.start()
+        for t in ps:
+            t.join(60)
+        done.set()
+        for t in cs:
+            t.join(60)
+        assert sorted(got) == list(range(producers * per_producer))
+        assert ch.size() == 0
+
+    # -- durability (durable channels only) -----------------------------------------------------
+    def test_reopen_keeps_committed_puts_and_returns_leases(self, make, tmp_path):
+        if not self.durable:
+            pytest.skip("not a durable channel")
+        ch = make()
+        ch.put(numbered(0, 10), "a")
+        lease, _ = ch.take(4)
+        ch.commit(lease)
+        ch.take(3)  # leased, never settled
+        ch2 = self.reopen(ch, tmp_path)
+        assert drain(ch2) == list(range(4, 10))
+
+    def test_reopen_remembers_txn_ids(self, make, tmp_path):
+        if not self.durable:
+            pytest.skip("not a durable channel")
+        ch = make()
+        ch.put(numbered(0, 3), "a")
+        ch2 = self.reopen(ch, tmp_path)
+        ch2.put(numbered(0, 3), "a")
+        assert ch2.size() == 3
