@@ -137,6 +137,9 @@ def build_config(kind: str, raw: dict, path: str, errors: list[str]):
     if not isinstance(raw, dict):
         errors.append(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
         return None
+    if "type" in raw and raw["type"] is None:
+        # YAML reads `type: null` as None; the only sensible meaning is the `null` component.
+        raw = {**raw, "type": "null"}
     type_name = raw.get("type")
     if not isinstance(type_name, str):
         what = "required key is missing" if type_name is None else "must be a string"

@@ -9,7 +9,6 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from pydantic import ValidationError
 
@@ -20,7 +19,8 @@ from rayflume.interceptors.builtin import (HostInterceptor, HostInterceptorConfi
                                            StaticInterceptorConfig, TimestampInterceptorConfig,
                                            UuidInterceptorConfig, random_uuids, split_list)
 from rayflume.interceptors.callable import CallableInterceptorConfig, resolve_callable_interceptor
-from rayflume.interceptors.headers import keys_in, keys_matching, keys_named, remove_headers, set_header
+from rayflume.interceptors.headers import (header_values, keys_in, keys_matching, keys_named, remove_headers,
+                                           set_header)
 from tests import _user_interceptors
 
 USER = "tests._user_interceptors"
@@ -145,6 +145,20 @@ def test_set_header_matches_reference_on_random_batches(seed):
         out = set_header(b, "k", "s", preserve)
         assert header_lists(out) == [_reference_set(e, "k", "s", preserve) for e in entries]
         assert out.body.equals(b.body)
+    for key in keys + ["missing"]:
+        assert header_values(b, key).to_pylist() == [next((v for k, v in e if k == key), None) for e in entries]
+        assert header_values(b, key).equals(b.header(key))
+
+
+def test_header_values_edge_cases():
+    assert header_values(EventBatch.empty(), "k").to_pylist() == []
+    assert header_values(EventBatch.from_bodies([b"a", b"b"]), "k").to_pylist() == [None, None]
+    headers = pa.MapArray.from_arrays(pa.array([0, 2, 3, 4], pa.int32()), pa.array(["k", "k", "k", "x"]),
+                                      pa.array(["first", "second", "in null map", "y"]),
+                                      mask=pa.array([False, True, False]))
+    b = EventBatch.from_bodies([b"0", b"1", b"2"], headers)
+    assert header_values(b, "k").to_pylist() == ["first", None, None]
+    assert header_values(b, "x").to_pylist() == [None, None, "y"]
 
 
 # -- headers.remove_headers ----------------------------------------------------------------------

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import random
 
-import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 
 import ray
 
@@ -33,6 +34,14 @@ logger = logging.getLogger("rayflume")
 NAMESPACE = "rayflume"
 HOUSEKEEPING_S = 0.5
 EXPORT_EVERY_S = 5.0
+
+
+def was_reconstructed() -> bool:
+    """Whether this actor is a restart of one whose process died."""
+    with warnings.catch_warnings():
+        # Ray implements the property with a deprecated accessor; the warning is noise to users.
+        warnings.simplefilter("ignore")
+        return ray.get_runtime_context().was_current_actor_reconstructed
 
 
 def actor_name(topology: str, kind: str, name: str) -> str:
@@ -63,7 +72,7 @@ class _Component:
         self.start_time_ms = int(time.time() * 1000)
         self.stop_time_ms = 0
         self.stopping = threading.Event()
-        self.reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        self.reconstructed = was_reconstructed()
         self.exporter = RayExporter(topology, self.kind, name)
         if self.reconstructed:
             logger.warning("%s '%s' of topology '%s' restarted after its process died (pid %d)",

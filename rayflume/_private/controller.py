@@ -19,7 +19,7 @@ from collections import deque
 import ray
 
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
-                                      actor_name, actor_options)
+                                      actor_name, actor_options, was_reconstructed)
 from rayflume._private.metrics import MetricsServer, flume_shape
 from rayflume.topology import Topology, validate
 
@@ -68,7 +68,7 @@ class TopologyController:
         self._lock = threading.RLock()
         self.components: dict[tuple[str, str], _Managed] = {}
         self.deployed_at = time.time()
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        if was_reconstructed():
             self._event("controller", "controller restarted; re-attaching to running components")
         self._plan()
         for managed in self.components.values():

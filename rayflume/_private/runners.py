@@ -116,7 +116,9 @@ class SourceRunner:
             self._sleep(self.backoff.next_delay())
         self.backoff.reset()
         if routing.optional:
-            for ch, exc in self.put_many(routing.optional, txn_id).items():
+            # A channel can be required for some events and optional for others: the optional put
+            # needs its own id, or the channel would take it for a retry of the required one.
+            for ch, exc in self.put_many(routing.optional, txn_id + ":optional").items():
                 if exc is not None:
                     self.counters["OptionalChannelWriteFail"] += 1
                     self._note_error(f"optional channel '{ch}' refused a batch: {exc}")

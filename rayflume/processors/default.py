@@ -7,7 +7,6 @@ runner only needs to back off and call again.
 """
 from __future__ import annotations
 
-import logging
 import time
 from typing import Callable
 
@@ -15,8 +14,6 @@ from rayflume.config_base import ProcessorConfig
 from rayflume.errors import DeliveryError
 from rayflume.processors.base import SinkLike, SinkProcessor, Status
 from rayflume.registry import register
-
-log = logging.getLogger("rayflume.processor")
 
 # Longest error text kept in ``state()``: enough to recognise the error, small enough to ship
 # with every status report.

@@ -274,7 +274,7 @@ class ExecSource(Source):
                                     stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             key = "shell" if self.shell else "command"
-            what = (f"install it on this node, give its full path, or set `shell` (e.g. '/bin/sh -c')"
+            what = ("install it on this node, give its full path, or set `shell` (e.g. '/bin/sh -c')"
                     if key == "command" else "give the full path of an installed shell, e.g. '/bin/sh -c'")
             msg = (f"source '{self.name}': key `{key}`: cannot run {self.argv[0]!r} ({exc.strerror}); {what}")
             raise CommandNotFound([msg], topology=getattr(self.context, "topology", None) or None) from None
@@ -300,17 +300,29 @@ class ExecSource(Source):
         """SIGTERM the child's process group, SIGKILL it after ``stop_grace_s``.
 
         The group is killed even once the child itself exited, so that grandchildren (the command
-        under a shell) do not outlive the source or keep the pipe open.
+        under a shell) do not outlive the source or keep the pipe open. The group is signalled only
+        while the child is unreaped (a zombie at worst), so its id cannot belong to anyone else.
         """
+        if proc.returncode is not None:
+            return
         pgid = proc.pid  # start_new_session made the child its group leader
         self._signal_group(pgid, signal.SIGTERM)
-        try:
-            proc.wait(self.stop_grace_s)
-        except subprocess.TimeoutExpired:
-            self.context.logger.warning("exec source '%s': pid %d ignored SIGTERM for %.1fs; killing it",
-                                        self.name, proc.pid, self.stop_grace_s)
+        deadline = time.monotonic() + self.stop_grace_s
+        while not self._exited_unreaped(proc):
+            if time.monotonic() >= deadline:
+                self.context.logger.warning("exec source '%s': pid %d ignored SIGTERM for %.1fs; killing it",
+                                            self.name, proc.pid, self.stop_grace_s)
+                break
+            time.sleep(0.01)
         self._signal_group(pgid, signal.SIGKILL)
         proc.wait()
+
+    @staticmethod
+    def _exited_unreaped(proc: subprocess.Popen) -> bool:
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None
+        except ChildProcessError:  # already reaped by the reader thread
+            return True
 
     @staticmethod
     def _signal_group(pgid: int, sig: int) -> None:
@@ -513,6 +525,10 @@ class ExecSourceConfig(SourceConfig):
     def _check_words(self):
         command_argv(self.command, self.shell)  # raises ValueError on bad quoting or empty words
         return self
+
+    def check(self) -> list[str]:
+        problem = check_command(self)
+        return [problem] if problem else []
 
     def build(self, name: str) -> ExecSource:
         return ExecSource(name, self.command, self.shell, self.restart, self.restart_throttle_s,

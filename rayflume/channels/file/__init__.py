@@ -1,0 +1,9 @@
+"""The ``file`` channel: a durable write-ahead log (see :mod:`rayflume.channels.file.channel`)."""
+from rayflume.channels.file.channel import FileChannel
+from rayflume.channels.file.config import FileChannelConfig, FileStorageConfig
+from rayflume.channels.file.errors import (ChannelClosed, ChannelLocked, ChannelWriteError,
+                                           InsufficientDiskSpace)
+from rayflume.channels.file.fileio import FileIO
+
+__all__ = ["FileChannel", "FileChannelConfig", "FileStorageConfig", "FileIO", "ChannelWriteError",
+           "InsufficientDiskSpace", "ChannelLocked", "ChannelClosed"]

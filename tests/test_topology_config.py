@@ -1,0 +1,177 @@
+"""Topology validation: every problem collected with its path, before anything starts."""
+import textwrap
+
+import pytest
+
+from rayflume.errors import ConfigError
+from rayflume.topology import loads_topology, load_topology
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        loads_topology(textwrap.dedent(text))
+    return exc.value.errors
+
+
+GOOD = """
+name: t
+sources:
+  gen: {type: sequence, total_events: 10, batch_size: 10, channels: [mem]}
+channels:
+  mem: {type: memory, capacity: 100, transaction_capacity: 10}
+sinks:
+  out: {type: null, channel: mem, batch_size: 10}
+"""
+
+
+def test_valid_topology_loads():
+    topo = loads_topology(GOOD)
+    assert topo.name == "t"
+    assert set(topo.sources) == {"gen"} and set(topo.channels) == {"mem"} and set(topo.sinks) == {"out"}
+    assert topo.groups() == {"out": ["out"]}
+    assert topo.metrics_port == 41414 and topo.metrics_host == "127.0.0.1"
+
+
+def test_every_problem_is_reported_with_its_path():
+    errors = errors_of("""
+        name: broken
+        sources:
+          tail:
+            type: sequence
+            channels: [mem, disk]
+            batch_size: 500
+            interceptors: [{type: timestamp, header_nam: ts}, {type: nosuch}]
+          other: {type: warp_drive, channels: [mem]}
+        channels:
+          mem: {type: memory, transaction_capacity: 100}
+          spare: {type: memory}
+        sinks:
+          out: {type: null, channel: mem, batch_size: 0}
+          lost: {type: logger, channel: nowhere}
+          k2: {type: null, channel: mem}
+        sink_groups:
+          g1: {sinks: [out, k2], processor: {type: failover}}
+          g2: {sinks: [k2, ghost], processor: {type: load_balance}}
+        """)
+    expected = [
+        "sources.tail.channels[1]: unknown channel 'disk'",
+        "sources.tail.batch_size: 500 exceeds transaction_capacity 100 of channel 'mem'",
+        "sources.tail.interceptors[0].header_nam: unknown key",
+        "sources.tail.interceptors[1].type: unknown interceptor type 'nosuch'",
+        "sources.other.type: unknown source type 'warp_drive'",
+        "sinks.out.batch_size: Input should be greater than 0",
+        "sinks.lost.channel: unknown channel 'nowhere'",
+        "sink_groups.g2.sinks[0]: sink 'k2' is already in group 'g1'",
+        "sink_groups.g2.sinks[1]: unknown sink 'ghost'",
+        "channels.spare: unused channel",
+    ]
+    for prefix in expected:
+        assert any(e.startswith(prefix) for e in errors), (prefix, errors)
+    assert len(errors) == len(expected), errors
+
+
+def test_error_message_names_topology_and_what_to_do():
+    with pytest.raises(ConfigError) as exc:
+        loads_topology(GOOD.replace("batch_size: 10, channels", "batch_size: 50, channels"))
+    msg = str(exc.value)
+    assert "topology 't'" in msg
+    assert "lower batch_size or raise transaction_capacity" in msg
+
+
+def test_missing_keys_and_wrong_types():
+    errors = errors_of("""
+        sources:
+          gen: {type: sequence, channels: mem, batch_size: lots}
+        channels:
+          mem: {capacity: 10}
+        sinks:
+          out: {type: null}
+        """)
+    assert "name: required key is missing; give the topology a name" in errors
+    assert any(e.startswith("sources.gen.channels: Input should be a valid list") for e in errors), errors
+    assert any(e.startswith("sources.gen.batch_size: Input should be a valid integer") for e in errors), errors
+    assert any(e.startswith("channels.mem.type: required key is missing; known channel types:") for e in errors)
+    assert "sinks.out.channel: required key is missing" in errors
+
+
+def test_invalid_yaml_reports_line():
+    errors = errors_of("name: t\nsources: [unclosed\n")
+    assert len(errors) == 1 and "invalid YAML at line" in errors[0]
+
+
+def test_duplicate_keys_are_errors_not_overwrites():
+    errors = errors_of("""
+        name: t
+        sources:
+          gen: {type: sequence, channels: [mem]}
+          gen: {type: sequence, channels: [mem]}
+        channels: {mem: {type: memory}}
+        sinks: {out: {type: null, channel: mem}}
+        """)
+    assert any("duplicate key 'gen'" in e for e in errors), errors
+
+
+def test_names_unique_across_kinds_and_undrained_channel():
+    errors = errors_of("""
+        name: t
+        sources:
+          x: {type: sequence, channels: [x, y]}
+        channels: {x: {type: memory}, y: {type: memory}}
+        sinks: {out: {type: null, channel: x}}
+        """)
+    assert any(e.startswith("channels.x: the name 'x' is also used in sources") for e in errors), errors
+    assert any(e.startswith("channels.y: no sink drains this channel") for e in errors), errors
+
+
+def test_null_channel_needs_no_sink():
+    topo = loads_topology("""
+name: t
+sources: {gen: {type: sequence, channels: [nul]}}
+channels: {nul: {type: null}}
+sinks: {}
+""".replace("sinks: {}", "sinks: {out: {type: null, channel: nul}}"))
+    assert "nul" in topo.channels
+
+
+def test_selector_and_processor_names_are_checked():
+    errors = errors_of("""
+        name: t
+        sources:
+          gen:
+            type: sequence
+            channels: [a]
+            selector: {type: multiplexing, header: h, mapping: {x: [b]}}
+        channels: {a: {type: memory}, b: {type: memory}}
+        sinks:
+          k1: {type: null, channel: a}
+          k2: {type: null, channel: b}
+        sink_groups:
+          g: {sinks: [k1, k2], processor: {type: failover, priority: {k1: 1, k3: 2}}}
+        """)
+    assert any(e.startswith("sources.gen.selector: names channel 'b'") for e in errors), errors
+    assert any(e.startswith("sink_groups.g.processor: names sink 'k3'") for e in errors), errors
+
+
+def test_exec_command_not_found_is_reported_before_start():
+    errors = errors_of("""
+        name: t
+        sources: {tail: {type: exec, command: /no/such/binary --flag, channels: [mem]}}
+        channels: {mem: {type: memory}}
+        sinks: {out: {type: null, channel: mem}}
+        """)
+    assert any(e.startswith("sources.tail") and "command" in e for e in errors), errors
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_topology(tmp_path / "missing.yaml")
+    assert "cannot read the topology file" in str(exc.value)
+
+
+def test_shipped_topologies_are_valid():
+    import pathlib
+
+    files = sorted(pathlib.Path(__file__).parent.parent.joinpath("topologies").glob("*.yaml"))
+    assert files
+    for f in files:
+        load_topology(f)
