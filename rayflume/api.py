@@ -47,10 +47,27 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
+        _use_token_auth_if_available()
         ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE,
                  logging_level="WARNING")
+
+
+def _use_token_auth_if_available() -> None:
+    """Send the local Ray auth token (~/.ray/auth_token) when connecting to a cluster.
+
+    A cluster started by ``ray.init()`` (as ``rayflume deploy`` does) requires the token, but a
+    client connecting by address only sends it when token mode is switched on for it.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 class TopologyHandle:

@@ -281,13 +281,20 @@ def _validate_graph(data: dict, topo: Topology, errors: list[str]) -> None:
     channel_names = set((data.get("channels") or {}))
     written, drained = set(), set()
 
-    for sname, cfg in topo.sources.items():
-        for i, ch in enumerate(cfg.channels):
+    for sname, raw in (data.get("sources") or {}).items():
+        # Channel references are checked from the raw mapping, so they are reported even when
+        # the source's own keys had errors.
+        listed = raw.get("channels") if isinstance(raw, dict) else None
+        listed = [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
+        for i, ch in enumerate(listed):
             if ch not in channel_names:
                 errors.append(f"sources.{sname}.channels[{i}]: unknown channel '{ch}'")
             written.add(ch)
-        if len(set(cfg.channels)) != len(cfg.channels):
+        if len(set(listed)) != len(listed):
             errors.append(f"sources.{sname}.channels: a channel is listed twice")
+        cfg = topo.sources.get(sname)
+        if cfg is None:
+            continue
         if cfg.selector is not None:
             for ch in sorted(cfg.selector.channels_named() - set(cfg.channels)):
                 errors.append(f"sources.{sname}.selector: names channel '{ch}', which is not in the "

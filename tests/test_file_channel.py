@@ -483,3 +483,106 @@ def test_config_defaults():
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValidationError):
         FileChannelConfig(type="file", **bad)
+
+
+# -- the commit rule ------------------------------------------------------------------------------
+class GatedIO(FileIO):
+    """Segment fsyncs block while the gate is closed; every operation is logged in order."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.gate.set()
+        self.blocked = threading.Event()
+        self.ops: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _path(fd) -> str:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return "?"
+
+    def open(self, path, flags, mode=0o644):
+        fd = super().open(path, flags, mode)
+        self.ops.append(("open", os.path.basename(path)))
+        return fd
+
+    def write(self, fd, buffers):
+        self.ops.append(("write", os.path.basename(self._path(fd))))
+        super().write(fd, buffers)
+
+    def fsync(self, fd):
+        path = self._path(fd)
+        if path.endswith(".seg") and not self.gate.is_set():
+            self.blocked.set()
+            assert self.gate.wait(30)
+        self.ops.append(("fsync", os.path.basename(path)))
+        super().fsync(fd)
+
+    def fsync_dir(self, path):
+        self.ops.append(("fsync_dir", os.path.basename(path)))
+        super().fsync_dir(path)
+
+
+def test_put_returns_only_after_fsync(channels):
+    io = GatedIO()
+    ch = channels(io=io)
+    io.gate.clear()
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (ch.put(numbered(0, 3), "a"), done.set()))
+    t.start()
+    assert io.blocked.wait(10)
+    assert not done.is_set() and ch.size() == 0 and ch.take(3) is None
+    io.gate.set()
+    t.join(10)
+    assert done.is_set() and ch.size() == 3
+
+
+def test_a_new_segment_is_fsynced_with_its_directory_before_the_put_returns(channels):
+    io = GatedIO()
+    ch = channels(io=io, max_file_size_bytes=1024)
+    ch.put(numbered(0, 10, size=60), "a")  # fills the first segment
+    first = max(ch.segment_paths())
+    io.ops.clear()
+    ch.put(numbered(10, 10, size=60), "b")
+    second = max(ch.segment_paths())
+    assert second == first + 1
+    old, new = os.path.basename(ch.segment_paths()[first]), os.path.basename(ch.segment_paths()[second])
+    ops = io.ops
+    assert ops[:5] == [("fsync", old), ("open", new), ("write", new), ("fsync", new), ("fsync_dir", "data")]
+    assert ops[5:] == [("write", new), ("fsync", new)]
+
+
+def test_checkpoint_during_an_unsynced_put_keeps_that_put(channels):
+    io = GatedIO()
+    ch = channels(io=io)
+    ch.put(numbered(0, 2), "a")
+    io.gate.clear()
+    t = threading.Thread(target=ch.put, args=(numbered(2, 2), "b"))
+    t.start()
+    assert io.blocked.wait(10)
+    assert ch.checkpoint()  # the record of "b" is written but not yet durable nor visible
+    io.gate.set()
+    t.join(10)
+    assert ch.size() == 4
+    ch2 = reopen(ch, channels)
+    assert drain(ch2) == [0, 1, 2, 3]
+
+
+def test_opens_and_drains_while_the_disk_refuses_writes(channels):
+    ch = channels()
+    ch.put(numbered(0, 4), "a")
+    ch.close(checkpoint=False)
+    io = FaultyIO()
+    io.write_errno = errno.ENOSPC
+    ch = channels(io=io)  # cannot create a segment nor write a checkpoint: opens anyway
+    assert ch.metrics()["CheckpointErrorCount"] == 1
+    lease, b = ch.take(2)
+    assert numbers(b) == [0, 1]
+    with pytest.raises(ChannelWriteError):
+        ch.put(numbered(4, 1), "b")
+    io.write_errno = None
+    ch.commit(lease)
+    ch.put(numbered(4, 1), "b")
+    ch2 = reopen(ch, channels)
+    assert drain(ch2) == [2, 3, 4]

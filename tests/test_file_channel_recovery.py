@@ -103,7 +103,7 @@ def test_torn_tail_at_every_offset_of_the_last_record(tmp_path, with_checkpoint)
         ch.close()
 
 
-@pytest.mark.parametrize("garbage", [b"\x00" * 4096, bytes(random.Random(1).getrandbits(8) for _ in range(300)),
+@pytest.mark.parametrize("garbage", [b"\x00" * 4096, random.Random(1).randbytes(300),
                                      records.RECORD_MAGIC + b"\xff" * 40])
 def test_garbage_after_the_last_record_is_truncated(tmp_path, garbage):
     ch = open_channel(tmp_path)
@@ -421,3 +421,61 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path):
 def test_sigkill_chaos_long(tmp_path):
     result = _crash_run(tmp_path, kills=150, seed=11)
     assert result["lost"] == [] and result["unexpected"] == [], result
+
+
+# -- events that carry records ------------------------------------------------------------------
+def _events_carrying_a_record(tmp_path, alien_lsn=1, last=False):
+    """A channel whose third put holds, as an event body, a valid record (of lsn ``alien_lsn``)."""
+    from rayflume.event import EventBatch
+
+    ch = open_channel(tmp_path)
+    ch.put(numbered(0, 2), "t0")
+    ch.put(numbered(2, 2), "t1")
+    segment = ch.segment_paths()[max(ch.segment_paths())]
+    alien = numbered(500, 1)
+    parts = records.put_payload("alien", 1, alien.nbytes, alien.to_ipc())
+    copy = b"".join([records.record_header(records.PUT, alien_lsn, sum(map(len, parts)),
+                                           records.payload_crc(parts)), *parts])
+
+    ch.put(EventBatch.from_bodies([b"99", copy + copy]), "t2")
+    if not last:
+        ch.put(numbered(4, 2), "t3")
+    ch.close(checkpoint=False)
+    return segment, spans(segment)
+
+
+def test_a_damaged_record_whose_payload_holds_a_record_is_skipped_whole(tmp_path):
+    segment, rec_spans = _events_carrying_a_record(tmp_path)
+    offset, size = rec_spans[2]
+    flip_bit(segment, offset + size - 3, 1)
+    ch = open_channel(tmp_path)
+    try:
+        assert ch.metrics()["CorruptRecordCount"] == 1
+        assert drain(ch) == [0, 1, 2, 3, 4, 5]
+    finally:
+        ch.close()
+
+
+def test_a_torn_record_whose_payload_holds_a_record_is_cut_whole(tmp_path):
+    segment, rec_spans = _events_carrying_a_record(tmp_path)
+    offset, size = rec_spans[2]
+    os.truncate(segment, offset + size - 3)  # the torn write keeps both embedded copies
+    ch = open_channel(tmp_path)
+    try:
+        assert (ch.metrics()["CorruptRecordCount"], ch.metrics()["TornTailCount"]) == (0, 1)
+        assert drain(ch) == [0, 1, 2, 3]
+        assert os.path.getsize(segment) == offset
+    finally:
+        ch.close()
+
+
+def test_a_damaged_last_record_is_not_searched_for_records(tmp_path):
+    segment, rec_spans = _events_carrying_a_record(tmp_path, alien_lsn=10**9, last=True)
+    offset, size = rec_spans[2]
+    flip_bit(segment, offset + 30, 1)
+    ch = open_channel(tmp_path)
+    try:
+        assert drain(ch) == [0, 1, 2, 3]
+        assert os.path.getsize(segment) == offset
+    finally:
+        ch.close()

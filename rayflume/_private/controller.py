@@ -264,6 +264,7 @@ class TopologyController:
             if sum(left.values()):
                 self._event("controller", f"drain timed out; events left in channels: {left}")
             self._call_all("SINK", "stop")
+            final_metrics = self.metrics()
             self._call_all("CHANNEL", "stop")
             for managed in self.components.values():
                 try:
@@ -273,7 +274,7 @@ class TopologyController:
             if self.metrics_server is not None:
                 self.metrics_server.close()
             self.state = "STOPPED"
-            return {"undrained": left}
+            return {"undrained": left, "final_metrics": final_metrics}
 
     def _call_all(self, kind: str, method: str) -> None:
         refs = [getattr(m.handle, method).remote() for (k, _), m in self.components.items() if k == kind]

@@ -141,7 +141,12 @@ class SpillableChannel(Channel):
                 got = mem.events if mem else 0
                 over = None
                 if got < max_events and not self._mem.batches and self._overflow is not None:
-                    over = self._overflow.take(max_events - got, holder)
+                    try:
+                        over = self._overflow.take(max_events - got, holder)
+                    except BaseException:
+                        if mem is not None:
+                            self._mem.settle(mem.lease_id, "rolled_back")
+                        raise
                 if mem is not None or over is not None:
                     break
                 remaining = deadline - now()

@@ -183,7 +183,11 @@ class FileChannel(Channel):
         self._log: SegmentLog | None = None
         try:
             self._recover()
-            self._log.open_segment()
+            try:
+                self._log.open_segment()
+            except ChannelWriteError as exc:
+                # Start anyway (takes free space); the first put retries creating a segment.
+                log.error("%s", exc)
             self.checkpoint()
         except BaseException:
             if self._log is not None:
@@ -216,15 +220,17 @@ class FileChannel(Channel):
             start_segment, start_offset = (min(segments) if segments else 1), 0
             next_segment, next_lsn = 1, 1
         last = max(segments) if segments else None
+        seen_lsn = -1
         for sid, path in list(segments.items()):
             if sid < start_segment:
                 continue
             scan = scan_segment(self._io, path, sid, start_offset if sid == start_segment else 0,
-                                sid == last, lambda rec, sid=sid: state.apply(sid, rec))
+                                sid == last, lambda rec, sid=sid: state.apply(sid, rec), seen_lsn)
             if scan.removed:
                 del segments[sid]
                 continue
             self._stats["ReplayRecordCount"] += scan.records
+            seen_lsn = max(seen_lsn, scan.last_lsn)
             next_lsn = max(next_lsn, scan.last_lsn + 1)
             if scan.bad_header:
                 log.error("file channel '%s': segment %s has a damaged header; reading its records "

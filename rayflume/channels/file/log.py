@@ -378,11 +378,12 @@ class SegmentLog:
                 log.warning("file channel '%s': cannot delete %s: %s", self.channel, path, exc)
         if deleted:
             self.stats.segments_deleted += len(deleted)
-            try:
-                self.io.fsync_dir(self.directory)
-            except OSError as exc:
-                log.warning("file channel '%s': fsync of %s failed: %s", self.channel,
-                            self.directory, exc)
+            for directory in sorted({os.path.dirname(paths[s]) for s in deleted}):
+                try:
+                    self.io.fsync_dir(directory)
+                except OSError as exc:
+                    log.warning("file channel '%s': fsync of %s failed: %s", self.channel,
+                                directory, exc)
         return deleted
 
     def close(self, sync: bool = True) -> None:
@@ -417,14 +418,15 @@ class SegmentScan:
 
 
 def scan_segment(io: FileIO, path: str, segment_id: int, start: int, is_last: bool,
-                 on_record: Callable[[Record], None]) -> SegmentScan:
+                 on_record: Callable[[Record], None], min_lsn: int = -1) -> SegmentScan:
     """Feed each verified record of a segment from ``start`` to ``on_record`` and repair its tail.
 
     A damaged span followed by valid records is corruption: reported in ``corrupt``, its records
     are skipped. A damaged tail of the newest segment is a torn write: the file is truncated to
     the end of the last good record and fsynced. A damaged tail of an older segment is reported as
     corruption and left in place. ``on_record`` must copy what it keeps: payloads are views of a
-    memory map that is closed on return.
+    memory map that is closed on return. ``min_lsn`` is the highest lsn replayed before this
+    segment: after damage, only a record with a higher lsn resynchronises the scan.
     """
     result = SegmentScan(path)
     fd = os.open(path, os.O_RDONLY)
@@ -452,7 +454,7 @@ def scan_segment(io: FileIO, path: str, segment_id: int, start: int, is_last: bo
         if pos > size:
             log.warning("segment %s is shorter (%d) than the checkpoint's replay position %d",
                         path, size, pos)
-        for item in records.scan(mm, pos):
+        for item in records.scan(mm, pos, min_lsn):
             if isinstance(item, Record):
                 on_record(item)
                 result.records += 1
@@ -469,12 +471,16 @@ def scan_segment(io: FileIO, path: str, segment_id: int, start: int, is_last: bo
         except BufferError:  # a view escaped; the map is freed when it is collected
             pass
     if tail_at is not None:
-        wfd = io.open(path, os.O_WRONLY)
         try:
-            io.truncate(wfd, tail_at)
-            io.fsync(wfd)
-        finally:
-            io.close(wfd)
+            wfd = io.open(path, os.O_WRONLY)
+            try:
+                io.truncate(wfd, tail_at)
+                io.fsync(wfd)
+            finally:
+                io.close(wfd)
+        except OSError as exc:
+            # Replay already ignores the tail; the next open finds it again (then as corruption).
+            log.error("cannot truncate the torn tail of %s at %d: %s", path, tail_at, exc)
     return result
 
 

@@ -154,24 +154,28 @@ class Damage:
     tail: bool
 
 
-def scan(data, start: int) -> Iterator[Record | Damage]:
+def scan(data, start: int, min_lsn: int = -1) -> Iterator[Record | Damage]:
     """Yield the records of a segment body from offset ``start``, and the damaged spans between them.
 
     ``data`` is bytes-like and supports ``find`` (bytes, mmap). After a record that does not verify,
     the scanner first trusts its length field if a valid record starts right after it (a flipped
     payload or checksum bit), and otherwise searches forward for the next magic marker whose record
-    verifies (a damaged length field). Each yielded :class:`Damage` spans exactly one resync.
+    verifies (a damaged length field) and continues the lsn sequence (lsn above every lsn seen so
+    far, and above ``min_lsn``), so a copy of an older record inside a payload is not taken for a
+    record. Each yielded :class:`Damage` spans exactly one resync.
     """
     mv = memoryview(data)
     end = len(mv)
     pos = start
+    last_lsn = min_lsn
     while pos < end:
         rec = _record_at(mv, pos, end)
         if rec is not None:
             yield rec
             pos += rec.size
+            last_lsn = max(last_lsn, rec.lsn)
             continue
-        nxt = _resync(data, mv, pos, end)
+        nxt = _resync(data, mv, pos, end, last_lsn)
         if nxt is None:
             yield Damage(pos, end, True)
             return
@@ -179,16 +183,25 @@ def scan(data, start: int) -> Iterator[Record | Damage]:
         pos = nxt
 
 
-def _resync(data, mv: memoryview, pos: int, end: int) -> int | None:
+def _resync(data, mv: memoryview, pos: int, end: int, last_lsn: int) -> int | None:
     if end - pos >= RECORD_HEADER_SIZE:
         magic, _crc, length, _t, _lsn = RECORD_HEADER.unpack_from(mv, pos)
         if magic == RECORD_MAGIC and length <= MAX_PAYLOAD:
+            # An intact header whose record spans the rest of the file, or ends where a valid
+            # record starts: trust its length rather than search its payload (which may itself
+            # hold bytes that look like records, e.g. events carrying segment files).
             after = pos + RECORD_HEADER_SIZE + length
-            if after < end and _record_at(mv, after, end) is not None:
+            if after == end:
+                return None
+            if after < end and _continues(_record_at(mv, after, end), last_lsn):
                 return after
     q = data.find(RECORD_MAGIC, pos + 1, end)
     while q != -1:
-        if _record_at(mv, q, end) is not None:
+        if _continues(_record_at(mv, q, end), last_lsn):
             return q
         q = data.find(RECORD_MAGIC, q + 1, end)
     return None
+
+
+def _continues(rec: Record | None, last_lsn: int) -> bool:
+    return rec is not None and rec.lsn > last_lsn

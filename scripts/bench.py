@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Throughput benchmarks of named pipelines on an embedded Ray.
+
+    python scripts/bench.py memory            # sequence -> memory -> null, 200-byte bodies
+    python scripts/bench.py file --seconds 20
+    python scripts/bench.py all
+
+Each pipeline runs an unbounded ``sequence`` source; after a warm-up the sink's
+EventDrainSuccessCount is sampled over a window (steady state, start-up excluded). The baseline,
+measured in the same run, is the bare Ray cost the pipeline cannot beat by much: one driver
+putting the same batches into a plain queue actor and taking them back. The last line printed is
+one JSON object with ``pipeline, events, seconds, events_per_s, mb_per_s, baseline_events_per_s,
+ratio_to_baseline``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+import ray  # noqa: E402
+
+BODY = 200
+BATCH = 10_000
+
+
+def sequence(channels, batch=BATCH):
+    return {"type": "sequence", "batch_size": batch, "body_size": BODY, "channels": channels}
+
+
+def pipeline_memory(tmp):
+    return {"sources": {"gen": sequence(["mem"])},
+            "channels": {"mem": {"type": "memory", "capacity": 200_000, "transaction_capacity": BATCH}},
+            "sinks": {"out": {"type": "null", "channel": "mem", "batch_size": BATCH}}}
+
+
+def pipeline_file(tmp):
+    return {"sources": {"gen": sequence(["disk"])},
+            "channels": {"disk": {"type": "file", "capacity": 1_000_000, "transaction_capacity": BATCH,
+                                  "checkpoint_dir": os.path.join(tmp, "cp"),
+                                  "data_dirs": [os.path.join(tmp, "data")],
+                                  "minimum_required_space_bytes": 1 << 20}},
+            "sinks": {"out": {"type": "null", "channel": "disk", "batch_size": BATCH}}}
+
+
+def pipeline_spillable(tmp):
+    return {"sources": {"gen": sequence(["spill"])},
+            "channels": {"spill": {"type": "spillable", "memory_capacity": 50_000,
+                                   "overflow_capacity": 2_000_000, "transaction_capacity": BATCH,
+                                   "checkpoint_dir": os.path.join(tmp, "cp"),
+                                   "data_dirs": [os.path.join(tmp, "data")],
+                                   "minimum_required_space_bytes": 1 << 20}},
+            "sinks": {"out": {"type": "null", "channel": "spill", "batch_size": 2_000}}}
+
+
+PIPELINES = {"memory": pipeline_memory, "file": pipeline_file, "spillable": pipeline_spillable}
+
+
+@ray.remote(num_cpus=0)
+class _PlainQueue:
+    def __init__(self):
+        self.q = []
+
+    def put(self, batch):
+        self.q.append(batch)
+
+    def take(self):
+        return self.q.pop(0)
+
+
+def baseline(seconds: float) -> float:
+    """Events/s of put-then-take through a bare queue actor from one driver, same batches."""
+    from rayflume.sources.sequence import counter_bodies
+    from rayflume.event import EventBatch
+
+    batch = EventBatch.from_bodies(counter_bodies(0, BATCH, BODY))
+    q = _PlainQueue.remote()
+    ray.get([q.put.remote(batch), q.take.remote()])
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ray.get(q.put.remote(batch))
+        ray.get(q.take.remote())
+        n += BATCH
+    rate = n / (time.perf_counter() - t0)
+    ray.kill(q)
+    return rate
+
+
+def drained(handle) -> tuple[int, int]:
+    m = handle.metrics()
+    events = sum(int(v.get("EventDrainSuccessCount", 0)) for k, v in m.items() if k.startswith("SINK."))
+    return events, sum(int(v.get("ChannelSize", 0)) for k, v in m.items() if k.startswith("CHANNEL."))
+
+
+def run(name: str, seconds: float, warmup_s: float) -> dict:
+    import rayflume
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        topo = {"name": f"bench-{name}", "metrics": {"port": None}, **PIPELINES[name](tmp)}
+        handle = rayflume.deploy(topo)
+        try:
+            time.sleep(warmup_s)
+            e0, _ = drained(handle)
+            t0 = time.perf_counter()
+            time.sleep(seconds)
+            e1, backlog = drained(handle)
+            dt = time.perf_counter() - t0
+            extra = {}
+            if name == "file" or name == "spillable":
+                ch = next(k for k in handle.metrics() if k.startswith("CHANNEL."))
+                extra = {k: v for k, v in handle.metrics()[ch].items()
+                         if any(s in k for s in ("Fsync", "Spill", "Overflow", "Memory"))}
+        finally:
+            handle.stop(drain_timeout_s=1)
+    events = e1 - e0
+    return {"pipeline": name, "events": events, "seconds": round(dt, 3),
+            "events_per_s": round(events / dt), "mb_per_s": round(events * BODY / dt / 1e6, 1),
+            "backlog_at_end": backlog, **({"channel": extra} if extra else {})}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", choices=[*PIPELINES, "all"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
+    parser.add_argument("--warmup-s", type=float, default=4.0)
+    args = parser.parse_args(argv)
+    ray.init(num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
+             log_to_driver=False)
+    base = baseline(min(args.seconds, 5.0))
+    print(f"baseline (bare queue actor put+take, {BATCH} x {BODY} B batches): {base:,.0f} events/s",
+          file=sys.stderr)
+    names = list(PIPELINES) if args.pipeline == "all" else [args.pipeline]
+    results = []
+    for name in names:
+        r = run(name, args.seconds, args.warmup_s)
+        r["baseline_events_per_s"] = round(base)
+        r["ratio_to_baseline"] = round(r["events_per_s"] / base, 3)
+        results.append(r)
+        print(f"{name:>10}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s  "
+              f"x{r['ratio_to_baseline']} of baseline", file=sys.stderr)
+    ray.shutdown()
+    for r in results:
+        print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
