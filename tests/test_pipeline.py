@@ -181,7 +181,7 @@ def test_full_channel_backpressure_loses_nothing(deployed):
         "backpressure",
         {"gen": {"type": "sequence", "total_events": n, "batch_size": 250, "channels": ["small"]}},
         {"small": {"type": "memory", "capacity": 500, "transaction_capacity": 250}},
-        {"slow": {"type": "flaky_sink", "channel": "small", "collector": "backpressure", "fail_first": 8,
+        {"slow": {"type": "flaky_sink", "channel": "small", "collector": "backpressure", "fail_first": 4,
                   "batch_size": 250}},
     ))
     handle.wait_finished(timeout_s=120)

@@ -230,3 +230,14 @@ def test_config_registered_and_builds(tmp_path):
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValidationError):
         SpillableChannelConfig(type="spillable", **bad)
+
+
+def test_release_returns_a_holders_leases_oldest_first(channels):
+    ch = channels(memory_capacity=4)
+    ch.put(numbered(0, 4), "mem")
+    ch.put(numbered(4, 4), "disk")
+    ch.take(3, holder="s")
+    ch.take(3, holder="s")
+    ch.take(1, holder="other")
+    assert ch.release("s") == 6
+    assert drain(ch) == [0, 1, 2, 3, 4, 5, 7]

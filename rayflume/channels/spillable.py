@@ -201,7 +201,8 @@ class SpillableChannel(Channel):
         with self._lock:
             leases = [ls for ls in self._leases.values() if ls.holder == holder and not ls.committing]
             self.counters.RollbackCount += len(leases)
-            return self._return(leases, "rolled_back")
+            # Newest first, so the oldest lease's events end up at the head.
+            return self._return(list(reversed(leases)), "rolled_back")
 
     def expire_leases(self) -> int:
         with self._lock:
