@@ -17,6 +17,7 @@ import time
 from collections import deque
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
                                       actor_name, actor_options, was_reconstructed)
@@ -52,6 +53,8 @@ class _Managed:
         self.restarts_before = 0  # restarts of actors this one replaced
         self.replacements = 0
         self.last_restarts = 0
+        self.announced_restarts = 0
+        self.lost: str | None = None  # why a node-local component is gone for good
 
     @property
     def restarts(self) -> int:
@@ -68,6 +71,7 @@ class TopologyController:
         self._lock = threading.RLock()
         self.components: dict[tuple[str, str], _Managed] = {}
         self.deployed_at = time.time()
+        self.node_id = ray.get_runtime_context().get_node_id()
         if was_reconstructed():
             self._event("controller", "controller restarted; re-attaching to running components")
         self._plan()
@@ -102,8 +106,12 @@ class TopologyController:
 
     def _channel_creator(self, ch, cfg):
         raw = self.topology.raw["channels"][ch]
+        extra = {}
+        if cfg.node_local:
+            # The channel's files live on this node: Ray must restart it here, nowhere else.
+            extra["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self.node_id, soft=False)
         return lambda: RemoteChannel.options(
-            **actor_options(self.name, "channel", ch, cfg.max_restarts)).remote(self.name, ch, raw)
+            **actor_options(self.name, "channel", ch, cfg.max_restarts, **extra)).remote(self.name, ch, raw)
 
     def _source_creator(self, src, cfg):
         raw = self.topology.raw["sources"][src]
@@ -144,17 +152,29 @@ class TopologyController:
             if self.stopping.is_set():
                 return
             state, restarts = _actor_state(managed.handle)
-            if restarts > managed.last_restarts:
+            managed.last_restarts = max(managed.last_restarts, restarts)
+            if restarts > managed.announced_restarts:
                 self._event(managed.name, f"{managed.kind.lower()} restarted "
                                           f"({restarts} restart(s) of this actor)")
-                managed.last_restarts = restarts
-            if state == "DEAD":
+                managed.announced_restarts = restarts
+            if state == "DEAD" and managed.lost is None and self._node_lost(managed):
+                managed.lost = (f"its node {self.node_id[:12]} is gone with the channel's files; it is not "
+                                f"recreated empty. Bring the node back, or redeploy with data_dirs on "
+                                f"shared storage")
+                self._event(managed.name, f"channel LOST: {managed.lost}")
+            if state == "DEAD" and managed.lost is None:
                 self._event(managed.name, f"{managed.kind.lower()} actor is dead (restarts exhausted); "
                                           f"replacing it")
                 managed.restarts_before += managed.last_restarts
-                managed.last_restarts = 0
+                managed.last_restarts = managed.announced_restarts = 0
                 managed.replacements += 1
                 managed.handle = managed.create()
+
+    def _node_lost(self, managed: _Managed) -> bool:
+        if managed.kind != "CHANNEL" or not self.topology.channels[managed.name].node_local:
+            return False
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        return self.node_id not in alive
 
     def _reconcile_loop(self) -> None:
         while not self.stopping.wait(RECONCILE_INTERVAL_S):
@@ -182,6 +202,9 @@ class TopologyController:
     def metrics(self) -> dict:
         """Flume's JSON shape: ``{"SOURCE.gen": {...}, "CHANNEL.mem": {...}, "SINK.out": {...}}``."""
         reports = {}
+        for managed in self.components.values():
+            # read restarts live, not as of the last reconcile tick
+            managed.last_restarts = max(managed.last_restarts, _actor_state(managed.handle)[1])
         for (kind, name), result in self._gather("metrics").items():
             managed = self.components[(kind, name)]
             if isinstance(result, Exception):
@@ -190,7 +213,8 @@ class TopologyController:
                     for sink in self.topology.groups()[name]:
                         reports[(kind, sink)] = {"Unhealthy": 1, "Restarts": managed.restarts}
                 else:
-                    reports[(kind, name)] = {"Unhealthy": 1, "Restarts": managed.restarts}
+                    reports[(kind, name)] = {"Unhealthy": 1, "Restarts": managed.restarts,
+                                             **({"ChannelLost": 1} if managed.lost else {})}
                 continue
             if kind == "SINK":
                 for sink, counters in result.items():
@@ -222,6 +246,8 @@ class TopologyController:
                     entry["error"] = "; ".join(f"{k}: {v}" for k, v in info["errors"].items())
             elif info is not None:
                 entry["error"] = f"unreachable: {type(info).__name__}"
+            if managed.lost:
+                entry.update(state="LOST", error=managed.lost)
             if kind == "SINK":
                 entry["sinks"] = {s: metrics.get(f"SINK.{s}", {}) for s in self.topology.groups()[name]}
             else:

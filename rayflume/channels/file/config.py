@@ -1,6 +1,8 @@
 """Typed configuration of the ``file`` channel."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import os
 from typing import Literal
 
@@ -13,6 +15,8 @@ from rayflume.registry import register
 
 class FileStorageConfig(ChannelConfig):
     """The write-ahead-log keys shared by the ``file`` and ``spillable`` channels (not registered)."""
+
+    node_local: ClassVar[bool] = True
 
     checkpoint_dir: str | None = Field(
         None, description="Directory of the checkpoint and its lock. Default: "
