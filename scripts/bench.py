@@ -56,7 +56,8 @@ def pipeline_spillable(tmp):
                                    "checkpoint_dir": os.path.join(tmp, "cp"),
                                    "data_dirs": [os.path.join(tmp, "data")],
                                    "minimum_required_space_bytes": 1 << 20}},
-            "sinks": {"out": {"type": "null", "channel": "spill", "batch_size": 2_000}}}
+            # a sink slower than the source (small takes), so the backlog grows and spills
+            "sinks": {"out": {"type": "null", "channel": "spill", "batch_size": 500}}}
 
 
 PIPELINES = {"memory": pipeline_memory, "file": pipeline_file, "spillable": pipeline_spillable}
@@ -92,10 +93,31 @@ def baseline(seconds: float) -> float:
     return rate
 
 
-def drained(handle) -> tuple[int, int]:
+def sample(handle) -> tuple[int, dict]:
+    """(events drained by sinks, the channel's counters)."""
     m = handle.metrics()
     events = sum(int(v.get("EventDrainSuccessCount", 0)) for k, v in m.items() if k.startswith("SINK."))
-    return events, sum(int(v.get("ChannelSize", 0)) for k, v in m.items() if k.startswith("CHANNEL."))
+    channel = next(v for k, v in m.items() if k.startswith("CHANNEL."))
+    return events, channel
+
+
+def channel_figures(c0: dict, c1: dict, dt: float) -> dict:
+    """Per-second figures of the channel's own counters over the window."""
+    def delta(key):
+        return float(c1.get(key, 0) or 0) - float(c0.get(key, 0) or 0)
+
+    out = {"backlog_events": int(c1.get("ChannelSize", 0))}
+    if "FsyncCount" in c1:
+        fsyncs = delta("FsyncCount")
+        puts = delta("EventPutSuccessCount")
+        out.update(fsyncs_per_s=round(fsyncs / dt, 1),
+                   body_bytes_per_fsync=round(puts * BODY / fsyncs) if fsyncs else None,
+                   events_per_fsync=round(puts / fsyncs) if fsyncs else None)
+    if "SpilledEventCount" in c1:
+        out.update(spilled_events_per_s=round(delta("SpilledEventCount") / dt),
+                   memory_backlog=int(c1.get("MemoryChannelSize", 0)),
+                   overflow_backlog=int(c1.get("OverflowChannelSize", 0)))
+    return out
 
 
 def run(name: str, seconds: float, warmup_s: float) -> dict:
@@ -106,22 +128,17 @@ def run(name: str, seconds: float, warmup_s: float) -> dict:
         handle = rayflume.deploy(topo)
         try:
             time.sleep(warmup_s)
-            e0, _ = drained(handle)
+            e0, c0 = sample(handle)
             t0 = time.perf_counter()
             time.sleep(seconds)
-            e1, backlog = drained(handle)
+            e1, c1 = sample(handle)
             dt = time.perf_counter() - t0
-            extra = {}
-            if name == "file" or name == "spillable":
-                ch = next(k for k in handle.metrics() if k.startswith("CHANNEL."))
-                extra = {k: v for k, v in handle.metrics()[ch].items()
-                         if any(s in k for s in ("Fsync", "Spill", "Overflow", "Memory"))}
         finally:
             handle.stop(drain_timeout_s=1)
     events = e1 - e0
     return {"pipeline": name, "events": events, "seconds": round(dt, 3),
             "events_per_s": round(events / dt), "mb_per_s": round(events * BODY / dt / 1e6, 1),
-            "backlog_at_end": backlog, **({"channel": extra} if extra else {})}
+            "channel": channel_figures(c0, c1, dt)}
 
 
 def main(argv=None) -> int:
