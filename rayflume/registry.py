@@ -18,11 +18,15 @@ KINDS = ("source", "channel", "sink", "interceptor", "selector", "processor")
 
 # Modules that hold the built-in components of each kind.
 _BUILTIN_MODULES = {
-    "source": ["rayflume.sources.sequence", "rayflume.sources.exec", "rayflume.testing"],
+    "source": ["rayflume.sources.sequence", "rayflume.sources.exec", "rayflume.sources.taildir",
+               "rayflume.sources.spooldir", "rayflume.sources.syslog", "rayflume.sources.http",
+               "rayflume.sources.netcat", "rayflume.sources.kafka", "rayflume.testing"],
     "channel": ["rayflume.channels.memory", "rayflume.channels.null", "rayflume.channels.file",
-                "rayflume.channels.spillable"],
-    "sink": ["rayflume.sinks.logger", "rayflume.sinks.null", "rayflume.sinks.file_roll", "rayflume.testing"],
-    "interceptor": ["rayflume.interceptors.builtin", "rayflume.interceptors.callable"],
+                "rayflume.channels.spillable", "rayflume.channels.kafka"],
+    "sink": ["rayflume.sinks.logger", "rayflume.sinks.null", "rayflume.sinks.file_roll", "rayflume.sinks.hdfs",
+             "rayflume.sinks.kafka", "rayflume.sinks.http", "rayflume.testing"],
+    "interceptor": ["rayflume.interceptors.builtin", "rayflume.interceptors.regex",
+                    "rayflume.interceptors.callable"],
     "selector": ["rayflume.selectors"],
     "processor": ["rayflume.processors"],
 }

@@ -40,7 +40,8 @@ class ChannelPort(Protocol):
 
 SOURCE_COUNTERS = ("EventReceivedCount", "EventAcceptedCount", "AppendBatchReceivedCount",
                    "AppendBatchAcceptedCount", "ChannelWriteFail", "EventReadFail",
-                   "GenericProcessingFail", "OptionalChannelWriteFail", "EventDroppedByInterceptorCount")
+                   "GenericProcessingFail", "OptionalChannelWriteFail", "EventDroppedByInterceptorCount",
+                   "EventRejectedCount")
 SINK_COUNTERS = ("ConnectionCreatedCount", "ConnectionClosedCount", "ConnectionFailedCount",
                  "BatchEmptyCount", "BatchUnderflowCount", "BatchCompleteCount",
                  "EventDrainAttemptCount", "EventDrainSuccessCount", "EventWriteFail",
@@ -111,6 +112,9 @@ class SourceRunner:
                 kind = "full" if isinstance(exc, ChannelFull) else "failed"
                 self._note_error(f"channel '{ch}' {kind}: {exc}; keeping the batch and retrying",
                                  level=logging.DEBUG if kind == "full" else logging.WARNING)
+            if not self.source.on_put_failure(failed):
+                self.counters["EventRejectedCount"] += len(intercepted)
+                return False
             if self.stopping.is_set():
                 return False
             self._sleep(self.backoff.next_delay())

@@ -46,6 +46,16 @@ class Source(ABC):
     def ack(self) -> None:
         """The batch from the last ``poll`` is committed to every required channel."""
 
+    def on_put_failure(self, errors: dict[str, BaseException]) -> bool:
+        """A put of the last batch into required channels failed (``{channel: error}``).
+
+        Return True to have the runner keep the batch and retry with back-off (the default: a
+        pollable source's data stays safe), or False to abandon it: an event-driven source that
+        has already told its client (HTTP 503, say) returns False, and the runner polls again
+        without calling ``ack``.
+        """
+        return True
+
     @property
     def finished(self) -> bool:
         """True once a finite source has returned (and had acknowledged) everything it will read."""
