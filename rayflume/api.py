@@ -20,7 +20,6 @@ import ray
 
 from rayflume._private.actors import NAMESPACE
 from rayflume._private.controller import RemoteController, controller_name, controller_options
-from rayflume.errors import RayflumeError
 from rayflume.topology import Topology, load_topology, loads_topology, validate
 
 
@@ -75,6 +74,7 @@ class TopologyHandle:
 
     def __init__(self, name: str, controller=None):
         self.name = name
+        self.last_update: dict | None = None  # {"kept": n, "replaced": m} after a redeploy
         self._controller = controller or ray.get_actor(controller_name(name), namespace=NAMESPACE)
 
     def __repr__(self) -> str:
@@ -113,18 +113,17 @@ class TopologyHandle:
 def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None = None) -> TopologyHandle:
     """Validate and deploy ``topology`` (a file path, YAML mapping or Topology) under its name.
 
-    Deploying a name that is already running with the same configuration returns its handle;
-    a different configuration under a running name is refused (stop it first).
+    Deploying a name that is already running updates it: components whose configuration did not
+    change keep running; changed ones are replaced; an identical configuration changes nothing.
     """
     topo = _as_topology(topology)
     ensure_ray(address)
     existing = get(topo.name)
     if existing is not None:
         running = ray.get(existing._controller.raw_topology.remote(), timeout=60)
-        if running == topo.raw:
-            return existing
-        raise RayflumeError(f"topology '{topo.name}' is already deployed with a different configuration; "
-                            f"stop it first: rayflume stop {topo.name}")
+        if running != topo.raw:
+            existing.last_update = ray.get(existing._controller.update.remote(topo.raw), timeout=600)
+        return existing
     controller = RemoteController.options(**controller_options(topo.name)).remote(topo.raw)
     ray.get(controller.ping.remote(), timeout=180)
     return TopologyHandle(topo.name, controller)

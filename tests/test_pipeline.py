@@ -12,7 +12,6 @@ import ray
 
 import rayflume
 from rayflume import testing
-from rayflume.errors import RayflumeError
 from tests.channel_contract import wait_until
 
 
@@ -215,17 +214,25 @@ def test_sigkill_of_sink_actor_is_survived(deployed):
     assert handle.metrics()["SINK.out"]["Restarts"] == "1"
 
 
-def test_redeploy_same_config_is_noop_and_different_is_refused(deployed):
+def test_redeploy_keeps_unchanged_components(deployed):
     t = topo("redeploy",
              {"gen": {"type": "sequence", "batch_size": 10, "channels": ["mem"]}},
-             {"mem": {"type": "memory"}},
-             {"out": {"type": "null", "channel": "mem"}})
+             {"mem": {"type": "memory"}, "other": {"type": "memory"}},
+             {"out": {"type": "null", "channel": "mem"}, "out2": {"type": "null", "channel": "other"}})
+    t["sources"]["gen2"] = {"type": "sequence", "batch_size": 10, "channels": ["other"]}
     first = deployed(t)
+    pids = {c["name"]: c["pid"] for c in first.status()["components"]}
     again = rayflume.deploy(t)
-    assert again.name == first.name
-    changed = {**t, "channels": {"mem": {"type": "memory", "capacity": 5000}}}
-    with pytest.raises(RayflumeError, match="already deployed with a different configuration"):
-        rayflume.deploy(changed)
+    assert again.name == first.name and again.last_update is None  # identical: nothing to do
+    changed = {**t, "channels": {**t["channels"], "other": {"type": "memory", "capacity": 5000}}}
+    handle = rayflume.deploy(changed)
+    # the changed channel, and the source and sink attached to it, are replaced; the rest keep running
+    assert handle.last_update == {"kept": 3, "replaced": 3}
+    after = {c["name"]: c["pid"] for c in handle.status()["components"]}
+    assert after["mem"] == pids["mem"] and after["gen"] == pids["gen"] and after["out"] == pids["out"]
+    assert after["other"] != pids["other"] and after["gen2"] != pids["gen2"] and after["out2"] != pids["out2"]
+    wait_until(lambda: int(handle.metrics()["SINK.out2"].get("EventDrainSuccessCount", 0)) > 0, timeout_s=30,
+               what="the replaced part to run")
 
 
 def test_exec_source_to_file_roll(deployed, tmp_path):

@@ -24,6 +24,7 @@ import ray
 
 from rayflume._private.metrics import RayExporter
 from rayflume._private.runners import SinkRunner, SourceRunner, run_sink_group
+from rayflume.channels.base import IdWindow
 from rayflume.errors import ConfigError
 from rayflume.event import EventBatch
 from rayflume.interceptors.base import InterceptorChain
@@ -181,8 +182,26 @@ class SourceActor(_Component):
         selector = self.config.selector.build(list(self.config.channels))
         self.runner = SourceRunner(name, self.source, chain, selector, self._put_many, self.counters)
         self.error: str | None = None
+        self._hop_ids = IdWindow()
+        self._hop_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"source-{name}")
         self._thread.start()
+
+    def append_batch(self, batch: EventBatch, batch_id: str) -> None:
+        """A tier hop: put ``batch`` into this source's channels; returns once committed.
+
+        Raises (ChannelFull, a dead channel) so the sender rolls back and retries; a batch id that
+        was already committed is acknowledged again without a second put.
+        """
+        if not getattr(self.config, "receives_hops", False):
+            raise TypeError(f"source '{self.name}' of topology '{self.topology}' is not a rayflume source")
+        with self._hop_lock:
+            if batch_id in self._hop_ids:
+                self.counters["DuplicateBatchCount"] = self.counters.get("DuplicateBatchCount", 0) + 1
+                return
+        self.runner.deliver_once(batch, batch_id)
+        with self._hop_lock:
+            self._hop_ids.add(batch_id)
 
     def _put_many(self, subbatches: dict, txn_id: str) -> dict:
         refs = {ch: self.channels[ch].put.remote(b, txn_id) for ch, b in subbatches.items()}
@@ -231,7 +250,7 @@ class SinkGroupActor(_Component):
     kind = "SINK"
 
     def __init__(self, topology: str, group: str, raw_sinks: dict, raw_processor: dict | None,
-                 channels: dict):
+                 channels: dict, scope: str = ""):
         self._init_identity(topology, group)
         self.runners: list[SinkRunner] = []
         self.counters: dict[str, dict] = {}
@@ -243,7 +262,7 @@ class SinkGroupActor(_Component):
             sink.start(SinkContext(name=sink_name, topology=topology,
                                    logger=logging.getLogger(f"rayflume.sink.{sink_name}"),
                                    counters=counters))
-            holder = f"{topology}/{group}/{sink_name}"
+            holder = "/".join(p for p in (topology, scope, group, sink_name) if p)
             channel = channels[config.channel]
             # Leases of our previous incarnation return to the channel now, not at their timeout.
             try:

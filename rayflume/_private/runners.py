@@ -71,6 +71,7 @@ class SourceRunner:
         self.idle_backoff = idle_backoff or Backoff(0.005, 0.5)
         self.stopping = threading.Event()
         self.last_error: str | None = None
+        self._counter_lock = threading.Lock()
 
     def run_once(self) -> bool:
         """Poll once and deliver what came; True if a batch was delivered."""
@@ -130,6 +131,33 @@ class SourceRunner:
         self.counters["AppendBatchAcceptedCount"] += 1
         self.last_error = None
         return True
+
+    def deliver_once(self, batch: EventBatch, txn_id: str) -> None:
+        """Intercept, route and put ``batch`` once; raise the first refusal of a required channel.
+
+        For batches pushed by a caller that retries on its own (a tier hop): channels deduplicate
+        by ``txn_id``, so the caller's retry with the same id is not stored twice. Thread-safe.
+        """
+        intercepted = self.chain.intercept(batch)
+        routing = self.selector.route(intercepted)
+        failed = {ch: exc for ch, exc in self.put_many(routing.required, txn_id).items() if exc is not None}
+        with self._counter_lock:
+            self.counters["EventReceivedCount"] += len(batch)
+            self.counters["AppendBatchReceivedCount"] += 1
+            self.counters["EventDroppedByInterceptorCount"] += len(batch) - len(intercepted)
+            if failed:
+                self.counters["ChannelWriteFail"] += 1
+        if failed:
+            ch, exc = next(iter(failed.items()))
+            raise exc
+        if routing.optional:
+            for ch, exc in self.put_many(routing.optional, txn_id + ":optional").items():
+                if exc is not None:
+                    with self._counter_lock:
+                        self.counters["OptionalChannelWriteFail"] += 1
+        with self._counter_lock:
+            self.counters["EventAcceptedCount"] += len(intercepted)
+            self.counters["AppendBatchAcceptedCount"] += 1
 
     def run(self) -> None:
         while not self.stopping.is_set() and not self.source.finished:

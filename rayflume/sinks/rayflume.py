@@ -1,0 +1,142 @@
+"""The ``rayflume`` sink: sends batches to another tier (Flume's avro sink).
+
+``write(batch)`` calls ``append_batch`` on a live instance of the target tier's ``rayflume``
+source and returns only after that source's required channels committed the batch, so the take
+here is committed only once the next tier holds the events. Targets are the target tier's live
+instances, asked of the topology's controller and refreshed every ``refresh_s`` seconds, so new
+collectors join the rotation and dead ones leave it without a restart.
+
+``policy``: ``load_balance`` (default) rotates over targets, skipping one that failed for an
+exponentially growing pause; ``failover`` sticks to the first live target in instance order and
+moves on when it fails. When every target refuses (or the tier has no live instance) ``write``
+raises: the take is rolled back, the events stay in this tier's channel, and the sink backs off.
+
+The batch id is a digest of the batch's contents, stable across retries after a rollback, so a
+retry whose first attempt did commit (only the reply was lost) is recognised by the receiver.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from typing import Literal
+
+import ray
+from pydantic import Field
+
+from rayflume.config_base import SinkConfig
+from rayflume.errors import DeliveryError
+from rayflume.event import EventBatch
+from rayflume.registry import register
+from rayflume.sinks.base import Sink
+
+logger = logging.getLogger("rayflume.sink.rayflume")
+
+
+def batch_digest(batch: EventBatch) -> str:
+    """A content digest of the batch's Arrow buffers (its id across retries)."""
+    h = hashlib.blake2b(digest_size=16)
+    rb = batch.record_batch
+    h.update(rb.num_rows.to_bytes(8, "little"))
+    for column in rb.columns:
+        for buf in column.buffers():
+            if buf is not None:
+                h.update(memoryview(buf))
+    return h.hexdigest()
+
+
+class RayflumeSink(Sink):
+    def __init__(self, name: str, tier: str, source: str | None, policy: str, batch_size: int,
+                 call_timeout_s: float, refresh_s: float, max_backoff_s: float):
+        self.name = name
+        self.tier = tier
+        self.source = source
+        self.policy = policy
+        self.batch_size = batch_size
+        self.call_timeout_s = call_timeout_s
+        self.refresh_s = refresh_s
+        self.max_backoff_s = max_backoff_s
+        self.targets: list[tuple[str, object]] = []
+        self._refreshed_at = 0.0
+        self._next = 0
+        self._failures: dict[str, int] = {}
+        self._excluded_until: dict[str, float] = {}
+
+    def start(self, context) -> None:
+        super().start(context)
+        from rayflume._private.controller import controller_name
+        from rayflume._private.actors import NAMESPACE
+
+        self._controller_name = (controller_name(context.topology), NAMESPACE)
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self.targets and now - self._refreshed_at < self.refresh_s:
+            return
+        try:
+            controller = ray.get_actor(*self._controller_name)
+            targets = ray.get(controller.hop_targets.remote(self.tier, self.source), timeout=30)
+        except Exception as exc:
+            logger.warning("sink '%s': cannot ask the controller for tier '%s': %s", self.name, self.tier, exc)
+            return
+        known = {i for i, _ in self.targets}
+        joined = [i for i, _ in targets if i not in known]
+        if joined and self.targets:
+            logger.info("sink '%s': new targets in tier '%s': %s", self.name, self.tier, joined)
+        self.targets = targets
+        self._refreshed_at = now
+
+    def _order(self) -> list[tuple[str, object]]:
+        now = time.monotonic()
+        live = [t for t in self.targets if self._excluded_until.get(t[0], 0) <= now]
+        if not live:
+            live = list(self.targets)  # everyone is penalised: try them all rather than none
+        if self.policy == "failover" or len(live) < 2:
+            return live
+        start = self._next % len(live)
+        self._next += 1
+        return live[start:] + live[:start]
+
+    def write(self, batch: EventBatch) -> None:
+        self._refresh()
+        if not self.targets:
+            self._refresh(force=True)
+        if not self.targets:
+            raise DeliveryError(f"sink '{self.name}': tier '{self.tier}' has no live instance to receive; the "
+                                f"events stay in this sink's channel until one starts")
+        batch_id = batch_digest(batch)
+        errors = []
+        for instance, handle in self._order():
+            try:
+                ray.get(handle.append_batch.remote(batch, batch_id), timeout=self.call_timeout_s)
+            except Exception as exc:  # refused (full), dead, unreachable, timed out: try the next one
+                n = self._failures.get(instance, 0) + 1
+                self._failures[instance] = n
+                self._excluded_until[instance] = time.monotonic() + min(self.max_backoff_s, 0.5 * 2 ** n)
+                errors.append(f"{instance}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                continue
+            self._failures.pop(instance, None)
+            self._excluded_until.pop(instance, None)
+            if self.context is not None and errors:
+                self.context.count("HopFailoverCount")
+            return
+        self._refreshed_at = 0.0  # the set of instances may have changed: ask again next time
+        raise DeliveryError(f"sink '{self.name}': no instance of tier '{self.tier}' accepted the batch "
+                            f"({'; '.join(errors)}); rolled back, will retry")
+
+
+@register("sink", "rayflume")
+class RayflumeSinkConfig(SinkConfig):
+    """``rayflume``: sends to the ``rayflume`` source of another tier."""
+
+    tier: str = Field(description="The tier to send to.")
+    source: str | None = Field(None, description="The target tier's rayflume source (needed if it has several).")
+    policy: Literal["load_balance", "failover"] = "load_balance"
+    call_timeout_s: float = Field(60.0, gt=0)
+    refresh_s: float = Field(2.0, gt=0, description="How often the list of live targets is refreshed.")
+    max_backoff_s: float = Field(30.0, gt=0, description="Longest pause of a failed target.")
+
+    def build(self, name: str) -> RayflumeSink:
+        return RayflumeSink(name, self.tier, self.source, self.policy, self.batch_size, self.call_timeout_s,
+                            self.refresh_s, self.max_backoff_s)
