@@ -69,6 +69,9 @@ def _use_token_auth_if_available() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+CONTROLLER_RESTART_WAIT_S = 120.0
+
+
 class TopologyHandle:
     """A deployed topology, reached through its controller actor. Safe to pickle and share."""
 
@@ -80,20 +83,31 @@ class TopologyHandle:
     def __repr__(self) -> str:
         return f"TopologyHandle({self.name!r})"
 
+    def _call(self, method: str, *args, timeout_s: float = 60.0):
+        """Call the controller, waiting out a restart of it (it re-attaches to its components)."""
+        deadline = time.monotonic() + CONTROLLER_RESTART_WAIT_S
+        while True:
+            try:
+                return ray.get(getattr(self._controller, method).remote(*args), timeout=timeout_s)
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def status(self) -> dict:
-        """State, components (state, restarts, counters, errors) and recent controller events."""
-        return ray.get(self._controller.status.remote(), timeout=60)
+        """State, tiers, components (state, restarts, counters, errors) and recent controller events."""
+        return self._call("status")
 
     def metrics(self) -> dict:
         """Flume-shaped counters: ``{"SOURCE.gen": {"EventAcceptedCount": "10", ...}, ...}``."""
-        return ray.get(self._controller.metrics.remote(), timeout=60)
+        return self._call("metrics")
 
     def metrics_url(self) -> str | None:
-        return ray.get(self._controller.metrics_url.remote(), timeout=60)
+        return self._call("metrics_url")
 
     def finished(self) -> bool:
         """True when every source is finished and every channel is empty."""
-        return ray.get(self._controller.finished.remote(), timeout=60)
+        return self._call("finished")
 
     def wait_finished(self, timeout_s: float = 300.0, poll_s: float = 0.25) -> None:
         """Block until ``finished()``; raises TimeoutError after ``timeout_s``."""
@@ -105,7 +119,7 @@ class TopologyHandle:
 
     def stop(self, drain_timeout_s: float = 30.0) -> dict:
         """Stop sources, drain channels (up to ``drain_timeout_s``), stop sinks, remove all actors."""
-        result = ray.get(self._controller.stop.remote(drain_timeout_s), timeout=drain_timeout_s + 180)
+        result = self._call("stop", drain_timeout_s, timeout_s=drain_timeout_s + 180)
         ray.kill(self._controller, no_restart=True)
         return result
 
@@ -120,9 +134,8 @@ def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None
     ensure_ray(address)
     existing = get(topo.name)
     if existing is not None:
-        running = ray.get(existing._controller.raw_topology.remote(), timeout=60)
-        if running != topo.raw:
-            existing.last_update = ray.get(existing._controller.update.remote(topo.raw), timeout=600)
+        if existing._call("raw_topology") != topo.raw:
+            existing.last_update = existing._call("update", topo.raw, timeout_s=600)
         return existing
     controller = RemoteController.options(**controller_options(topo.name)).remote(topo.raw)
     ray.get(controller.ping.remote(), timeout=180)

@@ -138,29 +138,41 @@ def _handle(name: str):
     return handle
 
 
+STATUS_COUNTERS = {"SOURCE": ["EventReceivedCount", "EventAcceptedCount", "ChannelWriteFail"],
+                   "CHANNEL": ["ChannelSize", "ChannelFillPercentage", "EventPutSuccessCount",
+                               "EventTakeSuccessCount"],
+                   "SINK": ["EventDrainSuccessCount", "EventWriteFail", "RollbackCount"]}
+
+
 def format_status(status: dict) -> str:
     lines = [f"topology {status['name']}: {status['state']}"
              + (f"  metrics: {status['metrics_url']}" if status.get("metrics_url") else "")]
-    header = f"  {'KIND':<8} {'NAME':<20} {'STATE':<12} {'RESTARTS':>8}  COUNTERS"
-    lines.append(header)
-    keys = {"SOURCE": ["EventReceivedCount", "EventAcceptedCount", "ChannelWriteFail"],
-            "CHANNEL": ["ChannelSize", "ChannelFillPercentage", "EventPutSuccessCount", "EventTakeSuccessCount"],
-            "SINK": ["EventDrainSuccessCount", "EventWriteFail", "RollbackCount"]}
+    tiers = status.get("tiers") or {}
+    tiered = any(name for name in tiers)
+    for name, tier in tiers.items():
+        if not tiered:
+            break
+        want = f"{tier['replicas']} replica(s)" if tier["placement"] == "replicas" else tier["placement"]
+        nodes = ", ".join(f"{i}@{(n or '-')[:12]}" for i, n in sorted(tier["instances"].items())) or "none"
+        lines.append(f"  tier {name}: {want} on {tier['selector']}; instances: {nodes}")
+        if tier.get("waiting"):
+            lines.append(f"    waiting: {tier['waiting']}")
+    where = "TIER/INSTANCE" if tiered else ""
+    lines.append(f"  {'KIND':<8} {where:<{20 if tiered else 0}}{' ' if tiered else ''}{'NAME':<16} {'STATE':<10} "
+                 f"{'RESTARTS':>8}  COUNTERS")
     for c in status["components"]:
-        if c["kind"] == "SINK":
-            for sink, counters in c.get("sinks", {}).items():
-                shown = "  ".join(f"{k}={counters.get(k, '-')}" for k in keys["SINK"])
-                name = sink if sink == c["name"] else f"{c['name']}/{sink}"
-                lines.append(f"  {'SINK':<8} {name:<20} {c['state']:<12} {c['restarts']:>8}  {shown}")
-        else:
-            counters = c.get("counters", {})
-            shown = "  ".join(f"{k}={counters.get(k, '-')}" for k in keys[c["kind"]])
-            lines.append(f"  {c['kind']:<8} {c['name']:<20} {c['state']:<12} {c['restarts']:>8}  {shown}")
+        scope = f"{c.get('tier')}/{c.get('instance')}" if c.get("tier") else ""
+        place = f"{scope:<20} " if tiered else ""
+        rows = c.get("sinks", {}).items() if c["kind"] == "SINK" else [(c["name"], c.get("counters", {}))]
+        for name, counters in rows:
+            shown = "  ".join(f"{k}={counters.get(k, '-')}" for k in STATUS_COUNTERS[c["kind"]])
+            label = name if name == c["name"] else f"{c['name']}/{name}"
+            lines.append(f"  {c['kind']:<8} {place}{label:<16} {c['state']:<10} {c['restarts']:>8}  {shown}")
         if c.get("error"):
-            lines.append(f"  {'':<8} {'':<20} error: {c['error']}")
+            lines.append(f"  {'':<8} {place}error: {c['error']}")
     if status.get("events"):
         lines.append("  recent events:")
-        for e in status["events"][-8:]:
+        for e in status["events"][-10:]:
             lines.append(f"    {time.strftime('%H:%M:%S', time.localtime(e['time']))} "
                          f"{e['component']}: {e['message']}")
     return "\n".join(lines)

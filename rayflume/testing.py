@@ -65,11 +65,11 @@ class _Collector:
 class EventCollector:
     """A handle on a named collector actor (get-or-create by name)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, **actor_options):
         self.name = name
         self.actor = ray.remote(_Collector).options(
             name=f"collector/{name}", namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
-            lifetime="detached").remote()
+            lifetime="detached", **actor_options).remote()
 
     def add(self, batch: EventBatch, sink: str = "") -> None:
         ray.get(self.actor.add.remote(batch, sink))
@@ -104,8 +104,10 @@ class EventCollector:
         ray.kill(self.actor, no_restart=True)
 
 
-def collector(name: str) -> EventCollector:
-    return EventCollector(name)
+def collector(name: str, **actor_options) -> EventCollector:
+    """Get or create the named collector; ``actor_options`` (e.g. a scheduling strategy) apply
+    when it is created."""
+    return EventCollector(name, **actor_options)
 
 
 class _Feed:

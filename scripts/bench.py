@@ -60,7 +60,21 @@ def pipeline_spillable(tmp):
             "sinks": {"out": {"type": "null", "channel": "spill", "batch_size": 500}}}
 
 
-PIPELINES = {"memory": pipeline_memory, "file": pipeline_file, "spillable": pipeline_spillable}
+def pipeline_two_tier(tmp):
+    """sequence -> memory -> rayflume sink => rayflume source -> memory -> null, one node."""
+    return {"tiers": {
+        "agent": {"placement": {"replicas": 1},
+                  "sources": {"gen": sequence(["mem"])},
+                  "channels": {"mem": {"type": "memory", "capacity": 200_000, "transaction_capacity": BATCH}},
+                  "sinks": {"fwd": {"type": "rayflume", "tier": "collector", "channel": "mem", "batch_size": BATCH}}},
+        "collector": {"placement": {"replicas": 1},
+                      "sources": {"in": {"type": "rayflume", "channels": ["mem"]}},
+                      "channels": {"mem": {"type": "memory", "capacity": 200_000, "transaction_capacity": BATCH}},
+                      "sinks": {"out": {"type": "null", "channel": "mem", "batch_size": BATCH}}}}}
+
+
+PIPELINES = {"memory": pipeline_memory, "file": pipeline_file, "spillable": pipeline_spillable,
+             "two-tier": pipeline_two_tier}
 
 
 @ray.remote(num_cpus=0)
@@ -96,8 +110,10 @@ def baseline(seconds: float) -> float:
 def sample(handle) -> tuple[int, dict]:
     """(events drained by sinks, the channel's counters)."""
     m = handle.metrics()
-    events = sum(int(v.get("EventDrainSuccessCount", 0)) for k, v in m.items() if k.startswith("SINK."))
-    channel = next(v for k, v in m.items() if k.startswith("CHANNEL."))
+    # the last tier's sinks: those that do not forward to another tier
+    events = sum(int(v.get("EventDrainSuccessCount", 0)) for k, v in m.items()
+                 if k.startswith("SINK.") and not k.startswith("SINK.agent."))
+    channel = next(v for k, v in sorted(m.items()) if k.startswith("CHANNEL."))
     return events, channel
 
 
@@ -153,14 +169,22 @@ def main(argv=None) -> int:
     print(f"baseline (bare queue actor put+take, {BATCH} x {BODY} B batches): {base:,.0f} events/s",
           file=sys.stderr)
     names = list(PIPELINES) if args.pipeline == "all" else [args.pipeline]
+    if "two-tier" in names and "memory" not in names:
+        names.insert(0, "memory")  # two-tier is judged against the single-tier pipeline, same run
     results = []
+    by_name = {}
     for name in names:
         r = run(name, args.seconds, args.warmup_s)
         r["baseline_events_per_s"] = round(base)
         r["ratio_to_baseline"] = round(r["events_per_s"] / base, 3)
+        if name == "two-tier":
+            r["ratio_to_memory"] = round(r["events_per_s"] / by_name["memory"]["events_per_s"], 3)
+        by_name[name] = r
         results.append(r)
         print(f"{name:>10}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s  "
-              f"x{r['ratio_to_baseline']} of baseline", file=sys.stderr)
+              f"x{r['ratio_to_baseline']} of baseline"
+              + (f", x{r['ratio_to_memory']} of single-tier memory" if "ratio_to_memory" in r else ""),
+              file=sys.stderr)
     ray.shutdown()
     for r in results:
         print(json.dumps(r))

@@ -175,3 +175,59 @@ def test_shipped_topologies_are_valid():
     assert files
     for f in files:
         load_topology(f)
+
+
+TIERED = """
+name: tt
+tiers:
+  agent:
+    placement: {per_node: {label: agent}}
+    sources: {gen: {type: sequence, channels: [mem]}}
+    channels: {mem: {type: memory}}
+    sinks: {fwd: {type: rayflume, tier: collector, channel: mem}}
+  collector:
+    placement: {replicas: 2, label: collector}
+    sources: {in: {type: rayflume, channels: [mem]}}
+    channels: {mem: {type: memory}}
+    sinks: {out: {type: null, channel: mem}}
+"""
+
+
+def test_tiered_topology_loads():
+    topo = loads_topology(TIERED)
+    assert topo.tiered and set(topo.tiers) == {"agent", "collector"}
+    agent, collector = topo.tiers["agent"], topo.tiers["collector"]
+    assert agent.placement.mode == "per_node" and agent.placement.labels == {"tier": "agent"}
+    assert collector.placement.mode == "replicas" and collector.placement.replicas == 2
+    assert agent.hops() == {"fwd": "collector"}
+    assert collector.placement.matches({"Labels": {"tier": "collector"}})
+    assert not collector.placement.matches({"Labels": {"tier": "agent"}})
+
+
+def test_tier_errors_are_reported_with_paths():
+    errors = errors_of(TIERED.replace("tier: collector", "tier: colector")
+                       .replace("replicas: 2", "replicas: 0")
+                       .replace("sources: {in: {type: rayflume", "sources: {in: {type: rayflum"))
+    assert any(e.startswith("tiers.agent.sinks.fwd.tier: unknown tier 'colector'") for e in errors), errors
+    assert "tiers.collector.placement.replicas: must be a whole number of at least 1" in errors
+    assert any(e.startswith("tiers.collector.sources.in.type: unknown source type 'rayflum'") for e in errors)
+
+
+def test_tier_cycle_and_missing_receiver():
+    cyclic = TIERED.replace("sinks: {out: {type: null, channel: mem}}",
+                            "sinks: {out: {type: rayflume, tier: agent, channel: mem}}")
+    errors = errors_of(cyclic)
+    assert any("tiers.collector.sinks.out.tier: tier 'agent' has no rayflume source" in e for e in errors), errors
+    assert any(e.startswith("tiers: the hops form a cycle: agent -> collector -> agent") for e in errors), errors
+
+
+def test_components_at_top_level_with_tiers_and_hop_without_tiers():
+    errors = errors_of(TIERED + "sources: {x: {type: sequence, channels: [mem]}}\n")
+    assert "sources: with tiers, components go under a tier (tiers.<tier>.sources)" in errors
+    errors = errors_of("""
+        name: single
+        sources: {gen: {type: sequence, channels: [mem]}}
+        channels: {mem: {type: memory}}
+        sinks: {fwd: {type: rayflume, tier: collector, channel: mem}}
+        """)
+    assert any(e.startswith("sinks.fwd.tier: a rayflume sink sends to another tier") for e in errors), errors

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import threading
 import time
 import uuid
@@ -95,9 +96,18 @@ class _Component:
 class ChannelActor(_Component):
     kind = "CHANNEL"
 
-    def __init__(self, topology: str, name: str, raw_config: dict):
+    def __init__(self, topology: str, name: str, raw_config: dict, scope: str = ""):
         self._init_identity(topology, name)
         self.config = _typed("channel", raw_config, f"channels.{name}")
+        if hasattr(self.config, "storage_dirs"):
+            # Default directories are per topology; and instances of a tier may share a machine,
+            # so each keeps its files in its own subdirectory.
+            checkpoint_dir, data_dirs = self.config.storage_dirs(f"{topology}/{name}")
+            if scope:
+                checkpoint_dir = posixpath.join(checkpoint_dir, scope)
+                data_dirs = [posixpath.join(d, scope) for d in data_dirs]
+            self.config = self.config.model_copy(update={"checkpoint_dir": checkpoint_dir,
+                                                         "data_dirs": data_dirs})
         self.channel = self.config.build(name)
         self._housekeeper = threading.Thread(target=self._housekeep, daemon=True,
                                              name=f"channel-{name}-housekeeping")
@@ -259,7 +269,7 @@ class SinkGroupActor(_Component):
             sink = config.build(sink_name)
             counters: dict = {}
             self.counters[sink_name] = counters
-            sink.start(SinkContext(name=sink_name, topology=topology,
+            sink.start(SinkContext(name=sink_name, topology=topology, scope=scope,
                                    logger=logging.getLogger(f"rayflume.sink.{sink_name}"),
                                    counters=counters))
             holder = "/".join(p for p in (topology, scope, group, sink_name) if p)

@@ -203,7 +203,7 @@ class TopologyController:
         if managed.kind == "CHANNEL":
             cfg = tier.channels[managed.name]
             return RemoteChannel.options(**self._options(inst, managed, cfg.max_restarts, cfg.node_local)).remote(
-                scope_topology, managed.name, tier.raw["channels"][managed.name])
+                scope_topology, managed.name, tier.raw["channels"][managed.name], inst.scope)
         if managed.kind == "SOURCE":
             cfg = tier.sources[managed.name]
             return RemoteSource.options(**self._options(inst, managed, cfg.max_restarts)).remote(
@@ -262,10 +262,19 @@ class TopologyController:
         changed = False
         for inst in mine:
             if inst.node_id is not None and inst.node_id not in alive:
-                lost = [n for (k, n), m in inst.components.items()
-                        if k == "CHANNEL" and tier.channels[n].node_local]
-                detail = f"; its channel data ({', '.join(lost)}) is lost with the node" if lost else ""
-                self._drop_instance(inst, f"node {inst.node_id[:12]} is gone: instance removed{detail}")
+                lost = [n for n, c in tier.channels.items() if c.node_local]
+                if placement.mode == "replicas" and not lost:
+                    # Nothing of it lives only on that node: move it, keeping its name (and so the
+                    # shared storage its channels replay from).
+                    node_id = self._pick_node(tier_name, nodes, placement)
+                    if node_id is None:
+                        continue
+                    self._drop_instance(inst, f"node {inst.node_id[:12]} is gone: moving the instance to "
+                                              f"node {node_id[:12]}")
+                    self._add_instance(tier_name, inst.instance_id, node_id)
+                else:
+                    detail = f"; its channel data ({', '.join(lost)}) is lost with the node" if lost else ""
+                    self._drop_instance(inst, f"node {inst.node_id[:12]} is gone: instance removed{detail}")
                 changed = True
         mine = [i for i in self.instances.values() if i.tier == tier_name]
         if placement.mode == "single":
@@ -289,11 +298,7 @@ class TopologyController:
                     changed = True
         else:
             while len(mine) < placement.replicas:
-                counts = {n["NodeID"]: 0 for n in matching}
-                for i in mine:
-                    if i.node_id in counts:
-                        counts[i.node_id] += 1
-                node_id = min(counts, key=lambda n: (counts[n], n))
+                node_id = self._pick_node(tier_name, nodes, placement)
                 inst = self._add_instance(tier_name, f"r{self._next_replica}", node_id)
                 self._next_replica += 1
                 mine.append(inst)
@@ -302,6 +307,14 @@ class TopologyController:
                 self._drop_instance(extra, "instance removed: more replicas than placement asks for")
                 changed = True
         return changed
+
+    def _pick_node(self, tier_name: str, nodes: list, placement) -> str | None:
+        """The matching alive node with the fewest instances of the tier (spreading replicas)."""
+        counts = {n["NodeID"]: 0 for n in nodes if placement.matches(n)}
+        for i in self.instances.values():
+            if i.tier == tier_name and i.node_id in counts:
+                counts[i.node_id] += 1
+        return min(counts, key=lambda n: (counts[n], n)) if counts else None
 
     def _reconcile_components(self, inst: _Instance, alive: set) -> None:
         tier = self.topology.tiers[inst.tier]
@@ -590,6 +603,12 @@ class TopologyController:
 RemoteController = ray.remote(TopologyController)
 
 
+# Every Ray cluster's head node carries this resource; the controller lives there (as Ray Serve's
+# does): the head holds the GCS, so the cluster and its controller stand or fall together.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
 def controller_options(topology: str) -> dict:
     return dict(name=controller_name(topology), namespace=NAMESPACE, lifetime="detached",
-                max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0)
+                max_restarts=-1, max_task_retries=0, max_concurrency=16, num_cpus=0,
+                resources={HEAD_NODE_RESOURCE: 0.001})

@@ -23,6 +23,7 @@ class SinkContext:
 
     name: str
     topology: str = ""
+    scope: str = ""  # "<tier>/<instance>" in a tiered topology
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("rayflume.sink"))
     counters: dict = field(default_factory=dict)
 

@@ -28,6 +28,7 @@ from pydantic import Field
 from rayflume.config_base import SinkConfig
 from rayflume.errors import DeliveryError
 from rayflume.event import EventBatch
+from rayflume.interceptors.headers import set_header
 from rayflume.registry import register
 from rayflume.sinks.base import Sink
 
@@ -48,8 +49,10 @@ def batch_digest(batch: EventBatch) -> str:
 
 class RayflumeSink(Sink):
     def __init__(self, name: str, tier: str, source: str | None, policy: str, batch_size: int,
-                 call_timeout_s: float, refresh_s: float, max_backoff_s: float):
+                 call_timeout_s: float, refresh_s: float, max_backoff_s: float,
+                 instance_header: str | None = None):
         self.name = name
+        self.instance_header = instance_header
         self.tier = tier
         self.source = source
         self.policy = policy
@@ -105,6 +108,8 @@ class RayflumeSink(Sink):
         if not self.targets:
             raise DeliveryError(f"sink '{self.name}': tier '{self.tier}' has no live instance to receive; the "
                                 f"events stay in this sink's channel until one starts")
+        if self.instance_header:
+            batch = set_header(batch, self.instance_header, self.context.scope or self.context.topology)
         batch_id = batch_digest(batch)
         errors = []
         for instance, handle in self._order():
@@ -136,7 +141,9 @@ class RayflumeSinkConfig(SinkConfig):
     call_timeout_s: float = Field(60.0, gt=0)
     refresh_s: float = Field(2.0, gt=0, description="How often the list of live targets is refreshed.")
     max_backoff_s: float = Field(30.0, gt=0, description="Longest pause of a failed target.")
+    instance_header: str | None = Field(None, description="Header set to the sending instance "
+                                                          "('<tier>/<instance>'), to tell agents apart.")
 
     def build(self, name: str) -> RayflumeSink:
         return RayflumeSink(name, self.tier, self.source, self.policy, self.batch_size, self.call_timeout_s,
-                            self.refresh_s, self.max_backoff_s)
+                            self.refresh_s, self.max_backoff_s, self.instance_header)

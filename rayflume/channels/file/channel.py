@@ -47,6 +47,35 @@ acknowledged); after an fsync error the segment is truncated to its last durable
 and the next operation starts a new segment. When free space on the data directory is below
 ``minimum_required_space_bytes`` puts are refused with :class:`InsufficientDiskSpace` (a
 ``ChannelFull``); takes and commits still work, because draining is what frees space.
+
+On an object store
+------------------
+When ``data_dirs`` is one URI ``s3://bucket/prefix`` (and ``checkpoint_dir`` a URI too, by default
+``<data uri>/checkpoint``) the same log lives in the object store and nothing is written locally,
+so the channel survives the loss of its node and may restart on any node. An object store has no
+append and no fsync; an object is durable once its PUT returned. So (see
+:mod:`rayflume.channels.file.objlog`):
+
+* each group commit writes one new immutable object ``<uri>/seg-<segment>/<offset>.rec`` holding
+  the records of that group commit, framed and checksummed as on disk; a put or commit returns
+  only after the PUT of its object returned (that PUT is the fsync, and concurrent commits share
+  it); ``fsync="interval"`` is refused;
+* replay lists the objects and reads those after the checkpoint's position, in order; every object
+  names its predecessor, so a missing object in the middle is detected, logged and counted
+  (``MissingObjectCount``); a record that fails its checksum is skipped and counted as on disk;
+  an object cannot be torn;
+* the checkpoint is the object ``<checkpoint_dir>/checkpoint``, replaced by one (atomic) PUT;
+  after each checkpoint, objects holding only consumed records are deleted, oldest first;
+* instead of ``flock``, a lock object ``<uri>/lock`` names the owner and is renewed by a heartbeat
+  (:class:`~rayflume.channels.file.objstore.ObjectLock`, advisory): a second instance refuses to
+  open while the owner renews it, a crashed owner's lock lapses after ``lock_ttl_s``, and an
+  instance that lost its lock acknowledges nothing more (:class:`ChannelLockLost`) and writes no
+  checkpoint; its segment ids carry its own epoch, so it never overwrites the new owner's objects;
+* event data stays cached in memory as on disk (``cache_bytes``); events that are not (after a
+  restart) are read back with a GET, objects cached in a small LRU; a failed GET fails the take
+  with :class:`ChannelReadError` and leaves the events queued.
+
+Connection settings are ``object_store_options`` (``pyarrow.fs.S3FileSystem`` keyword arguments).
 """
 from __future__ import annotations
 
@@ -62,12 +91,18 @@ import pyarrow as pa
 
 from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, now
 from rayflume.channels.file import records
-from rayflume.channels.file.checkpoint import (BadCheckpoint, Checkpoint, read_checkpoint,
-                                               remove_stale_tmp, write_checkpoint)
-from rayflume.channels.file.errors import ChannelClosed, ChannelWriteError, InsufficientDiskSpace
+from rayflume.channels.file.checkpoint import (BadCheckpoint, Checkpoint, MissingCheckpoint,
+                                               read_checkpoint, read_checkpoint_object,
+                                               remove_stale_tmp, write_checkpoint,
+                                               write_checkpoint_object)
+from rayflume.channels.file.errors import (ChannelClosed, ChannelReadError, ChannelWriteError,
+                                           InsufficientDiskSpace)
 from rayflume.channels.file.fileio import FileIO
 from rayflume.channels.file.lock import lock_directories
 from rayflume.channels.file.log import PUBLISHED, LogRecord, SegmentLog, list_segments, scan_segment
+from rayflume.channels.file.objlog import (EPOCH_SHIFT, ChunkCache, ObjectLog, list_chunks,
+                                           replay_chunks)
+from rayflume.channels.file.objstore import ObjectLock, ObjectStore, check_uri, is_uri
 from rayflume.channels.file.records import CorruptRecord, Record
 from rayflume.errors import ChannelFull, LeaseUnknown, TransactionTooLarge
 from rayflume.event import EventBatch
@@ -78,6 +113,8 @@ MiB = 1 << 20
 DEFAULT_MAX_FILE_SIZE = 256 * MiB
 DEFAULT_MIN_FREE_SPACE = 524_288_000
 DEFAULT_CACHE_BYTES = 64 * MiB
+DEFAULT_LOCK_TTL = 15.0
+CHUNK_CACHE_BYTES = 32 * MiB
 FSYNC_MODES = ("per_commit", "interval")
 
 
@@ -139,7 +176,8 @@ class FileChannel(Channel):
                  minimum_required_space_bytes: int = DEFAULT_MIN_FREE_SPACE,
                  fsync: str = "per_commit", fsync_interval_s: float = 5.0,
                  checkpoint_on_close: bool = True, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 io: FileIO | None = None):
+                 io: FileIO | None = None, object_store_options: dict | None = None,
+                 lock_ttl_s: float = DEFAULT_LOCK_TTL, store: ObjectStore | None = None):
         super().__init__(name, capacity, transaction_capacity, byte_capacity, lease_timeout_s)
         if isinstance(data_dirs, str):
             data_dirs = [d for d in data_dirs.split(",") if d.strip()]
@@ -147,8 +185,15 @@ class FileChannel(Channel):
             raise ValueError(f"file channel '{name}': data_dirs is empty; give at least one directory")
         if fsync not in FSYNC_MODES:
             raise ValueError(f"file channel '{name}': fsync must be one of {FSYNC_MODES}, not {fsync!r}")
-        self.checkpoint_dir = os.path.abspath(os.path.expanduser(checkpoint_dir))
-        self.data_dirs = [os.path.abspath(os.path.expanduser(d.strip())) for d in data_dirs]
+        self._store: ObjectStore | None = None
+        self._ckpt_store: ObjectStore | None = None
+        if store is not None or is_uri(checkpoint_dir) or any(is_uri(d) for d in data_dirs):
+            self._init_object_store(name, checkpoint_dir, data_dirs, fsync, object_store_options,
+                                    store)
+        else:
+            self.checkpoint_dir = os.path.abspath(os.path.expanduser(checkpoint_dir))
+            self.data_dirs = [os.path.abspath(os.path.expanduser(d.strip())) for d in data_dirs]
+        self.lock_ttl_s = lock_ttl_s
         self.max_file_size_bytes = max_file_size_bytes
         self.checkpoint_interval_s = checkpoint_interval_s
         self.minimum_required_space_bytes = minimum_required_space_bytes
@@ -173,14 +218,18 @@ class FileChannel(Channel):
         self._checkpoint_lock = threading.Lock()
         self._stop = threading.Event()
         self._stats = dict(CorruptRecordCount=0, CorruptEventCount=0, TornTailCount=0,
-                           MissingEventCount=0, DiskSpaceRefusalCount=0, CheckpointCount=0,
+                           MissingEventCount=0, MissingObjectCount=0, DiskSpaceRefusalCount=0,
+                           CheckpointCount=0,
                            CheckpointErrorCount=0, ReplayRecordCount=0, ReplayFull=0,
                            ReplayDuplicateEventCount=0, ReplaySeconds=0.0)
 
-        for d in [self.checkpoint_dir, *self.data_dirs]:
-            os.makedirs(d, exist_ok=True)
-        self._dir_locks = lock_directories([self.checkpoint_dir, *self.data_dirs], name)
         self._log: SegmentLog | None = None
+        if self._store is None:
+            for d in [self.checkpoint_dir, *self.data_dirs]:
+                os.makedirs(d, exist_ok=True)
+            self._dir_locks = lock_directories([self.checkpoint_dir, *self.data_dirs], name)
+        else:
+            self._dir_locks = self._lock_object_store()
         try:
             self._recover()
             try:
@@ -198,8 +247,65 @@ class FileChannel(Channel):
                                              daemon=True)
         self._maintenance.start()
 
+    # -- object-store storage ------------------------------------------------------------------
+    def _init_object_store(self, name, checkpoint_dir, data_dirs, fsync, options, store) -> None:
+        where = f"file channel '{name}'"
+        if len(data_dirs) != 1 or not is_uri(data_dirs[0]) or not is_uri(checkpoint_dir):
+            raise ValueError(
+                f"{where}: on an object store data_dirs is exactly one URI and checkpoint_dir a URI "
+                f"too (got checkpoint_dir={checkpoint_dir!r}, data_dirs={list(data_dirs)!r}); a "
+                f"local checkpoint next to remote segments would not survive a move to another node")
+        if fsync != "per_commit":
+            raise ValueError(f"{where}: fsync must be 'per_commit' on an object store: there is no "
+                             f"page cache between a write and its PUT, each group commit is one PUT")
+        try:
+            self.data_dirs = [check_uri(data_dirs[0].strip())]
+            self.checkpoint_dir = check_uri(checkpoint_dir)
+            self._store = store.at(self.data_dirs[0]) if store is not None else \
+                ObjectStore.from_uri(self.data_dirs[0], options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        self._ckpt_store = self._store.at(self.checkpoint_dir)
+
+    def _lock_object_store(self) -> list[ObjectLock]:
+        roots = [self._store]
+        if not self._store.contains(self._ckpt_store):
+            roots.append(self._ckpt_store)
+        locks: list[ObjectLock] = []
+        try:
+            for st in roots:
+                lk = ObjectLock(st, self.name, self.lock_ttl_s)
+                try:
+                    lk.acquire()
+                except OSError as exc:
+                    lk.abandon()
+                    raise ChannelWriteError(
+                        f"file channel '{self.name}': cannot take its lock in {st.uri} ({exc}); it "
+                        f"did not open. Check that the object store is reachable and "
+                        f"object_store_options are right") from exc
+                locks.append(lk)
+        except BaseException:
+            for lk in locks:
+                lk.release()
+            raise
+        return locks
+
+    def _locks_valid(self) -> bool:
+        return all(lk.valid() for lk in self._dir_locks)
+
+    def _lock_lost_reason(self) -> str:
+        return "; ".join(lk.lost_reason for lk in self._dir_locks if lk.lost_reason)
+
+    @property
+    def on_object_store(self) -> bool:
+        """Whether the log and checkpoint live on an object store (``data_dirs`` is a URI)."""
+        return self._store is not None
+
     # -- recovery ------------------------------------------------------------------------------
     def _recover(self) -> None:
+        if self._store is not None:
+            self._recover_objects()
+            return
         t0 = time.monotonic()
         remove_stale_tmp(self.checkpoint_dir)
         segments = list_segments(self.data_dirs)
@@ -245,27 +351,84 @@ class FileChannel(Channel):
                 log.warning("file channel '%s': truncated a torn write at offset %d of %s (%d bytes "
                             "of an unfinished record)", self.name, scan.torn_tail.start, path,
                             scan.torn_tail.end - scan.torn_tail.start)
-        self._stats["CorruptRecordCount"] += state.corrupt
         if last is not None:  # ids are never reused, not even those of removed empty segments
             next_segment = max(next_segment, last + 1)
-        refs, missing = state.refs(segments)
+        self._log = SegmentLog(
+            self._io, self.data_dirs[0], self.name, next_segment_id=next_segment, next_lsn=next_lsn,
+            max_file_size=self.max_file_size_bytes, sync_per_commit=self.fsync == "per_commit",
+            publish_lock=self._lock, apply=self._apply, existing=segments)
+        self._load_recovered(state, lambda seg, _off: seg in segments, ckpt is None, t0)
+
+    def _recover_objects(self) -> None:
+        t0 = time.monotonic()
+        store = self._store
+        try:
+            listing = list_chunks(store)
+            try:
+                ckpt = read_checkpoint_object(self._ckpt_store)
+            except MissingCheckpoint:
+                ckpt = None
+                if listing:
+                    log.warning("file channel '%s': no checkpoint in %s; replaying all %d objects",
+                                self.name, self.checkpoint_dir, sum(map(len, listing.values())))
+                    self._stats["ReplayFull"] = 1
+            except BadCheckpoint as exc:
+                ckpt = None
+                log.warning("file channel '%s': %s; replaying all %d objects", self.name, exc,
+                            sum(map(len, listing.values())))
+                self._stats["ReplayFull"] = 1
+            state = _Recovered()
+            if ckpt is not None:
+                state.load(ckpt)
+                position, next_lsn = ckpt.position, ckpt.next_lsn
+            else:
+                first = next(iter(listing.values()), None)
+                position, next_lsn = ((first[0].segment, first[0].start) if first else (0, 0)), 1
+            cache = ChunkCache(CHUNK_CACHE_BYTES)
+            replay = replay_chunks(store, listing, tuple(position), -1, state.apply, cache)
+        except OSError as exc:
+            raise ChannelReadError(
+                f"file channel '{self.name}': cannot read its log from {store.uri} ({exc}); it did "
+                f"not open. Check that the object store is reachable and object_store_options "
+                f"are right") from exc
+        self._stats["ReplayRecordCount"] += replay.records
+        self._stats["ReplayObjectCount"] = replay.objects
+        for what in replay.corrupt:
+            self._stats["CorruptRecordCount"] += 1
+            log.error("file channel '%s': %s; the records there are lost", self.name, what)
+        for what in replay.missing:
+            self._stats["MissingObjectCount"] += 1
+            log.error("file channel '%s': %s; their events are lost (and takes they committed "
+                      "may be delivered again)", self.name, what)
+        # A new epoch for this owner: its segment ids never collide with any earlier writer's.
+        epoch = max([lk.epoch for lk in self._dir_locks]
+                    + [(sid >> EPOCH_SHIFT) + 1 for sid in listing]
+                    + ([(ckpt.next_segment_id >> EPOCH_SHIFT) + 1] if ckpt is not None else []))
+        for lk in self._dir_locks:
+            lk.epoch = epoch
+        self._log = ObjectLog(
+            store, self.name, epoch=epoch, next_lsn=max(next_lsn, replay.last_lsn + 1),
+            max_file_size=self.max_file_size_bytes, publish_lock=self._lock, apply=self._apply,
+            listing=listing, lock_valid=self._locks_valid, cache=cache,
+            lock_lost_reason=self._lock_lost_reason)
+        self._load_recovered(state, self._log.has, ckpt is None, t0)
+
+    def _load_recovered(self, state: "_Recovered", exists, full: bool, t0: float) -> None:
+        self._stats["CorruptRecordCount"] += state.corrupt
+        refs, missing = state.refs(exists)
         if missing:
             self._stats["MissingEventCount"] += missing
-            log.error("file channel '%s': %d events named by the checkpoint are in segments that "
-                      "no longer exist; they are lost", self.name, missing)
+            log.error("file channel '%s': %d events named by the checkpoint are in segments or "
+                      "objects that no longer exist; they are lost", self.name, missing)
         self._queue.extend(refs)
         self._queued_events = sum(r.events for r in refs)
         self._queued_bytes = sum(r.nbytes for r in refs)
         for txn in state.txns.items():
             self._committed_txns.add(txn)
         self._stats["ReplayDuplicateEventCount"] = state.duplicates
-        self._log = SegmentLog(
-            self._io, self.data_dirs[0], self.name, next_segment_id=next_segment, next_lsn=next_lsn,
-            max_file_size=self.max_file_size_bytes, sync_per_commit=self.fsync == "per_commit",
-            publish_lock=self._lock, apply=self._apply, existing=segments)
         self._stats["ReplaySeconds"] = round(time.monotonic() - t0, 6)
         log.info("file channel '%s' recovered %d events (%s replay of %d records in %.3fs)",
-                 self.name, self._queued_events, "full" if ckpt is None else "checkpoint",
+                 self.name, self._queued_events, "full" if full else "checkpoint",
                  self._stats["ReplayRecordCount"], self._stats["ReplaySeconds"])
 
     # -- the contract --------------------------------------------------------------------------
@@ -434,6 +597,14 @@ class FileChannel(Channel):
     def checkpoint(self) -> bool:
         """Write a checkpoint now and delete segments it makes unnecessary; False if it failed."""
         with self._checkpoint_lock:
+            if self._store is not None and not self._locks_valid():
+                # A zombie must not replace the new owner's checkpoint nor delete its objects.
+                log.error("file channel '%s': no checkpoint written: this instance no longer owns "
+                          "%s (%s)", self.name, self._store.uri,
+                          self._lock_lost_reason() or "its lock lapsed")
+                with self._lock:
+                    self._stats["CheckpointErrorCount"] += 1
+                return False
             with self._lock:
                 with self._log.write_lock:
                     position = self._log.replay_position()
@@ -446,9 +617,12 @@ class FileChannel(Channel):
             if self.fsync != "per_commit":
                 self._log.sync()  # everything the snapshot names must be durable before it is
             refs = np.array(rows, dtype=np.int64).reshape(-1, 6)
+            ckpt = Checkpoint(position, next_segment, next_lsn, txns, refs)
             try:
-                write_checkpoint(self._io, self.checkpoint_dir,
-                                 Checkpoint(position, next_segment, next_lsn, txns, refs))
+                if self._ckpt_store is not None:
+                    write_checkpoint_object(self._ckpt_store, ckpt)
+                else:
+                    write_checkpoint(self._io, self.checkpoint_dir, ckpt)
             except OSError as exc:
                 with self._lock:
                     self._dirty = True
@@ -456,8 +630,12 @@ class FileChannel(Channel):
                 log.error("file channel '%s': writing the checkpoint in %s failed: %s; replay after "
                           "a restart will be longer", self.name, self.checkpoint_dir, exc)
                 return False
-            oldest = int(refs[:, 0].min()) if len(refs) else position[0]
-            self._log.delete_segments_before(min(oldest, position[0]))
+            cutoff = tuple(position)
+            if len(refs):
+                seg = int(refs[:, 0].min())
+                cutoff = min(cutoff, (seg, int(refs[refs[:, 0] == seg, 1].min())))
+            if self._store is None or self._locks_valid():
+                self._log.delete_before(cutoff)
             with self._lock:
                 self._stats["CheckpointCount"] += 1
             return True
@@ -469,6 +647,12 @@ class FileChannel(Channel):
                 self._stats, FsyncCount=stats.fsyncs, FsyncErrorCount=stats.fsync_errors,
                 WriteErrorCount=stats.write_errors, SegmentCount=len(self._log.segments),
                 SegmentsDeletedCount=stats.segments_deleted, CacheBytes=self._cache_used)
+            if self._store is not None:
+                self.counters.extra.update(
+                    ObjectPutCount=stats.objects_written, ObjectDeleteCount=stats.objects_deleted,
+                    ObjectBytesWritten=stats.bytes_written, ObjectCount=self._log.object_count(),
+                    LockRenewCount=sum(lk.renewals for lk in self._dir_locks),
+                    LockLost=int(bool(self._log.fenced)))
             return super().metrics()
 
     # -- internals -----------------------------------------------------------------------------
@@ -491,6 +675,8 @@ class FileChannel(Channel):
         self._reserved_bytes += nb
 
     def _check_free_space(self, record_size: int) -> None:
+        if self._store is not None:
+            return  # an object store has no free-space figure to check
         try:
             free = self._io.disk_free(self.data_dirs[0])
         except OSError:
@@ -559,6 +745,14 @@ class FileChannel(Channel):
                 if full is None:
                     try:
                         full = loaded[key] = self._load(ref)
+                    except ChannelReadError:
+                        # A transient read failure must not drop anything: put every popped
+                        # range back at the head, in order, and let the take fail.
+                        for back in reversed(refs):
+                            self._queued_events += back.events
+                            self._queued_bytes += back.nbytes
+                            self._push_front(back)
+                        raise
                     except CorruptRecord as exc:
                         self._stats["CorruptRecordCount"] += 1
                         self._stats["CorruptEventCount"] += ref.events
@@ -694,11 +888,15 @@ class _Recovered:
             log.error("record at offset %d of segment %d verifies but does not parse (%s); skipped",
                       rec.offset, segment, exc)
 
-    def refs(self, segments: dict[int, str]) -> tuple[list[Ref], int]:
+    def refs(self, exists) -> tuple[list[Ref], int]:
+        """The surviving ranges in log order, and how many events are in records that are gone.
+
+        ``exists(segment, offset)`` tells whether the record at that address can still be read.
+        """
         out, missing = [], 0
         for (seg, off) in sorted(self.records):
             size, ranges = self.records[(seg, off)]
-            if seg not in segments:
+            if not exists(seg, off):
                 missing += sum(stop - start for start, stop, _ in ranges)
                 continue
             for start, stop, nb in sorted(ranges):

@@ -13,6 +13,10 @@ A checkpoint is written to ``checkpoint.tmp``, fsynced, renamed over ``checkpoin
 directory fsynced, so a crash leaves either the old or the new checkpoint, never a mix. Reading
 validates magic, lengths, checksum and version and raises :class:`BadCheckpoint` on any mismatch;
 the channel then falls back to a full replay of its segments.
+
+On an object store the checkpoint is the object ``<checkpoint_dir>/checkpoint``, replaced by one
+PUT: a PUT of one key is atomic (readers see the old or the new object, never a mix) and durable
+once it returns, so no temporary object or rename is needed.
 """
 from __future__ import annotations
 
@@ -36,6 +40,10 @@ REF_FIELDS = 6  # segment, offset, size, start, stop, nbytes
 
 class BadCheckpoint(Exception):
     """The checkpoint is missing, truncated or corrupt."""
+
+
+class MissingCheckpoint(BadCheckpoint):
+    """There is no checkpoint (a new channel, or one that never wrote one)."""
 
 
 @dataclass
@@ -123,3 +131,19 @@ def remove_stale_tmp(directory: str) -> None:
         os.unlink(os.path.join(directory, CHECKPOINT_TMP))
     except FileNotFoundError:
         pass
+
+
+def write_checkpoint_object(store, ckpt: Checkpoint) -> int:
+    """Replace the checkpoint object of ``store`` (an ObjectStore); returns its size. Raises OSError."""
+    data = ckpt.encode()
+    store.put(CHECKPOINT_FILE, [data])
+    return len(data)
+
+
+def read_checkpoint_object(store) -> Checkpoint:
+    """The checkpoint object of ``store``; BadCheckpoint if missing or damaged, OSError if unreadable."""
+    try:
+        data = store.get(CHECKPOINT_FILE)
+    except FileNotFoundError:
+        raise MissingCheckpoint(f"no checkpoint at {store.uri_of(CHECKPOINT_FILE)}") from None
+    return Checkpoint.decode(data)

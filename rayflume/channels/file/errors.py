@@ -25,3 +25,18 @@ class ChannelLocked(ChannelError):
 
 class ChannelClosed(ChannelError):
     """The channel was closed."""
+
+
+class ChannelLockLost(ChannelWriteError, ChannelLocked):
+    """This instance lost its lock on an object store (another instance may own the channel now).
+
+    The put or commit that raised it was not acknowledged; the instance refuses every later write.
+    Close it; the channel's new owner (or a restart) continues from the store.
+    """
+
+
+class ChannelReadError(ChannelError):
+    """Reading queued events back from an object store failed (a network or service error).
+
+    The take that raised it leased nothing; the events stay at the head of the queue. Retry.
+    """

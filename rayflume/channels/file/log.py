@@ -99,6 +99,10 @@ class LogStats:
     write_errors: int = 0
     segments_created: int = 0
     segments_deleted: int = 0
+    # object stores only (ObjectLog): "fsyncs" count chunk PUTs there
+    objects_written: int = 0
+    objects_deleted: int = 0
+    bytes_written: int = 0
 
 
 class SegmentLog:
@@ -356,6 +360,10 @@ class SegmentLog:
                 return self.io.pread(fd, size, offset)
             except OSError as exc:
                 raise CorruptRecord(f"cannot read segment {segment_id} at {offset}: {exc}") from exc
+
+    def delete_before(self, position: tuple[int, int]) -> list[int]:
+        """Delete what holds only records before ``position`` (here: whole older segments)."""
+        return self.delete_segments_before(position[0])
 
     def delete_segments_before(self, segment_id: int) -> list[int]:
         """Delete every segment with a smaller id than ``segment_id`` except the current one."""

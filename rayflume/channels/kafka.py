@@ -1,0 +1,670 @@
+"""The ``kafka`` channel: a Kafka topic is the channel's storage (Flume's Kafka channel).
+
+A put produces to the topic and returns once the broker acknowledged it (``acks=all``, idempotent
+producer); a take reads from the topic and leases what it read; a commit commits the consumer
+group's offsets; a rollback returns the leased events to the head. Because the data lives in
+Kafka, the channel survives the loss of its actor and its node, and either side may be another
+program: a topology may have no source writing to the channel (other producers fill the topic)
+or no sink draining it (other consumers read the topic), so ``needs_sink`` is False.
+
+Record format (``format``):
+
+* ``arrow`` (default): one Kafka record per put, the batch as Arrow IPC, with record headers
+  ``rayflume.format: arrow-ipc``, ``rayflume.txn`` (the put's transaction id) and
+  ``rayflume.events``. A put is atomic (one record) and cheap; event headers are kept exactly.
+  Other programs reading the topic need Arrow (``EventBatch.from_ipc``).
+* ``events``: one record per event, body as the value and the event's headers as Kafka headers,
+  like Flume's ``parseAsFlumeEvent: false`` but keeping headers. Readable by any Kafka client. A
+  put that fails half way may have written a prefix of its events (retried: duplicates).
+
+A take accepts both formats whatever ``format`` says: a record without the ``arrow-ipc`` marker
+is one event (value as body, Kafka headers as headers), so records from any producer drain.
+
+How the contract maps onto Kafka:
+
+* ``put`` is idempotent per ``txn_id`` while the channel actor lives (a window of recent ids).
+  Across a restart of the channel, a retried ``arrow`` put still in the backlog is recognised at
+  take time by its ``rayflume.txn`` header and skipped (``DuplicatePutCount``).
+* ``take`` consumes (partitions assigned to this channel, no group rebalances: the channel is one
+  consumer) and leases up to ``max_events``; a large ``arrow`` record can be split across takes.
+  When the channel knows there is data in the topic it has not read yet, a take waits up to
+  ``poll_timeout_s`` for it even if the caller's ``timeout_s`` is shorter.
+* ``commit`` commits offsets in Kafka up to the first event not yet committed: Kafka offsets are
+  a prefix, so a lease committed out of order is remembered and covered when the earlier ones
+  commit. A partly committed ``arrow`` record is committed with its offset and the number of its
+  events already done in the offset metadata (``rayflume.skip=N``), so a restarted channel
+  resumes inside the record.
+* ``rollback`` (and lease expiry, ``release``) returns the events to the head of the channel from
+  memory; a restarted channel starts from the committed offsets, which is the same as seeking
+  back: every event not committed is delivered again. **At-least-once**; FIFO per partition (use
+  one partition, the default when the channel creates the topic, for a FIFO channel).
+* ``size()`` counts events read and not committed, events this channel put and has not read
+  yet, and records other producers added that it has not read yet (one event each: exact for
+  ``events`` records, an estimate for another producer's ``arrow`` records).
+* Capacity: unbounded by default (Kafka's retention is the bound). With ``capacity`` set, a put
+  is refused with ChannelFull when ``size()`` would exceed it. ``byte_capacity`` is not supported.
+
+Thread-safe: the channel actor calls it from several threads.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from rayflume._private.kafka_common import (RESERVED_CONSUMER, RESERVED_PRODUCER, check_producer_overrides,
+                                            consumer_config, ensure_topic, event_header_lists,
+                                            kafka_error_text, messages_to_batch, partitions_of,
+                                            producer_config, validate_client_options)
+from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, now
+from rayflume.config_base import ChannelConfig
+from rayflume.errors import ChannelError, ChannelFull, LeaseUnknown, TransactionTooLarge
+from rayflume.event import EventBatch
+from rayflume.registry import register
+
+log = logging.getLogger("rayflume.channel.kafka")
+
+FORMAT_HEADER = "rayflume.format"
+TXN_HEADER = "rayflume.txn"
+EVENTS_HEADER = "rayflume.events"
+ARROW_FORMAT = b"arrow-ipc"
+SKIP_PREFIX = "rayflume.skip="
+UNBOUNDED = 2**63 - 1
+
+
+@dataclass(eq=False)
+class _Record:
+    """Events read from one partition and not all committed yet.
+
+    An ``arrow`` record is one Kafka record (``offsets`` None): its commit position is ``offset``
+    plus, when partly done, the count of its done events. A run of single-event records has
+    ``offsets`` (one per event): committing its first ``j`` events moves the position to
+    ``offsets[j]``.
+    """
+
+    partition: int
+    offset: int          # offset of the first Kafka record
+    end: int             # offset after the last Kafka record
+    events: int
+    skip: int = 0        # events of an arrow record done before this channel read it
+    offsets: list | None = None
+    done: list = field(default_factory=list)  # committed [start, stop) event ranges, merged
+
+    def uncommitted(self) -> int:
+        return self.events - sum(b - a for a, b in self.done)
+
+    def mark_done(self, start: int, stop: int) -> None:
+        ranges = sorted(self.done + [[start, stop]])
+        merged: list = []
+        for a, b in ranges:
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self.done = merged
+
+    def prefix_done(self) -> int:
+        return self.done[0][1] if self.done and self.done[0][0] == 0 else 0
+
+
+@dataclass(eq=False)
+class _Piece:
+    """A slice of a record's events, waiting at the head or held by a lease."""
+
+    record: _Record
+    start: int           # index of the first event within the record
+    batch: EventBatch
+
+
+@dataclass
+class _Lease:
+    holder: str
+    pieces: list
+    expires_at: float
+    events: int
+
+
+class _PartitionState:
+    def __init__(self, start: int, skip: int):
+        self.start = start
+        self.next_offset = start          # offset after the last record read
+        self.first_skip = skip            # events of the record at `start` done before a restart
+        self.records: deque[_Record] = deque()
+        self.own: deque[tuple[int, int, int]] = deque()  # (offset, events, bytes) put, not read yet
+        self.committed = (start, skip)    # position last committed to Kafka
+        self.last_end = start             # offset after the last record that reached `records`
+
+
+class KafkaChannel(Channel):
+    """A channel stored in a Kafka topic; see the module docstring."""
+
+    def __init__(self, name: str, bootstrap_servers: str, topic: str = "flume-channel", group_id: str = "flume",
+                 format: str = "arrow", capacity: int | None = None, transaction_capacity: int = 10_000,
+                 lease_timeout_s: float = 60.0, auto_offset_reset: str = "earliest", poll_timeout_s: float = 0.5,
+                 call_timeout_s: float = 30.0, create_topic: bool = True, partitions: int = 1,
+                 replication_factor: int = -1, producer: dict | None = None, consumer: dict | None = None):
+        super().__init__(name, capacity or UNBOUNDED, transaction_capacity, None, lease_timeout_s)
+        from confluent_kafka import Consumer, Producer, TopicPartition
+
+        self.bounded = capacity is not None
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.group_id = group_id
+        self.format = format
+        self.poll_timeout_s = poll_timeout_s
+        self.call_timeout_s = call_timeout_s
+        self._id = uuid.uuid4().hex[:12]
+        self._fetch_lock = threading.Lock()
+        self._committed_txns = IdWindow()
+        self._seen_txns = IdWindow()
+        self._outcomes: OrderedDict[str, str] = OrderedDict()
+        self._leases: dict[str, _Lease] = {}
+        self._ready: deque[_Piece] = deque()
+        self._held_events = 0             # read and not committed (ready + leased)
+        self._ready_events = 0
+        self._held_bytes = 0
+        self._closed = False
+        self._commit_dirty = False
+        self._avg_events = 0
+        self.counters.extra.update(KafkaCommitFailCount=0, KafkaEventSendTimer=0, KafkaEventGetTimer=0,
+                                   KafkaCommitTimer=0)
+
+        if create_topic:
+            ensure_topic(bootstrap_servers, topic, partitions, replication_factor, call_timeout_s,
+                         producer or {})
+        pconf = producer_config(bootstrap_servers, producer or {},
+                                message_timeout_ms=max(1000, int(call_timeout_s * 1000)), linger_ms=1)
+        pconf["error_cb"] = self._on_client_error
+        self._producer = Producer(pconf)
+        cconf = consumer_config(bootstrap_servers, group_id, auto_offset_reset, consumer or {})
+        cconf.setdefault("fetch.wait.max.ms", 100)
+        cconf["error_cb"] = self._on_client_error
+        self._consumer = Consumer(cconf)
+        parts = partitions_of(self._consumer, topic, call_timeout_s)
+        committed = self._consumer.committed([TopicPartition(topic, p) for p in parts], timeout=call_timeout_s)
+        self._parts: dict[int, _PartitionState] = {}
+        assignment = []
+        for tp in committed:
+            skip = 0
+            if tp.offset >= 0:
+                start = tp.offset
+                meta = tp.metadata or ""
+                if meta.startswith(SKIP_PREFIX):
+                    try:
+                        skip = int(meta[len(SKIP_PREFIX):])
+                    except ValueError:
+                        skip = 0
+            else:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
+                                                                 timeout=call_timeout_s)
+                start = low if auto_offset_reset == "earliest" else high
+            self._parts[tp.partition] = _PartitionState(start, skip)
+            assignment.append(TopicPartition(topic, tp.partition, start))
+        self._consumer.assign(assignment)
+
+    def _on_client_error(self, err) -> None:
+        log.debug("kafka channel '%s': client error %s", self.name, kafka_error_text(err))
+
+    # -- put ----------------------------------------------------------------------------------------
+    def put(self, batch: EventBatch, txn_id: str) -> None:
+        n = len(batch)
+        with self._lock:
+            self.counters.EventPutAttemptCount += n
+            if txn_id in self._committed_txns:
+                self.counters.DuplicatePutCount += n
+                return
+            try:
+                self._check_put_size(batch)
+                if self.bounded:
+                    self._check_room(batch)
+            except Exception:
+                self.counters.EventPutErrorCount += n
+                raise
+        if n == 0:
+            with self._lock:
+                self._committed_txns.add(txn_id)
+            return
+        started = time.monotonic()
+        try:
+            delivered = self._produce(batch, txn_id)
+        except Exception:
+            with self._lock:
+                self.counters.EventPutErrorCount += n
+            raise
+        with self._lock:
+            for partition, offset, events, nbytes in delivered:
+                state = self._parts.get(partition)
+                if state is not None and offset >= state.next_offset:
+                    state.own.append((offset, events, nbytes))
+            self._committed_txns.add(txn_id)
+            self.counters.EventPutSuccessCount += n
+            self.counters.extra["KafkaEventSendTimer"] += int((time.monotonic() - started) * 1000)
+            self._not_empty.notify_all()
+
+    def _produce(self, batch: EventBatch, txn_id: str) -> list[tuple[int, int, int, int]]:
+        """Produce the batch and wait for every acknowledgement; [(partition, offset, events, bytes)]."""
+        from confluent_kafka import KafkaException
+
+        key = txn_id.encode()
+        done = threading.Event()
+        reports: list = []
+        errors: list = []
+        if self.format == "arrow":
+            expected = 1
+            payload = batch.to_ipc()
+            sizes = [len(batch)]
+
+            def on_delivery(err, msg):
+                if err is not None:
+                    errors.append(err)
+                else:
+                    reports.append((msg.partition(), msg.offset(), sizes[0], batch.nbytes))
+                done.set()
+
+            records = [(payload, [(FORMAT_HEADER, ARROW_FORMAT), (TXN_HEADER, txn_id),
+                                  (EVENTS_HEADER, str(len(batch)))])]
+        else:
+            expected = len(batch)
+            per_event = max(1, batch.nbytes // max(1, len(batch)))
+            headers = event_header_lists(batch)
+            records = list(zip(batch.body.to_pylist(), headers))
+
+            def on_delivery(err, msg):
+                # Callbacks may run in any thread that polls the producer: list appends are atomic.
+                if err is not None:
+                    errors.append(err)
+                else:
+                    reports.append((msg.partition(), msg.offset(), 1, per_event))
+                if len(reports) + len(errors) >= expected:
+                    done.set()
+
+        deadline = time.monotonic() + self.call_timeout_s
+        try:
+            for value, hdrs in records:
+                while True:
+                    try:
+                        self._producer.produce(self.topic, value, key, on_delivery=on_delivery, headers=hdrs)
+                        break
+                    except BufferError:
+                        if time.monotonic() >= deadline:
+                            raise ChannelError(f"channel '{self.name}': the Kafka producer queue stayed full "
+                                               f"for {self.call_timeout_s}s")
+                        self._producer.poll(0.005)
+            while not done.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ChannelError(
+                        f"channel '{self.name}': Kafka did not acknowledge the put within call_timeout_s="
+                        f"{self.call_timeout_s}s (broker {self.bootstrap_servers} down?); retry it")
+                self._producer.poll(min(remaining, 0.05))
+        except KafkaException as exc:
+            raise ChannelError(f"channel '{self.name}': producing to topic '{self.topic}' failed: {exc}") from exc
+        if errors:
+            raise ChannelError(f"channel '{self.name}': {len(errors)} of {expected} Kafka records failed "
+                               f"({kafka_error_text(errors[0])}); the put is not committed, retry it")
+        return reports
+
+    # -- take ---------------------------------------------------------------------------------------
+    def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
+        if max_events > self.transaction_capacity:
+            raise TransactionTooLarge(
+                f"channel '{self.name}': a take of {max_events} events exceeds transaction_capacity="
+                f"{self.transaction_capacity}; lower the sink's batch_size")
+        if max_events <= 0:
+            return None
+        start = now()
+        deadline = start + timeout_s
+        with self._lock:
+            self.expire_leases()
+            self.counters.EventTakeAttemptCount += 1
+        while True:
+            with self._lock:
+                ready = self._ready_events
+                unread = self._unread_estimate()
+                if ready >= max_events or (ready and not unread):
+                    return self._lease(max_events, holder)
+                # Events known to be in the topic and not read yet are worth poll_timeout_s.
+                limit = max(deadline, start + self.poll_timeout_s) if unread else deadline
+                if now() >= limit:
+                    return self._lease(max_events, holder) if ready else None
+            self._fetch(max_events - ready, max(0.0, min(limit - now(), 0.1)))
+
+    def _fetch(self, wanted: int, wait_s: float) -> None:
+        """Read records into the head queue; waits up to ``wait_s`` for the first one."""
+        if not self._fetch_lock.acquire(timeout=max(wait_s, 0.001)):
+            return
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                per_record = self._events_per_record()
+            started = time.monotonic()
+            want = max(1, min(wanted // per_record, 10_000))
+            msgs = self._consumer.consume(num_messages=want, timeout=0)
+            if not msgs and wait_s > 0:
+                msgs = self._consumer.consume(num_messages=1, timeout=wait_s)
+                if msgs and want > 1:
+                    msgs += self._consumer.consume(num_messages=want - 1, timeout=0)
+            if msgs:
+                self._ingest(msgs)
+                with self._lock:
+                    self.counters.extra["KafkaEventGetTimer"] += int((time.monotonic() - started) * 1000)
+        finally:
+            self._fetch_lock.release()
+
+    def _events_per_record(self) -> int:
+        # Until a record was read, assume large records: a take must not pull many big ones at once.
+        return self._avg_events if self._avg_events else 1000
+
+    def _ingest(self, msgs: list) -> None:
+        """Turn consumed records into records and pieces at the tail of the head queue."""
+        pieces: list[_Piece] = []
+        run: list = []
+        sizes = []
+
+        def flush_run():
+            if not run:
+                return
+            batch = messages_to_batch(run, meta=False, copy_headers=True)
+            offs = [m.offset() for m in run]
+            rec = _Record(run[0].partition(), offs[0], offs[-1] + 1, len(run), offsets=offs)
+            pieces.append(_Piece(rec, 0, batch))
+            run.clear()
+
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != err._PARTITION_EOF:
+                    with self._lock:
+                        self.counters.EventTakeErrorCount += 1
+                    log.warning("kafka channel '%s': %s", self.name, kafka_error_text(err))
+                continue
+            headers = m.headers()
+            marker = None
+            if headers:
+                for k, v in headers:
+                    if k == FORMAT_HEADER:
+                        marker = v
+                        break
+            if marker != ARROW_FORMAT:
+                if run and run[-1].partition() != m.partition():
+                    flush_run()
+                run.append(m)
+                continue
+            flush_run()
+            txn = next((v for k, v in headers if k == TXN_HEADER), None)
+            txn = txn.decode() if isinstance(txn, bytes) else txn
+            p, off = m.partition(), m.offset()
+            with self._lock:
+                duplicate = txn is not None and txn in self._seen_txns
+                if txn is not None and not duplicate:
+                    self._seen_txns.add(txn)
+            if duplicate:
+                with self._lock:
+                    self.counters.DuplicatePutCount += 1
+                pieces.append(_Piece(_Record(p, off, off + 1, 0), 0, EventBatch.empty()))
+                continue
+            try:
+                batch = EventBatch.from_ipc(m.value())
+            except Exception as exc:
+                with self._lock:
+                    self.counters.EventTakeErrorCount += 1
+                log.error("kafka channel '%s': record %s[%d]@%d is not a readable Arrow batch (%s); skipped",
+                          self.name, self.topic, p, off, exc)
+                pieces.append(_Piece(_Record(p, off, off + 1, 0), 0, EventBatch.empty()))
+                continue
+            sizes.append(len(batch))
+            pieces.append(_Piece(_Record(p, off, off + 1, len(batch)), 0, batch))
+        flush_run()
+        with self._lock:
+            if sizes or len(pieces):
+                counts = sizes + [1] * sum(p.record.events for p in pieces if p.record.offsets is not None)
+                self._avg_events = max(1, sum(counts) // max(1, len(counts)))
+            for piece in pieces:
+                rec = piece.record
+                state = self._parts.get(rec.partition)
+                if state is None or rec.offset < state.last_end:
+                    continue  # a partition we do not own, or a record read twice
+                if state.first_skip and rec.offset == state.start and rec.offsets is None:
+                    # Resuming inside a partly committed arrow record.
+                    rec.skip = min(state.first_skip, rec.events)
+                    rec.mark_done(0, rec.skip)
+                    piece = _Piece(rec, rec.skip, piece.batch.slice(rec.skip))
+                state.first_skip = 0
+                state.next_offset = max(state.next_offset, rec.end)
+                state.last_end = rec.end
+                while state.own and state.own[0][0] < state.next_offset:
+                    state.own.popleft()
+                state.records.append(rec)
+                if len(piece.batch):
+                    self._ready.append(piece)
+                    self._ready_events += len(piece.batch)
+                    self._held_events += len(piece.batch)
+                    self._held_bytes += piece.batch.nbytes
+            # Records with nothing to deliver (duplicates, unreadable) may let the offset move on.
+            self._advance_offsets()
+
+    def _lease(self, max_events: int, holder: str):
+        taken: list[_Piece] = []
+        n = 0
+        while self._ready and n < max_events:
+            piece = self._ready.popleft()
+            room = max_events - n
+            if len(piece.batch) > room:
+                rest = _Piece(piece.record, piece.start + room, piece.batch.slice(room))
+                piece = _Piece(piece.record, piece.start, piece.batch.slice(0, room))
+                self._ready.appendleft(rest)
+            taken.append(piece)
+            n += len(piece.batch)
+        self._ready_events -= n
+        lease_id = self.new_lease_id()
+        self._leases[lease_id] = _Lease(holder, taken, now() + self.lease_timeout_s, n)
+        self.counters.EventTakeSuccessCount += n
+        return lease_id, EventBatch.concat([p.batch for p in taken])
+
+    # -- settle ---------------------------------------------------------------------------------------
+    def _settle(self, lease_id: str, outcome: str) -> _Lease | None:
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            previous = self._outcomes.get(lease_id)
+            if outcome == "committed" and previous != "committed":
+                why = "it expired or was rolled back" if previous else "it is unknown to the channel"
+                raise LeaseUnknown(f"channel '{self.name}': cannot commit lease {lease_id}: {why}; its events "
+                                   f"will be delivered again")
+            return None
+        if outcome == "committed":
+            for piece in lease.pieces:
+                piece.record.mark_done(piece.start, piece.start + len(piece.batch))
+                self._held_events -= len(piece.batch)
+                self._held_bytes -= piece.batch.nbytes
+        else:
+            for piece in reversed(lease.pieces):
+                self._ready.appendleft(piece)
+            self._ready_events += lease.events
+        self._outcomes[lease_id] = outcome
+        if len(self._outcomes) > IDEMPOTENCY_WINDOW:
+            self._outcomes.popitem(last=False)
+        return lease
+
+    def commit(self, lease_id: str) -> None:
+        with self._lock:
+            if self._settle(lease_id, "committed") is not None or self._commit_dirty:
+                self._advance_offsets()
+
+    def _advance_offsets(self) -> None:
+        """Commit, per partition, the position of the first event not committed yet."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        moves = []
+        for p, state in self._parts.items():
+            while state.records and state.records[0].uncommitted() == 0:
+                state.records.popleft()
+            if state.records:
+                head = state.records[0]
+                done = head.prefix_done()
+                if head.offsets is not None:
+                    position = (head.offsets[done], 0)
+                else:
+                    position = (head.offset, done)
+            elif state.first_skip:
+                position = state.committed  # the partly committed record at the start is not read yet
+            else:
+                position = (state.last_end, 0)
+            if position != state.committed:
+                meta = f"{SKIP_PREFIX}{position[1]}" if position[1] else ""
+                moves.append((p, position, TopicPartition(self.topic, p, position[0], meta)))
+        if not moves:
+            self._commit_dirty = False
+            return
+        started = time.monotonic()
+        try:
+            result = self._consumer.commit(offsets=[m[2] for m in moves], asynchronous=False)
+            failed = [tp for tp in (result or []) if tp.error is not None]
+            if failed:
+                raise KafkaException(failed[0].error)
+            for p, position, _ in moves:
+                self._parts[p].committed = position
+            self._commit_dirty = False
+        except KafkaException as exc:
+            # The events stay committed in the channel; the offsets follow with the next commit
+            # (or housekeeping). A restart before that delivers them again.
+            self._commit_dirty = True
+            self.counters.extra["KafkaCommitFailCount"] += 1
+            log.warning("kafka channel '%s': committing offsets failed (%s); retrying later", self.name, exc)
+        finally:
+            self.counters.extra["KafkaCommitTimer"] += int((time.monotonic() - started) * 1000)
+
+    def rollback(self, lease_id: str) -> None:
+        with self._lock:
+            if self._settle(lease_id, "rolled_back") is not None:
+                self.counters.RollbackCount += 1
+                self._not_empty.notify_all()
+
+    def release(self, holder: str) -> int:
+        with self._lock:
+            n = 0
+            for lid in [lid for lid, lease in self._leases.items() if lease.holder == holder]:
+                n += self._settle(lid, "rolled_back").events
+                self.counters.RollbackCount += 1
+            return n
+
+    def expire_leases(self) -> int:
+        with self._lock:
+            t = now()
+            n = 0
+            for lid in [lid for lid, lease in self._leases.items() if lease.expires_at <= t]:
+                n += self._settle(lid, "expired").events
+                self.counters.LeaseExpiredCount += 1
+            if self._commit_dirty:
+                self._advance_offsets()
+            return n
+
+    # -- sizes --------------------------------------------------------------------------------------
+    def _unread_estimate(self) -> int:
+        """Events in the topic this channel has not read: its own puts exactly, others' records as one."""
+        from confluent_kafka import TopicPartition
+
+        total = 0
+        for p, state in self._parts.items():
+            own_events = sum(e for _, e, _ in state.own)
+            high = state.own[-1][0] + 1 if state.own else 0
+            try:
+                _, cached_high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except Exception:
+                cached_high = -1
+            high = max(high, cached_high)
+            foreign = max(0, high - state.next_offset - len(state.own))
+            total += own_events + foreign
+        return total
+
+    def size(self) -> int:
+        with self._lock:
+            return self._held_events + self._unread_estimate()
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._held_bytes + sum(b for s in self._parts.values() for _, _, b in s.own)
+
+    def metrics(self) -> dict:
+        out = super().metrics()
+        if not self.bounded:
+            out["ChannelCapacity"] = 0
+            out["ChannelFillPercentage"] = 0.0
+        out["KafkaTopic"] = self.topic
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with self._fetch_lock:
+            try:
+                self._producer.flush(min(self.call_timeout_s, 5.0))
+            except Exception:
+                pass
+            try:
+                # No commit here: what was read and not committed is read again by the next instance.
+                self._consumer.close()
+            except Exception as exc:
+                log.warning("kafka channel '%s': closing the consumer failed: %s", self.name, exc)
+
+
+@register("channel", "kafka")
+class KafkaChannelConfig(ChannelConfig):
+    """``kafka``: a topic is the channel (Flume's Kafka channel); see :mod:`rayflume.channels.kafka`."""
+
+    needs_sink: ClassVar[bool] = False
+
+    bootstrap_servers: str = Field(min_length=1, description="Kafka brokers, host:port[,host:port...].")
+    topic: str = Field("flume-channel", min_length=1, description="The topic that stores the channel.")
+    group_id: str = Field("flume", min_length=1, description="Consumer group whose offsets the channel commits.")
+    format: Literal["arrow", "events"] = Field("arrow", description="arrow: one record per put (Arrow IPC); "
+                                                                    "events: one record per event.")
+    capacity: int | None = Field(None, gt=0, description="Most events in the channel; None: unbounded "
+                                                         "(Kafka's retention is the bound).")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a group without committed offsets starts (Flume: latest; earliest "
+                                "so that puts made before the first take are not skipped).")
+    poll_timeout_s: float = Field(0.5, gt=0, description="Longest wait for records known to be in the topic "
+                                                         "(Flume's pollTimeout).")
+    call_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a put's acknowledgement and for "
+                                                          "metadata calls.")
+    create_topic: bool = Field(True, description="Create the topic at start if it does not exist.")
+    partitions: int = Field(1, gt=0, description="Partitions of a topic the channel creates (1 keeps FIFO).")
+    replication_factor: int = Field(-1, description="Replication of a topic the channel creates; -1: the "
+                                                    "broker's default.")
+    producer: dict = Field(default_factory=dict, description="librdkafka producer properties passed through.")
+    consumer: dict = Field(default_factory=dict, description="librdkafka consumer properties passed through.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        who = "kafka channel"
+        if self.byte_capacity is not None:
+            raise ValueError(f"{who}: `byte_capacity` is not supported (Kafka's retention bounds the channel); "
+                             f"remove it, or bound events with `capacity`")
+        validate_client_options(who, "producer", self.producer, RESERVED_PRODUCER)
+        check_producer_overrides(who, self.producer)
+        validate_client_options(who, "consumer", self.consumer, RESERVED_CONSUMER)
+        if self.replication_factor == 0 or self.replication_factor < -1:
+            raise ValueError(f"{who}: `replication_factor` must be -1 (broker default) or at least 1")
+        return self
+
+    def check(self) -> list[str]:
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            return ["kafka channel: the confluent-kafka package is not installed; pip install confluent-kafka"]
+        return []
+
+    def build(self, name: str) -> KafkaChannel:
+        return KafkaChannel(name, self.bootstrap_servers, self.topic, self.group_id, self.format, self.capacity,
+                            self.transaction_capacity, self.lease_timeout_s, self.auto_offset_reset,
+                            self.poll_timeout_s, self.call_timeout_s, self.create_topic, self.partitions,
+                            self.replication_factor, self.producer, self.consumer)

@@ -1,0 +1,286 @@
+"""The ``kafka`` sink: publishes each event as one Kafka record (Flume's ``KafkaSink``).
+
+Delivery: ``write(batch)`` produces every event of the batch, then waits (``flush``) until the
+broker acknowledged every record of the batch or ``call_timeout_s`` passed. It returns, and the
+runner commits the channel take, only when every delivery report of the batch came back without
+an error; otherwise it raises and the take is rolled back and retried later. With the defaults
+(``acks=all``, ``enable.idempotence=true``) an acknowledged record is in every in-sync replica, and
+librdkafka's own retries inside one producer session neither duplicate nor reorder records. A
+batch that is retried after a failure (a timeout, a broker outage, a restarted sink) may have been
+partly written before: delivery is **at-least-once**, duplicates possible, nothing acknowledged is
+lost.
+
+Records of a failed batch that are still queued in the producer when ``write`` gives up stay
+there; the next ``write`` first waits for them (up to ``call_timeout_s``) before producing
+anything, so each delivery report is counted against the batch that produced it. By default a
+record waits at most ``call_timeout_s`` in the producer (``message.timeout.ms``), so a broker
+outage fails batches quickly while the channel keeps the events.
+
+Routing:
+
+* ``topic``: the topic, or a template with ``%{header}`` references computed per event.
+* ``allow_topic_override`` (default true): an event's ``topic_header`` header ("topic") wins over
+  ``topic``. Beware: the ``kafka`` source sets that header, so a kafka source -> kafka sink
+  pipeline writes back to the topic it reads unless this is false (as in Flume).
+* ``key_header`` ("key"): that header, when present, is the record's key (so the partition).
+* ``partition_id_header`` / ``default_partition_id``: an explicit partition (Flume's keys).
+* ``include_headers`` (default false, like Flume's ``useFlumeEventFormat: false``): the event's
+  headers become the record's Kafka headers.
+
+``producer`` passes librdkafka properties through (Flume's ``kafka.producer.*``), e.g.
+``{compression.type: lz4, linger.ms: 20}``.
+
+Called from one thread at a time (see :class:`~rayflume.sinks.base.Sink`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from rayflume._private.kafka_common import (RESERVED_PRODUCER, check_producer_overrides,
+                                            constant_or_list, event_header_lists, kafka_error_text,
+                                            producer_config, render_template,
+                                            validate_client_options)
+from rayflume.config_base import SinkConfig
+from rayflume.errors import DeliveryError
+from rayflume.event import EventBatch
+from rayflume.registry import register
+from rayflume.sinks.base import Sink, SinkContext
+
+log = logging.getLogger("rayflume.sink.kafka")
+
+
+class KafkaSink(Sink):
+    """Produces batches to Kafka; see the module docstring for the guarantees."""
+
+    def __init__(self, name: str, bootstrap_servers: str, topic: str = "default-flume-topic",
+                 allow_topic_override: bool = True, topic_header: str = "topic", key_header: str | None = "key",
+                 partition_id_header: str | None = None, default_partition_id: int | None = None,
+                 include_headers: bool = False, batch_size: int = 1000, call_timeout_s: float = 30.0,
+                 producer: dict | None = None):
+        self.name = name
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.allow_topic_override = allow_topic_override
+        self.topic_header = topic_header
+        self.key_header = key_header
+        self.partition_id_header = partition_id_header
+        self.default_partition_id = default_partition_id
+        self.include_headers = include_headers
+        self.batch_size = batch_size
+        self.call_timeout_s = float(call_timeout_s)
+        self.overrides = dict(producer or {})
+        self.context = SinkContext(name=name)
+        self._producer = None
+        self._errors: list = []
+        self._fatal: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self, context: SinkContext) -> None:
+        super().start(context)
+        self._producer = self._new_producer()
+
+    def _new_producer(self):
+        from confluent_kafka import Producer
+
+        timeout_ms = max(1000, int(self.call_timeout_s * 1000))
+        conf = producer_config(self.bootstrap_servers, self.overrides, message_timeout_ms=timeout_ms)
+        # Only failed records call back into Python: a successful batch costs no per-record callback.
+        conf["delivery.report.only.error"] = True
+        conf["on_delivery"] = self._on_error_report
+        conf["error_cb"] = self._on_client_error
+        self._fatal = None
+        producer = Producer(conf)
+        self.context.count("ConnectionCreatedCount")
+        return producer
+
+    def _on_error_report(self, err, msg) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def _on_client_error(self, err) -> None:
+        if err.fatal():
+            self._fatal = kafka_error_text(err)
+        else:
+            log.debug("kafka sink '%s': client error %s", self.name, kafka_error_text(err))
+
+    def stop(self) -> None:
+        if self._producer is not None:
+            left = self._producer.flush(min(self.call_timeout_s, 10.0))
+            if left:
+                log.warning("kafka sink '%s': %d records still unacknowledged at stop; their batch was "
+                            "not committed and will be delivered again", self.name, left)
+            self._producer = None
+            self.context.count("ConnectionClosedCount")
+
+    # -- delivery ---------------------------------------------------------------------------------
+    def write(self, batch: EventBatch) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        if self._producer is None:
+            self._producer = self._new_producer()
+        started = time.monotonic()
+        deadline = started + self.call_timeout_s
+        self._settle_previous(deadline)
+        self._errors.clear()
+        values = batch.body.to_pylist()
+        topics, keys, partitions, headers = self._routing(batch)
+        try:
+            self._produce_all(values, topics, keys, partitions, headers, deadline)
+        except DeliveryError:
+            raise
+        except Exception as exc:  # KafkaException (fatal producer state, unknown option values)
+            self._reset_producer(f"produce failed: {exc}")
+            raise DeliveryError(f"kafka sink '{self.name}': producing {n} events failed: {exc}; the take "
+                                f"is rolled back") from exc
+        left = self._producer.flush(max(0.0, deadline - time.monotonic()))
+        self.context.count("KafkaEventSendTimer", int((time.monotonic() - started) * 1000))
+        if left:
+            self.context.count("ConnectionFailedCount")
+            raise DeliveryError(f"kafka sink '{self.name}': {left} of {n} records not acknowledged within "
+                                f"call_timeout_s={self.call_timeout_s}s (broker {self.bootstrap_servers} down "
+                                f"or slow?); the take is rolled back and retried")
+        if self._errors:
+            first = kafka_error_text(self._errors[0])
+            failed = len(self._errors)
+            self._errors.clear()
+            self.context.count("KafkaDeliveryErrorCount", failed)
+            if self._fatal:
+                self._reset_producer(self._fatal)
+            raise DeliveryError(f"kafka sink '{self.name}': {failed} of {n} records failed ({first}); the "
+                                f"take is rolled back and retried")
+        if self._fatal:
+            # Every record of this batch was acknowledged, but the producer cannot go on.
+            self._reset_producer(self._fatal)
+
+    def _settle_previous(self, deadline: float) -> None:
+        """Wait for records a failed write left in the producer, so reports are not mixed up."""
+        if self._fatal:
+            self._reset_producer(self._fatal)
+            return
+        if len(self._producer):
+            left = self._producer.flush(max(0.0, deadline - time.monotonic()))
+            if left:
+                raise DeliveryError(f"kafka sink '{self.name}': {left} records of an earlier failed batch are "
+                                    f"still unacknowledged (broker {self.bootstrap_servers} unreachable?); "
+                                    f"retrying later")
+
+    def _reset_producer(self, why: str) -> None:
+        log.warning("kafka sink '%s': recreating the producer (%s)", self.name, why)
+        old, self._producer = self._producer, None
+        if old is not None:
+            try:
+                old.purge()
+                old.flush(0)
+            except Exception:
+                pass
+        self.context.count("ConnectionClosedCount")
+        self._producer = self._new_producer()
+
+    def _routing(self, batch: EventBatch):
+        """Per-event topic, key, partition and headers: a constant where all events agree."""
+        topics = render_template(batch, self.topic)
+        if self.allow_topic_override:
+            override = batch.header(self.topic_header)
+            if override.null_count < len(override):
+                base = topics if isinstance(topics, pa.Array) else pa.scalar(topics, pa.string())
+                topics = pc.coalesce(override, base)
+        if isinstance(topics, pa.Array):
+            topics = constant_or_list(topics)
+        keys = None
+        if self.key_header:
+            k = batch.header(self.key_header)
+            if k.null_count < len(k):
+                keys = k.to_pylist()
+        partitions = self.default_partition_id
+        if self.partition_id_header:
+            p = batch.header(self.partition_id_header)
+            if p.null_count < len(p):
+                try:
+                    p = p.cast(pa.int32())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise DeliveryError(f"kafka sink '{self.name}': header '{self.partition_id_header}' must "
+                                        f"hold partition numbers: {exc}") from exc
+                fallback = -1 if self.default_partition_id is None else self.default_partition_id
+                partitions = pc.fill_null(p, fallback).to_pylist()
+        headers = event_header_lists(batch) if self.include_headers else None
+        return topics, keys, partitions, headers
+
+    def _produce_all(self, values, topics, keys, partitions, headers, deadline: float) -> None:
+        producer = self._producer
+        produce = producer.produce
+        n = len(values)
+        simple = isinstance(topics, str) and keys is None and headers is None and not isinstance(partitions, list)
+        i = 0
+        while i < n:
+            try:
+                if simple:
+                    topic = topics
+                    if partitions is None:
+                        while i < n:
+                            produce(topic, values[i])
+                            i += 1
+                    else:
+                        while i < n:
+                            produce(topic, values[i], partition=partitions)
+                            i += 1
+                else:
+                    while i < n:
+                        produce(topics if isinstance(topics, str) else topics[i], values[i],
+                                None if keys is None else keys[i],
+                                partition=(-1 if partitions is None else
+                                           partitions if isinstance(partitions, int) else partitions[i]),
+                                headers=None if headers is None else headers[i])
+                        i += 1
+            except BufferError:
+                # The producer's local queue is full: serve delivery reports until there is room.
+                if time.monotonic() >= deadline:
+                    raise DeliveryError(f"kafka sink '{self.name}': the producer queue stayed full for "
+                                        f"call_timeout_s={self.call_timeout_s}s; the take is rolled back")
+                producer.poll(0.005)
+
+
+@register("sink", "kafka")
+class KafkaSinkConfig(SinkConfig):
+    """``kafka``: one record per event, committed only once every record of the batch was acknowledged."""
+
+    bootstrap_servers: str = Field(min_length=1, description="Kafka brokers, host:port[,host:port...] "
+                                                             "(Flume's kafka.bootstrap.servers).")
+    topic: str = Field("default-flume-topic", min_length=1,
+                       description="The topic, or a template with %{header} references.")
+    allow_topic_override: bool = Field(True, description="An event's `topic_header` header overrides `topic`.")
+    topic_header: str = Field("topic", min_length=1, description="The header that names an event's topic.")
+    key_header: str | None = Field("key", description="The header used as the record key; None: no key.")
+    partition_id_header: str | None = Field(None, description="A header holding the partition number.")
+    default_partition_id: int | None = Field(None, ge=0, description="Partition for every record; None: "
+                                                                     "the producer's partitioner.")
+    include_headers: bool = Field(False, description="Send event headers as Kafka record headers.")
+    call_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a batch's acknowledgements.")
+    producer: dict = Field(default_factory=dict, description="librdkafka producer properties passed through "
+                                                             "(Flume's kafka.producer.*).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        who = "kafka sink"
+        validate_client_options(who, "producer", self.producer, RESERVED_PRODUCER)
+        check_producer_overrides(who, self.producer)
+        if "%{" in self.topic and "}" not in self.topic.split("%{", 1)[1]:
+            raise ValueError(f"{who}: `topic` {self.topic!r} has an unclosed %{{...}} reference")
+        return self
+
+    def check(self) -> list[str]:
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            return ["kafka sink: the confluent-kafka package is not installed; pip install confluent-kafka"]
+        return []
+
+    def build(self, name: str) -> KafkaSink:
+        return KafkaSink(name, self.bootstrap_servers, self.topic, self.allow_topic_override, self.topic_header,
+                         self.key_header, self.partition_id_header, self.default_partition_id,
+                         self.include_headers, self.batch_size, self.call_timeout_s, self.producer)

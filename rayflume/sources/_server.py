@@ -1,0 +1,815 @@
+"""Plumbing shared by the network sources (``syslog_tcp``, ``syslog_udp``, ``http``, ``netcat``).
+
+An event-driven source runs its own server threads (one per TCP connection, one for a UDP
+socket). They hand what they received to the runner's ``poll()`` through a bounded
+:class:`HandOff` queue of :class:`Item` objects, each optionally carrying a :class:`Completion`
+that the source completes in ``ack()`` (the batch is committed to every required channel) or with
+a failure in ``on_put_failure()`` / ``stop()``. A server thread that must answer its client after
+the commit (HTTP 200, netcat ``OK``) waits on that completion, always with a timeout.
+
+Backpressure: the queue is bounded in bytes. A TCP reader blocks in :meth:`HandOff.put` when it
+is full, so it stops reading and the client's TCP window closes; a UDP reader or an HTTP request
+uses a non-blocking put and drops (UDP, counted) or answers 503 (HTTP).
+
+Also here: :class:`NetworkSourceConfig` (``bind`` 127.0.0.1, ``port``, ``buffer_bytes``), :class:`TlsConfig` and :func:`tls_server_context`, a threaded TCP server with
+a connection limit and TLS handshakes done in the connection's own thread
+(:func:`make_tcp_server`), a UDP receive loop (:class:`UdpReceiver`), thread-safe counters,
+vectorised line framing (:func:`split_lines`, :func:`gather_ranges`) and
+:func:`headers_from_columns`, which builds a batch's header map from per-key value arrays in one
+pass.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import select
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from rayflume.config_base import SourceConfig
+from rayflume.event import EventBatch
+from rayflume.sources.base import Source, SourceContext
+
+log = logging.getLogger("rayflume.source.server")
+
+DEFAULT_BIND = "127.0.0.1"
+DEFAULT_BUFFER_BYTES = 16 << 20
+DEFAULT_MAX_CONNECTIONS = 100
+HANDSHAKE_TIMEOUT_S = 10.0
+POLL_WAIT_S = 0.1
+
+# Counters every network source reports (created at start so server threads never grow the dict
+# while the actor iterates it for metrics).
+CONNECTION_COUNTERS = ("OpenConnectionCount", "ConnectionAcceptedCount", "ConnectionRejectedCount",
+                       "TlsHandshakeFailCount", "EventRejectedCount")
+
+
+# -- completions and the hand-off queue ------------------------------------------------------------
+
+class Completion:
+    """The outcome of one handed-off item, waited for by the server thread that produced it.
+
+    States: queued -> taken (by ``poll``) -> succeeded / failed; or queued -> cancelled (the waiter
+    gave up before ``poll`` took it, so it is never delivered). Transitions are atomic; the first
+    final state wins.
+    """
+
+    QUEUED, TAKEN, SUCCEEDED, FAILED, CANCELLED = range(5)
+
+    __slots__ = ("_lock", "_done", "state", "status", "reason")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self.state = Completion.QUEUED
+        self.status: int | None = None   # a protocol status for the client (e.g. HTTP 503)
+        self.reason = ""
+
+    def _taken(self) -> bool:
+        with self._lock:
+            if self.state != Completion.QUEUED:
+                return False
+            self.state = Completion.TAKEN
+            return True
+
+    def succeed(self) -> None:
+        with self._lock:
+            if self.state in (Completion.QUEUED, Completion.TAKEN):
+                self.state = Completion.SUCCEEDED
+        self._done.set()
+
+    def fail(self, status: int | None, reason: str) -> None:
+        with self._lock:
+            if self.state in (Completion.QUEUED, Completion.TAKEN):
+                self.state = Completion.FAILED
+                self.status = status
+                self.reason = reason
+        self._done.set()
+
+    def cancel(self) -> bool:
+        """Withdraw a queued item. False when ``poll`` already took it (it may still commit)."""
+        with self._lock:
+            if self.state != Completion.QUEUED:
+                return self.state == Completion.CANCELLED
+            self.state = Completion.CANCELLED
+        self._done.set()
+        return True
+
+    def wait(self, timeout_s: float | None) -> bool:
+        """True once the item succeeded or failed (see ``state``); False on timeout."""
+        return self._done.wait(timeout_s)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == Completion.SUCCEEDED
+
+
+@dataclass
+class Item:
+    """One unit handed to ``poll``: a source-specific payload with its size and completion."""
+
+    payload: Any
+    events: int
+    nbytes: int
+    completion: Completion | None = None
+    solo: bool = False          # deliver in a batch of its own (set after a too-large merged put)
+    extra: dict = field(default_factory=dict)
+
+
+class HandOff:
+    """A bounded FIFO of :class:`Item` between server threads and the runner. Thread-safe.
+
+    Bounded by ``max_bytes`` of payload; one item larger than that is still accepted into an
+    empty queue, so nothing is ever too large to pass. Cancelled items are skipped by ``take``.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: deque[Item] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _room(self, nbytes: int) -> bool:
+        return not self._items or self._bytes + nbytes <= self.max_bytes
+
+    def put(self, item: Item, block: bool = True, timeout_s: float | None = None) -> bool:
+        """Queue ``item``; False when closed, or when full and not blocking (or timed out)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while not self._closed and not self._room(item.nbytes):
+                if not block:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining if remaining is not None else 0.5)
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._bytes += item.nbytes
+            self._cond.notify_all()
+            return True
+
+    def take(self, max_events: int, wait_s: float = 0.0) -> list[Item]:
+        """The oldest items, merged while their events fit in ``max_events`` (always at least
+        one item if any is queued; a ``solo`` item is returned alone). Waits up to ``wait_s``
+        for the first item."""
+        out: list[Item] = []
+        events = 0
+        with self._cond:
+            if not self._items and wait_s > 0 and not self._closed:
+                self._cond.wait(wait_s)
+            while self._items:
+                item = self._items[0]
+                if out and (item.solo or events + item.events > max_events):
+                    break
+                self._items.popleft()
+                self._bytes -= item.nbytes
+                if item.completion is not None and not item.completion._taken():
+                    continue  # cancelled by its waiter: never delivered
+                out.append(item)
+                events += item.events
+                if item.solo:
+                    break
+            if out:
+                self._cond.notify_all()
+        return out
+
+    def requeue_front(self, items: list[Item]) -> None:
+        """Put taken items back at the head, in order (their completions stay taken)."""
+        with self._cond:
+            for item in reversed(items):
+                self._items.appendleft(item)
+                self._bytes += item.nbytes
+            self._cond.notify_all()
+
+    def close(self) -> list[Item]:
+        """Refuse further puts, wake every waiter, and return what was still queued."""
+        with self._cond:
+            self._closed = True
+            left = list(self._items)
+            self._items.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+        return left
+
+
+# -- counters --------------------------------------------------------------------------------------
+
+class Counters:
+    """Counters shared by server threads and the runner thread, updated under one lock.
+
+    Writes go to the context's dict (what the actor reports); keys must be created with
+    :meth:`create` at start so the dict never grows while it is being iterated elsewhere.
+    """
+
+    def __init__(self, context: SourceContext):
+        self.context = context
+        self._lock = threading.Lock()
+
+    def create(self, names: Iterable[str]) -> None:
+        with self._lock:
+            for name in names:
+                self.context.counters.setdefault(name, 0)
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.context.count(key, n)
+
+    def set(self, key: str, value) -> None:
+        with self._lock:
+            self.context.counters[key] = value
+
+    def get(self, key: str, default=0):
+        return self.context.counters.get(key, default)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+def _check_bind(component: str, value: str) -> str:
+    if not value:
+        raise ValueError(f"{component}: `bind` must be an address such as 127.0.0.1 (0.0.0.0 listens "
+                         f"on every interface)")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not all(part and len(part) <= 63 for part in value.split(".")):
+            raise ValueError(f"{component}: `bind` {value!r} is neither an IP address nor a host name")
+    return value
+
+
+class NetworkSourceConfig(SourceConfig):
+    """Keys every network source shares (TCP ones add ``max_connections``). Not registered."""
+
+    bind: str = Field(DEFAULT_BIND, description="Address to listen on. 127.0.0.1 by default: set "
+                                                "0.0.0.0 (or an interface address) to accept remote clients.")
+    port: int = Field(ge=0, le=65535, description="Port to listen on; 0 picks a free one (reported as "
+                                                  "the BoundPort metric).")
+    buffer_bytes: int = Field(DEFAULT_BUFFER_BYTES, gt=0,
+                              description="Most bytes received and not yet polled; when full, TCP "
+                                          "readers stop reading (backpressure), UDP datagrams are "
+                                          "dropped (counted) and HTTP requests get 503.")
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        return _check_bind(f"{cls.type_name or 'network'} source", v)
+
+
+class TlsConfig(SourceConfig):
+    """TLS keys for TCP servers: ``ssl``, ``ssl_certfile`` (PEM) and ``ssl_keyfile`` (PEM)."""
+
+    ssl: bool = Field(False, description="Serve TLS on the TCP port.")
+    ssl_certfile: str | None = Field(None, description="PEM certificate (chain) file; required with ssl.")
+    ssl_keyfile: str | None = Field(None, description="PEM private key file; None: the key is in ssl_certfile.")
+
+    @model_validator(mode="after")
+    def _tls(self):
+        who = f"{self.type_name or 'network'} source"
+        if self.ssl and not self.ssl_certfile:
+            raise ValueError(f"{who}: `ssl` is true but `ssl_certfile` is not set; give the PEM "
+                             f"certificate (and `ssl_keyfile`) or set ssl: false")
+        if not self.ssl and (self.ssl_certfile or self.ssl_keyfile):
+            raise ValueError(f"{who}: `ssl_certfile`/`ssl_keyfile` are set but `ssl` is false; set "
+                             f"ssl: true to serve TLS, or remove them")
+        return self
+
+    def tls_problems(self) -> list[str]:
+        """Unreadable or unloadable certificate/key files (for ``check()``)."""
+        if not self.ssl:
+            return []
+        who = f"{self.type_name or 'network'} source"
+        problems = []
+        for key in ("ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, key)
+            if path and not os.access(path, os.R_OK):
+                problems.append(f"{who}: `{key}` {path!r} does not exist or is not readable")
+        if not problems:
+            try:
+                tls_server_context(self.ssl_certfile, self.ssl_keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                problems.append(f"{who}: cannot load the TLS certificate/key ({exc}); give a PEM "
+                                f"certificate in `ssl_certfile` and its key in `ssl_keyfile`")
+        return problems
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return tls_server_context(self.ssl_certfile, self.ssl_keyfile) if self.ssl else None
+
+
+def tls_server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or newer) from PEM certificate and key files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def is_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
+def family_of(bind: str) -> int:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+# -- TCP servers with a connection limit -----------------------------------------------------------
+
+class ConnectionTracker:
+    """Counts and remembers open connections, enforcing ``max_connections``. Thread-safe."""
+
+    def __init__(self, max_connections: int, counters: Counters | None):
+        self.max_connections = max_connections
+        self.counters = counters
+        self._lock = threading.Lock()
+        self._open: set = set()
+        self._reserved = 0
+
+    def reserve(self) -> bool:
+        with self._lock:
+            if self._reserved >= self.max_connections:
+                return False
+            self._reserved += 1
+        if self.counters:
+            self.counters.count("ConnectionAcceptedCount")
+        return True
+
+    def opened(self, sock) -> None:
+        with self._lock:
+            self._open.add(sock)
+            n = len(self._open)
+        if self.counters:
+            self.counters.set("OpenConnectionCount", n)
+
+    def replace(self, old, new) -> None:
+        """``old`` was wrapped (TLS) into ``new``: remember the wrapper, which owns the socket now."""
+        with self._lock:
+            self._open.discard(old)
+            self._open.add(new)
+
+    def closed(self, sock) -> None:
+        with self._lock:
+            self._open.discard(sock)
+            self._reserved -= 1
+            n = len(self._open)
+        if self.counters:
+            self.counters.set("OpenConnectionCount", n)
+
+    def close_all(self) -> None:
+        with self._lock:
+            socks = list(self._open)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+
+class LimitedServerMixin:
+    """For ``socketserver`` threading servers: refuses connections over the limit in the accept
+    thread (without blocking it) and does the TLS handshake in the connection's own thread.
+
+    Set on the instance: ``tracker`` (:class:`ConnectionTracker`), ``tls`` (an SSLContext or
+    None), ``counters`` and optionally ``refusal`` (bytes sent to a refused client).
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    refusal: bytes = b""
+    tls: ssl.SSLContext | None = None
+    tracker: ConnectionTracker
+    counters: Counters | None = None
+
+    def process_request(self, request, client_address):
+        if not self.tracker.reserve():
+            if self.counters:
+                self.counters.count("ConnectionRejectedCount")
+            try:
+                if self.refusal and self.tls is None:
+                    request.setblocking(False)
+                    request.send(self.refusal)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.tracker.closed(request)
+            raise
+
+    def process_request_thread(self, request, client_address):
+        conn = request
+        self.tracker.opened(request)
+        try:
+            if self.tls is not None:
+                request.settimeout(HANDSHAKE_TIMEOUT_S)
+                try:
+                    conn = self.tls.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    if self.counters:
+                        self.counters.count("TlsHandshakeFailCount")
+                    log.info("TLS handshake with %s failed: %s", client_address, exc)
+                    return
+                self.tracker.replace(request, conn)
+                conn.settimeout(None)
+            self.finish_request(conn, client_address)
+        except Exception:
+            self.handle_error(conn, client_address)
+        finally:
+            self.shutdown_request(conn)
+            self.tracker.closed(conn)
+
+    def handle_error(self, request, client_address):
+        log.warning("connection from %s failed", client_address, exc_info=True)
+
+
+class _ConnectionHandler(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.server.on_connection(self.request, self.client_address)
+
+
+class _TcpServer(LimitedServerMixin, socketserver.ThreadingTCPServer):
+    on_connection: Callable
+
+
+class _TcpServer6(_TcpServer):
+    address_family = socket.AF_INET6
+
+
+def make_tcp_server(bind: str, port: int, on_connection: Callable[[socket.socket, tuple], None],
+                    max_connections: int, tls: ssl.SSLContext | None, counters: Counters | None):
+    """A started-but-not-serving threaded TCP server: ``on_connection(sock, address)`` runs in a
+    thread per connection (after the TLS handshake when ``tls``). Serve with
+    :class:`ServerThread`."""
+    cls = _TcpServer6 if family_of(bind) == socket.AF_INET6 else _TcpServer
+    server = cls((bind, port), _ConnectionHandler, bind_and_activate=False)
+    server.tracker = ConnectionTracker(max_connections, counters)
+    server.tls = tls
+    server.counters = counters
+    server.on_connection = on_connection
+    try:
+        server.server_bind()
+        server.server_activate()
+    except OSError:
+        server.server_close()
+        raise
+    return server
+
+
+class ServerThread:
+    """Runs a ``socketserver`` server's ``serve_forever`` in a daemon thread; ``stop()`` shuts it
+    down, closes the listening socket and every open connection."""
+
+    def __init__(self, server, name: str):
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name=name, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> "ServerThread":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+        tracker = getattr(self.server, "tracker", None)
+        if tracker is not None:
+            tracker.close_all()
+
+
+# -- UDP -------------------------------------------------------------------------------------------
+
+MAX_DATAGRAM = 65535
+
+
+class UdpReceiver:
+    """Receives datagrams on ``bind:port`` in a daemon thread and hands them, a burst at a time,
+    to ``on_datagrams(list of (data, address))``: after the first datagram it keeps reading
+    without waiting until the socket is empty or ``burst`` datagrams were read."""
+
+    def __init__(self, bind: str, port: int, on_datagrams: Callable[[list], None], name: str,
+                 burst: int = 1000, recv_buffer_bytes: int = 4 << 20):
+        self.on_datagrams = on_datagrams
+        self.burst = burst
+        self.sock = socket.socket(family_of(bind), socket.SOCK_DGRAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer_bytes)
+        except OSError:
+            pass  # best effort: the kernel caps it at net.core.rmem_max
+        try:
+            self.sock.bind((bind, port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def start(self) -> "UdpReceiver":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        sock = self.sock
+        while not self._stop.is_set():
+            got = []
+            try:
+                while len(got) < self.burst:
+                    got.append(sock.recvfrom(MAX_DATAGRAM + 1))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                if self._stop.is_set():
+                    return
+                log.warning("UDP receive failed", exc_info=True)
+            if got:
+                try:
+                    self.on_datagrams(got)
+                except Exception:
+                    log.exception("handling %d datagram(s) failed", len(got))
+                continue
+            try:
+                select.select([sock], [], [], 0.2)
+            except (OSError, ValueError):
+                if self._stop.is_set():
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(2.0)
+        self.sock.close()
+
+
+# -- reverse lookups -------------------------------------------------------------------------------
+
+class HostnameCache:
+    """Reverse DNS of client addresses, cached (bounded); the address itself when unresolvable."""
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = max_entries
+        self._names: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, ip: str) -> str:
+        name = self._names.get(ip)
+        if name is not None:
+            return name
+        try:
+            name = socket.gethostbyaddr(ip)[0]
+        except (OSError, UnicodeError):
+            name = ip
+        with self._lock:
+            if len(self._names) >= self.max_entries:
+                self._names.clear()
+            self._names[ip] = name
+        return name
+
+
+# -- vectorised framing and header building --------------------------------------------------------
+
+def binary_from(data: np.ndarray | bytes, offsets: np.ndarray) -> pa.BinaryArray:
+    """A binary array over ``data`` with int32 ``offsets`` (len = n + 1, starting at 0)."""
+    buf = pa.py_buffer(data if isinstance(data, (bytes, bytearray)) else np.ascontiguousarray(data))
+    return pa.BinaryArray.from_buffers(pa.binary(), len(offsets) - 1,
+                                       [None, pa.py_buffer(np.ascontiguousarray(offsets, dtype=np.int32)), buf])
+
+
+def gather_ranges(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.BinaryArray:
+    """The byte ranges ``arr[starts[i]:ends[i]]`` (ascending, non-overlapping) as a binary array,
+    copied once with a boolean mask (no per-range Python)."""
+    n = len(starts)
+    lengths = (ends - starts).astype(np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError("more than 2 GiB of frames in one array; read smaller chunks")
+    if n == 0:
+        return pa.array([], pa.binary())
+    if offsets[-1] == len(arr) and n == 1:
+        return binary_from(arr, offsets.astype(np.int32))
+    # +1 at each start, -1 at each end: the running sum is 1 inside a range. Starts are distinct
+    # among non-empty ranges, and so are ends, so plain fancy-index assignment is exact.
+    delta = np.zeros(len(arr) + 1, dtype=np.int8)
+    nonempty = lengths > 0
+    delta[starts[nonempty]] += 1
+    delta[ends[nonempty]] -= 1
+    keep = np.cumsum(delta[:-1], dtype=np.int8).view(bool)
+    return binary_from(arr[keep], offsets.astype(np.int32))
+
+
+def split_lines(arr: np.ndarray, delimiters: tuple[int, ...] = (10,)):
+    """Positions of complete lines in ``arr``: ``(starts, ends, consumed)`` where line i is
+    ``arr[starts[i]:ends[i]]`` without its delimiter and ``consumed`` is the index after the last
+    delimiter (the unterminated tail starts there)."""
+    hit = arr == delimiters[0]
+    for d in delimiters[1:]:
+        hit |= arr == d
+    ends = np.flatnonzero(hit)
+    if ends.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    starts = np.empty(ends.size, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    return starts, ends.astype(np.int64), int(ends[-1]) + 1
+
+
+def strip_cr(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``ends`` moved back over one ``\\r`` before the delimiter, where there is one."""
+    ends = ends.copy()
+    nonempty = ends > starts
+    cr = np.zeros(len(ends), dtype=bool)
+    cr[nonempty] = arr[ends[nonempty] - 1] == 13
+    ends[cr] -= 1
+    return ends
+
+
+def empty_headers(n: int) -> pa.MapArray:
+    offsets = pa.array(np.zeros(n + 1, dtype=np.int32))
+    return pa.MapArray.from_arrays(offsets, pa.array([], pa.string()), pa.array([], pa.string()))
+
+
+def headers_from_columns(n: int, columns: list[tuple[str, pa.Array | None]]) -> pa.MapArray:
+    """A ``map<string, string>`` of ``n`` events from ``[(key, values)]``: ``values`` is a string
+    array of length ``n`` (null: the event does not get that key) or None (no event does).
+
+    Keys keep the order of ``columns`` within each event. One concatenation and two ``take``s
+    for the whole batch, whatever the number of keys.
+    """
+    cols = [(k, v) for k, v in columns if v is not None]
+    if n == 0 or not cols:
+        return empty_headers(n)
+    arrays = []
+    for key, values in cols:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if values.type != pa.string():
+            values = values.cast(pa.string())
+        if len(values) != n:
+            raise ValueError(f"header {key!r}: {len(values)} values for {n} events")
+        arrays.append(values)
+    k = len(arrays)
+    values = pa.concat_arrays(arrays)
+    if values.null_count:
+        valid = np.asarray(values.is_valid(), dtype=bool)
+    else:
+        valid = np.ones(k * n, dtype=bool)
+    # Event-major order of the key-major concatenation: entry (i, j) is values[j * n + i].
+    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
+    live = valid[order]
+    selected = order[live]
+    counts = live.reshape(n, k).sum(axis=1)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError("too many header entries for one batch")
+    keys = pa.array([key for key, _ in cols], pa.string()).take(pa.array(selected // n))
+    items = values.take(pa.array(selected))
+    return pa.MapArray.from_arrays(pa.array(offsets.astype(np.int32)), keys, items)
+
+
+def batch_of(headers: pa.MapArray, body: pa.Array) -> EventBatch:
+    from rayflume.event import SCHEMA
+    if body.type != pa.binary():
+        body = body.cast(pa.binary())
+    return EventBatch(pa.RecordBatch.from_arrays([headers, body], schema=SCHEMA))
+
+
+# -- the event-driven source base ------------------------------------------------------------------
+
+class QueuedSource(Source):
+    """Base of the network sources: server threads :meth:`submit` items, ``poll`` merges queued
+    items (up to ``batch_size`` events) into one batch with :meth:`assemble`, ``ack`` completes
+    their completions successfully.
+
+    ``on_put_failure`` keeps the batch by default (the runner retries; server threads meanwhile
+    block or drop as the queue fills). ``stop`` closes the servers, then fails every completion
+    still pending so no client waits for ever.
+    """
+
+    counter_names: tuple[str, ...] = CONNECTION_COUNTERS
+
+    def __init__(self, name: str, batch_size: int, buffer_bytes: int):
+        self.name = name
+        self.batch_size = batch_size
+        self.handoff = HandOff(buffer_bytes)
+        self._pending_items: list[Item] | None = None
+        self._pending_batch: EventBatch | None = None
+        self._stopped = threading.Event()
+        self.counters: Counters | None = None
+
+    # subclasses ----------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start the servers (called by ``start``)."""
+
+    def close(self) -> None:
+        """Stop the servers and close every connection (called by ``stop``)."""
+
+    def assemble(self, items: list[Item]) -> EventBatch:
+        raise NotImplementedError
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def start(self, context: SourceContext) -> None:
+        super().start(context)
+        self.counters = Counters(context)
+        self.counters.create(self.counter_names)
+        self.open()
+
+    def set_bound_port(self, port: int) -> None:
+        self.bound_port = port
+        self.counters.set("BoundPort", port)
+
+    def poll(self) -> EventBatch | None:
+        if self._pending_batch is not None:
+            return self._pending_batch
+        if self._stopped.is_set():
+            return None
+        items = self.handoff.take(self.batch_size, wait_s=POLL_WAIT_S)
+        if not items:
+            return None
+        try:
+            batch = self.assemble(items)
+        except Exception as exc:
+            for item in items:
+                if item.completion is not None:
+                    item.completion.fail(500, f"the source could not build events: {exc}")
+            raise
+        self._pending_items = items
+        self._pending_batch = batch
+        return batch
+
+    def ack(self) -> None:
+        items, self._pending_items, self._pending_batch = self._pending_items, None, None
+        for item in items or ():
+            if item.completion is not None:
+                item.completion.succeed()
+
+    def abandon(self, status: int | None, reason: str) -> None:
+        """Fail the pending batch's completions and forget it (the runner will poll again)."""
+        items, self._pending_items, self._pending_batch = self._pending_items, None, None
+        for item in items or ():
+            if item.completion is not None:
+                item.completion.fail(status, reason)
+
+    def requeue_pending_solo(self) -> None:
+        """Return the pending batch's items to the head of the queue, each to be delivered alone."""
+        items, self._pending_items, self._pending_batch = self._pending_items, None, None
+        for item in items or ():
+            item.solo = True
+        self.handoff.requeue_front(items or [])
+
+    @property
+    def pending_items(self) -> list[Item]:
+        return list(self._pending_items or ())
+
+    def stop(self) -> None:
+        self._stopped.set()
+        try:
+            self.close()
+        finally:
+            for item in self.handoff.close():
+                if item.completion is not None:
+                    item.completion.fail(503, "the source is stopping")
+            self.abandon(503, "the source is stopping")

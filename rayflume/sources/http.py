@@ -1,0 +1,458 @@
+"""The ``http`` source (Flume's HTTP source): events POSTed over HTTP(S), one transaction per request.
+
+Every request is answered only once its fate is known:
+
+===== ====================================================================================
+200   every event of the request was committed to every required channel (after ``ack``)
+400   the body cannot be turned into events (bad JSON, wrong shape); the message says why
+401   ``auth_token`` is set and the request has no ``Authorization: Bearer <token>`` or a wrong
+      one (compared in constant time with ``hmac.compare_digest``)
+405   any method but POST
+411   no Content-Length (chunked uploads are not supported)
+413   the request is longer than ``max_request_bytes``, an event body is longer than
+      ``max_event_size_bytes``, or the request holds more events than the channel's
+      ``transaction_capacity``
+415   the Content-Type names a charset Python does not know
+503   a required channel is full or unreachable (nothing of the request was committed), the
+      source's queue is full, the source is stopping, or the commit did not finish within
+      ``commit_timeout_s``; ``Retry-After`` is set. Only in the last case may the events still
+      be committed later (the message says so), so a retry can duplicate them.
+===== ====================================================================================
+
+Handlers: ``json`` (Flume's JSONHandler): the body is a JSON array of ``{"headers": {...},
+"body": "..."}``; the body text is encoded with the request's charset (Content-Type
+``charset``, UTF-8 by default); header values must be strings (numbers and booleans are
+converted, as Gson does in Flume). ``blob`` (Flume's BlobHandler): the raw request body is one
+event; with ``blob_query_headers`` the query parameters become headers (first value of each).
+
+Requests are served by ``http.server.ThreadingHTTPServer`` (HTTP/1.1 keep-alive), one thread per
+connection, at most ``max_connections`` connections (more get a 503 and are closed). A request is
+handed to the runner through a bounded queue; several queued requests may be committed in one
+channel put (each is still all-or-nothing). Reads time out after ``request_timeout_s``, so a
+slow or idle client cannot hold a thread for ever. Optional TLS (``ssl``, ``ssl_certfile``,
+``ssl_keyfile``); the handshake runs in the connection's thread.
+
+Delivery: at least once for a client that retries until it gets 200: a 200 is sent only after
+the commit; a crash before it loses nothing the client was told was accepted.
+
+Metrics beyond the runner's: ``BoundPort``, ``OpenConnectionCount``, ``ConnectionAcceptedCount``,
+``ConnectionRejectedCount``, ``TlsHandshakeFailCount``, ``EventRejectedCount`` (events of
+well-formed requests refused because the queue was full or the source stopping; the runner adds
+those refused by a full channel) and one ``HttpNNNCount`` per status code answered.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import socket
+import socketserver
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field, SecretStr, model_validator
+
+from rayflume.errors import ChannelFull, TransactionTooLarge
+from rayflume.event import HEADERS_TYPE, EventBatch
+from rayflume.registry import register
+from rayflume.sources._server import (
+    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, Completion, ConnectionTracker, Item, LimitedServerMixin,
+    NetworkSourceConfig, QueuedSource, ServerThread, TlsConfig, batch_of, family_of, headers_from_columns,
+    is_loopback)
+
+log = logging.getLogger("rayflume.source.http")
+
+STATUS_CODES = (200, 400, 401, 404, 405, 408, 411, 413, 415, 500, 503)
+HTTP_COUNTERS = CONNECTION_COUNTERS + ("BoundPort",) + tuple(f"Http{c}Count" for c in STATUS_CODES)
+
+
+class HttpError(Exception):
+    """A request that cannot be accepted: ``status`` (4xx/5xx) and a message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- handlers --------------------------------------------------------------------------------------
+
+def charset_of(content_type: str | None) -> str:
+    """The ``charset`` parameter of a Content-Type header, UTF-8 when absent."""
+    if content_type:
+        for param in content_type.split(";")[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "charset" and value.strip():
+                return value.strip().strip('"')
+    return "utf-8"
+
+
+def _header_value(i: int, key, value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    raise HttpError(400, f"event {i}: header {key!r} must be a string, not {type(value).__name__}")
+
+
+def parse_json_events(body: bytes, content_type: str | None = None,
+                      max_event_size_bytes: int | None = None) -> EventBatch:
+    """Flume's JSONHandler: a JSON array of ``{"headers": {str: str}, "body": str}`` -> a batch.
+
+    Raises :class:`HttpError` (400, 413 or 415) for anything else; never another exception.
+    """
+    charset = charset_of(content_type)
+    try:
+        text = body.decode(charset)
+    except LookupError:
+        raise HttpError(415, f"unsupported charset {charset!r} in Content-Type") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HttpError(400, f"the request body is not valid {charset}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise HttpError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise HttpError(400, 'expected a JSON array of {"headers": {...}, "body": "..."} objects, '
+                             f'got a JSON {type(data).__name__}')
+    headers: list[list[tuple[str, str]]] = []
+    bodies: list[bytes] = []
+    for i, event in enumerate(data):
+        if not isinstance(event, dict):
+            raise HttpError(400, f'event {i}: expected an object {{"headers": {{...}}, "body": "..."}}, '
+                                 f'got {type(event).__name__}')
+        h = event.get("headers")
+        if h is None:
+            h = {}
+        if not isinstance(h, dict):
+            raise HttpError(400, f"event {i}: 'headers' must be an object of strings")
+        b = event.get("body")
+        if b is None:
+            b = ""
+        if not isinstance(b, str):
+            raise HttpError(400, f"event {i}: 'body' must be a string, not {type(b).__name__}")
+        try:
+            raw = b.encode(charset)
+            pairs = [(k, _header_value(i, k, v)) for k, v in h.items()]
+            for k, v in pairs:
+                k.encode("utf-8")
+                v.encode("utf-8")
+        except UnicodeError as exc:
+            raise HttpError(400, f"event {i}: text that cannot be encoded ({exc})") from None
+        if max_event_size_bytes is not None and len(raw) > max_event_size_bytes:
+            raise HttpError(413, f"event {i}: body of {len(raw)} bytes is longer than max_event_size_bytes="
+                                 f"{max_event_size_bytes}")
+        headers.append(pairs)
+        bodies.append(raw)
+    try:
+        return batch_of(pa.array(headers, HEADERS_TYPE), pa.array(bodies, pa.binary()))
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise HttpError(400, f"the events cannot be stored: {exc}") from None
+
+
+def blob_event(body: bytes, query: str = "", query_headers: bool = True,
+               max_event_size_bytes: int | None = None) -> EventBatch:
+    """Flume's BlobHandler: the whole body is one event; query parameters become headers."""
+    if max_event_size_bytes is not None and len(body) > max_event_size_bytes:
+        raise HttpError(413, f"the body of {len(body)} bytes is longer than max_event_size_bytes="
+                             f"{max_event_size_bytes}")
+    columns = []
+    if query_headers and query:
+        seen: dict[str, str] = {}
+        for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True, errors="replace"):
+            seen.setdefault(key, value)
+        columns = [(k, pa.array([v], pa.string())) for k, v in seen.items() if k]
+    try:
+        return batch_of(headers_from_columns(1, columns), pa.array([body], pa.binary()))
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise HttpError(400, f"the query parameters cannot be headers: {exc}") from None
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+_REFUSAL_TEXT = b"too many connections; retry later\n"
+REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"Retry-After: 1\r\nConnection: close\r\nContent-Length: " + str(len(_REFUSAL_TEXT)).encode()
+           + b"\r\n\r\n" + _REFUSAL_TEXT)
+
+
+class _HttpServer(LimitedServerMixin, ThreadingHTTPServer):
+    source: "HttpSource"
+    refusal = REFUSAL
+
+    def server_bind(self):
+        # HTTPServer.server_bind resolves the bind address's FQDN, which can stall on DNS; the
+        # name is only used in CGI environments.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = port
+
+
+class _HttpServer6(_HttpServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "rayflume"
+    sys_version = ""
+
+    def setup(self):
+        self.timeout = self.server.source.request_timeout_s
+        super().setup()
+
+    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
+        log.debug("http source %s: " + format, self.address_string(), *args)
+
+    def _respond(self, status: int, message: str = "", close: bool = False, headers: dict | None = None,
+                 body: bool = True) -> None:
+        source = self.server.source
+        source.counters.count(f"Http{status}Count" if status in STATUS_CODES else "Http500Count")
+        data = (message + "\n").encode("utf-8") if message else b""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data) if body else 0))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            if body and data:
+                self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
+
+    def _not_allowed(self, body: bool = True) -> None:
+        self._respond(405, f"method {self.command} is not allowed; POST events", close=True,
+                      headers={"Allow": "POST"}, body=body)
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed  # noqa: N815
+
+    def do_HEAD(self):  # noqa: N802
+        self._not_allowed(body=False)
+
+    def do_POST(self):  # noqa: N802
+        source = self.server.source
+        if not source.authorized(self.headers.get("Authorization")):
+            self._respond(401, "missing or wrong bearer token", close=True,
+                          headers={"WWW-Authenticate": 'Bearer realm="rayflume"'})
+            return
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            self._respond(411, "chunked uploads are not supported; send a Content-Length", close=True)
+            return
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            self._respond(411, "a Content-Length header is required", close=True)
+            return
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self._respond(400, f"bad Content-Length {length_text!r}", close=True)
+            return
+        if length > source.max_request_bytes:
+            self._respond(413, f"the request of {length} bytes is longer than max_request_bytes="
+                               f"{source.max_request_bytes}", close=True)
+            return
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # timeout or reset while reading
+            self._respond(408, f"the request body did not arrive within {source.request_timeout_s}s", close=True)
+            return
+        if len(body) < length:
+            self.close_connection = True
+            return  # the client went away
+        query = urllib.parse.urlsplit(self.path).query
+        try:
+            batch = source.parse(body, self.headers.get("Content-Type"), query)
+        except HttpError as exc:
+            self._respond(exc.status, exc.message)
+            return
+        status, message, headers = source.submit(batch)
+        self._respond(status, message, headers=headers)
+
+
+class HttpSource(QueuedSource):
+    """The HTTP source. Request threads parse, queue and wait; ``poll``/``ack``/``on_put_failure``
+    run on the runner's thread. See the module docstring for statuses and delivery."""
+
+    counter_names = HTTP_COUNTERS
+
+    def __init__(self, name: str, bind: str, port: int, handler: str = "json", batch_size: int = 1000,
+                 max_event_size_bytes: int = 1 << 20, max_request_bytes: int = 16 << 20,
+                 auth_token: str | None = None, tls=None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 commit_timeout_s: float = 30.0, request_timeout_s: float = 30.0,
+                 blob_query_headers: bool = True, buffer_bytes: int = 64 << 20):
+        super().__init__(name, batch_size, buffer_bytes)
+        self.bind = bind
+        self.port = port
+        self.handler = handler
+        self.max_event_size_bytes = max_event_size_bytes
+        self.max_request_bytes = max_request_bytes
+        self._token = auth_token.encode("utf-8") if auth_token else None
+        self.tls = tls
+        self.max_connections = max_connections
+        self.commit_timeout_s = commit_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.blob_query_headers = blob_query_headers
+        self.bound_port: int | None = None
+        self._server: ServerThread | None = None
+
+    # -- server side ------------------------------------------------------------------------------
+    def open(self) -> None:
+        cls = _HttpServer6 if family_of(self.bind) == socket.AF_INET6 else _HttpServer
+        server = cls((self.bind, self.port), _Handler, bind_and_activate=False)
+        server.source = self
+        server.tracker = ConnectionTracker(self.max_connections, self.counters)
+        server.tls = self.tls
+        server.counters = self.counters
+        try:
+            server.server_bind()
+            server.server_activate()
+        except OSError:
+            server.server_close()
+            raise
+        self._server = ServerThread(server, f"http-{self.name}").start()
+        self.set_bound_port(self._server.port)
+        if self._token and self.tls is None and not is_loopback(self.bind):
+            self.context.logger.warning("http source '%s': auth_token is sent in clear text on %s; set ssl: true",
+                                        self.name, self.bind)
+        self.context.logger.info("http source '%s' listening on %s:%d%s", self.name, self.bind, self.bound_port,
+                                 " (TLS)" if self.tls else "")
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    def authorized(self, header: str | None) -> bool:
+        if self._token is None:
+            return True
+        if not header:
+            return False
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(token.strip().encode("utf-8", "replace"), self._token)
+
+    def parse(self, body: bytes, content_type: str | None, query: str) -> EventBatch:
+        if self.handler == "blob":
+            return blob_event(body, query, self.blob_query_headers, self.max_event_size_bytes)
+        return parse_json_events(body, content_type, self.max_event_size_bytes)
+
+    def submit(self, batch: EventBatch) -> tuple[int, str, dict | None]:
+        """Queue a request's events and wait for their commit: ``(status, message, headers)``."""
+        n = len(batch)
+        if n == 0:
+            return 200, "", None
+        retry = {"Retry-After": "1"}
+        completion = Completion()
+        if not self.handoff.put(Item(batch, n, batch.nbytes, completion), block=False):
+            self.counters.count("EventRejectedCount", n)
+            reason = "the source is stopping" if self.handoff.closed else "the source's queue is full"
+            return 503, f"{reason}; retry later", retry
+        if not completion.wait(self.commit_timeout_s):
+            if completion.cancel():
+                return 503, (f"not accepted: the channel did not take the events within {self.commit_timeout_s}s; "
+                             f"retry later"), retry
+            return 503, (f"timed out after {self.commit_timeout_s}s waiting for the commit; the events may still "
+                         f"be committed, so a retry may duplicate them"), retry
+        if completion.succeeded:
+            return 200, "", None
+        status = completion.status or 503
+        return status, completion.reason, (retry if status == 503 else None)
+
+    # -- runner side ------------------------------------------------------------------------------
+    def assemble(self, items: list[Item]) -> EventBatch:
+        return EventBatch.concat([item.payload for item in items])
+
+    def on_put_failure(self, errors: dict[str, BaseException]) -> bool:
+        items = self.pending_items
+        too_large = [ch for ch, exc in errors.items() if isinstance(exc, TransactionTooLarge)]
+        if too_large:
+            if len(items) > 1:
+                self.requeue_pending_solo()  # merged requests too large together: retry them one by one
+                return False
+            n = items[0].events if items else 0
+            self.abandon(413, f"the request holds {n} events, more than the transaction_capacity of channel "
+                              f"'{too_large[0]}'; send fewer events per request")
+            return False
+        full = [ch for ch, exc in errors.items() if isinstance(exc, ChannelFull)]
+        if full:
+            self.abandon(503, f"channel '{full[0]}' is full; retry later")
+        else:
+            ch, exc = next(iter(errors.items()))
+            self.abandon(503, f"channel '{ch}' is unavailable ({type(exc).__name__}); retry later")
+        return False
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+@register("source", "http")
+class HttpSourceConfig(NetworkSourceConfig, TlsConfig):
+    """``http`` (Flume's HTTP source). Binds 127.0.0.1 unless ``bind`` says otherwise."""
+
+    handler: Literal["json", "blob"] = Field("json", description="json: Flume's JSONHandler; blob: the raw "
+                                                                  "body is one event (Flume's BlobHandler).")
+    blob_query_headers: bool = Field(True, description="blob handler: query parameters become headers.")
+    max_event_size_bytes: int = Field(1 << 20, gt=0, description="Longest event body; longer: 413.")
+    max_request_bytes: int = Field(16 << 20, gt=0, description="Longest request body; longer: 413.")
+    auth_token: SecretStr | None = Field(None, description="Require 'Authorization: Bearer <token>' (401 "
+                                                           "otherwise). Prefer auth_token_file.")
+    auth_token_file: str | None = Field(None, description="File holding the bearer token (surrounding "
+                                                          "whitespace ignored).")
+    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, gt=0,
+                                 description="Most simultaneous connections; more get 503 and are closed.")
+    commit_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the channel commit before 503.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Socket read timeout (slow or idle clients).")
+    buffer_bytes: int = Field(64 << 20, gt=0, description="Most bytes of requests queued for the channel; "
+                                                          "more: 503.")
+
+    @model_validator(mode="after")
+    def _token(self):
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise ValueError("http source: give `auth_token` or `auth_token_file`, not both")
+        if self.auth_token is not None and not self.auth_token.get_secret_value().strip():
+            raise ValueError("http source: `auth_token` is empty; give a token or remove the key")
+        if self.max_event_size_bytes > self.max_request_bytes:
+            raise ValueError(f"http source: `max_event_size_bytes` ({self.max_event_size_bytes}) is larger than "
+                             f"`max_request_bytes` ({self.max_request_bytes}); lower it or raise max_request_bytes")
+        return self
+
+    def _read_token(self) -> str | None:
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value().strip()
+        if self.auth_token_file is None:
+            return None
+        with open(self.auth_token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+        if not token:
+            raise ValueError(f"http source: `auth_token_file` {self.auth_token_file!r} is empty; write the token "
+                             f"into it")
+        return token
+
+    def check(self) -> list[str]:
+        problems = self.tls_problems()
+        if self.auth_token_file is not None:
+            if not os.access(self.auth_token_file, os.R_OK):
+                problems.append(f"http source: `auth_token_file` {self.auth_token_file!r} does not exist or is "
+                                f"not readable")
+            else:
+                try:
+                    self._read_token()
+                except (OSError, ValueError) as exc:
+                    problems.append(str(exc))
+        return problems
+
+    def build(self, name: str) -> HttpSource:
+        return HttpSource(name, self.bind, self.port, self.handler, self.batch_size, self.max_event_size_bytes,
+                          self.max_request_bytes, self._read_token(), self.tls_context(), self.max_connections,
+                          self.commit_timeout_s, self.request_timeout_s, self.blob_query_headers, self.buffer_bytes)

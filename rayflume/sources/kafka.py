@@ -1,0 +1,239 @@
+"""The ``kafka`` source: a consumer-group member reading topics in batches (Flume's ``KafkaSource``).
+
+``poll()`` consumes up to ``batch_size`` records, waiting at most ``batch_duration_s`` to fill the
+batch (Flume's ``batchDurationMillis``), and returns them as one batch, one event per record: the
+record value is the body; headers ``topic`` (``topic_header``, when ``set_topic_header``),
+``partition``, ``offset``, ``timestamp`` (the record timestamp in ms) and ``key`` (when the record
+has one), then the record's Kafka headers (with ``copy_kafka_headers``).
+
+Delivery: auto commit is off. ``ack()``, which the runner calls only after every required channel
+committed the batch, commits the batch's offsets synchronously. So a record is acknowledged to
+Kafka only once it is in the channels: **at-least-once**. Duplicates are possible, as in Flume
+("duplicates can be present when the source starts"): a batch whose offset commit did not happen
+(the source died between the channel commit and the offset commit, the commit failed, or the
+partition moved to another member meanwhile) is read again.
+
+Rebalances: partitions are assigned and revoked inside ``poll()`` (librdkafka calls the callbacks
+from the consume call). The runner does not poll again before it acknowledged the last batch, so
+a revocation normally finds nothing pending. If one does (``on_revoke`` / ``on_lost`` with a batch
+not yet acknowledged, e.g. the member was evicted for exceeding ``max.poll.interval.ms`` while a
+full channel held the batch), the offsets of the revoked partitions are **not** committed: their
+records are redelivered to the partition's new owner from the last committed offset. Nothing is
+skipped, at the price of duplicates.
+
+Not thread-safe; the runner calls it from one thread.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from pydantic import Field, field_validator, model_validator
+
+from rayflume._private.kafka_common import (RESERVED_CONSUMER, consumer_config, kafka_error_text,
+                                            messages_to_batch, validate_client_options)
+from rayflume.config_base import SourceConfig
+from rayflume.event import EventBatch
+from rayflume.registry import register
+from rayflume.sources.base import Source, SourceContext
+
+log = logging.getLogger("rayflume.source.kafka")
+
+
+class KafkaSource(Source):
+    """Consumes ``topics`` (or every topic matching ``topics_regex``) as member of ``group_id``."""
+
+    def __init__(self, name: str, bootstrap_servers: str, topics: list[str] | None = None,
+                 topics_regex: str | None = None, group_id: str = "flume", batch_size: int = 1000,
+                 batch_duration_s: float = 1.0, auto_offset_reset: str = "latest", set_topic_header: bool = True,
+                 topic_header: str = "topic", copy_kafka_headers: bool = True, commit_timeout_s: float = 30.0,
+                 consumer: dict | None = None):
+        if not topics and not topics_regex:
+            raise ValueError(f"kafka source '{name}': set `topics` or `topics_regex`")
+        self.name = name
+        self.bootstrap_servers = bootstrap_servers
+        self.subscription = list(topics) if topics else [topics_regex if topics_regex.startswith("^")
+                                                          else "^" + topics_regex]
+        self.group_id = group_id
+        self.batch_size = batch_size
+        self.batch_duration_s = float(batch_duration_s)
+        self.auto_offset_reset = auto_offset_reset
+        self.topic_header = topic_header if set_topic_header else None
+        self.copy_kafka_headers = copy_kafka_headers
+        self.commit_timeout_s = commit_timeout_s
+        self.overrides = dict(consumer or {})
+        self.context = SourceContext(name=name)
+        self._consumer = None
+        self._pending: EventBatch | None = None
+        # next offset to commit per (topic, partition) for the pending batch
+        self._pending_offsets: dict[tuple[str, int], int] = {}
+        self._assigned: set[tuple[str, int]] = set()
+        self._revoked_pending = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self, context: SourceContext) -> None:
+        super().start(context)
+        from confluent_kafka import Consumer
+
+        conf = consumer_config(self.bootstrap_servers, self.group_id, self.auto_offset_reset, self.overrides)
+        conf["error_cb"] = self._on_client_error
+        self._consumer = Consumer(conf)
+        self._consumer.subscribe(self.subscription, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+
+    def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            # Nothing pending is committed: an unacknowledged batch is read again by whoever owns
+            # its partitions next.
+            self._pending = None
+            self._pending_offsets = {}
+            try:
+                consumer.close()
+            except Exception as exc:
+                log.warning("kafka source '%s': closing the consumer failed: %s", self.name, exc)
+
+    # -- rebalance callbacks (called from inside consume()) -------------------------------------------
+    def _on_assign(self, consumer, partitions) -> None:
+        self._assigned.update((p.topic, p.partition) for p in partitions)
+        self.context.count("KafkaPartitionsAssignedCount", len(partitions))
+        log.info("kafka source '%s': assigned %s", self.name,
+                 sorted(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        self._forget(partitions, "revoked")
+
+    def _on_lost(self, consumer, partitions) -> None:
+        self._forget(partitions, "lost")
+
+    def _forget(self, partitions, how: str) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        self._assigned -= gone
+        self.context.count("KafkaPartitionsRevokedCount", len(gone))
+        dropped = [tp for tp in self._pending_offsets if tp in gone]
+        for tp in dropped:
+            # Not acknowledged yet: never commit it; the new owner reads it from the last commit.
+            del self._pending_offsets[tp]
+        if dropped:
+            self._revoked_pending += len(dropped)
+            self.context.count("KafkaRevokedUncommittedCount", len(dropped))
+        log.info("kafka source '%s': partitions %s %s%s", self.name,
+                 sorted(f"{t}[{p}]" for t, p in gone), how,
+                 f" ({len(dropped)} with an unacknowledged batch, left uncommitted)" if dropped else "")
+
+    def _on_client_error(self, err) -> None:
+        log.debug("kafka source '%s': client error %s", self.name, kafka_error_text(err))
+
+    # -- polling ----------------------------------------------------------------------------------
+    def poll(self) -> EventBatch | None:
+        if self._pending is not None:
+            return self._pending
+        started = time.monotonic()
+        deadline = started + self.batch_duration_s
+        records = []
+        while len(records) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and records:
+                break
+            got = self._consumer.consume(num_messages=self.batch_size - len(records),
+                                         timeout=max(0.0, remaining))
+            for m in got:
+                err = m.error()
+                if err is None:
+                    records.append(m)
+                elif err.code() != err._PARTITION_EOF:
+                    self.context.count("EventReadFail")
+                    log.warning("kafka source '%s': %s", self.name, kafka_error_text(err))
+            if remaining <= 0:
+                break
+        self.context.count("KafkaEventGetTimer", int((time.monotonic() - started) * 1000))
+        if not records:
+            self.context.count("KafkaEmptyCount")
+            return None
+        offsets: dict[tuple[str, int], int] = {}
+        for m in records:
+            tp = (m.topic(), m.partition())
+            off = m.offset() + 1
+            if off > offsets.get(tp, -1):
+                offsets[tp] = off
+        self._pending_offsets = offsets
+        self._pending = messages_to_batch(records, meta=True, topic_header=self.topic_header,
+                                          copy_headers=self.copy_kafka_headers)
+        return self._pending
+
+    def ack(self) -> None:
+        if self._pending is None:
+            return
+        offsets, self._pending_offsets = self._pending_offsets, {}
+        self._pending = None
+        # A partition revoked since the poll has already been dropped from `offsets`.
+        owned = [(tp, off) for tp, off in offsets.items() if tp in self._assigned]
+        if not owned:
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        started = time.monotonic()
+        try:
+            result = self._consumer.commit(offsets=[TopicPartition(t, p, off) for (t, p), off in owned],
+                                           asynchronous=False)
+            failed = [tp for tp in (result or []) if tp.error is not None]
+            if failed:
+                raise KafkaException(failed[0].error)
+        except KafkaException as exc:
+            # The records are in the channels already. Their offsets will be committed with the
+            # next batch of the same partition, or they are read again (duplicates, no loss).
+            self.context.count("KafkaCommitFailCount")
+            log.warning("kafka source '%s': committing offsets failed (%s); those records may be delivered "
+                        "again", self.name, exc)
+        finally:
+            self.context.count("KafkaCommitTimer", int((time.monotonic() - started) * 1000))
+
+
+@register("source", "kafka")
+class KafkaSourceConfig(SourceConfig):
+    """``kafka``: consumer-group source, offsets committed after the channels committed."""
+
+    bootstrap_servers: str = Field(min_length=1, description="Kafka brokers, host:port[,host:port...].")
+    topics: list[str] | None = Field(None, description="Topics to read.")
+    topics_regex: str | None = Field(None, description="Read every topic matching this regex (instead of topics).")
+    group_id: str = Field("flume", min_length=1, description="Consumer group (Flume's kafka.consumer.group.id).")
+    batch_duration_s: float = Field(1.0, gt=0, description="Longest wait to fill a batch.")
+    auto_offset_reset: str = Field("latest", description="Where a group without a committed offset starts: "
+                                                         "earliest or latest (Kafka's default).")
+    set_topic_header: bool = Field(True, description="Put the record's topic in header `topic_header`.")
+    topic_header: str = Field("topic", min_length=1)
+    copy_kafka_headers: bool = Field(True, description="Copy the records' Kafka headers into event headers.")
+    consumer: dict = Field(default_factory=dict, description="librdkafka consumer properties passed through "
+                                                             "(Flume's kafka.consumer.*).")
+
+    @field_validator("auto_offset_reset")
+    @classmethod
+    def _reset(cls, v: str) -> str:
+        if v not in ("earliest", "latest"):
+            raise ValueError(f"kafka source: `auto_offset_reset` must be earliest or latest, not {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if bool(self.topics) == bool(self.topics_regex):
+            raise ValueError("kafka source: set exactly one of `topics` (a list) and `topics_regex`")
+        if self.topics_regex:
+            try:
+                re.compile(self.topics_regex)
+            except re.error as exc:
+                raise ValueError(f"kafka source: `topics_regex` is not a valid regex: {exc}") from None
+        validate_client_options("kafka source", "consumer", self.consumer, RESERVED_CONSUMER)
+        return self
+
+    def check(self) -> list[str]:
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            return ["kafka source: the confluent-kafka package is not installed; pip install confluent-kafka"]
+        return []
+
+    def build(self, name: str) -> KafkaSource:
+        return KafkaSource(name, self.bootstrap_servers, self.topics, self.topics_regex, self.group_id,
+                           self.batch_size, self.batch_duration_s, self.auto_offset_reset, self.set_topic_header,
+                           self.topic_header, self.copy_kafka_headers, consumer=self.consumer)

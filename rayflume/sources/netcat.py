@@ -1,0 +1,277 @@
+"""The ``netcat`` source (Flume's ``netcat`` and ``netcatudp``): one event per line over TCP or UDP.
+
+TCP (``protocol: tcp``, the default): every connection is read in chunks; each line ended by
+``\\n`` becomes an event whose body is the line without the ``\\n`` (and without a ``\\r`` before
+it, for telnet-style clients). With ``ack_every_event`` (default, as Flume) the source answers
+``OK\\n`` for each event once the batch holding it was committed to every required channel: a
+client that got its ``OK`` knows the line is in the channel. A line longer than
+``max_line_length_bytes`` including its newline is not an event: the whole line is discarded,
+counted in ``EventRejectedCount``, and answered ``FAILED: Event exceeds the maximum length (N
+chars, including newline)``, in its place among the replies (Flume's message; Flume makes the rest
+of such a line a new event, rayflume drops the line entirely). An unterminated last line is an
+event when the client closes its side. A connection waits for the commit of what it sent before
+reading more, so a full channel holds the client back (TCP backpressure) and replies keep the
+order of lines. At most ``max_connections`` connections; more are refused and counted.
+
+UDP (``protocol: udp``, Flume's ``netcatudp``): each datagram is split into lines (its last line
+needs no newline); no replies. Over-long lines are dropped and counted; when the source's queue
+is full whole datagrams are dropped and counted in ``DatagramDroppedCount`` (UDP has no
+backpressure).
+
+``remote_address_header`` (Flume's ``remoteAddressHeader``) puts the client's IP address into
+that header.
+
+Delivery: with ``ack_every_event`` over TCP, at least once for a client that resends what was not
+acknowledged; otherwise at most once, like Flume (lines read live in this process until their
+batch is committed).
+"""
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from rayflume.event import EventBatch
+from rayflume.registry import register
+from rayflume.sources._server import (
+    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, Completion, Item, NetworkSourceConfig, QueuedSource,
+    ServerThread, UdpReceiver, batch_of, empty_headers, gather_ranges, headers_from_columns, make_tcp_server,
+    split_lines, strip_cr)
+
+READ_BYTES = 1 << 16
+OK = b"OK\n"
+NETCAT_COUNTERS = CONNECTION_COUNTERS + ("DatagramDroppedCount", "BoundPort")
+
+
+def failed_message(max_line_length: int) -> bytes:
+    return f"FAILED: Event exceeds the maximum length ({max_line_length} chars, including newline)\n".encode()
+
+
+class LineSplitter:
+    """Splits a byte stream into lines of at most ``max_line_bytes`` including the newline.
+
+    ``feed`` returns ``(lines, rejected_after)``: the accepted lines (binary array, newline and
+    a trailing ``\\r`` removed) and, for every over-long line in input order, how many accepted
+    lines of this call came before it. An over-long line is skipped up to its newline while
+    memory stays bounded by ``max_line_bytes``. Vectorised with numpy; not thread-safe.
+    """
+
+    def __init__(self, max_line_bytes: int):
+        if max_line_bytes < 2:
+            raise ValueError("max_line_bytes must be at least 2 (one byte and the newline)")
+        self.max_line_bytes = max_line_bytes
+        self._tail = b""
+        self._discarding = False
+
+    def feed(self, data: bytes) -> tuple[pa.BinaryArray, list[int]]:
+        buf = self._tail + data if self._tail else bytes(data)
+        self._tail = b""
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        starts, ends, consumed = split_lines(arr)
+        ok = (ends - starts + 1) <= self.max_line_bytes
+        if self._discarding and len(starts):
+            ok[0] = False  # the end of a line already known to be too long
+            self._discarding = False
+        rest = len(buf) - consumed
+        if self._discarding or rest >= self.max_line_bytes:
+            # The unterminated tail cannot fit any more: drop it, and the rest of its line.
+            self._discarding = True
+        else:
+            self._tail = buf[consumed:]
+        rejected_after = []
+        if not ok.all():
+            before = np.cumsum(ok) - ok
+            rejected_after = [int(x) for x in before[~ok]]
+            starts, ends = starts[ok], ends[ok]
+        ends = strip_cr(arr, starts, ends)
+        return gather_ranges(arr, starts, ends), rejected_after
+
+    def flush(self) -> tuple[pa.BinaryArray, list[int]]:
+        """End of stream: the unterminated last line (or the rejection of an over-long one)."""
+        tail, self._tail = self._tail, b""
+        if self._discarding:
+            self._discarding = False
+            return pa.array([], pa.binary()), [0]
+        if tail.endswith(b"\r"):
+            tail = tail[:-1]
+        return pa.array([tail] if tail else [], pa.binary()), []
+
+
+def datagram_lines(data: bytes, max_line_bytes: int) -> tuple[pa.BinaryArray, int]:
+    """The lines of one datagram (the last needs no newline) and how many were too long."""
+    if data and not data.endswith(b"\n"):
+        data = data + b"\n"
+    arr = np.frombuffer(data, dtype=np.uint8)
+    starts, ends, _ = split_lines(arr)
+    ok = (ends - starts + 1) <= max_line_bytes
+    rejected = int((~ok).sum())
+    if rejected:
+        starts, ends = starts[ok], ends[ok]
+    return gather_ranges(arr, starts, strip_cr(arr, starts, ends)), rejected
+
+
+class NetcatSource(QueuedSource):
+    """Lines over TCP or UDP. See the module docstring. Connection threads frame, queue and (with
+    ``ack_every_event``) wait for the commit before replying; ``poll``/``ack`` run on the
+    runner's thread."""
+
+    counter_names = NETCAT_COUNTERS
+
+    def __init__(self, name: str, bind: str, port: int, protocol: str = "tcp", batch_size: int = 1000,
+                 max_line_length_bytes: int = 512, ack_every_event: bool = True,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, remote_address_header: str | None = None,
+                 buffer_bytes: int = 16 << 20):
+        super().__init__(name, batch_size, buffer_bytes)
+        self.bind = bind
+        self.port = port
+        self.protocol = protocol
+        self.max_line_length_bytes = max_line_length_bytes
+        self.ack_every_event = ack_every_event
+        self.max_connections = max_connections
+        self.remote_address_header = remote_address_header
+        self.failed_reply = failed_message(max_line_length_bytes)
+        self.bound_port: int | None = None
+        self._server: ServerThread | None = None
+        self._receiver: UdpReceiver | None = None
+
+    def open(self) -> None:
+        if self.protocol == "udp":
+            self._receiver = UdpReceiver(self.bind, self.port, self._on_datagrams, f"netcat-udp-{self.name}",
+                                         burst=min(self.batch_size, 1000)).start()
+            self.set_bound_port(self._receiver.port)
+        else:
+            server = make_tcp_server(self.bind, self.port, self._serve, self.max_connections, None, self.counters)
+            self._server = ServerThread(server, f"netcat-{self.name}").start()
+            self.set_bound_port(self._server.port)
+        self.context.logger.info("netcat source '%s' listening on %s %s:%d", self.name, self.protocol, self.bind,
+                                 self.bound_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        if self._receiver is not None:
+            self._receiver.stop()
+
+    # -- TCP --------------------------------------------------------------------------------------
+    def _serve(self, sock: socket.socket, address) -> None:
+        splitter = LineSplitter(self.max_line_length_bytes)
+        ip = address[0]
+        while True:
+            try:
+                data = sock.recv(READ_BYTES)
+            except OSError:
+                return  # reset or stopped: what was not acknowledged is the client's to resend
+            if not data:
+                lines, rejected = splitter.flush()
+                self._deliver(sock, lines, rejected, ip)
+                return
+            lines, rejected = splitter.feed(data)
+            if not self._deliver(sock, lines, rejected, ip):
+                return
+
+    def _deliver(self, sock: socket.socket, lines: pa.BinaryArray, rejected_after: list[int], ip: str) -> bool:
+        """Queue ``lines`` (in items of at most ``batch_size``), wait for their commit when acking,
+        then send the replies in line order. False when the connection should end."""
+        if rejected_after:
+            self.counters.count("EventRejectedCount", len(rejected_after))
+        n = len(lines)
+        completions: list[Completion] = []
+        step = self.batch_size
+        for start in range(0, n, step):
+            part = lines.slice(start, step) if n > step else lines
+            completion = Completion() if self.ack_every_event else None
+            if not self.handoff.put(Item((part, ip), len(part), part.nbytes, completion), block=True):
+                return False
+            if completion is not None:
+                completions.append(completion)
+        for completion in completions:
+            while not completion.wait(0.5):
+                if self._stopped.is_set():
+                    return False
+            if not completion.succeeded:
+                return False  # stopping: the client sees the connection close without its OKs
+        reply = self._replies(n if self.ack_every_event else 0, rejected_after)
+        if reply:
+            try:
+                sock.sendall(reply)
+            except OSError:
+                return False
+        return True
+
+    def _replies(self, accepted: int, rejected_after: list[int]) -> bytes:
+        ok = OK if self.ack_every_event else b""
+        if not rejected_after:
+            return ok * accepted
+        parts = []
+        done = 0
+        for before in rejected_after:
+            parts.append(ok * (before - done) if accepted else b"")
+            parts.append(self.failed_reply)
+            done = before
+        parts.append(ok * (accepted - done) if accepted else b"")
+        return b"".join(parts)
+
+    # -- UDP --------------------------------------------------------------------------------------
+    def _on_datagrams(self, datagrams: list) -> None:
+        pieces, ips, rejected = [], [], 0
+        for data, address in datagrams:
+            lines, bad = datagram_lines(data, self.max_line_length_bytes)
+            rejected += bad
+            if len(lines):
+                pieces.append(lines)
+                ips.append((address[0], len(lines)))
+        if rejected:
+            self.counters.count("EventRejectedCount", rejected)
+        if not pieces:
+            return
+        lines = pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces)
+        addresses = [ip for ip, count in ips for _ in range(count)] if self.remote_address_header else None
+        item = Item((lines, addresses), len(lines), lines.nbytes)
+        if not self.handoff.put(item, block=False):
+            self.counters.count("DatagramDroppedCount", len(datagrams))
+            self.counters.count("EventRejectedCount", len(lines))
+
+    # -- runner side ------------------------------------------------------------------------------
+    def assemble(self, items: list[Item]) -> EventBatch:
+        bodies = [item.payload[0] for item in items]
+        body = bodies[0] if len(bodies) == 1 else pa.concat_arrays(bodies)
+        if not self.remote_address_header:
+            return batch_of(empty_headers(len(body)), body)
+        columns = []
+        for (lines, address) in (item.payload for item in items):
+            if isinstance(address, str):
+                columns.append(pa.repeat(pa.scalar(address, pa.string()), len(lines)))
+            else:
+                columns.append(pa.array(address, pa.string()))
+        values = columns[0] if len(columns) == 1 else pa.concat_arrays(columns)
+        return batch_of(headers_from_columns(len(body), [(self.remote_address_header, values)]), body)
+
+
+@register("source", "netcat")
+class NetcatSourceConfig(NetworkSourceConfig):
+    """``netcat`` (Flume's ``netcat``, and ``netcatudp`` with ``protocol: udp``)."""
+
+    protocol: Literal["tcp", "udp"] = Field("tcp", description="tcp (Flume's netcat) or udp (netcatudp).")
+    max_line_length_bytes: int = Field(512, ge=2, description="Longest line including its newline "
+                                                              "(Flume's max-line-length); longer: FAILED.")
+    ack_every_event: bool = Field(True, description="TCP: reply OK per event once committed (Flume's "
+                                                    "ack-every-event).")
+    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, gt=0,
+                                 description="TCP: most simultaneous connections; more are refused and counted.")
+    remote_address_header: str | None = Field(None, description="Header that receives the client's IP "
+                                                                "address (Flume's remoteAddressHeader).")
+
+    @field_validator("remote_address_header")
+    @classmethod
+    def _header(cls, v):
+        if v is not None and not v.strip():
+            raise ValueError("netcat source: `remote_address_header` must be a header name, or left out")
+        return v
+
+    def build(self, name: str) -> NetcatSource:
+        return NetcatSource(name, self.bind, self.port, self.protocol, self.batch_size, self.max_line_length_bytes,
+                            self.ack_every_event, self.max_connections, self.remote_address_header,
+                            self.buffer_bytes)

@@ -1,0 +1,613 @@
+"""Syslog parsing for the ``syslog_tcp`` and ``syslog_udp`` sources: RFC 5424, RFC 3164, TCP framing.
+
+Parsing works on a whole batch of raw messages (an Arrow binary array) with
+``pyarrow.compute.extract_regex`` (RE2, byte semantics on binary input): one regex pass for
+RFC 5424 over the batch, a second only over the messages that did not match, and so on. Header
+arrays are built once per batch (:func:`rayflume.sources._server.headers_from_columns`).
+Timestamps are converted with Arrow's ISO-8601 cast (RFC 5424), or once per distinct value
+(RFC 3164, whose timestamps have no year or zone and repeat within a batch).
+
+Each message falls in the first class it matches:
+
+1. **RFC 5424** ``<PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA [MSG]``.
+2. **RFC 3164** ``<PRI>TIMESTAMP [HOSTNAME] [TAG[\\[PID\\]]:] MSG``; the timestamp is ``Mmm dd
+   hh:mm:ss`` in the agent's local time zone, the year the latest that is not more than a day ahead of now (an
+   RFC 3339 timestamp is accepted too). The TAG becomes the app name, PID the proc id.
+3. **PRI only**: a valid ``<PRI>`` followed by anything (what Python's ``SysLogHandler`` sends).
+   Facility and severity are set; the rest is the body (as Flume does).
+4. **Invalid**: anything else (no or bad PRI, PRI above 191). The body is the raw message and
+   the header ``flume.syslog.status`` is ``Invalid`` (Flume's name); nothing is dropped.
+
+Headers (Flume's names where Flume sets them): ``Facility``, ``Severity``, ``timestamp`` (epoch
+milliseconds), ``host``, and, beyond Flume, ``AppName``, ``ProcId``, ``MsgId`` and
+``StructuredData`` (the SD text as sent, e.g. ``[id@1 a="b"]``). RFC 5424's nil value ``-`` sets
+no header. ``flume.syslog.status`` is ``Invalid`` or ``Incomplete`` (a message longer than the
+maximum event size: see :class:`StreamFramer`).
+
+``keep_fields`` decides what stays in the body, as Flume's ``keepFields``: ``none`` (the body is
+MSG alone), ``all`` (the raw message), or a list of ``priority``, ``version``, ``timestamp``,
+``hostname``, ``app_name``, ``proc_id``, ``msg_id``, ``structured_data`` kept in front of MSG
+in their original form. Difference from Flume: Flume leaves APP-NAME .. STRUCTURED-DATA (and the
+RFC 3164 tag) in the body; rayflume moves them to headers, so list them to keep them in the body
+too. A leading UTF-8 BOM of an RFC 5424 MSG is removed.
+"""
+from __future__ import annotations
+
+import calendar
+import datetime as _dt
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayflume.event import EventBatch
+from rayflume.sources._server import batch_of, headers_from_columns
+
+STATUS_HEADER = "flume.syslog.status"
+INVALID = "Invalid"
+INCOMPLETE = "Incomplete"
+
+H_FACILITY = "Facility"
+H_SEVERITY = "Severity"
+H_TIMESTAMP = "timestamp"
+H_HOST = "host"
+H_APP = "AppName"
+H_PROC = "ProcId"
+H_MSGID = "MsgId"
+H_SD = "StructuredData"
+
+FIELDS = ("priority", "version", "timestamp", "hostname", "app_name", "proc_id", "msg_id",
+          "structured_data")
+ALL = frozenset(FIELDS)
+NONE: frozenset = frozenset()
+
+# Frame status codes (from the framer): 0 complete, 1 the first max bytes of a longer message
+# (parsed, marked Incomplete), 2 a further piece of such a message (raw, marked Incomplete).
+COMPLETE, HEAD, CONTINUATION = 0, 1, 2
+
+_PRI = r"(?P<p_pri><(?P<pri>1[0-8][0-9]|19[01]|0?[0-9]{1,2})>)"
+_TS3339 = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+_SDNAME = r'[!#-<>-\\^-~]+'  # PRINTUSASCII except '=', SP, ']' and '"'
+_SD = r'(?:\[' + _SDNAME + r'(?: ' + _SDNAME + r'="(?:[^"\\]|\\.)*")*\])+'
+# Counted repetitions ({1,255}) multiply RE2's NFA states and made extraction 2.5x slower, so
+# the RFC's field length limits are not enforced.
+RFC5424 = (r"(?s)^" + _PRI
+           + r"(?P<p_ver>(?P<ver>[1-9][0-9]?) )"
+           + r"(?P<p_ts>(?P<ts>-|" + _TS3339 + r") )"
+           + r"(?P<p_host>(?P<host>[!-~]+) )"
+           + r"(?P<p_app>(?P<app>[!-~]+) )"
+           + r"(?P<p_proc>(?P<proc>[!-~]+) )"
+           + r"(?P<p_msgid>(?P<msgid>[!-~]+) )"
+           + r"(?P<p_sd>(?P<sd>-|" + _SD + r"))"
+           + r"(?:(?P<p_sep> )(?:\xef\xbb\xbf)?(?P<msg>.*))?$")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_TSBSD = r"(?:" + "|".join(_MONTHS) + r") [ 0-3]?[0-9] [0-9]{2}:[0-9]{2}:[0-9]{2}"
+RFC3164 = (r"(?s)^" + _PRI
+           + r"(?P<p_ts>(?P<ts>" + _TSBSD + r"|" + _TS3339 + r")(?: |$))"
+           # printable ASCII except '[' ']', not ending in ':' (a tag-only message has no host)
+           + r"(?P<p_host>(?P<host>[!-Z\\^-~]*[!-9;-Z\\^-~]) )?"
+           + r"(?P<p_tag>(?P<tag>[!-9;-Z\\^-~]+)(?:\[(?P<pid>[!-\\^-~]+)\])?: ?)?"
+           + r"(?P<msg>.*)$")
+PRI_ONLY = r"(?s)^" + _PRI + r"(?P<msg>.*)$"
+
+_FACILITY_TEXT = pa.array([str(i) for i in range(24)], pa.string())
+_SEVERITY_TEXT = pa.array([str(i) for i in range(8)], pa.string())
+_MONTH_NUMBER = {m: i + 1 for i, m in enumerate(_MONTHS)}
+
+
+def parse_keep_fields(value) -> frozenset:
+    """``keep_fields`` from config: ``none``/``false``, ``all``/``true``, a list of field names
+    or a space/comma-separated string of them (Flume's form). Raises ValueError on unknown names."""
+    if value is None or value is False:
+        return NONE
+    if value is True:
+        return ALL
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none", "false"):
+            return NONE
+        if text in ("all", "true"):
+            return ALL
+        names = [n for n in re.split(r"[\s,]+", text) if n]
+    else:
+        names = [str(n).strip().lower() for n in value]
+    aliases = {"host": "hostname", "appname": "app_name", "procid": "proc_id", "msgid": "msg_id",
+               "pri": "priority", "sd": "structured_data"}
+    out = set()
+    for name in names:
+        name = aliases.get(name, name)
+        if name not in FIELDS:
+            raise ValueError(f"unknown field {name!r} in keep_fields; use none, all, or any of {', '.join(FIELDS)}")
+        out.add(name)
+    return frozenset(out)
+
+
+# -- framing ---------------------------------------------------------------------------------------
+
+class StreamFramer:
+    """Splits a TCP byte stream into syslog messages (RFC 6587), detecting the framing per message.
+
+    A message starting with a digit 1-9 followed by up to 10 digits and a space is
+    octet-counted (``LEN SP MSG``); anything else is non-transparently framed and ends at ``\\n``
+    or NUL (a ``\\r`` before the ``\\n`` is removed; NUL is what Python's SysLogHandler ends
+    messages with on TCP). Empty lines are skipped.
+
+    A message longer than ``max_bytes`` is not dropped: its first ``max_bytes`` bytes are a frame
+    with status HEAD (parsed, marked Incomplete) and the rest follows in frames of at most
+    ``max_bytes`` with status CONTINUATION (kept raw, marked Incomplete). Memory is bounded by
+    ``max_bytes`` plus one read. Lines whose first byte is not a digit take a vectorised path
+    (numpy delimiter search over the whole chunk); octet-counted input is framed message by
+    message. Not thread-safe: one framer per connection.
+    """
+
+    def __init__(self, max_bytes: int):
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.max_bytes = max_bytes
+        self._tail = b""
+        self._cont_line = False
+        self._cont_octets = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._tail)
+
+    def feed(self, data: bytes) -> tuple[pa.BinaryArray, np.ndarray | None]:
+        """The frames completed by ``data``: ``(frames, status)``, status None when all complete."""
+        buf = self._tail + data if self._tail else bytes(data)
+        self._tail = b""
+        fast = None
+        pos = 0
+        if not self._cont_line and not self._cont_octets and buf:
+            fast, pos = self._fast(buf)
+        frames: list[bytes] = []
+        status: list[int] = []
+        if pos < len(buf) or self._cont_octets or self._cont_line:
+            pos = self._slow(buf, pos, frames, status)
+        self._tail = buf[pos:]
+        return _combine(fast, frames, status)
+
+    def flush(self) -> tuple[pa.BinaryArray, np.ndarray | None]:
+        """End of stream: the unterminated last message (if any) as a frame."""
+        tail, self._tail = self._tail, b""
+        frames: list[bytes] = []
+        status: list[int] = []
+        if tail:
+            if self._cont_line or self._cont_octets:
+                self._pieces(tail, frames, status)
+            else:
+                m = re.match(rb"([1-9][0-9]{0,9}) ", tail)
+                if m is not None:  # an octet-counted frame cut short by the end of the stream
+                    body = tail[m.end():]
+                    frames.append(body[: self.max_bytes])
+                    status.append(HEAD)
+                    if len(body) > self.max_bytes:
+                        self._pieces(body[self.max_bytes:], frames, status)
+                else:
+                    if tail.endswith(b"\r"):
+                        tail = tail[:-1]
+                    if tail:
+                        self._line(tail, frames, status)
+        self._cont_line = False
+        self._cont_octets = 0
+        return _combine(None, frames, status)
+
+    def _fast(self, buf: bytes) -> tuple[pa.BinaryArray | None, int]:
+        from rayflume.sources._server import gather_ranges, split_lines, strip_cr
+
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        starts, ends, consumed = split_lines(arr, (10, 0))
+        if consumed == 0:
+            return None, 0
+        ends = strip_cr(arr, starts, ends)
+        lengths = ends - starts
+        nonempty = lengths > 0
+        first = arr[starts[nonempty]]
+        if ((first >= 49) & (first <= 57)).any() or (lengths > self.max_bytes).any():
+            return None, 0  # octet counting or an over-long line somewhere: frame message by message
+        if not nonempty.all():
+            starts, ends = starts[nonempty], ends[nonempty]
+        return gather_ranges(arr, starts, ends), consumed
+
+    def _slow(self, buf: bytes, pos: int, frames: list, status: list) -> int:
+        n = len(buf)
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        delims = np.flatnonzero((arr == 10) | (arr == 0))
+        di = int(np.searchsorted(delims, pos))
+        size = self.max_bytes
+
+        def next_delim(at: int) -> int:
+            nonlocal di
+            while di < len(delims) and delims[di] < at:
+                di += 1
+            return int(delims[di]) if di < len(delims) else -1
+
+        while True:
+            if self._cont_octets:
+                take = min(self._cont_octets, n - pos)
+                if take == 0:
+                    break
+                self._pieces(buf[pos:pos + take], frames, status)
+                pos += take
+                self._cont_octets -= take
+                continue
+            if self._cont_line:
+                d = next_delim(pos)
+                if d < 0:
+                    # A final '\r' may be the start of a CRLF ending: keep it until the next byte.
+                    end = n - 1 if buf[n - 1:n] == b"\r" else n
+                    if end > pos:
+                        self._pieces(buf[pos:end], frames, status)
+                        pos = end
+                    break
+                end = d - 1 if d > pos and buf[d - 1] == 13 else d
+                if end > pos:
+                    self._pieces(buf[pos:end], frames, status)
+                pos = d + 1
+                self._cont_line = False
+                continue
+            if pos >= n:
+                break
+            c = buf[pos]
+            if 49 <= c <= 57:
+                sp = buf.find(b" ", pos, pos + 11)
+                if sp < 0:
+                    if n - pos < 11 and buf[pos:n].isdigit():
+                        break  # maybe a length whose space has not arrived yet
+                elif buf[pos:sp].isdigit():
+                    length = int(buf[pos:sp])
+                    start = sp + 1
+                    if length <= size:
+                        if n - start < length:
+                            break
+                        frames.append(buf[start:start + length])
+                        status.append(COMPLETE)
+                        pos = start + length
+                        continue
+                    if n - start < size:
+                        break
+                    frames.append(buf[start:start + size])
+                    status.append(HEAD)
+                    pos = start + size
+                    self._cont_octets = length - size
+                    continue
+            d = next_delim(pos)
+            if d < 0:
+                # Cannot end within the limit (allowing for a CRLF's '\r'): cut now, bound the memory.
+                if n - pos > size + 1 or (n - pos == size + 1 and buf[n - 1] != 13):
+                    frames.append(buf[pos:pos + size])
+                    status.append(HEAD)
+                    pos += size
+                    self._cont_line = True
+                    continue
+                break
+            end = d - 1 if d > pos and buf[d - 1] == 13 else d
+            if end > pos:
+                self._line(buf[pos:end], frames, status)
+            pos = d + 1
+        return pos
+
+    def _line(self, line: bytes, frames: list, status: list) -> None:
+        size = self.max_bytes
+        if len(line) <= size:
+            frames.append(line)
+            status.append(COMPLETE)
+        else:
+            frames.append(line[:size])
+            status.append(HEAD)
+            self._pieces(line[size:], frames, status)
+
+    def _pieces(self, data: bytes, frames: list, status: list) -> None:
+        size = self.max_bytes
+        for i in range(0, len(data), size):
+            frames.append(data[i:i + size])
+            status.append(CONTINUATION)
+
+
+def _combine(fast: pa.BinaryArray | None, frames: list, status: list):
+    if not frames:
+        if fast is None:
+            return pa.array([], pa.binary()), None
+        return fast, None
+    slow = pa.array(frames, pa.binary())
+    codes = np.asarray(status, dtype=np.int8)
+    if fast is not None and len(fast):
+        slow = pa.concat_arrays([fast, slow])
+        codes = np.concatenate([np.zeros(len(fast), dtype=np.int8), codes])
+    return slow, (codes if codes.any() else None)
+
+
+def strip_trailers(frames: pa.BinaryArray) -> pa.BinaryArray:
+    """Frames without trailing ``\\n``, ``\\r`` and NUL bytes (for UDP datagrams)."""
+    if len(frames) == 0:
+        return frames
+    return pc.replace_substring_regex(frames, r"[\r\n\x00]+$", "")
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+
+@dataclass
+class ParseResult:
+    batch: EventBatch
+    counts: dict = field(default_factory=dict)  # rfc5424, rfc3164, pri_only, invalid, incomplete
+
+
+def _nullify(arr: pa.Array, *blank: bytes) -> pa.Array:
+    """``arr`` with the values in ``blank`` (RFC 5424 nil ``-``, a group that did not take part)
+    made null."""
+    mask = None
+    for b in blank:
+        m = pc.equal(arr, pa.scalar(b, pa.binary()))
+        mask = m if mask is None else pc.or_(mask, m)
+    return pc.if_else(mask, pa.scalar(None, arr.type), arr)
+
+
+def _ascii(arr: pa.Array) -> pa.Array:
+    return arr.cast(pa.string())
+
+
+def _text(arr: pa.Array) -> pa.Array:
+    """Binary -> string; invalid UTF-8 is replaced (per value, only when the fast cast fails)."""
+    try:
+        return arr.cast(pa.string())
+    except pa.ArrowInvalid:
+        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in arr.to_pylist()],
+                        pa.string())
+
+
+def _rfc3339_ms_one(text: str) -> int | None:
+    m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})", text)
+    if m is None:
+        return None
+    y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+    frac = (m.group(7) or "0")[:3].ljust(3, "0")
+    zone = m.group(8)
+    try:
+        base = _dt.datetime(y, mo, d, h, mi, min(s, 59), tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+    offset = 0
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        offset = sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return int(calendar.timegm(base.timetuple()) - offset) * 1000 + int(frac)
+
+
+def rfc3339_ms(values: pa.Array) -> pa.Array:
+    """Epoch milliseconds (int64, null where absent or invalid) of RFC 3339 timestamps."""
+    text = values if values.type == pa.string() else values.cast(pa.string())
+    try:
+        ns = text.cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+        data = np.asarray(ns.fill_null(0), dtype=np.int64)
+        ms = np.floor_divide(data, 1_000_000)
+        return pa.array(ms, pa.int64(), mask=np.asarray(ns.is_null(), dtype=bool) if ns.null_count else None)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _per_distinct(text, _rfc3339_ms_one)
+
+
+def _per_distinct(text: pa.Array, convert) -> pa.Array:
+    distinct = pc.unique(text).drop_null()
+    converted = pa.array([convert(v) for v in distinct.to_pylist()], pa.int64())
+    return converted.take(pc.index_in(text, value_set=distinct))
+
+
+def bsd_ms(text: str, now_s: float) -> int | None:
+    """Epoch ms of an RFC 3164 ``Mmm dd hh:mm:ss`` in local time: the latest year that puts it
+    at most a day after ``now_s`` (None for an impossible date such as Feb 30)."""
+    parts = text.split()
+    if len(parts) != 3:
+        return None
+    month = _MONTH_NUMBER.get(parts[0])
+    try:
+        day = int(parts[1])
+        h, mi, s = (int(x) for x in parts[2].split(":"))
+    except ValueError:
+        return None
+    if month is None:
+        return None
+    if not (0 <= h < 24 and 0 <= mi < 60 and 0 <= s <= 60):
+        return None
+    year = time.localtime(now_s).tm_year
+    best = None
+    # The latest year that does not put the message more than a day in the future: a log line
+    # is about the recent past (Dec 31 read on Jan 1 is last year's), with some clock skew.
+    for y in (year - 1, year, year + 1):
+        try:
+            _dt.date(y, month, day)
+        except ValueError:
+            continue
+        t = time.mktime((y, month, day, h, mi, min(s, 59), 0, 0, -1))
+        if t <= now_s + 86400 and (best is None or t > best):
+            best = t
+    return None if best is None else int(best) * 1000
+
+
+def _timestamps_3164(ts: pa.Array, now_s: float) -> pa.Array:
+    text = ts.cast(pa.string())
+    return _per_distinct(text, lambda v: _rfc3339_ms_one(v) if v[:1].isdigit() else bsd_ms(v, now_s))
+
+
+def _join(parts: list[pa.Array]) -> pa.Array:
+    parts = [p.fill_null(b"") if p.null_count else p for p in parts]
+    if len(parts) == 1:
+        return parts[0]
+    return pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.binary()))
+
+
+class _Class:
+    """Columns of one class of messages (all arrays of the class's length)."""
+
+    def __init__(self, rows: np.ndarray, body: pa.Array, headers: dict[str, pa.Array | None]):
+        self.rows = rows
+        self.body = body
+        self.headers = headers
+
+
+def _pri_headers(pri: pa.Array) -> dict[str, pa.Array]:
+    values = np.asarray(pri.cast(pa.string()).cast(pa.int32()), dtype=np.int32)
+    return {H_FACILITY: _FACILITY_TEXT.take(pa.array(values >> 3)),
+            H_SEVERITY: _SEVERITY_TEXT.take(pa.array(values & 7))}
+
+
+def _ms_text(ms: pa.Array) -> pa.Array:
+    return ms.cast(pa.string())
+
+
+def _rfc5424(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray) -> _Class:
+    f = {name: m.field(name) for name in ("p_pri", "pri", "p_ver", "p_ts", "ts", "p_host", "host", "p_app",
+                                          "app", "p_proc", "proc", "p_msgid", "msgid", "p_sd", "sd", "p_sep",
+                                          "msg")}
+    headers = _pri_headers(f["pri"])
+    headers[H_TIMESTAMP] = _ms_text(rfc3339_ms(_nullify(f["ts"], b"-")))
+    headers[H_HOST] = _ascii(_nullify(f["host"], b"-"))
+    headers[H_APP] = _ascii(_nullify(f["app"], b"-"))
+    headers[H_PROC] = _ascii(_nullify(f["proc"], b"-"))
+    headers[H_MSGID] = _ascii(_nullify(f["msgid"], b"-"))
+    headers[H_SD] = _text(_nullify(f["sd"], b"-"))
+    if keep == ALL:
+        body = raw
+    elif not keep:
+        body = f["msg"]
+    else:
+        order = (("priority", "p_pri"), ("version", "p_ver"), ("timestamp", "p_ts"), ("hostname", "p_host"),
+                 ("app_name", "p_app"), ("proc_id", "p_proc"), ("msg_id", "p_msgid"))
+        parts = [f[col] for name, col in order if name in keep]
+        if "structured_data" in keep:
+            parts += [f["p_sd"], f["p_sep"]]
+        body = _join(parts + [f["msg"]])
+    return _Class(rows, body, headers)
+
+
+def _rfc3164(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray, now_s: float) -> _Class:
+    f = {name: m.field(name) for name in ("p_pri", "pri", "p_ts", "ts", "p_host", "host", "p_tag", "tag",
+                                          "pid", "msg")}
+    headers = _pri_headers(f["pri"])
+    headers[H_TIMESTAMP] = _ms_text(_timestamps_3164(f["ts"], now_s))
+    headers[H_HOST] = _ascii(_nullify(f["host"], b""))
+    headers[H_APP] = _ascii(_nullify(f["tag"], b""))
+    headers[H_PROC] = _ascii(_nullify(f["pid"], b""))
+    if keep == ALL:
+        body = raw
+    elif not keep:
+        body = f["msg"]
+    else:
+        order = (("priority", "p_pri"), ("timestamp", "p_ts"), ("hostname", "p_host"))
+        parts = [f[col] for name, col in order if name in keep]
+        if "app_name" in keep or "proc_id" in keep:
+            parts.append(f["p_tag"])
+        body = _join(parts + [f["msg"]])
+    return _Class(rows, body, headers)
+
+
+def _pri_only(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray) -> _Class:
+    headers = _pri_headers(m.field("pri"))
+    if keep == ALL:
+        body = raw
+    elif "priority" in keep:
+        body = _join([m.field("p_pri"), m.field("msg")])
+    else:
+        body = m.field("msg")
+    return _Class(rows, body, headers)
+
+
+HEADER_ORDER = (H_FACILITY, H_SEVERITY, H_TIMESTAMP, H_HOST, H_APP, H_PROC, H_MSGID, H_SD)
+
+
+def parse_messages(frames, keep_fields: frozenset = NONE, status: np.ndarray | None = None,
+                   extra_headers: list[tuple[str, pa.Array | None]] | None = None,
+                   now_s: float | None = None) -> ParseResult:
+    """Parse raw syslog messages into one :class:`EventBatch`, in the same order.
+
+    ``frames``: a binary array (or a list of bytes). ``status``: the framer's codes per frame
+    (None: all complete). ``extra_headers``: ``[(name, string array or None)]`` added after the
+    syslog headers (client address, host name). Never raises on any input bytes.
+    """
+    if not isinstance(frames, pa.Array):
+        frames = pa.array(list(frames), pa.binary())
+    if frames.type != pa.binary():
+        frames = frames.cast(pa.binary())
+    if frames.null_count:
+        frames = frames.fill_null(b"")
+    n = len(frames)
+    now_s = time.time() if now_s is None else now_s
+    counts = {"rfc5424": 0, "rfc3164": 0, "pri_only": 0, "invalid": 0, "incomplete": 0}
+    if n == 0:
+        return ParseResult(EventBatch.empty(), counts)
+
+    codes = np.zeros(n, dtype=np.int8) if status is None else np.asarray(status, dtype=np.int8)
+    classes: list[_Class] = []
+    todo = np.flatnonzero(codes != CONTINUATION)
+    continuation = np.flatnonzero(codes == CONTINUATION)
+
+    def subset(rows: np.ndarray) -> pa.Array:
+        return frames if len(rows) == n else frames.take(pa.array(rows))
+
+    stages = (("rfc5424", RFC5424, lambda m, raw, rows: _rfc5424(m, raw, keep_fields, rows)),
+              ("rfc3164", RFC3164, lambda m, raw, rows: _rfc3164(m, raw, keep_fields, rows, now_s)),
+              ("pri_only", PRI_ONLY, lambda m, raw, rows: _pri_only(m, raw, keep_fields, rows)))
+    for label, pattern, build in stages:
+        if len(todo) == 0:
+            break
+        raw = subset(todo)
+        m = pc.extract_regex(raw, pattern)
+        matched = np.asarray(m.is_valid(), dtype=bool) if m.null_count else np.ones(len(todo), dtype=bool)
+        if matched.any():
+            if matched.all():
+                hit_rows, hit_raw, hit_m = todo, raw, m
+            else:
+                sel = pa.array(matched)
+                hit_rows, hit_raw, hit_m = todo[matched], raw.filter(sel), m.filter(sel)
+            classes.append(build(hit_m, hit_raw, hit_rows))
+            counts[label] = len(hit_rows)
+        todo = todo[~matched]
+
+    status_text = np.full(n, None, dtype=object)
+    if len(todo):
+        classes.append(_Class(todo, subset(todo), {}))
+        counts["invalid"] = len(todo)
+        status_text[todo] = INVALID
+    if len(continuation):
+        classes.append(_Class(continuation, subset(continuation), {}))
+    incomplete = codes != COMPLETE
+    status_text[incomplete] = INCOMPLETE
+    counts["incomplete"] = int(incomplete.sum())
+
+    # Put the classes back in input order: concatenate each column over the classes, then take
+    # by the inverse of the concatenated row order.
+    order = np.concatenate([c.rows for c in classes])
+    if len(classes) == 1 and np.array_equal(order, np.arange(n)):
+        inverse = None
+    else:
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[order] = np.arange(n, dtype=np.int64)
+        inverse = pa.array(inverse)
+
+    def merged(pieces: list[pa.Array]) -> pa.Array:
+        arr = pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces)
+        return arr if inverse is None else arr.take(inverse)
+
+    body = merged([c.body for c in classes])
+    columns = []
+    for key in HEADER_ORDER:
+        if not any(c.headers.get(key) is not None for c in classes):
+            continue
+        columns.append((key, merged([c.headers[key] if c.headers.get(key) is not None
+                                     else pa.nulls(len(c.rows), pa.string()) for c in classes])))
+    for key, values in extra_headers or ():
+        if values is not None:
+            columns.append((key, values))
+    if counts["invalid"] or counts["incomplete"]:
+        columns.append((STATUS_HEADER, pa.array(status_text, pa.string())))
+    return ParseResult(batch_of(headers_from_columns(n, columns), body), counts)
+
+
+def raw_invalid(frames, extra_headers=None) -> EventBatch:
+    """Every frame as an Invalid event with its raw bytes (the fallback if parsing ever fails)."""
+    if not isinstance(frames, pa.Array):
+        frames = pa.array(list(frames), pa.binary())
+    n = len(frames)
+    columns = list(extra_headers or []) + [(STATUS_HEADER, pa.repeat(pa.scalar(INVALID, pa.string()), n))]
+    return batch_of(headers_from_columns(n, columns), frames.fill_null(b"") if frames.null_count else frames)

@@ -1,0 +1,700 @@
+"""The ``taildir`` source runtime and its typed config. See :mod:`rayflume.sources.taildir`."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from rayflume.config_base import SourceConfig
+from rayflume.errors import ConfigError
+from rayflume.event import EventBatch
+from rayflume.interceptors.headers import set_header
+from rayflume.registry import register
+from rayflume.sources.base import Source, SourceContext
+from rayflume.sources.taildir.framing import compact, frame_lines
+from rayflume.sources.taildir.storage import (ExclusiveLock, LockHeld, read_json, remove_stale_temps,
+                                              write_json_atomic)
+
+log = logging.getLogger("rayflume.source.taildir")
+
+FINGERPRINT_BYTES = 256
+READ_CHUNK_BYTES = 8 << 20
+SCAN_INTERVAL_S = 0.2
+BYTE_OFFSET_HEADER = "byteoffset"
+POSITION_FORMAT = 1
+
+COUNTERS = ("FileOpenedCount", "FileClosedCount", "FileRenamedCount", "FileRotatedCount",
+            "FileDeletedCount", "FileTruncatedCount", "FileReplacedCount", "FileReadFail",
+            "LinesSplitCount", "PositionWriteCount", "PositionWriteFail")
+
+
+def fingerprint(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+_EMPTY_FP = fingerprint(b"")
+
+
+def default_position_file(name: str, topology: str = "") -> str:
+    base = os.path.join(os.path.expanduser("~"), ".rayflume", "taildir")
+    return os.path.join(base, topology, f"{name}.json") if topology else os.path.join(base, f"{name}.json")
+
+
+@dataclass(frozen=True)
+class FileGroup:
+    """Files named by ``pattern`` (a regex matched against the whole file name) in ``directory``."""
+
+    name: str
+    directory: str
+    pattern: re.Pattern
+    headers: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, name: str, spec: str, headers: dict | None = None) -> "FileGroup":
+        directory, regex = os.path.split(spec)
+        return cls(name, directory, re.compile(regex), dict(headers or {}))
+
+
+class _Tracked:
+    """One file identity (device, inode, and the fingerprint of its first bytes) being tailed.
+
+    ``read_pos`` is how far lines were framed into the buffer; ``committed`` how far they were
+    acknowledged (what the position file records). ``epoch`` changes when the content under the
+    identity is replaced (copytruncate, inode reuse): acknowledgements of lines read in an older
+    epoch no longer move the position.
+    """
+
+    __slots__ = ("key", "path", "group", "fp_len", "fp", "epoch", "read_pos", "committed", "fd",
+                 "last_growth", "last_size", "seen_size", "held", "gone", "finished")
+
+    def __init__(self, key, path, group, pos, fp_len, fp, now):
+        self.key = key
+        self.path = path
+        self.group = group
+        self.fp_len = fp_len
+        self.fp = fp
+        self.epoch = 0
+        self.read_pos = pos
+        self.committed = pos
+        self.fd: int | None = None
+        self.last_growth = now
+        self.last_size = -1     # size at the last read attempt
+        self.seen_size = -1     # size the last directory scan saw
+        self.held = False       # the bytes after read_pos are an unterminated line up to last_size
+        self.gone = False       # no matching path names this identity any more
+        self.finished = False   # read to the end for good: dropped once everything is acknowledged
+
+    def entry(self) -> dict:
+        return {"dev": self.key[0], "ino": self.key[1], "pos": self.committed, "path": self.path,
+                "group": self.group, "fp_len": self.fp_len, "fp": self.fp}
+
+
+class _Segment:
+    """Framed lines of one file waiting in the buffer; offsets are positions in the file."""
+
+    __slots__ = ("tracked", "epoch", "path", "bodies", "starts", "ends")
+
+    def __init__(self, tracked, epoch, path, bodies, starts, ends):
+        self.tracked = tracked
+        self.epoch = epoch
+        self.path = path
+        self.bodies = bodies
+        self.starts = starts
+        self.ends = ends
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+
+class TaildirSource(Source):
+    """Tails the files of its groups; see :mod:`rayflume.sources.taildir` for the guarantees.
+
+    ``poll``, ``ack`` and ``stop`` may be called from different threads; an internal lock
+    serialises them. ``clock`` (monotonic seconds) is injectable for tests of idle timeouts.
+    """
+
+    def __init__(self, name: str, groups: list[FileGroup], position_file: str | None = None,
+                 batch_size: int = 100, skip_to_end: bool = False, byte_offset_header: bool = False,
+                 idle_timeout_s: float = 120.0, write_pos_interval_s: float = 0.0,
+                 file_header: bool = False, file_header_key: str = "file",
+                 max_line_length_bytes: int = 1 << 20, read_chunk_bytes: int = READ_CHUNK_BYTES,
+                 scan_interval_s: float = SCAN_INTERVAL_S, clock=time.monotonic):
+        self.name = name
+        self.groups = list(groups)
+        self._group_by_name = {g.name: g for g in self.groups}
+        self.position_file = position_file
+        self.batch_size = batch_size
+        self.skip_to_end = skip_to_end
+        self.byte_offset_header = byte_offset_header
+        self.idle_timeout_s = idle_timeout_s
+        self.write_pos_interval_s = write_pos_interval_s
+        self.file_header = file_header
+        self.file_header_key = file_header_key
+        self.max_line_length_bytes = max_line_length_bytes
+        # A chunk must be able to hold a whole line of the maximum length plus its terminator.
+        self.read_chunk_bytes = max(read_chunk_bytes, max_line_length_bytes + 2)
+        self.scan_interval_s = scan_interval_s
+        self.clock = clock
+
+        self.files: dict[tuple[int, int], _Tracked] = {}
+        self._segments: deque[_Segment] = deque()
+        self._buffered = 0
+        self._pending: EventBatch | None = None
+        self._pending_marks: list[tuple[_Tracked, int, int]] = []
+        self._dirty = False
+        self._last_write = float("-inf")
+        self._last_scan = float("-inf")
+        self._mutex = threading.RLock()
+        self._lock: ExclusiveLock | None = None
+        # How long start() waits for the position file's lock (a dying predecessor may hold it).
+        self.lock_timeout_s = 10.0
+        self._started = False
+        self.status_error: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self, context: SourceContext) -> None:
+        super().start(context)
+        for key in COUNTERS:
+            context.count(key, 0)
+        # Created now so that other threads reading the counters never see the dict grow.
+        context.counters.setdefault("LastError", "")
+        if self.position_file is None:
+            self.position_file = default_position_file(self.name, context.topology)
+        self.position_file = os.path.abspath(os.path.expanduser(self.position_file))
+        os.makedirs(os.path.dirname(self.position_file), exist_ok=True)
+        self._lock = ExclusiveLock(self.position_file + ".lock")
+        try:
+            self._lock.acquire(self.lock_timeout_s)
+        except LockHeld:
+            self._lock = None
+            raise ConfigError([f"source '{self.name}': `position_file` {self.position_file} is in use by "
+                               f"another running source; give each taildir source its own position_file"],
+                              topology=context.topology or None) from None
+        remove_stale_temps(self.position_file)
+        with self._mutex:
+            stored = self._load_positions()
+            self._initial_scan(stored)
+            self._started = True
+            self._write_positions(force=True)
+
+    def stop(self) -> None:
+        with self._mutex:
+            if self._started:
+                self._write_positions(force=True)
+            for t in self.files.values():
+                self._close(t)
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._started = False
+
+    def abandon(self) -> None:
+        """Drop every OS resource without writing positions, as a crash would (for tests)."""
+        with self._mutex:
+            for t in self.files.values():
+                if t.fd is not None:
+                    os.close(t.fd)
+                    t.fd = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._started = False
+
+    # -- position file ------------------------------------------------------------------------------
+    def _load_positions(self) -> dict:
+        try:
+            data = read_json(self.position_file)
+        except ValueError as exc:
+            aside = f"{self.position_file}.corrupt-{int(time.time())}"
+            os.replace(self.position_file, aside)
+            self._error(f"position file unreadable ({exc}); moved to {aside}; files are tailed as if "
+                        f"never seen (from the start, or the end with skip_to_end)")
+            return {}
+        if data is None:
+            return {}
+        entries = data.get("files", []) if isinstance(data, dict) else data
+        out = {}
+        for e in entries if isinstance(entries, list) else []:
+            try:
+                key = (int(e["dev"]), int(e["ino"]))
+                out[key] = {"pos": int(e["pos"]), "path": str(e["path"]), "group": str(e.get("group", "")),
+                            "fp_len": int(e.get("fp_len", 0)), "fp": str(e.get("fp", _EMPTY_FP))}
+            except (KeyError, TypeError, ValueError):
+                self._error(f"position file {self.position_file}: ignoring a malformed entry {e!r}")
+        return out
+
+    def _write_positions(self, force: bool = False) -> None:
+        if not force:
+            if not self._dirty:
+                return
+            if self.clock() - self._last_write < self.write_pos_interval_s:
+                return
+        doc = {"format": POSITION_FORMAT, "source": self.name,
+               "files": [t.entry() for t in sorted(self.files.values(), key=lambda t: t.key)]}
+        try:
+            write_json_atomic(self.position_file, doc)
+        except OSError as exc:
+            self.context.count("PositionWriteFail")
+            self._error(f"cannot write position file {self.position_file} ({exc}); positions stay in "
+                        f"memory and are written at the next acknowledgement (a crash meanwhile "
+                        f"re-reads, never loses)")
+            return
+        self._dirty = False
+        self._last_write = self.clock()
+        self.context.count("PositionWriteCount")
+
+    # -- discovery ----------------------------------------------------------------------------------
+    def _list_matches(self) -> dict:
+        """``{(dev, ino): (path, group, stat)}`` for every regular file matching a group; a file
+        matching several groups belongs to the first."""
+        found = {}
+        for g in self.groups:
+            try:
+                names = sorted(os.listdir(g.directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                self._error(f"cannot list directory {g.directory} of file group '{g.name}': {exc}")
+                continue
+            for fname in names:
+                if not g.pattern.fullmatch(fname):
+                    continue
+                path = os.path.join(g.directory, fname)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key not in found:
+                    found[key] = (path, g.name, st)
+        return found
+
+    def _initial_scan(self, stored: dict) -> None:
+        now = self.clock()
+        for key, (path, group, st) in self._list_matches().items():
+            entry = stored.pop(key, None)
+            t = _Tracked(key, path, group, 0, 0, _EMPTY_FP, now)
+            t.seen_size = st.st_size
+            if not self._open(t):
+                continue
+            if entry is not None and self._fingerprint_matches(t, entry["fp_len"], entry["fp"]):
+                t.fp_len, t.fp = entry["fp_len"], entry["fp"]
+                t.read_pos = t.committed = entry["pos"]
+                if entry["path"] != path:
+                    log.info("taildir '%s': %s is now %s; resuming at byte %d", self.name, entry["path"],
+                             path, entry["pos"])
+                if st.st_size < entry["pos"]:
+                    self._new_epoch(t, f"shrank from {entry['pos']} to {st.st_size} bytes while the source "
+                                       f"was down (copytruncate)", "FileTruncatedCount")
+            else:
+                if entry is not None:
+                    self.context.count("FileReplacedCount")
+                    log.info("taildir '%s': %s reuses the inode of %s with other content; reading it from "
+                             "the start", self.name, path, entry["path"])
+                elif self.skip_to_end:
+                    t.read_pos = t.committed = st.st_size
+                    self._dirty = True
+                self._refresh_fingerprint(t, st.st_size)
+            self.files[key] = t
+        # Identities recorded but no longer at a matching path: rotated away (app.log -> app.log.1)
+        # before we finished them. Look for them under any name in their directory.
+        for key, entry in stored.items():
+            t = _Tracked(key, entry["path"], entry["group"], entry["pos"], entry["fp_len"], entry["fp"], now)
+            t.gone = True
+            if self._find_moved(t):
+                log.info("taildir '%s': resuming rotated file %s (was %s) at byte %d", self.name, t.path,
+                         entry["path"], t.committed)
+                self.files[key] = t
+            else:
+                log.info("taildir '%s': %s is gone; forgetting its position", self.name, entry["path"])
+                self._dirty = True
+        self._last_scan = now
+
+    def _scan(self) -> None:
+        now = self.clock()
+        self._last_scan = now
+        found = self._list_matches()
+        new_files = False
+        for key, (path, group, st) in found.items():
+            t = self.files.get(key)
+            if t is None:
+                t = _Tracked(key, path, group, 0, 0, _EMPTY_FP, now)
+                t.seen_size = st.st_size
+                self.files[key] = t
+                new_files = True
+                continue
+            t.seen_size = st.st_size
+            if t.path != path or t.gone:
+                # A rename keeps the identity and so the position: never re-read (Flume re-reads here).
+                self.context.count("FileRenamedCount")
+                log.info("taildir '%s': %s is now %s; keeping its position %d", self.name, t.path, path,
+                         t.committed)
+                t.path, t.gone, t.group = path, False, group
+                self._dirty = True
+        for key, t in list(self.files.items()):
+            if key in found or t.gone:
+                continue
+            t.gone = True
+            self._dirty = True
+            if t.fd is None and not t.finished:
+                # Closed while idle, then rotated or deleted: it may have grown before it moved.
+                if not self._find_moved(t):
+                    self.context.count("FileDeletedCount")
+                    self._forget(t)
+            else:
+                self.context.count("FileRotatedCount")
+        if new_files:
+            # Persist a new file's identity at once: a restart must not take it for a file that
+            # was never seen (skip_to_end would skip it).
+            self._write_positions(force=True)
+
+    def _find_moved(self, t: _Tracked) -> bool:
+        """Find ``t``'s identity under any name in its directory and open it there."""
+        directory = os.path.dirname(t.path)
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return False
+        for entry in entries:
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) != t.key or not stat.S_ISREG(st.st_mode):
+                continue
+            old_path, t.path = t.path, entry.path
+            if not self._open(t):
+                t.path = old_path
+                return False
+            if not self._fingerprint_matches(t, t.fp_len, t.fp) or st.st_size < t.committed:
+                self._close(t)
+                t.path = old_path
+                return False
+            t.seen_size = st.st_size
+            self._dirty = True
+            return True
+        return False
+
+    # -- files --------------------------------------------------------------------------------------
+    def _open(self, t: _Tracked) -> bool:
+        try:
+            fd = os.open(t.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            self.context.count("FileReadFail")
+            self._error(f"cannot open {t.path}: {exc}")
+            return False
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != t.key:
+            os.close(fd)  # the name now points at another file; the scan will sort it out
+            return False
+        t.fd = fd
+        self.context.count("FileOpenedCount")
+        return True
+
+    def _close(self, t: _Tracked) -> None:
+        if t.fd is not None:
+            try:
+                os.close(t.fd)
+            finally:
+                t.fd = None
+                self.context.count("FileClosedCount")
+
+    def _forget(self, t: _Tracked) -> None:
+        self._close(t)
+        self.files.pop(t.key, None)
+        self._dirty = True
+
+    def _prefix(self, t: _Tracked, n: int) -> bytes:
+        return os.pread(t.fd, n, 0) if n else b""
+
+    def _fingerprint_matches(self, t: _Tracked, fp_len: int, fp: str) -> bool:
+        data = self._prefix(t, fp_len)
+        return len(data) == fp_len and fingerprint(data) == fp
+
+    def _refresh_fingerprint(self, t: _Tracked, size: int) -> None:
+        n = min(size, FINGERPRINT_BYTES)
+        if n > t.fp_len:
+            data = self._prefix(t, n)
+            t.fp_len, t.fp = len(data), fingerprint(data)
+            self._dirty = True
+
+    def _new_epoch(self, t: _Tracked, why: str, counter: str) -> None:
+        """The content under ``t``'s identity was replaced: tail it again from the start."""
+        self.context.count(counter)
+        log.warning("taildir '%s': %s %s; reading it again from the start (lines not yet read from "
+                    "the old content are lost, as with any copytruncate)", self.name, t.path, why)
+        t.epoch += 1
+        t.read_pos = t.committed = 0
+        t.fp_len, t.fp = 0, _EMPTY_FP
+        t.held = False
+        t.last_size = -1
+        self._dirty = True
+
+    def _read_file(self, t: _Tracked, now: float) -> int:
+        """Frame up to one chunk of ``t`` into the buffer; the number of events added."""
+        if t.finished:
+            return 0
+        if t.fd is None:
+            if t.gone:
+                # Lost its descriptor after it moved (a read error): find it again, or let it go.
+                if not self._find_moved(t):
+                    self._forget(t)
+                    return 0
+            elif t.seen_size == t.read_pos:
+                return 0
+            elif not self._open(t):
+                return 0
+            t.last_growth = now
+        try:
+            st = os.fstat(t.fd)
+            size = st.st_size
+            if size != t.last_size:
+                if size < t.read_pos:
+                    self._new_epoch(t, f"shrank from {t.read_pos} to {size} bytes (copytruncate)",
+                                    "FileTruncatedCount")
+                elif t.fp_len and not self._fingerprint_matches(t, t.fp_len, t.fp):
+                    self._new_epoch(t, "has new content under the same inode", "FileReplacedCount")
+                if t.fp_len < FINGERPRINT_BYTES:
+                    self._refresh_fingerprint(t, size)
+            if size > t.read_pos and not (t.held and size == t.last_size):
+                return self._read_chunk(t, size, now)
+            t.last_size = size
+            self._maybe_finish(t, st, now)
+        except OSError as exc:
+            self.context.count("FileReadFail")
+            self._error(f"reading {t.path} failed: {exc}; retrying")
+            self._close(t)
+        return 0
+
+    def _read_chunk(self, t: _Tracked, size: int, now: float, at_eof: bool = False) -> int:
+        n = min(self.read_chunk_bytes, size - t.read_pos)
+        data = os.pread(t.fd, n, t.read_pos)
+        framed = frame_lines(data, self.max_line_length_bytes, at_eof=at_eof)
+        t.last_size = size
+        t.held = t.read_pos + len(data) >= size and framed.consumed < len(data)
+        if framed.split_count:
+            self.context.count("LinesSplitCount", framed.split_count)
+        if not len(framed):
+            return 0
+        base = t.read_pos
+        self._segments.append(_Segment(t, t.epoch, t.path, framed.bodies, framed.starts + base,
+                                       framed.ends + base))
+        self._buffered += len(framed)
+        t.read_pos = base + framed.consumed
+        t.last_growth = now
+        return len(framed)
+
+    def _maybe_finish(self, t: _Tracked, st, now: float) -> None:
+        """Nothing new to read: close idle files; finish rotated or deleted ones."""
+        idle = now - t.last_growth >= self.idle_timeout_s
+        deleted = st.st_nlink == 0
+        if t.gone and (deleted or idle):
+            if t.held:
+                # The file will not grow any more: its unterminated last line is complete.
+                self._read_chunk(t, st.st_size, now, at_eof=True)
+            if deleted:
+                self.context.count("FileDeletedCount")
+            self._close(t)
+            t.finished = True
+        elif idle and not t.held and t.fd is not None:
+            self._close(t)  # reopened by the next scan that sees it grow
+
+    def _drop_finished(self) -> None:
+        for t in [t for t in self.files.values() if t.finished and t.committed >= t.read_pos]:
+            log.info("taildir '%s': finished %s at byte %d", self.name, t.path, t.committed)
+            self._forget(t)
+
+    # -- runner side --------------------------------------------------------------------------------
+    def poll(self) -> EventBatch | None:
+        with self._mutex:
+            if self._pending is not None:
+                return self._pending
+            if not self._started:
+                return None
+            now = self.clock()
+            if self._buffered < self.batch_size:
+                if now - self._last_scan >= self.scan_interval_s:
+                    self._scan()
+                self._fill(now)
+            self._drop_finished()
+            self._write_positions()
+            if self._buffered == 0:
+                return None
+            self._pending = self._take(self.batch_size)
+            return self._pending
+
+    def _fill(self, now: float) -> None:
+        # One chunk per file per round, so one busy file cannot starve the others; rotated-away
+        # files go first, their lines are older.
+        while self._buffered < self.batch_size:
+            order = sorted(self.files.values(), key=lambda t: (not t.gone, t.path))
+            added = 0
+            for t in order:
+                if self._buffered >= self.batch_size:
+                    break
+                added += self._read_file(t, now)
+            if not added:
+                break
+
+    def _take(self, want: int) -> EventBatch:
+        parts = []
+        marks: dict[int, tuple[_Tracked, int, int]] = {}
+        while want > 0 and self._segments:
+            seg = self._segments[0]
+            if len(seg) > want:
+                part = _Segment(seg.tracked, seg.epoch, seg.path, seg.bodies.slice(0, want),
+                                seg.starts[:want], seg.ends[:want])
+                seg.bodies, seg.starts, seg.ends = seg.bodies.slice(want), seg.starts[want:], seg.ends[want:]
+            else:
+                part = self._segments.popleft()
+            parts.append(self._events(part))
+            marks[id(part.tracked), part.epoch] = (part.tracked, part.epoch, int(part.ends[-1]))
+            want -= len(part)
+            self._buffered -= len(part)
+        self._pending_marks = list(marks.values())
+        return EventBatch.concat(parts)
+
+    def _events(self, seg: _Segment) -> EventBatch:
+        batch = EventBatch.from_bodies(compact(seg.bodies))
+        group = self._group_by_name.get(seg.tracked.group)
+        if group is not None:
+            for key, value in group.headers.items():
+                batch = set_header(batch, key, value)
+        if self.file_header:
+            batch = set_header(batch, self.file_header_key, seg.path)
+        if self.byte_offset_header:
+            batch = set_header(batch, BYTE_OFFSET_HEADER, pa.array(seg.starts).cast(pa.string()))
+        return batch
+
+    def ack(self) -> None:
+        with self._mutex:
+            if self._pending is None:
+                return
+            for t, epoch, end in self._pending_marks:
+                if t.epoch == epoch and end > t.committed:
+                    t.committed = end
+                    self._dirty = True
+            self._pending = None
+            self._pending_marks = []
+            self._drop_finished()
+            if self._started:
+                self._write_positions()
+
+    # -- reporting ----------------------------------------------------------------------------------
+    def _error(self, message: str) -> None:
+        full = f"taildir source '{self.name}': {message}"
+        log.error(full)
+        self.status_error = full
+        if getattr(self, "context", None) is not None:
+            self.context.counters["LastError"] = full
+
+    @property
+    def buffered_events(self) -> int:
+        return self._buffered
+
+    def positions(self) -> dict[str, int]:
+        """``{path: acknowledged byte position}`` of every tracked file (for tests and status)."""
+        with self._mutex:
+            return {t.path: t.committed for t in self.files.values()}
+
+
+def _header_name(what: str, value: str) -> str:
+    if not value:
+        raise ValueError(f"taildir source: `{what}` must be a non-empty header name")
+    return value
+
+
+@register("source", "taildir")
+class TaildirSourceConfig(SourceConfig):
+    """``taildir`` (Flume's TAILDIR): tails the files of each file group, line by line, resuming
+    from a position file after a restart without losing or re-reading acknowledged lines."""
+
+    filegroups: dict[str, str] = Field(
+        min_length=1, description="File group name -> absolute path whose last component is a regex "
+                                  "matched against whole file names in that directory, e.g. "
+                                  "'/var/log/app/.*\\.log'. The directory part is literal.")
+    headers: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="File group name -> headers set on every event of that group.")
+    position_file: str | None = Field(
+        None, description="JSON file of acknowledged positions. None: "
+                          "~/.rayflume/taildir/<topology>/<source name>.json.")
+    batch_size: int = Field(100, gt=0, description="Most lines in one batch.")
+    skip_to_end: bool = Field(False, description="Start files present at start-up with no recorded "
+                                                 "position at their end instead of their start.")
+    byte_offset_header: bool = Field(False, description="Set header 'byteoffset' to each line's offset "
+                                                        "in its file.")
+    idle_timeout_s: float = Field(120.0, gt=0, description="Close a file after this long without new "
+                                                           "data; a rotated-away file is finished then.")
+    write_pos_interval_s: float = Field(
+        0.0, ge=0, description="Write the position file at most this often. 0: on every "
+                               "acknowledgement (a crash re-reads at most the batch in flight).")
+    file_header: bool = Field(False, description="Set a header with the file's absolute path.")
+    file_header_key: str = Field("file", description="The header `file_header` sets.")
+    max_line_length_bytes: int = Field(1 << 20, gt=0, description="Longer lines are cut into pieces of "
+                                                                  "this size (nothing is dropped).")
+
+    @field_validator("filegroups")
+    @classmethod
+    def _groups(cls, groups: dict[str, str]) -> dict[str, str]:
+        for name, spec in groups.items():
+            where = f"taildir source: `filegroups.{name}`"
+            if not name:
+                raise ValueError("taildir source: `filegroups` has an empty group name")
+            if not os.path.isabs(spec):
+                raise ValueError(f"{where}: {spec!r} must be an absolute path like /var/log/app/.*\\.log")
+            directory, regex = os.path.split(spec)
+            if not regex:
+                raise ValueError(f"{where}: {spec!r} ends with '/'; add a file name regex such as '.*'")
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(f"{where}: the file name part {regex!r} is not a valid regex ({exc})") from None
+        return groups
+
+    @field_validator("file_header_key")
+    @classmethod
+    def _file_header_key(cls, v: str) -> str:
+        return _header_name("file_header_key", v)
+
+    @model_validator(mode="after")
+    def _headers_name_groups(self):
+        unknown = sorted(set(self.headers) - set(self.filegroups))
+        if unknown:
+            raise ValueError(f"taildir source: `headers` names file group(s) {unknown} that are not in "
+                             f"`filegroups` ({sorted(self.filegroups)}); fix the group name")
+        return self
+
+    def check(self) -> list[str]:
+        if self.position_file is None:
+            return []
+        path = os.path.abspath(os.path.expanduser(self.position_file))
+        parent = os.path.dirname(path)
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if os.path.isdir(path):
+            return [f"taildir source: `position_file` {path} is a directory; name a file"]
+        if parent and not os.access(parent, os.W_OK):
+            return [f"taildir source: `position_file` {path}: {parent} is not writable; choose a writable "
+                    f"location"]
+        return []
+
+    def build(self, name: str) -> TaildirSource:
+        groups = [FileGroup.parse(g, spec, self.headers.get(g)) for g, spec in self.filegroups.items()]
+        return TaildirSource(name, groups, self.position_file, self.batch_size, self.skip_to_end,
+                             self.byte_offset_header, self.idle_timeout_s, self.write_pos_interval_s,
+                             self.file_header, self.file_header_key, self.max_line_length_bytes)

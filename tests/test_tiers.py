@@ -1,0 +1,194 @@
+"""Two-tier topologies on a multi-node Ray cluster on loopback (ray.cluster_utils.Cluster).
+
+The head node is labelled tier=collector; workers are added with tier=agent or tier=collector.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+import rayflume
+from rayflume import testing
+from tests.channel_contract import wait_until
+
+ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "labels": {"tier": "collector"},
+                                                      "include_dashboard": False})
+    c.add_node(num_cpus=1, labels={"tier": "agent"})
+    ray.init(address=c.address, namespace="rayflume", logging_level="WARNING", log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def head_collector(name):
+    """A collector actor pinned to the head node, which no test removes."""
+    head = ray.get_runtime_context().get_node_id()
+    return testing.collector(name, scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
+
+
+def two_tier(name, collector, tmp_path, total=None, collector_label="collector", replicas=2,
+             collector_channel=None):
+    agent_gen = {"type": "sequence", "batch_size": 200, "channels": ["disk"]}
+    if total is not None:
+        agent_gen["total_events"] = total
+    return {
+        "name": name,
+        "metrics": {"port": None},
+        "tiers": {
+            "agent": {
+                "placement": {"per_node": {"label": "agent"}},
+                "sources": {"gen": agent_gen},
+                "channels": {"disk": {"type": "file", "checkpoint_dir": str(tmp_path / "agent-cp"),
+                                      "data_dirs": [str(tmp_path / "agent-data")], "capacity": 200_000,
+                                      "minimum_required_space_bytes": 1 << 20}},
+                "sinks": {"fwd": {"type": "rayflume", "tier": "collector", "channel": "disk", "batch_size": 200,
+                                  "instance_header": "agent", "refresh_s": 0.5, "max_backoff_s": 2}},
+            },
+            "collector": {
+                "placement": {"replicas": replicas, "label": collector_label},
+                "sources": {"in": {"type": "rayflume", "channels": ["mem"]}},
+                "channels": {"mem": collector_channel or {"type": "memory", "capacity": 50_000}},
+                "sinks": {"out": {"type": "testing_sink", "channel": "mem", "collector": collector,
+                                  "batch_size": 200}},
+            },
+        },
+    }
+
+
+def per_agent(events):
+    """{agent instance: [numbers]} from collected events."""
+    out: dict[str, list[int]] = {}
+    for e in events:
+        out.setdefault(e.headers["agent"], []).append(int(e.body))
+    return out
+
+
+def tier_instances(handle, tier):
+    return handle.status()["tiers"][tier]["instances"]
+
+
+def test_two_tiers_end_to_end_and_a_joining_agent_node(cluster, tmp_path):
+    out = head_collector("tiers-e2e")
+    extra = cluster.add_node(num_cpus=1, labels={"tier": "collector"})
+    handle = rayflume.deploy(two_tier("tiers-e2e", "tiers-e2e", tmp_path))
+    try:
+        agents = tier_instances(handle, "agent")
+        collectors = tier_instances(handle, "collector")
+        assert len(agents) == 1
+        assert len(collectors) == 2 and len(set(collectors.values())) == 2, "replicas spread over nodes"
+        out.wait_for(2000, timeout_s=90)
+        first = set(per_agent(out.events()))
+        assert len(first) == 1
+
+        cluster.add_node(num_cpus=1, labels={"tier": "agent"})
+        wait_until(lambda: len(tier_instances(handle, "agent")) == 2, timeout_s=60,
+                   what="an agent on the new node")
+        wait_until(lambda: len(per_agent(out.events())) == 2, timeout_s=90, what="the new agent's events")
+        assert any("instance started" in e["message"] for e in handle.status()["events"])
+        # both collectors received from the agents (load balanced)
+        m = handle.metrics()
+        received = [int(v["EventAcceptedCount"]) for k, v in m.items() if k.startswith("SOURCE.collector.")]
+        assert len(received) == 2 and all(r > 0 for r in received), received
+    finally:
+        handle.stop(drain_timeout_s=10)
+        cluster.remove_node(extra)
+
+
+def test_collector_node_loss_loses_no_acknowledged_event(cluster, tmp_path):
+    out = head_collector("tiers-loss")
+    doomed = cluster.add_node(num_cpus=1, labels={"tier": "collector"})
+    total = 30_000
+    handle = rayflume.deploy(two_tier("tiers-loss", "tiers-loss", tmp_path, total=total))
+    try:
+        wait_until(lambda: len(set(tier_instances(handle, "collector").values())) == 2, timeout_s=60,
+                   what="collectors on two nodes")
+        out.wait_for(3000, timeout_s=90)
+        cluster.remove_node(doomed)
+        handle.wait_finished(timeout_s=240)
+        events = per_agent(out.events())
+        status = handle.status()
+        assert any("is gone" in e["message"] for e in status["events"]), status["events"]
+        # every agent's source acknowledged all its events (it finished); each reached the sink
+        agents = tier_instances(handle, "agent")
+        assert len(events) == len(agents)
+        for agent, numbers in events.items():
+            lost = set(range(total)) - set(numbers)
+            print(f"{agent}: {len(numbers)} delivered, {len(numbers) - len(set(numbers))} duplicates, "
+                  f"{len(lost)} lost")
+            assert not lost, f"{len(lost)} acknowledged events lost, e.g. {sorted(lost)[:5]}"
+    finally:
+        handle.stop(drain_timeout_s=10)
+
+
+def test_unknown_label_and_no_live_target_are_reported(cluster, tmp_path):
+    handle = rayflume.deploy(two_tier("tiers-wait", "tiers-wait", tmp_path, collector_label="nowhere"))
+    try:
+        status = handle.status()
+        assert status["tiers"]["collector"]["waiting"] == "tier 'collector' waits for a node with tier=nowhere"
+        assert status["tiers"]["collector"]["instances"] == {}
+        # the agent keeps its data: the sink backs off and says why
+        def agent_sink_error():
+            sink = next(c for c in handle.status()["components"] if c["kind"] == "SINK")
+            return sink.get("error") or ""
+        wait_until(lambda: "has no live instance" in agent_sink_error(), timeout_s=60,
+                   what="the agent sink to report the missing collectors")
+        wait_until(lambda: int(next(v for k, v in handle.metrics().items()
+                                    if k.startswith("CHANNEL.agent."))["ChannelSize"]) > 0,
+                   timeout_s=30, what="events kept in the agent's channel")
+    finally:
+        handle.stop(drain_timeout_s=1)
+
+
+def test_survives_driver_death_and_redeploy_changes_nothing(cluster, tmp_path):
+    out = head_collector("tiers-driver")
+    topo_file = tmp_path / "t.yaml"
+    import yaml
+
+    topo = two_tier("tiers-driver", "tiers-driver", tmp_path, replicas=1)
+    topo_file.write_text(yaml.safe_dump(topo))
+    script = textwrap.dedent(f"""
+        import ray, rayflume, sys, time
+        ray.init(address={cluster.address!r}, namespace="rayflume")
+        rayflume.deploy({str(topo_file)!r})
+        print("deployed", flush=True)
+        time.sleep(600)
+    """)
+    driver = subprocess.Popen([sys.executable, "-c", script], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "deployed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+        before = out.count()
+        wait_until(lambda: out.count() > before + 1000, timeout_s=60, what="events after the driver died")
+
+        r = subprocess.run([sys.executable, "-m", "rayflume.cli", "status", "tiers-driver", "--address",
+                            cluster.address], env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "topology tiers-driver: RUNNING" in r.stdout
+
+        handle = rayflume.get("tiers-driver")
+        pids = {(c["tier"], c["instance"], c["name"]): c["pid"] for c in handle.status()["components"]}
+        again = rayflume.deploy(str(topo_file))
+        assert again.last_update is None
+        after = {(c["tier"], c["instance"], c["name"]): c["pid"] for c in again.status()["components"]}
+        assert after == pids
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        h = rayflume.get("tiers-driver")
+        if h is not None:
+            h.stop(drain_timeout_s=1)
