@@ -20,13 +20,14 @@ import threading
 import time
 import uuid
 import warnings
+from collections import deque
 
 import ray
 
 from rayflume._private.metrics import RayExporter
 from rayflume._private.runners import SinkRunner, SourceRunner, run_sink_group
 from rayflume.channels.base import IdWindow
-from rayflume.errors import ConfigError
+from rayflume.errors import ConfigError, LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.interceptors.base import InterceptorChain
 from rayflume.sinks.base import SinkContext
@@ -156,24 +157,71 @@ class ChannelActor(_Component):
 
 
 class _ChannelHandlePort:
-    """A channel actor seen by a runner as synchronous calls."""
+    """A channel actor seen by a runner as synchronous calls, plus the pipelined extras."""
+
+    MAX_PENDING_COMMITS = 4
 
     def __init__(self, handle, call_timeout_s: float = 60.0):
         self.handle = handle
         self.call_timeout_s = call_timeout_s
+        self._prefetched = None  # ObjectRef of a take in flight
+        self._commits: deque = deque()  # (ObjectRef, events)
 
     def put(self, batch, txn_id):
         ray.get(self.handle.put.remote(batch, txn_id), timeout=self.call_timeout_s)
 
     def take(self, max_events, holder, timeout_s):
-        return ray.get(self.handle.take.remote(max_events, holder, timeout_s),
-                       timeout=self.call_timeout_s + timeout_s)
+        if self._prefetched is not None:
+            ref, self._prefetched = self._prefetched, None
+        else:
+            ref = self.handle.take.remote(max_events, holder, timeout_s)
+        return ray.get(ref, timeout=self.call_timeout_s + timeout_s)
 
     def commit(self, lease_id):
         ray.get(self.handle.commit.remote(lease_id), timeout=self.call_timeout_s)
 
     def rollback(self, lease_id):
         ray.get(self.handle.rollback.remote(lease_id), timeout=self.call_timeout_s)
+
+    # -- pipelined mode ----------------------------------------------------------------------
+    def prefetch(self, max_events, holder, timeout_s) -> None:
+        self._prefetched = self.handle.take.remote(max_events, holder, timeout_s)
+
+    def release_prefetched(self) -> None:
+        if self._prefetched is not None:
+            ref, self._prefetched = self._prefetched, None
+            got = ray.get(ref, timeout=self.call_timeout_s)
+            if got is not None:
+                self.rollback(got[0])
+
+    def commit_later(self, lease_id, events: int) -> int:
+        """Send the commit; returns events of earlier commits that found their lease expired."""
+        self._commits.append((self.handle.commit.remote(lease_id), events))
+        return self._reap(block=len(self._commits) > self.MAX_PENDING_COMMITS)
+
+    def settle(self) -> int:
+        n = 0
+        while self._commits:
+            n += self._reap(block=True)
+        return n
+
+    def _reap(self, block: bool) -> int:
+        duplicates = 0
+        while self._commits:
+            ref, events = self._commits[0]
+            if not block:
+                ready, _ = ray.wait([ref], timeout=0)
+                if not ready:
+                    break
+            self._commits.popleft()
+            block = False
+            try:
+                ray.get(ref, timeout=self.call_timeout_s)
+            except LeaseUnknown:
+                duplicates += events  # delivered, but the lease had expired: they come again
+            except Exception:
+                duplicates += events  # the channel restarted: its uncommitted takes come back
+        return duplicates
 
 
 class SourceActor(_Component):
@@ -279,7 +327,8 @@ class SinkGroupActor(_Component):
                 ray.get(channel.release.remote(holder), timeout=60)
             except Exception:
                 logger.warning("sink '%s': could not release old leases; they will expire", sink_name)
-            self.runners.append(SinkRunner(sink_name, sink, _ChannelHandlePort(channel), holder, counters))
+            self.runners.append(SinkRunner(sink_name, sink, _ChannelHandlePort(channel), holder, counters,
+                                           pipelined=len(raw_sinks) == 1))
         if raw_processor is None:
             raw_processor = {"type": "default"}
         self.processor = _typed("processor", raw_processor, f"sink_groups.{group}.processor").build(self.runners)
@@ -312,6 +361,7 @@ class SinkGroupActor(_Component):
         self.stopping.set()
         self._thread.join(timeout_s)
         for r in self.runners:
+            r.close()
             try:
                 r.sink.stop()
             except Exception:

@@ -184,8 +184,12 @@ class SinkRunner:
     """
 
     def __init__(self, name: str, sink: Sink, channel: ChannelPort, holder: str, counters: dict,
-                 take_timeout_s: float = 0.1):
+                 take_timeout_s: float = 0.1, pipelined: bool = False):
         self.name = name
+        # Pipelined (one sink draining its channel alone): the next take is in flight while this
+        # batch is written, and commits are not waited for (their outcome is reaped later). The
+        # port must then offer prefetch / commit_later / release_prefetched / settle.
+        self.pipelined = pipelined
         self.sink = sink
         self.channel = channel
         self.holder = holder
@@ -207,6 +211,8 @@ class SinkRunner:
         lease_id, batch = got
         n = len(batch)
         self.counters["EventDrainAttemptCount"] += n
+        if self.pipelined:
+            self.channel.prefetch(self.sink.batch_size, self.holder, self.take_timeout_s)
         try:
             self.sink.write(batch)
         except Exception as exc:
@@ -214,16 +220,22 @@ class SinkRunner:
             self.counters["RollbackCount"] += 1
             self.last_error = f"write failed: {exc!r}"
             try:
+                if self.pipelined:
+                    # the later events first, so that both batches return to the head in order
+                    self.channel.release_prefetched()
                 self.channel.rollback(lease_id)
             except Exception:
                 # The lease expires on its own and the events return to the channel.
                 logger.warning("sink '%s': rollback failed; the lease will expire", self.name)
             raise DeliveryError(f"sink '{self.name}' failed to deliver {n} events: {exc}") from exc
-        try:
-            self.channel.commit(lease_id)
-        except LeaseUnknown:
-            # Delivered, but the lease expired first: the events will be delivered again.
-            self.counters["DuplicateDeliveryCount"] += n
+        if self.pipelined:
+            self.counters["DuplicateDeliveryCount"] += self.channel.commit_later(lease_id, n)
+        else:
+            try:
+                self.channel.commit(lease_id)
+            except LeaseUnknown:
+                # Delivered, but the lease expired first: the events will be delivered again.
+                self.counters["DuplicateDeliveryCount"] += n
         self.counters["EventDrainSuccessCount"] += n
         if n >= self.sink.batch_size:
             self.counters["BatchCompleteCount"] += 1
@@ -231,6 +243,15 @@ class SinkRunner:
             self.counters["BatchUnderflowCount"] += 1
         self.last_error = None
         return Status.READY
+
+    def close(self) -> None:
+        """Return a prefetched take and wait for outstanding commits (pipelined mode)."""
+        if self.pipelined:
+            try:
+                self.channel.release_prefetched()
+                self.counters["DuplicateDeliveryCount"] += self.channel.settle()
+            except Exception:
+                logger.warning("sink '%s': could not settle its last takes; leases will expire", self.name)
 
 
 def run_sink_group(processor, runners: list[SinkRunner], stopping: threading.Event,

@@ -139,6 +139,7 @@ class _PartitionState:
         self.own: deque[tuple[int, int, int]] = deque()  # (offset, events, bytes) put, not read yet
         self.committed = (start, skip)    # position last committed to Kafka
         self.last_end = start             # offset after the last record that reached `records`
+        self.high = start                 # the partition's end offset when last asked
 
 
 class KafkaChannel(Channel):
@@ -150,7 +151,7 @@ class KafkaChannel(Channel):
                  call_timeout_s: float = 30.0, create_topic: bool = True, partitions: int = 1,
                  replication_factor: int = -1, producer: dict | None = None, consumer: dict | None = None):
         super().__init__(name, capacity or UNBOUNDED, transaction_capacity, None, lease_timeout_s)
-        from confluent_kafka import Consumer, Producer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
         self.bounded = capacity is not None
         self.bootstrap_servers = bootstrap_servers
@@ -175,13 +176,15 @@ class KafkaChannel(Channel):
         self.counters.extra.update(KafkaCommitFailCount=0, KafkaEventSendTimer=0, KafkaEventGetTimer=0,
                                    KafkaCommitTimer=0)
 
-        if create_topic:
-            ensure_topic(bootstrap_servers, topic, partitions, replication_factor, call_timeout_s,
-                         producer or {})
+        # The producer first: an idempotent producer needs a while (about 0.5 s with librdkafka)
+        # to get its producer id, which then overlaps with the consumer's set-up.
         pconf = producer_config(bootstrap_servers, producer or {},
                                 message_timeout_ms=max(1000, int(call_timeout_s * 1000)), linger_ms=1)
         pconf["error_cb"] = self._on_client_error
         self._producer = Producer(pconf)
+        if create_topic:
+            ensure_topic(bootstrap_servers, topic, partitions, replication_factor, call_timeout_s,
+                         producer or {})
         cconf = consumer_config(bootstrap_servers, group_id, auto_offset_reset, consumer or {})
         cconf.setdefault("fetch.wait.max.ms", 100)
         cconf["error_cb"] = self._on_client_error
@@ -191,6 +194,8 @@ class KafkaChannel(Channel):
         self._parts: dict[int, _PartitionState] = {}
         assignment = []
         for tp in committed:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
+                                                             timeout=call_timeout_s)
             skip = 0
             if tp.offset >= 0:
                 start = tp.offset
@@ -200,13 +205,25 @@ class KafkaChannel(Channel):
                         skip = int(meta[len(SKIP_PREFIX):])
                     except ValueError:
                         skip = 0
+                position = start
             else:
-                low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
-                                                                 timeout=call_timeout_s)
                 start = low if auto_offset_reset == "earliest" else high
-            self._parts[tp.partition] = _PartitionState(start, skip)
-            assignment.append(TopicPartition(topic, tp.partition, start))
+                position = OFFSET_BEGINNING if auto_offset_reset == "earliest" else OFFSET_END
+            state = _PartitionState(start, skip)
+            state.high = high
+            self._parts[tp.partition] = state
+            assignment.append(TopicPartition(topic, tp.partition, position))
         self._consumer.assign(assignment)
+        # ListOffsets may understate the end of a partition (tansu 0.6 answers the base offset of
+        # the last record batch + 1); the high watermark of the first fetch response is right, so
+        # wait briefly for it: size() and take() then know how much is unread from the start.
+        deadline = time.monotonic() + poll_timeout_s
+        while time.monotonic() < deadline:
+            known = [self._consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
+                     for p in self._parts]
+            if all(h >= 0 for h in known):
+                break
+            time.sleep(0.01)
 
     def _on_client_error(self, err) -> None:
         log.debug("kafka channel '%s': client error %s", self.name, kafka_error_text(err))
@@ -578,7 +595,7 @@ class KafkaChannel(Channel):
                 _, cached_high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
             except Exception:
                 cached_high = -1
-            high = max(high, cached_high)
+            high = max(high, cached_high, state.high)
             foreign = max(0, high - state.next_offset - len(state.own))
             total += own_events + foreign
         return total

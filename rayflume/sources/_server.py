@@ -77,8 +77,10 @@ class Completion:
         self.reason = ""
 
     def _taken(self) -> bool:
+        """Mark taken by ``poll``; False if cancelled (or already final). A requeued item is
+        taken again."""
         with self._lock:
-            if self.state != Completion.QUEUED:
+            if self.state not in (Completion.QUEUED, Completion.TAKEN):
                 return False
             self.state = Completion.TAKEN
             return True
@@ -346,12 +348,27 @@ def family_of(bind: str) -> int:
 class ConnectionTracker:
     """Counts and remembers open connections, enforcing ``max_connections``. Thread-safe."""
 
+    REFUSAL_SLOTS = 8
+
     def __init__(self, max_connections: int, counters: Counters | None):
         self.max_connections = max_connections
         self.counters = counters
         self._lock = threading.Lock()
         self._open: set = set()
         self._reserved = 0
+        self._refusing = 0
+
+    def reserve_refusal(self) -> bool:
+        """A slot to answer a refused client politely (a few at a time; beyond: just close)."""
+        with self._lock:
+            if self._refusing >= self.REFUSAL_SLOTS:
+                return False
+            self._refusing += 1
+            return True
+
+    def release_refusal(self) -> None:
+        with self._lock:
+            self._refusing -= 1
 
     def reserve(self) -> bool:
         with self._lock:
@@ -417,19 +434,38 @@ class LimitedServerMixin:
         if not self.tracker.reserve():
             if self.counters:
                 self.counters.count("ConnectionRejectedCount")
-            try:
-                if self.refusal and self.tls is None:
-                    request.setblocking(False)
-                    request.send(self.refusal)
-            except OSError:
-                pass
-            self.shutdown_request(request)
+            if self.refusal and self.tls is None and self.tracker.reserve_refusal():
+                threading.Thread(target=self._refuse, args=(request,), daemon=True,
+                                 name="refuse-connection").start()
+            else:
+                self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except Exception:
             self.tracker.closed(request)
             raise
+
+    def _refuse(self, request) -> None:
+        # Read the request head first and linger briefly after answering: closing a socket with
+        # unread input sends a reset, which would destroy the answer before the client reads it.
+        try:
+            request.settimeout(0.5)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = request.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            request.sendall(self.refusal)
+            request.shutdown(socket.SHUT_WR)
+            while request.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            request.close()
+            self.tracker.release_refusal()
 
     def process_request_thread(self, request, client_address):
         conn = request
@@ -805,11 +841,13 @@ class QueuedSource(Source):
         return list(self._pending_items or ())
 
     def stop(self) -> None:
+        # Fail what waits first, so server threads can still answer their clients (HTTP 503)
+        # before ``close`` shuts their connections.
         self._stopped.set()
         try:
-            self.close()
-        finally:
             for item in self.handoff.close():
                 if item.completion is not None:
                     item.completion.fail(503, "the source is stopping")
             self.abandon(503, "the source is stopping")
+        finally:
+            self.close()

@@ -42,12 +42,15 @@ those refused by a full channel) and one ``HttpNNNCount`` per status code answer
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import os
 import socket
 import socketserver
+import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
@@ -65,6 +68,7 @@ from rayflume.sources._server import (
 
 log = logging.getLogger("rayflume.source.http")
 
+STOP_GRACE_S = 2.0
 STATUS_CODES = (200, 400, 401, 404, 405, 408, 411, 413, 415, 500, 503)
 HTTP_COUNTERS = CONNECTION_COUNTERS + ("BoundPort",) + tuple(f"Http{c}Count" for c in STATUS_CODES)
 
@@ -277,8 +281,9 @@ class _Handler(BaseHTTPRequestHandler):
         except HttpError as exc:
             self._respond(exc.status, exc.message)
             return
-        status, message, headers = source.submit(batch)
-        self._respond(status, message, headers=headers)
+        with source.in_flight():
+            status, message, headers = source.submit(batch)
+            self._respond(status, message, headers=headers)
 
 
 class HttpSource(QueuedSource):
@@ -306,6 +311,8 @@ class HttpSource(QueuedSource):
         self.blob_query_headers = blob_query_headers
         self.bound_port: int | None = None
         self._server: ServerThread | None = None
+        self._busy = 0
+        self._busy_lock = threading.Lock()
 
     # -- server side ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -330,8 +337,23 @@ class HttpSource(QueuedSource):
                                  " (TLS)" if self.tls else "")
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.stop()
+        if self._server is None:
+            return
+        self._server.server.shutdown()  # accept nothing new
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self._busy and time.monotonic() < deadline:  # let answers being written go out
+            time.sleep(0.01)
+        self._server.stop()
+
+    @contextlib.contextmanager
+    def in_flight(self):
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
 
     def authorized(self, header: str | None) -> bool:
         if self._token is None:

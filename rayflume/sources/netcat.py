@@ -113,6 +113,30 @@ def datagram_lines(data: bytes, max_line_bytes: int) -> tuple[pa.BinaryArray, in
     return gather_ranges(arr, starts, strip_cr(arr, starts, ends)), rejected
 
 
+class _Replies:
+    """The replies to one chunk of lines, released in order as its lines are committed."""
+
+    def __init__(self, rejected_after: list[int], ok: bytes, failed: bytes):
+        self.rejected_after = rejected_after
+        self.ok = ok
+        self.failed = failed
+        self._next_reject = 0
+        self._done = 0
+
+    def upto(self, accepted: int) -> bytes:
+        """Replies for the accepted lines before ``accepted`` and the rejections among them."""
+        parts = []
+        while self._next_reject < len(self.rejected_after) and self.rejected_after[self._next_reject] <= accepted:
+            before = self.rejected_after[self._next_reject]
+            parts.append(self.ok * (before - self._done))
+            parts.append(self.failed)
+            self._done = before
+            self._next_reject += 1
+        parts.append(self.ok * (accepted - self._done))
+        self._done = accepted
+        return b"".join(parts)
+
+
 class NetcatSource(QueuedSource):
     """Lines over TCP or UDP. See the module docstring. Connection threads frame, queue and (with
     ``ack_every_event``) wait for the commit before replying; ``poll``/``ack`` run on the
@@ -173,46 +197,44 @@ class NetcatSource(QueuedSource):
                 return
 
     def _deliver(self, sock: socket.socket, lines: pa.BinaryArray, rejected_after: list[int], ip: str) -> bool:
-        """Queue ``lines`` (in items of at most ``batch_size``), wait for their commit when acking,
-        then send the replies in line order. False when the connection should end."""
+        """Queue ``lines`` in items of at most ``batch_size``; with ``ack_every_event`` wait for
+        each item's commit in turn and send its ``OK``s (with any ``FAILED`` among them) in line
+        order. False when the connection should end."""
         if rejected_after:
             self.counters.count("EventRejectedCount", len(rejected_after))
         n = len(lines)
-        completions: list[Completion] = []
+        replies = _Replies(rejected_after, OK if self.ack_every_event else b"", self.failed_reply)
+        items: list[tuple[int, Completion | None]] = []
         step = self.batch_size
         for start in range(0, n, step):
             part = lines.slice(start, step) if n > step else lines
             completion = Completion() if self.ack_every_event else None
             if not self.handoff.put(Item((part, ip), len(part), part.nbytes, completion), block=True):
                 return False
-            if completion is not None:
-                completions.append(completion)
-        for completion in completions:
+            items.append((start + len(part), completion))
+        if not self.ack_every_event:
+            return self._send(sock, replies.upto(n))
+        if not items:
+            return self._send(sock, replies.upto(0))
+        for end, completion in items:
             while not completion.wait(0.5):
                 if self._stopped.is_set():
                     return False
             if not completion.succeeded:
-                return False  # stopping: the client sees the connection close without its OKs
-        reply = self._replies(n if self.ack_every_event else 0, rejected_after)
-        if reply:
-            try:
-                sock.sendall(reply)
-            except OSError:
+                return False  # stopping: the client sees the connection close without these OKs
+            if not self._send(sock, replies.upto(end)):
                 return False
         return True
 
-    def _replies(self, accepted: int, rejected_after: list[int]) -> bytes:
-        ok = OK if self.ack_every_event else b""
-        if not rejected_after:
-            return ok * accepted
-        parts = []
-        done = 0
-        for before in rejected_after:
-            parts.append(ok * (before - done) if accepted else b"")
-            parts.append(self.failed_reply)
-            done = before
-        parts.append(ok * (accepted - done) if accepted else b"")
-        return b"".join(parts)
+    @staticmethod
+    def _send(sock: socket.socket, data: bytes) -> bool:
+        if not data:
+            return True
+        try:
+            sock.sendall(data)
+            return True
+        except OSError:
+            return False
 
     # -- UDP --------------------------------------------------------------------------------------
     def _on_datagrams(self, datagrams: list) -> None:

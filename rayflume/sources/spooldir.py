@@ -48,7 +48,6 @@ import logging
 import os
 import random
 import re
-import stat
 import threading
 import time
 from collections import deque
@@ -101,7 +100,7 @@ def ascii_compatible(charset: str) -> bool:
 class _Current:
     """The file being read: where framing got to, what is acknowledged, where to stop."""
 
-    __slots__ = ("relpath", "path", "fd", "ident", "read_pos", "committed", "end", "error", "error_kind")
+    __slots__ = ("relpath", "path", "fd", "ident", "read_pos", "committed", "end", "error")
 
     def __init__(self, relpath, path, fd, ident, pos):
         self.relpath = relpath
@@ -112,7 +111,6 @@ class _Current:
         self.committed = pos
         self.end = ident["size"]
         self.error: str | None = None       # set: the file fails once everything before `end` is acked
-        self.error_kind = ""
 
     def entry(self, state: str = "reading") -> dict:
         out = {**self.ident, "state": state, "pos": self.committed}
@@ -468,7 +466,6 @@ class SpoolDirSource(Source):
     def _fail(self, cur: _Current, counter: str, message: str) -> None:
         if cur.error is None:
             cur.error = message
-            cur.error_kind = counter
             self.context.count(counter)
             self._report(message)
 

@@ -652,7 +652,8 @@ class FileChannel(Channel):
                     ObjectPutCount=stats.objects_written, ObjectDeleteCount=stats.objects_deleted,
                     ObjectBytesWritten=stats.bytes_written, ObjectCount=self._log.object_count(),
                     LockRenewCount=sum(lk.renewals for lk in self._dir_locks),
-                    LockLost=int(bool(self._log.fenced)))
+                    LockValid=int(self._locks_valid()),
+                    LockLost=int(any(lk.lost_reason for lk in self._dir_locks)))
             return super().metrics()
 
     # -- internals -----------------------------------------------------------------------------

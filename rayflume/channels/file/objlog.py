@@ -37,7 +37,9 @@ references (counted as missing events). A record that fails its checksum is skip
 an object cannot be torn (a PUT is all or nothing), so damage at its end is corruption too.
 
 Deletion is per chunk: after a checkpoint, every chunk that ends at or before both the checkpoint
-position and the oldest event still queued is deleted, oldest first.
+position and the oldest event still queued is deleted (in any order: replay never looks before the
+position, and nothing queued refers there). A segment is rolled every ``MAX_CHUNKS_PER_SEGMENT``
+objects, so consumed objects mostly go a whole segment (one prefix deletion) at a time.
 """
 from __future__ import annotations
 
@@ -70,6 +72,11 @@ MAX_CHUNK_BYTES = 8 << 20
 EPOCH_SHIFT = 32
 # Objects fetched ahead of the one being replayed (replay is bound by request latency, not CPU).
 REPLAY_PREFETCH = 8
+# Concurrent single-object deletions after a checkpoint.
+DELETE_PARALLELISM = 8
+# A segment is rolled after this many objects, so consumed objects mostly go by whole segments
+# (one prefix deletion) rather than one request each.
+MAX_CHUNKS_PER_SEGMENT = 1000
 
 _CHUNK_RE = re.compile(r"^seg-(\d{20})/(\d{16})\.rec$")
 
@@ -302,9 +309,10 @@ class ObjectLog(SegmentLog):
         self._last_end = last
         self.cur_sid: int | None = None
         self.cur_size = 0
+        self._cur_chunks = 0
         self._buffer: list[_Pending] = []
         self._flush_lock = threading.Lock()
-        self.fenced = ""
+        self._lock_failed: set[int] = set()  # lsns of records failed because the lock was not valid
 
     # -- the chunk index (under write_lock) ----------------------------------------------------
     def _add_chunk(self, sid: int, start: int, end: int) -> None:
@@ -343,14 +351,14 @@ class ObjectLog(SegmentLog):
         with self.write_lock:
             if self.closed:
                 raise ChannelClosed(f"file channel '{self.channel}' is closed")
-            if not self.fenced and not self._lock_valid():
-                self.fenced = self._lost_message()
-            if self.fenced:
-                raise ChannelLockLost(self.fenced)
-            if self.cur_sid is None or (self.cur_size > 0 and self.cur_size + size > self.max_file_size):
+            if not self._lock_valid():
+                raise ChannelLockLost(self._lost_message())
+            if (self.cur_sid is None or self._cur_chunks >= MAX_CHUNKS_PER_SEGMENT
+                    or (self.cur_size > 0 and self.cur_size + size > self.max_file_size)):
                 self.cur_sid = self.next_segment_id
                 self.next_segment_id += 1
                 self.cur_size = 0
+                self._cur_chunks = 0
                 self.stats.segments_created += 1
             lsn = self.next_lsn
             self.next_lsn += 1
@@ -361,6 +369,7 @@ class ObjectLog(SegmentLog):
                     or (chunk.size and chunk.size + size > MAX_CHUNK_BYTES)):
                 chunk = _Pending(self.cur_sid, offset)
                 self._buffer.append(chunk)
+                self._cur_chunks += 1
             chunk.parts.append(record_header(rtype, lsn, payload_len, crc_of_payload))
             chunk.parts.extend(parts)
             chunk.size += size
@@ -371,9 +380,13 @@ class ObjectLog(SegmentLog):
             return rec
 
     def _lost_message(self) -> str:
-        why = self._lock_lost_reason() or "its lock could not be renewed in time"
-        return (f"file channel '{self.channel}' no longer owns {self.store.uri} ({why}); the "
-                f"operation was not stored. Another instance may own the channel now: close this one")
+        why = self._lock_lost_reason()
+        if why:
+            return (f"file channel '{self.channel}' no longer owns {self.store.uri} ({why}); the "
+                    f"operation was not stored. Another instance owns the channel now: close this one")
+        return (f"file channel '{self.channel}' could not renew its lock on {self.store.uri} in "
+                f"time; the operation was not stored (retry it: writes resume once the lock is "
+                f"renewed, unless another instance took the channel over)")
 
     # -- durability ----------------------------------------------------------------------------
     def sync(self) -> None:
@@ -384,15 +397,17 @@ class ObjectLog(SegmentLog):
             for i, chunk in enumerate(batch):
                 key = chunk_key(chunk.segment, chunk.start)
                 error = None
-                try:
-                    self.store.put(key, [chunk_header(chunk.segment, chunk.start, self._last_end),
-                                         *chunk.parts])
-                except Exception as exc:  # OSError and pyarrow's errors: the PUT did not happen
-                    error = exc
+                if self._lock_valid():  # a write that cannot be acknowledged is not sent at all
+                    try:
+                        self.store.put(key, [chunk_header(chunk.segment, chunk.start,
+                                                          self._last_end), *chunk.parts])
+                    except Exception as exc:  # OSError, pyarrow errors: it may or may not have
+                        error = exc           # landed; either way nothing is acknowledged
+                # Checked after the PUT returned: fencing (see ObjectLock).
                 owned = error is None and self._lock_valid()
                 with self.write_lock:
                     self.stats.fsyncs += 1
-                    if error is None:
+                    if error is None and owned:
                         self.stats.objects_written += 1
                         self.stats.bytes_written += OBJ_HEADER_SIZE + chunk.size
                     if owned:
@@ -408,10 +423,12 @@ class ObjectLog(SegmentLog):
                             message = (f"file channel '{self.channel}': writing {self.store.uri_of(key)} "
                                        f"failed ({error}); the operation was not stored, retry it")
                             log.error("%s", message)
-                        else:
-                            self.fenced = message = self._lost_message()
+                        failing = [*batch[i:], *self._buffer]
+                        if error is None:
+                            message = self._lost_message()
                             log.error("%s", message)
-                        self._fail([*batch[i:], *self._buffer], message)
+                            self._lock_failed.update(r.lsn for c in failing for r in c.records)
+                        self._fail(failing, message)
                         self._buffer = []
                         # Later chunks must not sit behind the one that failed: new segment.
                         self.cur_sid = None
@@ -431,7 +448,10 @@ class ObjectLog(SegmentLog):
         try:
             super().wait_durable(rec)
         except ChannelWriteError as exc:
-            if self.fenced and rec.error == self.fenced:
+            with self.write_lock:
+                lock_failed = rec.lsn in self._lock_failed
+                self._lock_failed.discard(rec.lsn)
+            if lock_failed:
                 raise ChannelLockLost(str(exc)) from None
             raise
 
@@ -465,51 +485,68 @@ class ObjectLog(SegmentLog):
         return bytes(memoryview(data)[pos:pos + size])
 
     def delete_before(self, position: tuple[int, int]) -> list[int]:
-        """Delete every chunk that ends at or before ``position``, oldest first.
+        """Delete every chunk that ends at or before ``position``.
 
-        Returns the ids of segments that no longer hold any chunk.
+        Whole segments before the position's segment go with one prefix deletion each (pyarrow
+        deletes in batches of 1000 keys); the chunks of a partly consumed segment are deleted one
+        by one, several at a time. Returns the ids of segments that no longer hold any chunk.
         """
         with self.write_lock:
-            doomed: list[tuple[int, int, int]] = []
+            doomed: dict[int, list[tuple[int, int]]] = {}
             for sid in sorted(self._starts):
                 if sid > position[0]:
                     break
                 starts, ends = self._starts[sid], self._ends[sid]
-                keep = [(s, e) for s, e in zip(starts, ends) if (sid, e) > position]
-                doomed += [(sid, s, e) for s, e in zip(starts, ends) if (sid, e) <= position]
-                self._starts[sid] = [s for s, _ in keep]
-                self._ends[sid] = [e for _, e in keep]
+                gone = [(s, e) for s, e in zip(starts, ends) if (sid, e) <= position]
+                if gone:
+                    doomed[sid] = gone
+                    keep = [(s, e) for s, e in zip(starts, ends) if (sid, e) > position]
+                    self._starts[sid] = [s for s, _ in keep]
+                    self._ends[sid] = [e for _, e in keep]
             # Only segments before the position's: no record still waiting for its PUT is in them
-            # (pending records all lie at or after the position), so none can land after this.
+            # (pending records all lie at or after the position), so nothing lands there later.
             emptied = [sid for sid in self._starts if not self._starts[sid] and sid < position[0]
                        and sid != self.cur_sid]
             for sid in emptied:
                 del self._starts[sid], self._ends[sid]
                 self.segments.pop(sid, None)
-        failed = []
-        for sid, start, end in doomed:
-            key = chunk_key(sid, start)
-            self.cache.discard(key)
+        if not doomed:
+            return []
+        for sid, chunks in doomed.items():
+            for start, _ in chunks:
+                self.cache.discard(chunk_key(sid, start))
+        whole = [sid for sid in emptied if sid in doomed]
+        single = [(sid, s, e) for sid, chunks in doomed.items() if sid not in whole for s, e in chunks]
+        failed: list[tuple[int, int, int]] = []
+
+        def drop(item) -> bool:
+            sid, start, _ = item
             try:
-                self.store.delete(key)
+                self.store.delete(chunk_key(sid, start))
+                return True
             except OSError as exc:
                 log.warning("file channel '%s': cannot delete %s: %s (retried after the next "
-                            "checkpoint)", self.channel, self.store.uri_of(key), exc)
-                failed.append((sid, start, end))
-        for sid in emptied:
-            if any(f[0] == sid for f in failed):
-                continue
+                            "checkpoint)", self.channel, self.store.uri_of(chunk_key(sid, start)), exc)
+                return False
+
+        if len(single) > 1:
+            with ThreadPoolExecutor(max_workers=DELETE_PARALLELISM,
+                                    thread_name_prefix="file-channel-delete") as pool:
+                results = list(pool.map(drop, single))
+        else:
+            results = [drop(item) for item in single]
+        failed += [item for item, ok in zip(single, results) if not ok]
+        for sid in whole:
             try:
-                # Deleting the last object leaves a directory marker behind (pyarrow keeps the
-                # parent "directory" alive); drop it with the segment.
                 self.store.delete_prefix(segment_prefix(sid))
             except OSError as exc:
-                log.warning("file channel '%s': cannot delete %s: %s", self.channel,
-                            self.store.uri_of(segment_prefix(sid)), exc)
+                log.warning("file channel '%s': cannot delete %s: %s (retried after the next "
+                            "checkpoint)", self.channel, self.store.uri_of(segment_prefix(sid)), exc)
+                failed += [(sid, s, e) for s, e in doomed[sid]]
         with self.write_lock:
             for sid, start, end in failed:
                 self._add_chunk(sid, start, end)
-            self.stats.objects_deleted += len(doomed) - len(failed)
+            self.stats.objects_deleted += sum(map(len, doomed.values())) - len(failed)
             gone = [sid for sid in emptied if sid not in self._starts]
             self.stats.segments_deleted += len(gone)
         return gone

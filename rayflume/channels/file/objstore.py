@@ -170,6 +170,10 @@ class ObjectLock:
     still us, write it back with a new sequence number). :meth:`valid` is True only while the last
     successful renewal *started* less than ``0.75 * ttl_s`` ago and no other owner was seen; the
     log acknowledges a write only if :meth:`valid` holds after the write completed (fencing).
+    When renewals fail for that long (the store is unreachable) the instance is *suspended*: it
+    acknowledges nothing, and keeps trying; if it then finds the lock object still naming it (no
+    other instance took over) it renews it, reads it back and resumes. If it finds another owner
+    it has *lost* the lock for good (:attr:`lost_reason`): close the instance.
 
     What it does not do: S3 offers no compare-and-swap through ``pyarrow.fs``, so this is advisory.
     It is safe if requests finish within ``ttl_s / 4``, wall clocks agree within ``ttl_s / 4`` and
@@ -269,12 +273,15 @@ class ObjectLock:
         return not self.lost_reason and time.monotonic() < self._confirmed + VALID_FRACTION * self.ttl_s
 
     def _heartbeat(self) -> None:
+        suspended = False
         while not self._stop.wait(self.ttl_s / RENEWALS_PER_TTL):
-            if not self.valid():
-                self._lose(f"it could not renew its lock {self.store.uri_of(LOCK_KEY)} for "
-                           f"{VALID_FRACTION * self.ttl_s:.1f}s")
-                return
             t0 = time.monotonic()
+            lapsed = not self.valid()
+            if lapsed and not suspended:
+                suspended = True
+                log.error("file channel '%s': could not renew its lock %s for %.1fs; it "
+                          "acknowledges nothing until it renews it", self.channel,
+                          self.store.uri_of(LOCK_KEY), VALID_FRACTION * self.ttl_s)
             try:
                 cur = self._read()
                 if cur is None or cur.get("owner") != self.owner:
@@ -282,12 +289,22 @@ class ObjectLock:
                                f"{'gone' if cur is None else 'held by ' + _who(cur)}")
                     return
                 self._write(released=False)
+                if lapsed:  # someone may have been taking over at the same moment: check
+                    back = self._read()
+                    if back is None or back.get("owner") != self.owner:
+                        self._lose(f"its lock {self.store.uri_of(LOCK_KEY)} was taken by "
+                                   f"{_who(back or {})} while it could not renew it")
+                        return
             except OSError as exc:
                 log.warning("file channel '%s': renewing the lock %s failed (%s); retrying",
                             self.channel, self.store.uri_of(LOCK_KEY), exc)
                 continue
             self._confirmed = t0
             self.renewals += 1
+            if suspended:
+                suspended = False
+                log.warning("file channel '%s': renewed its lock %s again (nobody took over); "
+                            "acknowledging writes again", self.channel, self.store.uri_of(LOCK_KEY))
 
     def _lose(self, why: str) -> None:
         self.lost_reason = why

@@ -1,7 +1,6 @@
 """The ``taildir`` source runtime and its typed config. See :mod:`rayflume.sources.taildir`."""
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -12,7 +11,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
@@ -288,9 +286,10 @@ class TaildirSource(Source):
             entry = stored.pop(key, None)
             t = _Tracked(key, path, group, 0, 0, _EMPTY_FP, now)
             t.seen_size = st.st_size
-            if not self._open(t):
-                continue
-            if entry is not None and self._fingerprint_matches(t, entry["fp_len"], entry["fp"]):
+            # If it cannot be opened now, a recorded position is kept as it is: the first read
+            # checks the fingerprint anyway.
+            opened = self._open(t)
+            if entry is not None and (not opened or self._fingerprint_matches(t, entry["fp_len"], entry["fp"])):
                 t.fp_len, t.fp = entry["fp_len"], entry["fp"]
                 t.read_pos = t.committed = entry["pos"]
                 if entry["path"] != path:
@@ -307,7 +306,8 @@ class TaildirSource(Source):
                 elif self.skip_to_end:
                     t.read_pos = t.committed = st.st_size
                     self._dirty = True
-                self._refresh_fingerprint(t, st.st_size)
+                if opened:
+                    self._refresh_fingerprint(t, st.st_size)
             self.files[key] = t
         # Identities recorded but no longer at a matching path: rotated away (app.log -> app.log.1)
         # before we finished them. Look for them under any name in their directory.
