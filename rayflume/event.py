@@ -98,7 +98,11 @@ class EventBatch:
         return isinstance(other, EventBatch) and self.record_batch.equals(other.record_batch)
 
     def __reduce__(self):
-        return (EventBatch, (self.record_batch,))
+        rb = self.record_batch
+        # A slice pickles with its parent's whole buffers; send only the sliced part.
+        if rb.num_rows and rb.get_total_buffer_size() > 2 * rb.nbytes + 4096:
+            return (EventBatch.from_ipc, (self.to_ipc(),))
+        return (EventBatch, (rb,))
 
     @property
     def nbytes(self) -> int:

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
     parser.add_argument("--warmup-s", type=float, default=4.0)
     args = parser.parse_args(argv)
-    ray.init(num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
              log_to_driver=False)
     base = baseline(min(args.seconds, 5.0))
     print(f"baseline (bare queue actor put+take, {BATCH} x {BODY} B batches): {base:,.0f} events/s",

@@ -15,7 +15,8 @@ def ray_local():
     """One local Ray instance for a whole test module."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
+    # address="local": always a new instance of our own, even if another Ray runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
              log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -111,17 +111,28 @@ def test_two_tiers_end_to_end_and_a_joining_agent_node(cluster, tmp_path):
 def test_collector_node_loss_loses_no_acknowledged_event(cluster, tmp_path):
     out = head_collector("tiers-loss")
     doomed = cluster.add_node(num_cpus=1, labels={"tier": "collector"})
-    total = 30_000
-    handle = rayflume.deploy(two_tier("tiers-loss", "tiers-loss", tmp_path, total=total))
+    total = 150_000
+    # The collectors' file channels are on storage every node reaches (here: this machine's
+    # disk), so a collector re-placed after its node died replays what it had accepted.
+    shared = {"type": "file", "shared_storage": True, "checkpoint_dir": str(tmp_path / "col-cp"),
+              "data_dirs": [str(tmp_path / "col-data")], "minimum_required_space_bytes": 1 << 20}
+    handle = rayflume.deploy(two_tier("tiers-loss", "tiers-loss", tmp_path, total=total,
+                                      collector_channel=shared))
     try:
         wait_until(lambda: len(set(tier_instances(handle, "collector").values())) == 2, timeout_s=60,
                    what="collectors on two nodes")
-        out.wait_for(3000, timeout_s=90)
+        doomed_instance = next(i for i, n in tier_instances(handle, "collector").items() if n == doomed.node_id)
+
+        def doomed_accepted():
+            m = handle.metrics().get(f"SOURCE.collector.{doomed_instance}.in", {})
+            return int(m.get("EventAcceptedCount", 0))
+        wait_until(lambda: doomed_accepted() > 2000, timeout_s=90, what="the doomed collector to take events")
+        assert out.count() < total, "the node must die while events still flow"
         cluster.remove_node(doomed)
         handle.wait_finished(timeout_s=240)
         events = per_agent(out.events())
         status = handle.status()
-        assert any("is gone" in e["message"] for e in status["events"]), status["events"]
+        assert any("is gone: moving the instance" in e["message"] for e in status["events"]), status["events"]
         # every agent's source acknowledged all its events (it finished); each reached the sink
         agents = tier_instances(handle, "agent")
         assert len(events) == len(agents)

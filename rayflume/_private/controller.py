@@ -505,7 +505,11 @@ class TopologyController:
         if not infos:
             return False
         for key, info in infos.items():
-            kind = key[2]
+            tier, _, kind, name = key
+            if kind == "SOURCE" and getattr(self.topology.tiers[tier].sources[name], "receives_hops", False):
+                # A receiving source only carries what upstream sends: with every reading source
+                # finished and every channel (leases included) empty, nothing more arrives.
+                continue
             if kind == "SOURCE" and not (isinstance(info, dict) and info.get("finished")):
                 return False
             if kind == "CHANNEL" and not (isinstance(info, dict) and info.get("size") == 0):

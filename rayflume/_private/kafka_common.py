@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayflume.event import HEADERS_TYPE, SCHEMA, EventBatch
+from rayflume.event import SCHEMA, EventBatch
 
 # Values librdkafka properties accept from Python.
 OptionValue = str | int | float | bool
@@ -111,11 +111,6 @@ def kafka_error_text(err) -> str:
 
 
 # -- topic templates ----------------------------------------------------------------------------
-def template_headers(template: str) -> list[str]:
-    """The header names a ``%{header}`` template refers to."""
-    return _TEMPLATE.findall(template)
-
-
 def render_template(batch: EventBatch, template: str) -> pa.StringArray | str:
     """``template`` with each ``%{header}`` replaced by that header of every event (empty when an
     event lacks it), computed for the whole batch with Arrow kernels. Returns the template itself
@@ -309,7 +304,3 @@ def partitions_of(consumer, topic: str, timeout_s: float) -> list[int]:
         err = meta.error if meta is not None else "no metadata"
         raise RuntimeError(f"topic {topic!r} is not available: {err}")
     return sorted(meta.partitions)
-
-
-def unique_in_order(items: Iterable) -> list:
-    return list(dict.fromkeys(items))

@@ -85,7 +85,8 @@ class SourceRunner:
         if batch is None or len(batch) == 0:
             if batch is not None:
                 self.source.ack()
-            self._sleep(self.idle_backoff.next_delay())
+            if not self.source.waits_in_poll:
+                self._sleep(self.idle_backoff.next_delay())
             return False
         self.idle_backoff.reset()
         self.counters["EventReceivedCount"] += len(batch)

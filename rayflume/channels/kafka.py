@@ -25,15 +25,17 @@ How the contract maps onto Kafka:
 * ``put`` is idempotent per ``txn_id`` while the channel actor lives (a window of recent ids).
   Across a restart of the channel, a retried ``arrow`` put still in the backlog is recognised at
   take time by its ``rayflume.txn`` header and skipped (``DuplicatePutCount``).
-* ``take`` consumes (partitions assigned to this channel, no group rebalances: the channel is one
-  consumer) and leases up to ``max_events``; a large ``arrow`` record can be split across takes.
+* ``take`` consumes every partition of the topic (assigned, not subscribed: no group rebalances;
+  two channels with the same topic and group would both read everything) and leases up to
+  ``max_events``; a large ``arrow`` record can be split across takes.
   When the channel knows there is data in the topic it has not read yet, a take waits up to
   ``poll_timeout_s`` for it even if the caller's ``timeout_s`` is shorter.
 * ``commit`` commits offsets in Kafka up to the first event not yet committed: Kafka offsets are
   a prefix, so a lease committed out of order is remembered and covered when the earlier ones
   commit. A partly committed ``arrow`` record is committed with its offset and the number of its
   events already done in the offset metadata (``rayflume.skip=N``), so a restarted channel
-  resumes inside the record.
+  resumes inside the record. A broker that does not keep offset metadata (tansu 0.6 drops it)
+  makes a restarted channel deliver such a record again whole (duplicates, never loss).
 * ``rollback`` (and lease expiry, ``release``) returns the events to the head of the channel from
   memory; a restarted channel starts from the committed offsets, which is the same as seeking
   back: every event not committed is delivered again. **At-least-once**; FIFO per partition (use
@@ -64,7 +66,7 @@ from rayflume._private.kafka_common import (RESERVED_CONSUMER, RESERVED_PRODUCER
                                             producer_config, validate_client_options)
 from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, now
 from rayflume.config_base import ChannelConfig
-from rayflume.errors import ChannelError, ChannelFull, LeaseUnknown, TransactionTooLarge
+from rayflume.errors import ChannelError, LeaseUnknown, TransactionTooLarge
 from rayflume.event import EventBatch
 from rayflume.registry import register
 
@@ -232,6 +234,8 @@ class KafkaChannel(Channel):
     def put(self, batch: EventBatch, txn_id: str) -> None:
         n = len(batch)
         with self._lock:
+            if self._closed:
+                raise ChannelError(f"channel '{self.name}' is closed")
             self.counters.EventPutAttemptCount += n
             if txn_id in self._committed_txns:
                 self.counters.DuplicatePutCount += n
@@ -381,6 +385,8 @@ class KafkaChannel(Channel):
 
     def _ingest(self, msgs: list) -> None:
         """Turn consumed records into records and pieces at the tail of the head queue."""
+        from confluent_kafka import KafkaError
+
         pieces: list[_Piece] = []
         run: list = []
         sizes = []
@@ -397,7 +403,7 @@ class KafkaChannel(Channel):
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() != err._PARTITION_EOF:
+                if err.code() != KafkaError._PARTITION_EOF:
                     with self._lock:
                         self.counters.EventTakeErrorCount += 1
                     log.warning("kafka channel '%s': %s", self.name, kafka_error_text(err))

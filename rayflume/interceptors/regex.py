@@ -30,7 +30,10 @@ anchor with ``^...$`` for a whole-body match.
   match in the body (Java ``Matcher.replaceAll``). ``replace_string`` uses Java's syntax:
   ``$1`` or ``${name}`` for a group (groups 0-9), ``\\$`` and ``\\\\`` for literal ``$`` and
   ``\\``. With ``charset`` UTF-8 bodies are text (invalid bytes become U+FFFD, as in Flume);
-  ISO-8859-1 and US-ASCII match byte by byte; other charsets decode and re-encode per event.
+  ISO-8859-1 and US-ASCII match byte by byte when the pattern and replacement are ASCII; other
+  cases decode and re-encode per event (slower). Unlike Java, RE2 does not replace an empty match
+  that directly follows a match (``a*`` -> ``-`` turns ``baaac`` into ``-b-c-``, Java gives
+  ``-b--c-``).
 
 Runtime objects hold no mutable state once built, so one instance may be used from several
 threads.
@@ -214,12 +217,25 @@ def java_date_pattern(pattern: str) -> str:
     while i < n:
         c = pattern[i]
         if c == "'":
-            end = pattern.find("'", i + 1)
-            if end < 0:
-                raise ValueError(f"unterminated quoted text in date pattern {pattern!r}")
-            literal = pattern[i + 1:end] if end > i + 1 else "'"
-            out.append(literal.replace("%", "%%"))
-            i = end + 1
+            if pattern.startswith("''", i):  # '' is a literal quote
+                out.append("'")
+                i += 2
+                continue
+            literal = []
+            i += 1
+            while True:
+                if i >= n:
+                    raise ValueError(f"unterminated quoted text in date pattern {pattern!r}")
+                if pattern[i] == "'":
+                    if pattern.startswith("''", i):
+                        literal.append("'")
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                literal.append(pattern[i])
+                i += 1
+            out.append("".join(literal).replace("%", "%%"))
             continue
         if c.isalpha():
             j = i
@@ -480,6 +496,8 @@ class SearchReplaceInterceptor(Interceptor):
         self.search_pattern = search_pattern
         self.replacement = replacement
         self.charset = codecs.lookup(charset).name
+        # RE2 reads patterns and replacements as Latin-1 on binary input: exact only in ASCII.
+        self._bytewise = (self.charset in _BYTE_CHARSETS and search_pattern.isascii() and replacement.isascii())
 
     def intercept(self, batch: EventBatch) -> EventBatch:
         if len(batch) == 0:
@@ -487,7 +505,7 @@ class SearchReplaceInterceptor(Interceptor):
         body = batch.body
         if self.charset == "utf-8":
             out = pc.replace_substring_regex(body_text(body), self.search_pattern, self.replacement)
-        elif self.charset in _BYTE_CHARSETS:
+        elif self._bytewise:
             # RE2 matches binary input byte by byte (Latin-1), which is exactly these charsets.
             out = pc.replace_substring_regex(body, self.search_pattern, self.replacement)
         else:

@@ -54,6 +54,23 @@ from rayflume.sinks.base import Sink, SinkContext
 log = logging.getLogger("rayflume.sink.kafka")
 
 
+def _transient_codes() -> frozenset:
+    from confluent_kafka import KafkaError
+
+    return frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT,
+                      KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                      KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS,
+                      KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError.LEADER_NOT_AVAILABLE,
+                      KafkaError.NOT_LEADER_FOR_PARTITION})
+
+
+# Delivery errors after which the same producer can still succeed; any other one replaces it.
+try:
+    _TRANSIENT = _transient_codes()
+except ImportError:  # confluent-kafka missing: the config's check() reports it
+    _TRANSIENT = frozenset()
+
+
 class KafkaSink(Sink):
     """Produces batches to Kafka; see the module docstring for the guarantees."""
 
@@ -134,10 +151,22 @@ class KafkaSink(Sink):
             self._produce_all(values, topics, keys, partitions, headers, deadline)
         except DeliveryError:
             raise
-        except Exception as exc:  # KafkaException (fatal producer state, unknown option values)
-            self._reset_producer(f"produce failed: {exc}")
-            raise DeliveryError(f"kafka sink '{self.name}': producing {n} events failed: {exc}; the take "
-                                f"is rolled back") from exc
+        except Exception as exc:  # KafkaException: an event refused before sending, or a broken producer
+            err = exc.args[0] if exc.args else None
+            fatal = bool(getattr(err, "fatal", lambda: True)())
+            self.context.count("KafkaDeliveryErrorCount")
+            if fatal:
+                self._reset_producer(f"produce failed: {exc}")
+            from confluent_kafka import KafkaError
+
+            hint = ""
+            if getattr(err, "code", lambda: None)() == KafkaError.MSG_SIZE_TOO_LARGE:
+                hint = (": an event is larger than the producer's message.max.bytes and can never be delivered "
+                        "as is; raise producer.message.max.bytes (and the topic's max.message.bytes) or drop "
+                        "such events with an interceptor")
+            raise DeliveryError(f"kafka sink '{self.name}': the producer refused an event of the batch of {n} "
+                                f"({kafka_error_text(err) if err is not None else exc}){hint}; the take is rolled "
+                                f"back") from exc
         left = self._producer.flush(max(0.0, deadline - time.monotonic()))
         self.context.count("KafkaEventSendTimer", int((time.monotonic() - started) * 1000))
         if left:
@@ -148,10 +177,16 @@ class KafkaSink(Sink):
         if self._errors:
             first = kafka_error_text(self._errors[0])
             failed = len(self._errors)
+            broken = [e for e in self._errors if e.code() not in _TRANSIENT]
             self._errors.clear()
             self.context.count("KafkaDeliveryErrorCount", failed)
             if self._fatal:
                 self._reset_producer(self._fatal)
+            elif broken:
+                # The broker refused the producer's identity or sequence (e.g. PRODUCER_FENCED or
+                # UNKNOWN_PRODUCER_ID after the broker restarted): this producer will not recover,
+                # a new one (new producer id) will.
+                self._reset_producer(kafka_error_text(broken[0]))
             raise DeliveryError(f"kafka sink '{self.name}': {failed} of {n} records failed ({first}); the "
                                 f"take is rolled back and retried")
         if self._fatal:

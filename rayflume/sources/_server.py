@@ -766,6 +766,7 @@ class QueuedSource(Source):
     """
 
     counter_names: tuple[str, ...] = CONNECTION_COUNTERS
+    waits_in_poll = True  # poll waits on the hand-off queue itself
 
     def __init__(self, name: str, batch_size: int, buffer_bytes: int):
         self.name = name

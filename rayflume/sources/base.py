@@ -12,6 +12,7 @@ Methods are called from one thread at a time.
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -26,14 +27,21 @@ class SourceContext:
     topology: str = ""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("rayflume.source"))
     counters: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, key: str, n: int = 1) -> None:
-        """Add ``n`` to a counter reported with this source's metrics."""
-        self.counters[key] = self.counters.get(key, 0) + n
+        """Add ``n`` to a counter reported with this source's metrics. Thread-safe."""
+        with self._lock:
+            self.counters[key] = self.counters.get(key, 0) + n
 
 
 class Source(ABC):
     """Reads events in batches. See the module docstring for the delivery contract."""
+
+    # True when poll() itself waits a little for data (a server's hand-off queue): the runner
+    # then polls again at once instead of sleeping, so the first event after a quiet spell is
+    # not delayed.
+    waits_in_poll: bool = False
 
     def start(self, context: SourceContext) -> None:
         """Open resources. Called once, before the first ``poll``."""

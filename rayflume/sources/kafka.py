@@ -47,8 +47,7 @@ class KafkaSource(Source):
     def __init__(self, name: str, bootstrap_servers: str, topics: list[str] | None = None,
                  topics_regex: str | None = None, group_id: str = "flume", batch_size: int = 1000,
                  batch_duration_s: float = 1.0, auto_offset_reset: str = "latest", set_topic_header: bool = True,
-                 topic_header: str = "topic", copy_kafka_headers: bool = True, commit_timeout_s: float = 30.0,
-                 consumer: dict | None = None):
+                 topic_header: str = "topic", copy_kafka_headers: bool = True, consumer: dict | None = None):
         if not topics and not topics_regex:
             raise ValueError(f"kafka source '{name}': set `topics` or `topics_regex`")
         self.name = name
@@ -61,7 +60,6 @@ class KafkaSource(Source):
         self.auto_offset_reset = auto_offset_reset
         self.topic_header = topic_header if set_topic_header else None
         self.copy_kafka_headers = copy_kafka_headers
-        self.commit_timeout_s = commit_timeout_s
         self.overrides = dict(consumer or {})
         self.context = SourceContext(name=name)
         self._consumer = None
@@ -129,6 +127,8 @@ class KafkaSource(Source):
     def poll(self) -> EventBatch | None:
         if self._pending is not None:
             return self._pending
+        from confluent_kafka import KafkaError
+
         started = time.monotonic()
         deadline = started + self.batch_duration_s
         records = []
@@ -142,7 +142,7 @@ class KafkaSource(Source):
                 err = m.error()
                 if err is None:
                     records.append(m)
-                elif err.code() != err._PARTITION_EOF:
+                elif err.code() != KafkaError._PARTITION_EOF:
                     self.context.count("EventReadFail")
                     log.warning("kafka source '%s': %s", self.name, kafka_error_text(err))
             if remaining <= 0:

@@ -11,8 +11,10 @@ Each message falls in the first class it matches:
 
 1. **RFC 5424** ``<PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA [MSG]``.
 2. **RFC 3164** ``<PRI>TIMESTAMP [HOSTNAME] [TAG[\\[PID\\]]:] MSG``; the timestamp is ``Mmm dd
-   hh:mm:ss`` in the agent's local time zone, the year the latest that is not more than a day ahead of now (an
-   RFC 3339 timestamp is accepted too). The TAG becomes the app name, PID the proc id.
+   hh:mm:ss`` in the agent's local time zone, in the latest year that puts it at most a day ahead
+   of now (an RFC 3339 timestamp is accepted too). The TAG becomes the app name, PID the proc id.
+   The format is ambiguous without a host: the first word is taken as the host unless it ends in
+   ``:`` or holds ``[`` (``su[12]: ...``), then it is the tag.
 3. **PRI only**: a valid ``<PRI>`` followed by anything (what Python's ``SysLogHandler`` sends).
    Facility and severity are set; the rest is the body (as Flume does).
 4. **Invalid**: anything else (no or bad PRI, PRI above 191). The body is the raw message and

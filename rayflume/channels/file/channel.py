@@ -65,12 +65,14 @@ append and no fsync; an object is durable once its PUT returned. So (see
   (``MissingObjectCount``); a record that fails its checksum is skipped and counted as on disk;
   an object cannot be torn;
 * the checkpoint is the object ``<checkpoint_dir>/checkpoint``, replaced by one (atomic) PUT;
-  after each checkpoint, objects holding only consumed records are deleted, oldest first;
+  after each checkpoint, objects holding only consumed records are deleted;
 * instead of ``flock``, a lock object ``<uri>/lock`` names the owner and is renewed by a heartbeat
   (:class:`~rayflume.channels.file.objstore.ObjectLock`, advisory): a second instance refuses to
-  open while the owner renews it, a crashed owner's lock lapses after ``lock_ttl_s``, and an
-  instance that lost its lock acknowledges nothing more (:class:`ChannelLockLost`) and writes no
-  checkpoint; its segment ids carry its own epoch, so it never overwrites the new owner's objects;
+  open while the owner renews it, a crashed owner's lock lapses after ``lock_ttl_s``; an
+  instance that cannot renew its lock acknowledges nothing (puts and commits fail with
+  :class:`ChannelLockLost`) and writes no checkpoint until it renews it, and for good once another
+  instance took it over; segment ids carry the owner's epoch, so a zombie never overwrites the new
+  owner's objects;
 * event data stays cached in memory as on disk (``cache_bytes``); events that are not (after a
   restart) are read back with a GET, objects cached in a small LRU; a failed GET fails the take
   with :class:`ChannelReadError` and leaves the events queued.

@@ -24,6 +24,9 @@ class FileStorageConfig(ChannelConfig):
     channel holds a heartbeat-renewed lock object (``lock_ttl_s``) instead of ``flock``.
     """
 
+    shared_storage: bool = Field(
+        False, description="The directories are on storage every node reaches (NFS, a cluster file "
+                           "system): the channel may then move to another node and replay there.")
     checkpoint_dir: str | None = Field(
         None, description="Directory of the checkpoint and its lock, or an object-store URI when "
                           "data_dirs is one. Default: ~/.rayflume/<type>-channel/<channel name>/"
@@ -120,8 +123,9 @@ class FileStorageConfig(ChannelConfig):
     @property
     def node_local(self) -> bool:
         """True for local directories (the actor is pinned to their node); False on an object
-        store, where the channel survives the loss of its node and may restart anywhere."""
-        return not self.on_object_store
+        store, or with ``shared_storage`` (directories every node reaches, such as NFS), where
+        the channel survives the loss of its node and may restart anywhere."""
+        return not (self.on_object_store or self.shared_storage)
 
     def storage_dirs(self, name: str) -> tuple[str, list[str]]:
         if self.on_object_store:

@@ -28,9 +28,9 @@ fsync: there is nothing to fsync and no directory to sync. If a PUT fails, every
 durable fails (nothing is acknowledged), and the next append starts a new segment, so a failed
 chunk never leaves a hole inside a segment that later chunks would sit behind.
 
-Replay reads the chunks after the checkpoint's position in order and checks that they are
-complete: the first chunk of each segment and every chunk after it must chain (``prev``) to a chunk
-that exists, or to a place before the replay position (deleted after a checkpoint, as intended).
+Replay reads the chunks after the checkpoint's position in order (several GETs in flight) and
+checks that they are complete: every chunk must chain (``prev``) to a chunk that exists, or to a
+place before the replay position (deleted after a checkpoint, as intended).
 A break is a *missing object*, reported with its range; the records after it are replayed. A
 missing last object cannot be told from one never written, except through the checkpoint's
 references (counted as missing events). A record that fails its checksum is skipped and counted;

@@ -180,9 +180,11 @@ class ObjectLock:
     no process pauses longer than that between a write completing and the validity check after it.
     A *zombie* (an old instance partitioned from the store or paused for longer than the TTL) loses
     the lock: its next acknowledgement check fails, every put or commit it had in flight fails with
-    :class:`ChannelLockLost` (nothing is acknowledged) and it refuses all later writes. Objects it
-    still managed to write land under its own epoch's segment ids, so they never overwrite the new
-    owner's objects; as they were never acknowledged, the new owner's checkpoints delete them.
+    :class:`ChannelLockLost` (nothing is acknowledged), and once it reads the new owner's lock it
+    refuses every later write. Objects it still managed to write land under its own epoch's segment
+    ids, so they never overwrite the new owner's objects; they lie before the new owner's replay
+    position (its epoch's ids are higher), so they are never replayed, and as nothing refers to
+    them, the next owner that lists them deletes them after a checkpoint, like consumed objects.
     """
 
     def __init__(self, store: ObjectStore, channel: str, ttl_s: float):

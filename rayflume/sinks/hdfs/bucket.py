@@ -4,17 +4,19 @@ in-use files a crashed sink left behind.
 Names (as Flume's ``BucketWriter``): the final name is ``<file_prefix>.<counter><file_suffix>``
 where ``counter`` starts at the sink's start time in epoch milliseconds and grows by one per file,
 and ``file_suffix`` defaults to the format's extension (``.gz``, ``.zst``, ``.parquet``) when it is
-empty. While open, the file is ``<in_use_prefix><final name><in_use_suffix>`` (``FlumeData.
+empty. A sink running as one instance of a tier (several instances may write the same directory)
+adds its instance after the prefix, ``<file_prefix>.<tier>-<instance>.<counter><file_suffix>``, so
+instances never produce the same name and each recovers only its own unfinished files. While open, the file is ``<in_use_prefix><final name><in_use_suffix>`` (``FlumeData.
 1700000000000.tmp``). On an object store each write is a part object
 ``<in_use_prefix><final name>.part-000001<in_use_suffix>``.
 
 Finishing a file (:meth:`BucketFile.finish`):
 
-- appendable storage, byte format: rename the in-use file to the final name (locally the rename is
-  done while the file is still locked, then the lock is dropped);
-- object store, byte format: one part is moved to the final name (S3: a server-side copy, then a
-  delete); several parts are concatenated into the final object (read back and uploaded again:
-  finishing a file on S3 moves its bytes twice), then deleted;
+- local disk, byte format: rename the in-use file to the final name (done while the file is still
+  locked, then the lock is dropped);
+- HDFS and object stores (part files), byte format: one part is moved to the final name (HDFS: a
+  rename; S3: a server-side copy and a delete); several parts are concatenated into the final
+  file (read back and written again: finishing such a file moves its bytes twice), then deleted;
 - Parquet: the journal (in-use file or parts) is converted to a Parquet file under the final name,
   then deleted. An empty file is deleted, never finished.
 
@@ -23,10 +25,10 @@ of a finish that crashed before it could clean up), the file is finished under a
 a crash can cause duplicates (at-least-once), never loss.
 
 Recovery (:func:`recover`) finishes in-use files found under the sink's root whose names match the
-sink's naming pattern: a local file locked by a live writer is skipped; a local file is first cut to
-its whole batches (see :meth:`~rayflume.sinks.hdfs.writers.Format.valid_length`); on HDFS, where
-files cannot be truncated, a damaged tail is dropped by rewriting the valid prefix to the final
-name. Parts of an object store are complete objects and need no cut.
+sink's naming pattern. A local file locked by a live writer is skipped; a local file is first cut
+back to its whole batches (see :meth:`~rayflume.sinks.hdfs.writers.Format.valid_length`): only the
+batch that was being written when the process died can be torn. Part files are complete (a part
+exists only once its close returned) and need no cut.
 """
 from __future__ import annotations
 
@@ -55,17 +57,19 @@ class Naming:
     """
 
     def __init__(self, prefix_tokens: list[Token], file_suffix: str, in_use_prefix: str, in_use_suffix: str,
-                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)):
+                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000), owner: str = ""):
         self.file_suffix = file_suffix
         self.in_use_prefix = in_use_prefix
         self.in_use_suffix = in_use_suffix
+        self.owner = owner
+        self._owner = f".{owner}" if owner else ""
         self._clock_ms = clock_ms
         self._last = 0
         self._lock = threading.Lock()
         prefix_re = "".join(re.escape(t.value) if t.kind == "text" else "[^/]*?" for t in prefix_tokens)
         self.pattern = re.compile(
-            f"^{re.escape(in_use_prefix)}(?P<final>{prefix_re}\\.(?P<counter>\\d+){re.escape(file_suffix)})"
-            f"(?:\\.part-(?P<part>\\d+))?{re.escape(in_use_suffix)}$")
+            f"^{re.escape(in_use_prefix)}(?P<final>{prefix_re}{re.escape(self._owner)}\\.(?P<counter>\\d+)"
+            f"{re.escape(file_suffix)})(?:\\.part-(?P<part>\\d+))?{re.escape(in_use_suffix)}$")
 
     def allocate(self) -> int:
         with self._lock:
@@ -73,7 +77,7 @@ class Naming:
             return self._last
 
     def final(self, prefix: str, counter: int) -> str:
-        return f"{prefix}.{counter}{self.file_suffix}"
+        return f"{prefix}{self._owner}.{counter}{self.file_suffix}"
 
     def in_use(self, final: str) -> str:
         return f"{self.in_use_prefix}{final}{self.in_use_suffix}"
@@ -84,7 +88,8 @@ class Naming:
     def prefix_of(self, final: str) -> str:
         """The rendered prefix a final name was made from (everything before ``.<counter><suffix>``)."""
         core = final[: len(final) - len(self.file_suffix)] if self.file_suffix else final
-        return core.rsplit(".", 1)[0]
+        core = core.rsplit(".", 1)[0]
+        return core[: len(core) - len(self._owner)] if self._owner else core
 
 
 class BucketFile:
@@ -210,7 +215,8 @@ def _free_final(storage: Storage, naming: Naming, directory: str, final: str) ->
 
 def finish_appended(storage: Storage, fmt: Format, naming: Naming, directory: str, final: str, in_use: str,
                     handle: AppendHandle | None, cut: bool) -> str | None:
-    """Finish a grown in-use file. ``cut``: keep only its whole batches first (after a failure or a crash)."""
+    """Finish a grown (local) in-use file, closing ``handle``. ``cut``: keep only its whole batches
+    first (after a failed write or a crash)."""
     try:
         if fmt.journal:
             data = storage.read(in_use)
@@ -253,13 +259,16 @@ def finish_appended(storage: Storage, fmt: Format, naming: Naming, directory: st
             storage.delete(in_use)
             return None
         target = _free_final(storage, naming, directory, final)
-        if handle is not None and storage.kind == "local":
-            storage.move(in_use, target)  # still locked: no recovery can race this rename
-            return target
-        if handle is not None:
-            handle.close()
-            handle = None
-        storage.move(in_use, target)
+        try:
+            # Locally the file is still locked here: no other sink's recovery can race this rename.
+            storage.move(in_use, target)
+        except FileNotFoundError:
+            if storage.exists(in_use):
+                raise
+            # An earlier attempt failed after the lock was dropped and another sink's recovery
+            # finished the file meanwhile: nothing is left to do.
+            log.warning("hdfs sink: %s was finished by someone else", storage.display(in_use))
+            return None
         return target
     finally:
         if handle is not None:
@@ -326,7 +335,7 @@ def recover(storage: Storage, fmt: Format, naming: Naming, group: InUseGroup) ->
     if storage.appendable:
         in_use = group.paths[0]
         handle = storage.claim(in_use)
-        if handle is None and storage.kind == "local":
+        if handle is None:
             return False
         return finish_appended(storage, fmt, naming, group.directory, group.final, in_use, handle, cut=True)
     return finish_parts(storage, fmt, naming, group.directory, group.final, group.paths)

@@ -13,13 +13,14 @@ import os
 import zoneinfo
 from typing import ClassVar, Literal
 
+import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from rayflume.config_base import SinkConfig
 from rayflume.registry import register
 from rayflume.sinks.hdfs.paths import parse_template, static_root
 from rayflume.sinks.hdfs.storage import hadoop_message, hadoop_problems, split_uri
-from rayflume.sinks.hdfs.writers import COMPRESSIONS, FORMATS
+from rayflume.sinks.hdfs.writers import make_format
 
 log = logging.getLogger("rayflume.sink.hdfs")
 
@@ -145,8 +146,14 @@ class HdfsSinkConfig(SinkConfig):
         if self.compression == "snappy" and self.serializer != "parquet":
             raise ValueError("hdfs sink: compression snappy is only available for serializer parquet; use gzip "
                              "or zstd")
-        if self.serializer not in FORMATS or self.compression not in COMPRESSIONS:  # pragma: no cover
-            raise ValueError("hdfs sink: unknown serializer or compression")
+        if self.compression_level is not None and self.compression != "none":
+            try:
+                make_format(self.serializer, self.append_newline, self.compression, self.compression_level)
+                if self.serializer == "parquet":
+                    pa.Codec(self.compression, self.compression_level)
+            except Exception as exc:  # pyarrow raises OSError or ArrowInvalid for a bad level
+                raise ValueError(f"hdfs sink: compression_level {self.compression_level} does not suit "
+                                 f"{self.compression}: {exc}") from None
         defaults = (float(self.roll_interval_s), self.roll_size_bytes, self.roll_count)
         if defaults == FLUME_ROLL_DEFAULTS and self.path not in HdfsSinkConfig._warned:
             HdfsSinkConfig._warned.add(self.path)

@@ -353,7 +353,7 @@ class BucketRouter:
         try:
             ts = pc.cast(values, pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            ok = pc.fill_null(pc.match_substring_regex(values, r"^[+-]?[0-9]{1,18}$"), False)
+            ok = pc.fill_null(pc.match_substring_regex(values, r"^-?[0-9]{1,18}$"), False)
             bad = pc.filter(values, pc.invert(ok))
             sample = bad[0].as_py() if len(bad) else "?"
             raise DeliveryError(

@@ -13,13 +13,17 @@ sink needs from it.
 
 Two storage kinds hide the differences that matter for durability:
 
-- :class:`LocalStorage` (local disks) and :class:`ArrowStorage` on HDFS are *appendable*: an open
-  file is one in-use file that grows; ``sync`` makes what was appended durable (``fdatasync`` on a
-  local disk, ``hflush`` on HDFS: in every DataNode's memory, as Flume does).
-- :class:`ArrowStorage` on S3 (and any other object store) is not: an object exists only once it
-  is completely uploaded, and there is no append and no rename. So each write of an open file is
-  uploaded as its own *part object*, durable when the upload returns; finishing the file assembles
-  the parts into the final object (see :mod:`rayflume.sinks.hdfs.bucket`).
+- :class:`LocalStorage` (local disks) is *appendable*: an open file is one in-use file that grows,
+  and ``sync`` (``fdatasync``) makes what was appended durable before the take is committed.
+- :class:`ArrowStorage` (HDFS, S3 and any other ``pyarrow.fs``) is not. On S3 an object exists only
+  once completely uploaded, with no append and no rename. On HDFS, pyarrow's output stream offers
+  ``flush()`` only, which libhdfs maps to Java's ``FSDataOutputStream.flush()``: unlike ``hflush``
+  (what Flume calls) it does not wait for the DataNodes, so a batch "flushed" that way can still be
+  lost with the sink's process. A *closed* file is complete on both (on HDFS: acknowledged by every
+  DataNode of its pipeline, what ``hflush`` gives; on disk only if the cluster sets
+  ``dfs.datanode.synconclose``). So each write of an open file is written as its own *part file*,
+  complete when its close returns; finishing the file assembles the parts into the final file (see
+  :mod:`rayflume.sinks.hdfs.bucket`). On HDFS, moving a single part is a rename.
 
 Local files are written with ``os`` calls, not a ``pyarrow`` stream, because a take is committed
 right after a write returns and pyarrow's local streams cannot ``fsync``. A local in-use file is
@@ -34,6 +38,7 @@ import errno
 import fcntl
 import glob
 import os
+import posixpath
 import shutil
 from dataclasses import dataclass
 from typing import Iterable
@@ -156,11 +161,11 @@ class Storage:
             return f.read_buffer()
 
     def open_append(self, path: str) -> AppendHandle:
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.kind} storage has no appendable files")
 
     def claim(self, path: str) -> AppendHandle | None:
         """Open an in-use file left by someone else for recovery; None when a live writer holds it."""
-        return None
+        raise NotImplementedError
 
     def write_object(self, path: str, buffers: Iterable) -> None:
         """Create (or replace) ``path`` with the concatenation of ``buffers``, durably."""
@@ -333,42 +338,38 @@ class LocalStorage(Storage):
 
 
 # -- pyarrow file systems (HDFS, S3, ...) ------------------------------------------------------------
-class _StreamHandle(AppendHandle):
-    def __init__(self, stream):
-        self.stream = stream
-        self.size = 0
-
-    def write(self, data) -> None:
-        self.stream.write(data)
-        self.size += len(memoryview(data))
-
-    def sync(self) -> None:
-        self.stream.flush()  # HDFS: hflush
-
-    def close(self) -> None:
-        self.stream.close()
-
-
 class ArrowStorage(Storage):
-    """Any ``pyarrow.fs`` file system; ``appendable`` for HDFS, part objects for object stores."""
+    """Any ``pyarrow.fs`` file system, written in part files (see the module docstring)."""
 
-    def __init__(self, filesystem: pafs.FileSystem, kind: str, appendable: bool, scheme: str = "",
-                 authority: str = ""):
+    appendable = False
+
+    def __init__(self, filesystem: pafs.FileSystem, kind: str, scheme: str = "", authority: str = ""):
         self.filesystem = filesystem
         self.kind = kind
-        self.appendable = appendable
         self.scheme = scheme
         self.authority = authority
+        self._dirs: set[str] = set()
 
-    def open_append(self, path: str) -> AppendHandle:
-        if not self.appendable:
-            raise NotImplementedError(f"{self.kind} storage has no appendable files")
-        if self.exists(path):
-            raise FileExistsError(path)
-        return _StreamHandle(self.filesystem.open_output_stream(path))
+    def _ensure_dir(self, path: str) -> None:
+        # Object stores need no directories (and S3 would get marker objects); others may.
+        if self.kind == "s3":
+            return
+        directory = posixpath.dirname(path)
+        if directory and directory not in self._dirs:
+            self.filesystem.create_dir(directory, recursive=True)
+            self._dirs.add(directory)
 
-    def claim(self, path: str) -> AppendHandle | None:
-        return None  # no locks: the caller finishes the file from its content
+    def write_object(self, path: str, buffers: Iterable) -> None:
+        self._ensure_dir(path)
+        super().write_object(path, buffers)
+
+    def open_output(self, path: str):
+        self._ensure_dir(path)
+        return super().open_output(path)
+
+    def move(self, src: str, dst: str) -> None:
+        self._ensure_dir(dst)
+        super().move(src, dst)
 
     def display(self, path: str) -> str:
         if self.kind == "s3":
@@ -404,14 +405,14 @@ def resolve(path: str, *, s3_endpoint_override: str | None = None, s3_region: st
                       # a small part object goes up in one PUT instead of a three-request multipart upload
                       allow_delayed_open=True)
         fs = pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
-        return ArrowStorage(fs, "s3", appendable=False, scheme="s3", authority=authority), inner
+        return ArrowStorage(fs, "s3", scheme="s3", authority=authority), inner
     if scheme in ("hdfs", "viewfs"):
         problems = hadoop_problems()
         if problems:
             raise OSError(hadoop_message(path, problems))
         host, _, port = authority.partition(":")
         fs = pafs.HadoopFileSystem(host or "default", int(port) if port else 0, user=hdfs_user)
-        return ArrowStorage(fs, "hdfs", appendable=True, scheme=scheme, authority=authority), inner
+        return ArrowStorage(fs, "hdfs", scheme=scheme, authority=authority), inner
     # Any other file system pyarrow knows (gs://, abfs://, ...): treated as an object store.
     fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{authority}/")
-    return ArrowStorage(fs, scheme, appendable=False, scheme=scheme, authority=authority), inner
+    return ArrowStorage(fs, scheme, scheme=scheme, authority=authority), inner

@@ -232,7 +232,7 @@ def encode_frame(batch: EventBatch) -> pa.Buffer:
         writer.write_batch(batch.record_batch)
     payload = sink.getvalue()
     head = _FRAME.pack(_FRAME_MAGIC, payload.size, zlib.crc32(payload))
-    return pa.py_buffer(head + payload.to_pybytes())
+    return pa.py_buffer(b"".join((head, memoryview(payload))))
 
 
 def read_frames(data) -> tuple[list[pa.RecordBatch], int]:
