@@ -29,6 +29,9 @@ class ChannelConfig(ComponentConfig):
     # Whether a topology must have a sink draining this channel (False for channels that are a
     # destination themselves, such as ``null``).
     needs_sink: ClassVar[bool] = True
+    # Whether a topology must have a source writing to this channel (False for channels others
+    # can fill, such as ``kafka``: a topic written by other producers).
+    needs_source: ClassVar[bool] = True
     # Whether the channel's data lives on its node's disk: its actor is then pinned to that node,
     # restarts there, and is reported lost (never recreated empty) if the node is gone.
     node_local: ClassVar[bool] = False

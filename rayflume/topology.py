@@ -315,8 +315,12 @@ def _validate_tier(tier_name: str, data: dict, prefix: str, errors: list[str]) -
                 config = _with_nested(config, path, errors)
             if config is not None:
                 getattr(tier, section)[comp_name] = config
+    # A channel that others can fill (a Kafka topic) or that is a destination itself (null,
+    # Kafka) lets a tier have no source or no sink.
+    optional = {"sources": any(not c.needs_source for c in tier.channels.values()),
+                "sinks": any(not c.needs_sink for c in tier.channels.values())}
     for section, kind in SECTIONS.items():
-        if not data.get(section):
+        if not data.get(section) and not optional.get(section):
             errors.append(f"{prefix}{section}: at least one {kind} is required")
     _validate_groups(data, tier, prefix, errors)
     _validate_graph(data, tier, prefix, errors)
@@ -491,7 +495,7 @@ def _validate_graph(data: dict, topo: Tier, prefix: str, errors: list[str]) -> N
                           f"transaction_capacity")
     for ch in sorted(channel_names):
         cfg = topo.channels.get(ch)
-        if ch not in written and ch not in drained:
+        if ch not in written and ch not in drained and (cfg is None or cfg.needs_source):
             errors.append(f"{prefix}channels.{ch}: unused channel: no source writes to it and no sink drains it")
         elif ch not in drained and getattr(cfg, "needs_sink", True):
             errors.append(f"{prefix}channels.{ch}: no sink drains this channel; it would fill up and stop its "

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=BATCH, help="taildir batch_size (lines)")
     parser.add_argument("--dir", default=None, help="where to write the input (default: a temp dir)")
     args = parser.parse_args(argv)
-    ray.init(num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
              log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-taildir-", dir=args.dir) as tmp:

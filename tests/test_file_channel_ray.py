@@ -1,7 +1,8 @@
 """The file channel as a supervised Ray actor, killed with SIGKILL while events stream through it.
 
 Oracle (Jepsen's total-queue): every event the source saw acknowledged reaches the sink at least
-once; nothing else arrives; duplicates are counted and reported, not forbidden.
+once; nothing arrives that the source never sent (a batch in flight when the source stopped may
+or may not arrive: its put is indeterminate); duplicates are counted and reported, not forbidden.
 """
 from __future__ import annotations
 
@@ -57,11 +58,13 @@ def crash_run(deployed, tmp_path, name: str, kills: int, seed: int):
     result = handle.stop(drain_timeout_s=120)
     final = result["final_metrics"]
     acknowledged = int(final["SOURCE.gen"]["EventAcceptedCount"])
+    attempted = int(final["SOURCE.gen"]["EventReceivedCount"])  # acknowledged + the batch in flight
     delivered = [int(b) for b in out.bodies()]
     seen = set(delivered)
     lost = set(range(acknowledged)) - seen
-    unexpected = seen - set(range(acknowledged))
+    unexpected = seen - set(range(attempted))
     duplicates = len(delivered) - len(seen)
+    assert attempted - acknowledged <= 500
     print(f"{name}: {kills} kills, {acknowledged} acknowledged, {len(lost)} lost, "
           f"{len(unexpected)} unexpected, {duplicates} duplicates")
     assert len(pids) == kills, "each kill hit a new incarnation of the channel actor"

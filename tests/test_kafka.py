@@ -259,7 +259,7 @@ def test_source_with_topic_regex(kafka_broker):  # noqa: F811
 
 # -- sink failures --------------------------------------------------------------------------------------
 def test_sink_without_broker_raises_within_call_timeout():
-    sink = make_sink(f"127.0.0.1:{free_port()}", topic="t", call_timeout_s=1.0)
+    sink = make_sink(f"127.0.0.1:{free_port()}", topic="t", call_timeout_s=0.5)
     t = time.monotonic()
     with pytest.raises(DeliveryError, match="not acknowledged|failed"):
         sink.write(numbered(0, 10))

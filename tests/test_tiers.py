@@ -18,7 +18,11 @@ import rayflume
 from rayflume import testing
 from tests.channel_contract import wait_until
 
-ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+
+def child_env() -> dict:
+    """This process's environment as it is now (ray.init may have switched on token auth)."""
+    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +182,7 @@ def test_survives_driver_death_and_redeploy_changes_nothing(cluster, tmp_path):
         print("deployed", flush=True)
         time.sleep(600)
     """)
-    driver = subprocess.Popen([sys.executable, "-c", script], env=ENV, stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", script], env=child_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert driver.stdout.readline().strip() == "deployed"
         driver.send_signal(signal.SIGKILL)
@@ -187,7 +191,7 @@ def test_survives_driver_death_and_redeploy_changes_nothing(cluster, tmp_path):
         wait_until(lambda: out.count() > before + 1000, timeout_s=60, what="events after the driver died")
 
         r = subprocess.run([sys.executable, "-m", "rayflume.cli", "status", "tiers-driver", "--address",
-                            cluster.address], env=ENV, capture_output=True, text=True, timeout=120)
+                            cluster.address], env=child_env(), capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "topology tiers-driver: RUNNING" in r.stdout
 

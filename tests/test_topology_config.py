@@ -231,3 +231,24 @@ def test_components_at_top_level_with_tiers_and_hop_without_tiers():
         sinks: {fwd: {type: rayflume, tier: collector, channel: mem}}
         """)
     assert any(e.startswith("sinks.fwd.tier: a rayflume sink sends to another tier") for e in errors), errors
+
+
+def test_kafka_channel_may_stand_without_source_or_sink():
+    only_sink = loads_topology("""
+name: k
+channels: {topic: {type: kafka, bootstrap_servers: "127.0.0.1:9092"}}
+sinks: {out: {type: null, channel: topic}}
+""")
+    assert set(only_sink.channels) == {"topic"} and not only_sink.sources
+    only_source = loads_topology("""
+name: k
+sources: {gen: {type: sequence, channels: [topic]}}
+channels: {topic: {type: kafka, bootstrap_servers: "127.0.0.1:9092"}}
+""")
+    assert not only_source.sinks
+    errors = errors_of("""
+        name: k
+        channels: {mem: {type: memory}}
+        sinks: {out: {type: null, channel: mem}}
+        """)
+    assert "sources: at least one source is required" in errors

@@ -290,8 +290,9 @@ class SourceActor(_Component):
         return {**self.counters, **self._times()}
 
     def info(self) -> dict:
+        # a source may report a lasting problem of its own (a file it skipped, a bad position file)
         return {**self._base_info(), "finished": bool(self.source.finished) and not self._thread.is_alive(),
-                "error": self.error or self.runner.last_error}
+                "error": self.error or getattr(self.source, "status_error", None) or self.runner.last_error}
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop polling; a batch in flight gets ``timeout_s`` to be committed."""

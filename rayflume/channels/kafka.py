@@ -53,7 +53,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -153,8 +152,6 @@ class KafkaChannel(Channel):
                  call_timeout_s: float = 30.0, create_topic: bool = True, partitions: int = 1,
                  replication_factor: int = -1, producer: dict | None = None, consumer: dict | None = None):
         super().__init__(name, capacity or UNBOUNDED, transaction_capacity, None, lease_timeout_s)
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
-
         self.bounded = capacity is not None
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
@@ -162,7 +159,6 @@ class KafkaChannel(Channel):
         self.format = format
         self.poll_timeout_s = poll_timeout_s
         self.call_timeout_s = call_timeout_s
-        self._id = uuid.uuid4().hex[:12]
         self._fetch_lock = threading.Lock()
         self._committed_txns = IdWindow()
         self._seen_txns = IdWindow()
@@ -175,25 +171,40 @@ class KafkaChannel(Channel):
         self._closed = False
         self._commit_dirty = False
         self._avg_events = 0
+        self._parts: dict[int, _PartitionState] = {}
         self.counters.extra.update(KafkaCommitFailCount=0, KafkaEventSendTimer=0, KafkaEventGetTimer=0,
                                    KafkaCommitTimer=0)
 
+        try:
+            self._connect(producer or {}, consumer or {}, auto_offset_reset, create_topic, partitions,
+                          replication_factor)
+        except ChannelError:
+            raise
+        except Exception as exc:  # KafkaException, timeouts: the broker is unreachable or refuses
+            raise ChannelError(f"channel '{name}': cannot set up topic '{topic}' on Kafka at {bootstrap_servers} "
+                               f"({exc}); check bootstrap_servers and that the broker is up") from exc
+
+    def _connect(self, producer: dict, consumer: dict, auto_offset_reset: str, create_topic: bool,
+                 partitions: int, replication_factor: int) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
+
+        bootstrap_servers, topic, call_timeout_s = self.bootstrap_servers, self.topic, self.call_timeout_s
+        poll_timeout_s, group_id = self.poll_timeout_s, self.group_id
         # The producer first: an idempotent producer needs a while (about 0.5 s with librdkafka)
         # to get its producer id, which then overlaps with the consumer's set-up.
-        pconf = producer_config(bootstrap_servers, producer or {},
+        pconf = producer_config(bootstrap_servers, producer,
                                 message_timeout_ms=max(1000, int(call_timeout_s * 1000)), linger_ms=1)
         pconf["error_cb"] = self._on_client_error
         self._producer = Producer(pconf)
         if create_topic:
             ensure_topic(bootstrap_servers, topic, partitions, replication_factor, call_timeout_s,
-                         producer or {})
-        cconf = consumer_config(bootstrap_servers, group_id, auto_offset_reset, consumer or {})
+                         producer)
+        cconf = consumer_config(bootstrap_servers, group_id, auto_offset_reset, consumer)
         cconf.setdefault("fetch.wait.max.ms", 100)
         cconf["error_cb"] = self._on_client_error
         self._consumer = Consumer(cconf)
         parts = partitions_of(self._consumer, topic, call_timeout_s)
         committed = self._consumer.committed([TopicPartition(topic, p) for p in parts], timeout=call_timeout_s)
-        self._parts: dict[int, _PartitionState] = {}
         assignment = []
         for tp in committed:
             low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
@@ -644,6 +655,7 @@ class KafkaChannelConfig(ChannelConfig):
     """``kafka``: a topic is the channel (Flume's Kafka channel); see :mod:`rayflume.channels.kafka`."""
 
     needs_sink: ClassVar[bool] = False
+    needs_source: ClassVar[bool] = False
 
     bootstrap_servers: str = Field(min_length=1, description="Kafka brokers, host:port[,host:port...].")
     topic: str = Field("flume-channel", min_length=1, description="The topic that stores the channel.")
