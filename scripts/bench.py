@@ -61,17 +61,25 @@ def pipeline_spillable(tmp):
             "sinks": {"out": {"type": "null", "channel": "spill", "batch_size": 500}}}
 
 
+HOP_BATCH = int(os.environ.get("BENCH_HOP_BATCH", 4 * BATCH))
+
+
 def pipeline_two_tier(tmp):
-    """sequence -> memory -> rayflume sink => rayflume source -> memory -> null, one node."""
+    """sequence -> memory -> rayflume sink => rayflume source -> memory -> null, one node.
+
+    The hop moves ``HOP_BATCH`` events per call (Flume users size avro hops the same way): a hop
+    costs a fixed number of actor calls per batch, so bigger batches amortise it."""
     return {"tiers": {
         "agent": {"placement": {"replicas": 1},
                   "sources": {"gen": sequence(["mem"])},
-                  "channels": {"mem": {"type": "memory", "capacity": 200_000, "transaction_capacity": BATCH}},
-                  "sinks": {"fwd": {"type": "rayflume", "tier": "collector", "channel": "mem", "batch_size": BATCH}}},
+                  "channels": {"mem": {"type": "memory", "capacity": 400_000, "transaction_capacity": HOP_BATCH}},
+                  "sinks": {"fwd": {"type": "rayflume", "tier": "collector", "channel": "mem",
+                                    "batch_size": HOP_BATCH}}},
         "collector": {"placement": {"replicas": 1},
                       "sources": {"in": {"type": "rayflume", "channels": ["mem"]}},
-                      "channels": {"mem": {"type": "memory", "capacity": 200_000, "transaction_capacity": BATCH}},
-                      "sinks": {"out": {"type": "null", "channel": "mem", "batch_size": BATCH}}}}}
+                      "channels": {"mem": {"type": "memory", "capacity": 400_000,
+                                           "transaction_capacity": HOP_BATCH}},
+                      "sinks": {"out": {"type": "null", "channel": "mem", "batch_size": HOP_BATCH}}}}}
 
 
 PIPELINES = {"memory": pipeline_memory, "file": pipeline_file, "spillable": pipeline_spillable,

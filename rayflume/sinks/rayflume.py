@@ -11,8 +11,10 @@ exponentially growing pause; ``failover`` sticks to the first live target in ins
 moves on when it fails. When every target refuses (or the tier has no live instance) ``write``
 raises: the take is rolled back, the events stay in this tier's channel, and the sink backs off.
 
-The batch id is a digest of the batch's contents, stable across retries after a rollback, so a
-retry whose first attempt did commit (only the reply was lost) is recognised by the receiver.
+Batch ids let the receiver recognise a retry whose first attempt did commit (only the reply was
+lost). A new batch gets a random id. After a failed write the sink remembers that batch's content
+digest and id; the next write whose batch has the same digest (the same events, back from a
+rollback) reuses the id. The digest is computed only then, so the common path does not hash.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import hashlib
 import logging
 import random
 import time
+import uuid
 from typing import Literal
 
 import ray
@@ -47,6 +50,11 @@ def batch_digest(batch: EventBatch) -> str:
     return h.hexdigest()
 
 
+def _shape(batch: EventBatch) -> tuple:
+    """Cheap to compare before hashing: a different shape means a different batch."""
+    return len(batch), batch.nbytes
+
+
 class RayflumeSink(Sink):
     def __init__(self, name: str, tier: str, source: str | None, policy: str, batch_size: int,
                  call_timeout_s: float, refresh_s: float, max_backoff_s: float,
@@ -65,6 +73,7 @@ class RayflumeSink(Sink):
         self._next = 0
         self._failures: dict[str, int] = {}
         self._excluded_until: dict[str, float] = {}
+        self._failed: tuple[tuple, str, str] | None = None  # (shape, digest, id) of the last failed batch
 
     def start(self, context) -> None:
         super().start(context)
@@ -90,6 +99,14 @@ class RayflumeSink(Sink):
         self.targets = targets
         self._refreshed_at = now
 
+    def _batch_id(self, batch: EventBatch) -> str:
+        """The id of the failed batch if this is the same batch again, else a new one."""
+        if self._failed is not None:
+            shape, digest, batch_id = self._failed
+            if shape == _shape(batch) and digest == batch_digest(batch):
+                return batch_id
+        return uuid.uuid4().hex
+
     def _order(self) -> list[tuple[str, object]]:
         now = time.monotonic()
         live = [t for t in self.targets if self._excluded_until.get(t[0], 0) <= now]
@@ -110,7 +127,7 @@ class RayflumeSink(Sink):
                                 f"events stay in this sink's channel until one starts")
         if self.instance_header:
             batch = set_header(batch, self.instance_header, self.context.scope or self.context.topology)
-        batch_id = batch_digest(batch)
+        batch_id = self._batch_id(batch)
         errors = []
         for instance, handle in self._order():
             try:
@@ -123,10 +140,12 @@ class RayflumeSink(Sink):
                 continue
             self._failures.pop(instance, None)
             self._excluded_until.pop(instance, None)
+            self._failed = None
             if self.context is not None and errors:
                 self.context.count("HopFailoverCount")
             return
         self._refreshed_at = 0.0  # the set of instances may have changed: ask again next time
+        self._failed = (_shape(batch), batch_digest(batch), batch_id)
         raise DeliveryError(f"sink '{self.name}': no instance of tier '{self.tier}' accepted the batch "
                             f"({'; '.join(errors)}); rolled back, will retry")
 
