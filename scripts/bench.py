@@ -61,7 +61,7 @@ def pipeline_spillable(tmp):
             "sinks": {"out": {"type": "null", "channel": "spill", "batch_size": 500}}}
 
 
-HOP_BATCH = int(os.environ.get("BENCH_HOP_BATCH", 4 * BATCH))
+HOP_BATCH = int(os.environ.get("BENCH_HOP_BATCH", 4 * BATCH))  # 40,000
 
 
 def pipeline_two_tier(tmp):

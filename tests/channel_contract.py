@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -43,24 +44,39 @@ def drain(channel, batch: int = 1000) -> list[int]:
         channel.commit(lease)
 
 
+def close_quietly(channels) -> None:
+    """Close every channel, ignoring errors: teardown after tests that may have closed or broken some."""
+    for ch in channels:
+        try:
+            ch.close()
+        except Exception:
+            pass
+
+
+@contextmanager
+def closing_factory(open_channel):
+    """Yield ``factory(**options)`` that calls ``open_channel(**options)``; every channel it made is
+    closed (quietly) on exit."""
+    opened = []
+
+    def factory(**options):
+        ch = open_channel(**options)
+        opened.append(ch)
+        return ch
+
+    try:
+        yield factory
+    finally:
+        close_quietly(opened)
+
+
 class ChannelContract:
     durable = False
 
     @pytest.fixture
     def make(self, tmp_path):
-        made = []
-
-        def factory(**options):
-            ch = self.make_channel(tmp_path, **options)
-            made.append(ch)
-            return ch
-
-        yield factory
-        for ch in made:
-            try:
-                ch.close()
-            except Exception:
-                pass
+        with closing_factory(lambda **options: self.make_channel(tmp_path, **options)) as factory:
+            yield factory
 
     def make_channel(self, tmp_path, **options):  # pragma: no cover - overridden
         raise AssertionError("a contract subclass defines make_channel")

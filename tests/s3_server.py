@@ -8,6 +8,9 @@ Use the session-scoped fixture from any test module::
         bucket = s3_endpoint.make_bucket()           # a fresh bucket per test
         fs = s3_endpoint.filesystem()                # a pyarrow S3FileSystem on the endpoint
         options = s3_endpoint.sink_options()         # s3_* keys for an hdfs sink config
+        s3_endpoint.options                          # object_store_options for a file channel
+
+``moto_s3`` is the same server for modules that want it module-scoped and skipped without moto.
 
 The server is this file run as a script: moto's WSGI app behind a tiny middleware that renames the
 root element of CompleteMultipartUpload answers from moto's ``CompleteMultipartUploadResponse`` to
@@ -54,6 +57,12 @@ class S3Endpoint:
                                  endpoint_override=self.endpoint_override, scheme=self.scheme,
                                  allow_bucket_creation=True, allow_bucket_deletion=True)
 
+    @property
+    def options(self) -> dict:
+        """``object_store_options`` for a file channel on this endpoint."""
+        return {"endpoint_override": self.endpoint_override, "scheme": self.scheme, "region": self.region,
+                "access_key": self.access_key, "secret_key": self.secret_key}
+
     def sink_options(self) -> dict:
         return {"s3_endpoint_override": self.endpoint_override, "s3_region": self.region,
                 "s3_access_key": self.access_key, "s3_secret_key": self.secret_key, "s3_scheme": self.scheme}
@@ -97,6 +106,14 @@ def s3_endpoint():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def moto_s3(s3_endpoint):
+    """``s3_endpoint``, with the module skipped when moto or pyarrow's S3 support is missing."""
+    pytest.importorskip("moto")
+    pytest.importorskip("pyarrow.fs")
+    return s3_endpoint
 
 
 def _serve() -> None:

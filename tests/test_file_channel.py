@@ -13,7 +13,8 @@ from rayflume.channels.file import (ChannelLocked, ChannelWriteError, FileChanne
 from rayflume.channels.file.log import list_segments
 from rayflume.errors import ChannelError, ChannelFull
 from rayflume.registry import lookup
-from tests.channel_contract import ChannelContract, drain, numbered, numbers
+from tests.channel_contract import (ChannelContract, close_quietly, closing_factory, drain, numbered,
+                                     numbers)
 
 MiB = 1 << 20
 
@@ -26,19 +27,8 @@ def open_channel(tmp_path, **options) -> FileChannel:
 @pytest.fixture
 def channels(tmp_path):
     """Open file channels on ``tmp_path`` and close whatever is still open at the end."""
-    opened = []
-
-    def factory(**options):
-        ch = open_channel(tmp_path, **options)
-        opened.append(ch)
-        return ch
-
-    yield factory
-    for ch in opened:
-        try:
-            ch.close()
-        except Exception:
-            pass
+    with closing_factory(lambda **options: open_channel(tmp_path, **options)) as factory:
+        yield factory
 
 
 def reopen(ch: FileChannel, factory, checkpoint: bool = False, **options) -> FileChannel:
@@ -92,11 +82,7 @@ class TestFileChannelContract(ChannelContract):
         self._options = {}
         self._opened = []
         yield
-        for ch in self._opened:
-            try:
-                ch.close()
-            except Exception:
-                pass
+        close_quietly(self._opened)
 
     def make_channel(self, tmp_path, **options):
         ch = open_channel(tmp_path, **self.extra_options, **options)

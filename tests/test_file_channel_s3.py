@@ -23,15 +23,15 @@ from rayflume.channels.file import (ChannelLocked, ChannelLockLost, ChannelReadE
 from rayflume.channels.file import objlog
 from rayflume.channels.file.objlog import OBJ_HEADER_SIZE, list_chunks
 from rayflume.channels.spillable import SpillableChannelConfig
-from tests._moto import moto_s3  # noqa: F401  (the fixture)
-from tests.channel_contract import ChannelContract, drain, numbered, numbers, wait_until
+from tests.channel_contract import ChannelContract, closing_factory, drain, numbered, numbers, wait_until
+from tests.s3_server import moto_s3, s3_endpoint  # noqa: F401  (the fixtures)
 
 TTL = 3.0  # lock TTL for these tests: short, so a lapsed lock costs seconds, not the default 15
 
 
 @pytest.fixture(scope="module")
 def bucket(moto_s3):  # noqa: F811
-    return moto_s3.create_bucket()
+    return moto_s3.make_bucket("rayflume")
 
 
 @pytest.fixture
@@ -94,19 +94,8 @@ def open_s3(uri, moto, store=None, **options) -> FileChannel:
 @pytest.fixture
 def channels(uri, moto_s3):  # noqa: F811
     """Open S3 file channels on ``uri`` and close whatever is still open at the end."""
-    opened = []
-
-    def factory(store=None, **options):
-        ch = open_s3(uri, moto_s3, store=store, **options)
-        opened.append(ch)
-        return ch
-
-    yield factory
-    for ch in opened:
-        try:
-            ch.close()
-        except Exception:
-            pass
+    with closing_factory(lambda **options: open_s3(uri, moto_s3, **options)) as factory:
+        yield factory
 
 
 def faulty(uri, moto) -> FaultyStore:

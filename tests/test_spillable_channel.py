@@ -10,7 +10,8 @@ from rayflume.channels.file import ChannelWriteError
 from rayflume.channels.spillable import SpillableChannel, SpillableChannelConfig
 from rayflume.errors import ChannelFull
 from rayflume.registry import lookup
-from tests.channel_contract import ChannelContract, drain, numbered, numbers, wait_until
+from tests.channel_contract import (ChannelContract, close_quietly, closing_factory, drain, numbered,
+                                     numbers, wait_until)
 from tests.test_file_channel import FaultyIO
 
 
@@ -25,19 +26,8 @@ def spillable(tmp_path, memory_capacity=10, overflow_capacity=1000, **options) -
 
 @pytest.fixture
 def channels(tmp_path):
-    opened = []
-
-    def factory(**options):
-        ch = spillable(tmp_path, **options)
-        opened.append(ch)
-        return ch
-
-    yield factory
-    for ch in opened:
-        try:
-            ch.close()
-        except Exception:
-            pass
+    with closing_factory(lambda **options: spillable(tmp_path, **options)) as factory:
+        yield factory
 
 
 def crash(ch: SpillableChannel) -> None:
@@ -52,11 +42,7 @@ class _SpillableContract(ChannelContract):
         self._options = {}
         self._opened = []
         yield
-        for ch in self._opened:
-            try:
-                ch.close()
-            except Exception:
-                pass
+        close_quietly(self._opened)
 
     def split(self, capacity):  # pragma: no cover - overridden
         raise NotImplementedError

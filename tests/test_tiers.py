@@ -207,3 +207,28 @@ def test_survives_driver_death_and_redeploy_changes_nothing(cluster, tmp_path):
         h = rayflume.get("tiers-driver")
         if h is not None:
             h.stop(drain_timeout_s=1)
+
+
+def test_node_local_channel_is_reported_lost_not_recreated(cluster, tmp_path):
+    doomed = cluster.add_node(num_cpus=1, labels={"tier": "collector"})
+    local = {"type": "file", "checkpoint_dir": str(tmp_path / "col-cp"), "data_dirs": [str(tmp_path / "col-data")],
+             "minimum_required_space_bytes": 1 << 20}
+    handle = rayflume.deploy(two_tier("tiers-lost", head_collector("tiers-lost").name, tmp_path,
+                                      collector_channel=local))
+    try:
+        wait_until(lambda: len(set(tier_instances(handle, "collector").values())) == 2, timeout_s=60,
+                   what="collectors on two nodes")
+        gone = next(i for i, n in tier_instances(handle, "collector").items() if n == doomed.node_id)
+        cluster.remove_node(doomed)
+        wait_until(lambda: gone not in tier_instances(handle, "collector")
+                   and len(tier_instances(handle, "collector")) == 2, timeout_s=60,
+                   what="a new collector instead of the lost one")
+        status = handle.status()
+        assert f"collector.{gone}.mem" in status["tiers"]["collector"]["lost"]
+        assert handle.metrics()[f"CHANNEL.collector.{gone}.mem"]["ChannelLost"] == "1"
+        assert any("lost with the node" in e["message"] for e in status["events"])
+        # the replacement has a new name: nothing runs under the lost instance's name
+        with pytest.raises(ValueError):
+            ray.get_actor(f"tiers-lost/collector/{gone}/channel/mem", namespace="rayflume")
+    finally:
+        handle.stop(drain_timeout_s=1)

@@ -107,6 +107,9 @@ class TopologyController:
         self._lock = threading.RLock()
         self.instances: dict[tuple[str, str], _Instance] = {}
         self.waiting: dict[str, str] = {}
+        # node-local channels whose node is gone: metric key -> why (kept so status and metrics
+        # keep saying so; they are never recreated under their old name)
+        self.lost_channels: dict[tuple[str, str], str] = {}
         self.deployed_at = time.time()
         self._kv_key = f"rayflume/{self.name}/instances".encode()
         self.home_node = ray.get_runtime_context().get_node_id()
@@ -274,6 +277,10 @@ class TopologyController:
                     self._add_instance(tier_name, inst.instance_id, node_id)
                 else:
                     detail = f"; its channel data ({', '.join(lost)}) is lost with the node" if lost else ""
+                    for ch in lost:
+                        self.lost_channels[self._metric_key(inst, "CHANNEL", ch)] = (
+                            f"node {inst.node_id[:12]} is gone with this channel's files; bring the node back to "
+                            f"recover them, or use shared_storage / an s3:// data_dirs")
                     self._drop_instance(inst, f"node {inst.node_id[:12]} is gone: instance removed{detail}")
                 changed = True
         mine = [i for i in self.instances.values() if i.tier == tier_name]
@@ -453,6 +460,8 @@ class TopologyController:
                         reports[self._metric_key(inst, kind, n)] = {**counters, **extra}
                 else:
                     reports[self._metric_key(inst, kind, name)] = {**result, **extra}
+        for key in self.lost_channels:
+            reports[key] = {"ChannelLost": 1, "Unhealthy": 1}
         return flume_shape(reports)
 
     def metrics_url(self) -> str | None:
@@ -495,7 +504,9 @@ class TopologyController:
                                 "replicas": tier.placement.replicas if tier.placement.mode == "replicas" else None,
                                 "instances": {i.instance_id: i.node_id for i in self.instances.values()
                                               if i.tier == tier_name},
-                                "waiting": self.waiting.get(tier_name)}
+                                "waiting": self.waiting.get(tier_name),
+                                "lost": {name: why for (_, name), why in self.lost_channels.items()
+                                         if name.startswith(f"{tier_name}.")}}
         return {"name": self.name, "state": self.state, "deployed_at": self.deployed_at,
                 "metrics_url": self.metrics_url(), "tiers": tiers, "components": components,
                 "events": list(self.events)[-30:], "finished": self._finished(infos)}
