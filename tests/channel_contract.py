@@ -54,20 +54,24 @@ def close_quietly(channels) -> None:
 
 
 @contextmanager
-def closing_factory(open_channel):
-    """Yield ``factory(**options)`` that calls ``open_channel(**options)``; every channel it made is
-    closed (quietly) on exit."""
+def closing_factory(open_one, quiet: bool = True):
+    """Yield ``factory(*args, **kwargs)`` returning ``open_one(*args, **kwargs)``; on exit everything
+    it made is closed, ignoring errors when ``quiet``."""
     opened = []
 
-    def factory(**options):
-        ch = open_channel(**options)
-        opened.append(ch)
-        return ch
+    def factory(*args, **kwargs):
+        made = open_one(*args, **kwargs)
+        opened.append(made)
+        return made
 
     try:
         yield factory
     finally:
-        close_quietly(opened)
+        if quiet:
+            close_quietly(opened)
+        else:
+            for made in opened:
+                made.close()
 
 
 class ChannelContract:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import urllib.error
@@ -21,86 +19,36 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from rayflume import testing
-from rayflume._private.backoff import Backoff
-from rayflume._private.runners import SourceRunner
-from rayflume.channels.memory import MemoryChannel
-from rayflume.interceptors.base import InterceptorChain
 from rayflume.registry import lookup
-from rayflume.selectors.replicating import ReplicatingChannelSelector
-from rayflume.sources.base import SourceContext
 from rayflume.sources.http import HttpError, HttpSource, blob_event, parse_json_events
-from tests.channel_contract import wait_until
+from tests.channel_contract import closing_factory, wait_until
+from tests.net_helpers import SourcePipeline, cert  # noqa: F401  (cert: the fixture)
 
-OPENSSL = shutil.which("openssl")
 
-
-class Pipeline:
+class Pipeline(SourcePipeline):
     """A started http source; ``run()`` drives it with the real SourceRunner into a memory channel
     (``put_delay_s`` makes every put slow)."""
 
     def __init__(self, source: HttpSource, capacity: int = 100_000, transaction_capacity: int = 10_000,
                  put_delay_s: float = 0.0):
-        self.source = source
-        self.channel = MemoryChannel("mem", capacity, transaction_capacity)
-        self.counters: dict = {}
-        self.put_delay_s = put_delay_s
-        source.start(SourceContext(source.name, counters=self.counters))
-        self.runner = SourceRunner(source.name, source, InterceptorChain([]), ReplicatingChannelSelector(["mem"]),
-                                   self._put_many, self.counters, backoff=Backoff(0.01, 0.05),
-                                   idle_backoff=Backoff(0.001, 0.005))
-        self.thread = None
-
-    def run(self) -> "Pipeline":
-        self.thread = threading.Thread(target=self.runner.run, daemon=True)
-        self.thread.start()
-        return self
+        super().__init__(source, capacity, transaction_capacity, put_delay_s=put_delay_s, start=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.source.bound_port}/events"
 
-    def _put_many(self, subbatches, txn_id):
-        if self.put_delay_s:
-            time.sleep(self.put_delay_s)
-        out = {}
-        for ch, batch in subbatches.items():
-            try:
-                self.channel.put(batch, txn_id)
-                out[ch] = None
-            except Exception as exc:
-                out[ch] = exc
-        return out
-
     def drain(self):
-        events = []
-        while True:
-            got = self.channel.take(self.channel.transaction_capacity)
-            if got is None:
-                return events
-            lease, batch = got
-            events.extend(batch.to_events())
-            self.channel.commit(lease)
-
-    def close(self):
-        self.runner.stopping.set()
-        if self.thread is not None:
-            self.thread.join(5)
-        self.source.stop()
+        return self.take_committed()
 
 
 @pytest.fixture
 def pipelines():
-    made = []
-
     def make(run: bool = True, pipeline_kw=None, **source_kw):
-        source = HttpSource("web", "127.0.0.1", 0, **source_kw)
-        p = Pipeline(source, **(pipeline_kw or {}))
-        made.append(p)
+        p = Pipeline(HttpSource("web", "127.0.0.1", 0, **source_kw), **(pipeline_kw or {}))
         return p.run() if run else p
 
-    yield make
-    for p in made:
-        p.close()
+    with closing_factory(make, quiet=False) as factory:
+        yield factory
 
 
 def post(url, data, headers=None, method="POST", timeout=10):
@@ -320,19 +268,6 @@ def test_stop_answers_waiting_requests(pipelines):
     t.join(10)
     assert result["r"][0] == 503
     assert time.monotonic() - started < 5
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    if OPENSSL is None:
-        pytest.skip("the openssl command is not installed: cannot make a test certificate")
-    d = tmp_path_factory.mktemp("tls")
-    certfile, keyfile = d / "cert.pem", d / "key.pem"
-    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(keyfile), "-out", str(certfile), "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
-    return str(certfile), str(keyfile)
 
 
 def test_https_with_token(cert):

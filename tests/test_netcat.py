@@ -11,67 +11,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from rayflume._private.backoff import Backoff
-from rayflume._private.runners import SourceRunner
-from rayflume.channels.memory import MemoryChannel
-from rayflume.interceptors.base import InterceptorChain
 from rayflume.registry import lookup
-from rayflume.selectors.replicating import ReplicatingChannelSelector
 from rayflume.sources.base import SourceContext
 from rayflume.sources.netcat import LineSplitter, NetcatSource, datagram_lines, failed_message
-from tests.channel_contract import wait_until
+from tests.channel_contract import closing_factory, wait_until
+from tests.net_helpers import SourcePipeline
 
 
-class Pipeline:
-    def __init__(self, source: NetcatSource, capacity: int = 1_000_000, transaction_capacity: int = 100_000):
-        self.source = source
-        self.channel = MemoryChannel("mem", capacity, transaction_capacity)
-        self.counters: dict = {}
-        source.start(SourceContext(source.name, counters=self.counters))
-        self.runner = SourceRunner(source.name, source, InterceptorChain([]), ReplicatingChannelSelector(["mem"]),
-                                   self._put_many, self.counters, backoff=Backoff(0.01, 0.05),
-                                   idle_backoff=Backoff(0.001, 0.005))
-        self.thread = threading.Thread(target=self.runner.run, daemon=True)
-        self.thread.start()
-        self.events = []
-
-    def _put_many(self, subbatches, txn_id):
-        out = {}
-        for ch, batch in subbatches.items():
-            try:
-                self.channel.put(batch, txn_id)
-                out[ch] = None
-            except Exception as exc:
-                out[ch] = exc
-        return out
-
+class Pipeline(SourcePipeline):
     def drain(self):
-        while True:
-            got = self.channel.take(self.channel.transaction_capacity)
-            if got is None:
-                return self.events
-            lease, batch = got
-            self.events.extend(batch.to_events())
-            self.channel.commit(lease)
-
-    def close(self):
-        self.runner.stopping.set()
-        self.thread.join(5)
-        self.source.stop()
+        self.events.extend(self.take_committed())
+        return self.events
 
 
 @pytest.fixture
 def netcat():
-    made = []
-
     def make(pipeline_kw=None, **kw):
-        p = Pipeline(NetcatSource("nc", "127.0.0.1", 0, **kw), **(pipeline_kw or {}))
-        made.append(p)
-        return p
+        return Pipeline(NetcatSource("nc", "127.0.0.1", 0, **kw), **(pipeline_kw or {}))
 
-    yield make
-    for p in made:
-        p.close()
+    with closing_factory(make, quiet=False) as factory:
+        yield factory
 
 
 def read_replies(sock: socket.socket, n: int, timeout_s: float = 10.0) -> list[bytes]:

@@ -21,87 +21,41 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from rayflume import testing
-from rayflume._private.backoff import Backoff
-from rayflume._private.runners import SourceRunner
-from rayflume.channels.memory import MemoryChannel
-from rayflume.interceptors.base import InterceptorChain
 from rayflume.registry import lookup
-from rayflume.selectors.replicating import ReplicatingChannelSelector
 from rayflume.sources.base import SourceContext
 from rayflume.sources.syslog import SyslogTcpSource, SyslogUdpSource
 from rayflume.sources.syslog_parser import (
     ALL, CONTINUATION, HEAD, INCOMPLETE, INVALID, NONE, STATUS_HEADER, StreamFramer, bsd_ms, parse_keep_fields,
     parse_messages)
-from tests.channel_contract import wait_until
+from tests.channel_contract import closing_factory, wait_until
+from tests.net_helpers import SourcePipeline, cert  # noqa: F401  (cert: the fixture)
 
 LOGGER = shutil.which("logger")
-OPENSSL = shutil.which("openssl")
 BOM = b"\xef\xbb\xbf"
 
 
 # -- harness ---------------------------------------------------------------------------------------
 
-class Pipeline:
+class Pipeline(SourcePipeline):
     """A started source driven by the real SourceRunner (in a thread) into a memory channel."""
-
-    def __init__(self, source, capacity: int = 1_000_000, transaction_capacity: int = 100_000):
-        self.source = source
-        self.channel = MemoryChannel("mem", capacity, transaction_capacity)
-        self.counters: dict = {}
-        source.start(SourceContext(source.name, counters=self.counters))
-        self.runner = SourceRunner(source.name, source, InterceptorChain([]), ReplicatingChannelSelector(["mem"]),
-                                   self._put_many, self.counters, backoff=Backoff(0.01, 0.05),
-                                   idle_backoff=Backoff(0.001, 0.005))
-        self.thread = threading.Thread(target=self.runner.run, daemon=True)
-        self.thread.start()
-        self.events = []
 
     @property
     def port(self) -> int:
         return self.source.bound_port
 
-    def _put_many(self, subbatches, txn_id):
-        out = {}
-        for ch, batch in subbatches.items():
-            try:
-                self.channel.put(batch, txn_id)
-                out[ch] = None
-            except Exception as exc:  # ChannelFull: the runner retries
-                out[ch] = exc
-        return out
-
     def collect(self, n: int, timeout_s: float = 10.0):
         """Wait until ``n`` events in total were committed; all of them, in commit order."""
         def enough():
-            while True:
-                got = self.channel.take(self.channel.transaction_capacity)
-                if got is None:
-                    break
-                lease, batch = got
-                self.events.extend(batch.to_events())
-                self.channel.commit(lease)
+            self.events.extend(self.take_committed())
             return len(self.events) >= n
         wait_until(enough, timeout_s, what=f"{n} events (have {len(self.events)})")
         return self.events
 
-    def close(self):
-        self.runner.stopping.set()
-        self.thread.join(5)
-        self.source.stop()
-
 
 @pytest.fixture
 def pipelines():
-    made = []
-
-    def make(source, **kw):
-        p = Pipeline(source, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
+    with closing_factory(Pipeline, quiet=False) as factory:
+        yield factory
 
 
 def tcp_source(**kw):
@@ -555,19 +509,6 @@ def test_stop_closes_connections_and_frees_the_port():
 
 
 # -- TLS -------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    if OPENSSL is None:
-        pytest.skip("the openssl command is not installed: cannot make a test certificate")
-    d = tmp_path_factory.mktemp("tls")
-    certfile, keyfile = d / "cert.pem", d / "key.pem"
-    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(keyfile), "-out", str(certfile), "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
-    return str(certfile), str(keyfile)
-
 
 def test_tls_syslog_over_tcp(pipelines, cert):
     certfile, keyfile = cert

@@ -142,6 +142,14 @@ class Channel(ABC):
                 f"{self.transaction_capacity}; lower the source's batch_size or raise the channel's "
                 f"transaction_capacity")
 
+    def _check_take_size(self, max_events: int) -> None:
+        from rayflume.errors import TransactionTooLarge
+
+        if max_events > self.transaction_capacity:
+            raise TransactionTooLarge(
+                f"channel '{self.name}': a take of {max_events} events exceeds transaction_capacity="
+                f"{self.transaction_capacity}; lower the sink's batch_size")
+
     def _check_room(self, batch: EventBatch) -> None:
         from rayflume.errors import ChannelFull
 

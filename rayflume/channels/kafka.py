@@ -65,7 +65,7 @@ from rayflume._private.kafka_common import (RESERVED_CONSUMER, RESERVED_PRODUCER
                                             producer_config, validate_client_options)
 from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, now
 from rayflume.config_base import ChannelConfig
-from rayflume.errors import ChannelError, LeaseUnknown, TransactionTooLarge
+from rayflume.errors import ChannelError, LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.registry import register
 
@@ -344,10 +344,7 @@ class KafkaChannel(Channel):
 
     # -- take ---------------------------------------------------------------------------------------
     def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
-        if max_events > self.transaction_capacity:
-            raise TransactionTooLarge(
-                f"channel '{self.name}': a take of {max_events} events exceeds transaction_capacity="
-                f"{self.transaction_capacity}; lower the sink's batch_size")
+        self._check_take_size(max_events)
         if max_events <= 0:
             return None
         start = now()

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, Lease, now, split_for_take
 from rayflume.config_base import ChannelConfig
-from rayflume.errors import LeaseUnknown, TransactionTooLarge
+from rayflume.errors import LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.registry import register
 
@@ -124,10 +124,7 @@ class MemoryChannel(Channel):
             self._not_empty.notify_all()
 
     def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
-        if max_events > self.transaction_capacity:
-            raise TransactionTooLarge(
-                f"channel '{self.name}': a take of {max_events} events exceeds transaction_capacity="
-                f"{self.transaction_capacity}; lower the sink's batch_size")
+        self._check_take_size(max_events)
         deadline = now() + timeout_s
         with self._lock:
             self.expire_leases()

@@ -26,7 +26,7 @@ from rayflume.channels.file.channel import FileChannel
 from rayflume.channels.file.config import FileStorageConfig
 from rayflume.channels.file.errors import ChannelClosed
 from rayflume.channels.memory import LeasedQueue
-from rayflume.errors import ChannelFull, LeaseUnknown, TransactionTooLarge
+from rayflume.errors import ChannelFull, LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.registry import register
 
@@ -123,10 +123,7 @@ class SpillableChannel(Channel):
             self._not_empty.notify_all()
 
     def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
-        if max_events > self.transaction_capacity:
-            raise TransactionTooLarge(
-                f"channel '{self.name}': a take of {max_events} events exceeds transaction_capacity="
-                f"{self.transaction_capacity}; lower the sink's batch_size")
+        self._check_take_size(max_events)
         if max_events <= 0:
             return None
         deadline = now() + timeout_s

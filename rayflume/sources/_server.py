@@ -517,6 +517,11 @@ def make_tcp_server(bind: str, port: int, on_connection: Callable[[socket.socket
     server.tls = tls
     server.counters = counters
     server.on_connection = on_connection
+    return bind_or_close(server)
+
+
+def bind_or_close(server):
+    """Bind and listen a server made with ``bind_and_activate=False``; closed again if that fails."""
     try:
         server.server_bind()
         server.server_activate()

@@ -63,8 +63,8 @@ from rayflume.event import HEADERS_TYPE, EventBatch
 from rayflume.registry import register
 from rayflume.sources._server import (
     CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, Completion, ConnectionTracker, Item, LimitedServerMixin,
-    NetworkSourceConfig, QueuedSource, ServerThread, TlsConfig, batch_of, family_of, headers_from_columns,
-    is_loopback)
+    NetworkSourceConfig, QueuedSource, ServerThread, TlsConfig, batch_of, bind_or_close, family_of,
+    headers_from_columns, is_loopback)
 
 log = logging.getLogger("rayflume.source.http")
 
@@ -322,13 +322,7 @@ class HttpSource(QueuedSource):
         server.tracker = ConnectionTracker(self.max_connections, self.counters)
         server.tls = self.tls
         server.counters = self.counters
-        try:
-            server.server_bind()
-            server.server_activate()
-        except OSError:
-            server.server_close()
-            raise
-        self._server = ServerThread(server, f"http-{self.name}").start()
+        self._server = ServerThread(bind_or_close(server), f"http-{self.name}").start()
         self.set_bound_port(self._server.port)
         if self._token and self.tls is None and not is_loopback(self.bind):
             self.context.logger.warning("http source '%s': auth_token is sent in clear text on %s; set ssl: true",

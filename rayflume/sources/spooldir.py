@@ -48,7 +48,6 @@ import logging
 import os
 import random
 import re
-import threading
 import time
 from collections import deque
 from typing import Literal
@@ -62,10 +61,10 @@ from rayflume.errors import ConfigError
 from rayflume.event import EventBatch
 from rayflume.interceptors.headers import set_header
 from rayflume.registry import register
-from rayflume.sources.base import Source, SourceContext
+from rayflume.sources._files import LockedFileSource
+from rayflume.sources.base import SourceContext
 from rayflume.sources.taildir.framing import compact, frame_lines
-from rayflume.sources.taildir.storage import (ExclusiveLock, LockHeld, fsync_dir, read_json,
-                                              remove_stale_temps, write_json_atomic)
+from rayflume.sources.taildir.storage import fsync_dir, read_json, remove_stale_temps, write_json_atomic
 
 log = logging.getLogger("rayflume.source.spooldir")
 
@@ -119,13 +118,17 @@ class _Current:
         return out
 
 
-class SpoolDirSource(Source):
+class SpoolDirSource(LockedFileSource):
     """Reads the files of a spooling directory; see the module docstring for the guarantees.
 
     ``poll``, ``ack`` and ``stop`` may come from different threads; an internal lock serialises
     them. ``wall_clock`` (epoch seconds, compared with file mtimes) and ``clock`` (monotonic, for
     ``poll_delay_s``) are injectable for tests.
     """
+
+    KIND = "spooldir"
+    COUNTERS = COUNTERS
+    log = log
 
     def __init__(self, name: str, spool_dir: str, file_suffix: str = ".COMPLETED",
                  delete_policy: str = "never", tracking_policy: str = "rename",
@@ -173,30 +176,20 @@ class SpoolDirSource(Source):
         self._pending: EventBatch | None = None
         self._pending_end = 0
         self._last_scan = float("-inf")
-        self._mutex = threading.RLock()
-        self._lock: ExclusiveLock | None = None
-        self.lock_timeout_s = 10.0
-        self._started = False
-        self.status_error: str | None = None
+        self._init_file_state()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
         super().start(context)
-        for key in COUNTERS:
-            context.count(key, 0)
-        context.counters.setdefault("LastError", "")
+        self._start_counters(context)
         if not os.path.isdir(self.spool_dir):
             raise ConfigError([f"source '{self.name}': `spool_dir` {self.spool_dir} is not a directory; "
                                f"create it or fix the path"], topology=context.topology or None)
         os.makedirs(self.tracker_dir, exist_ok=True)
-        self._lock = ExclusiveLock(os.path.join(self.tracker_dir, LOCK_NAME))
-        try:
-            self._lock.acquire(self.lock_timeout_s)
-        except LockHeld:
-            self._lock = None
-            raise ConfigError([f"source '{self.name}': spool directory {self.spool_dir} is in use by another "
-                               f"running source (lock {self.tracker_dir}/{LOCK_NAME}); give each spooldir "
-                               f"source its own directory"], topology=context.topology or None) from None
+        self._acquire_lock(os.path.join(self.tracker_dir, LOCK_NAME),
+                           f"source '{self.name}': spool directory {self.spool_dir} is in use by another "
+                           f"running source (lock {self.tracker_dir}/{LOCK_NAME}); give each spooldir "
+                           f"source its own directory")
         remove_stale_temps(self.positions_path)
         with self._mutex:
             self._store = self._load_store()
@@ -205,10 +198,7 @@ class SpoolDirSource(Source):
     def stop(self) -> None:
         with self._mutex:
             self._close_current()
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            self._started = False
+            self._release_lock()
 
     def abandon(self) -> None:
         """Drop every OS resource without writing anything, as a crash would (for tests)."""
@@ -611,14 +601,6 @@ class SpoolDirSource(Source):
                     self._store[cur.relpath] = cur.entry()
                     self._save_store()
             self._finish_if_done()
-
-    # -- reporting ----------------------------------------------------------------------------------
-    def _report(self, message: str) -> None:
-        full = f"spooldir source '{self.name}': {message}"
-        log.error(full)
-        self.status_error = full
-        if getattr(self, "context", None) is not None:
-            self.context.counters["LastError"] = full
 
     @property
     def current_file(self) -> str | None:

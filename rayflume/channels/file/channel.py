@@ -106,7 +106,7 @@ from rayflume.channels.file.objlog import (EPOCH_SHIFT, ChunkCache, ObjectLog, l
                                            replay_chunks)
 from rayflume.channels.file.objstore import ObjectLock, ObjectStore, check_uri, is_uri
 from rayflume.channels.file.records import CorruptRecord, Record
-from rayflume.errors import ChannelFull, LeaseUnknown, TransactionTooLarge
+from rayflume.errors import ChannelFull, LeaseUnknown
 from rayflume.event import EventBatch
 
 log = logging.getLogger(__name__)
@@ -478,10 +478,7 @@ class FileChannel(Channel):
             self.counters.EventPutSuccessCount += n
 
     def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
-        if max_events > self.transaction_capacity:
-            raise TransactionTooLarge(
-                f"channel '{self.name}': a take of {max_events} events exceeds transaction_capacity="
-                f"{self.transaction_capacity}; lower the sink's batch_size")
+        self._check_take_size(max_events)
         if max_events <= 0:
             return None
         deadline = now() + timeout_s

@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import stat
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,14 +14,13 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from rayflume.config_base import SourceConfig
-from rayflume.errors import ConfigError
 from rayflume.event import EventBatch
 from rayflume.interceptors.headers import set_header
 from rayflume.registry import register
-from rayflume.sources.base import Source, SourceContext
+from rayflume.sources._files import LockedFileSource
+from rayflume.sources.base import SourceContext
 from rayflume.sources.taildir.framing import compact, frame_lines
-from rayflume.sources.taildir.storage import (ExclusiveLock, LockHeld, read_json, remove_stale_temps,
-                                              write_json_atomic)
+from rayflume.sources.taildir.storage import read_json, remove_stale_temps, write_json_atomic
 
 log = logging.getLogger("rayflume.source.taildir")
 
@@ -115,12 +113,16 @@ class _Segment:
         return len(self.bodies)
 
 
-class TaildirSource(Source):
+class TaildirSource(LockedFileSource):
     """Tails the files of its groups; see :mod:`rayflume.sources.taildir` for the guarantees.
 
     ``poll``, ``ack`` and ``stop`` may be called from different threads; an internal lock
     serialises them. ``clock`` (monotonic seconds) is injectable for tests of idle timeouts.
     """
+
+    KIND = "taildir"
+    COUNTERS = COUNTERS
+    log = log
 
     def __init__(self, name: str, groups: list[FileGroup], position_file: str | None = None,
                  batch_size: int = 100, skip_to_end: bool = False, byte_offset_header: bool = False,
@@ -153,32 +155,19 @@ class TaildirSource(Source):
         self._dirty = False
         self._last_write = float("-inf")
         self._last_scan = float("-inf")
-        self._mutex = threading.RLock()
-        self._lock: ExclusiveLock | None = None
-        # How long start() waits for the position file's lock (a dying predecessor may hold it).
-        self.lock_timeout_s = 10.0
-        self._started = False
-        self.status_error: str | None = None
+        self._init_file_state()
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
         super().start(context)
-        for key in COUNTERS:
-            context.count(key, 0)
-        # Created now so that other threads reading the counters never see the dict grow.
-        context.counters.setdefault("LastError", "")
+        self._start_counters(context)
         if self.position_file is None:
             self.position_file = default_position_file(self.name, context.topology)
         self.position_file = os.path.abspath(os.path.expanduser(self.position_file))
         os.makedirs(os.path.dirname(self.position_file), exist_ok=True)
-        self._lock = ExclusiveLock(self.position_file + ".lock")
-        try:
-            self._lock.acquire(self.lock_timeout_s)
-        except LockHeld:
-            self._lock = None
-            raise ConfigError([f"source '{self.name}': `position_file` {self.position_file} is in use by "
-                               f"another running source; give each taildir source its own position_file"],
-                              topology=context.topology or None) from None
+        self._acquire_lock(self.position_file + ".lock",
+                           f"source '{self.name}': `position_file` {self.position_file} is in use by "
+                           f"another running source; give each taildir source its own position_file")
         remove_stale_temps(self.position_file)
         with self._mutex:
             stored = self._load_positions()
@@ -192,10 +181,7 @@ class TaildirSource(Source):
                 self._write_positions(force=True)
             for t in self.files.values():
                 self._close(t)
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            self._started = False
+            self._release_lock()
 
     def abandon(self) -> None:
         """Drop every OS resource without writing positions, as a crash would (for tests)."""
@@ -204,10 +190,7 @@ class TaildirSource(Source):
                 if t.fd is not None:
                     os.close(t.fd)
                     t.fd = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            self._started = False
+            self._release_lock()
 
     # -- position file ------------------------------------------------------------------------------
     def _load_positions(self) -> dict:
@@ -216,7 +199,7 @@ class TaildirSource(Source):
         except ValueError as exc:
             aside = f"{self.position_file}.corrupt-{int(time.time())}"
             os.replace(self.position_file, aside)
-            self._error(f"position file unreadable ({exc}); moved to {aside}; files are tailed as if "
+            self._report(f"position file unreadable ({exc}); moved to {aside}; files are tailed as if "
                         f"never seen (from the start, or the end with skip_to_end)")
             return {}
         if data is None:
@@ -229,7 +212,7 @@ class TaildirSource(Source):
                 out[key] = {"pos": int(e["pos"]), "path": str(e["path"]), "group": str(e.get("group", "")),
                             "fp_len": int(e.get("fp_len", 0)), "fp": str(e.get("fp", _EMPTY_FP))}
             except (KeyError, TypeError, ValueError):
-                self._error(f"position file {self.position_file}: ignoring a malformed entry {e!r}")
+                self._report(f"position file {self.position_file}: ignoring a malformed entry {e!r}")
         return out
 
     def _write_positions(self, force: bool = False) -> None:
@@ -244,7 +227,7 @@ class TaildirSource(Source):
             write_json_atomic(self.position_file, doc)
         except OSError as exc:
             self.context.count("PositionWriteFail")
-            self._error(f"cannot write position file {self.position_file} ({exc}); positions stay in "
+            self._report(f"cannot write position file {self.position_file} ({exc}); positions stay in "
                         f"memory and are written at the next acknowledgement (a crash meanwhile "
                         f"re-reads, never loses)")
             return
@@ -263,7 +246,7 @@ class TaildirSource(Source):
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
-                self._error(f"cannot list directory {g.directory} of file group '{g.name}': {exc}")
+                self._report(f"cannot list directory {g.directory} of file group '{g.name}': {exc}")
                 continue
             for fname in names:
                 if not g.pattern.fullmatch(fname):
@@ -396,7 +379,7 @@ class TaildirSource(Source):
             return False
         except OSError as exc:
             self.context.count("FileReadFail")
-            self._error(f"cannot open {t.path}: {exc}")
+            self._report(f"cannot open {t.path}: {exc}")
             return False
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != t.key:
@@ -477,7 +460,7 @@ class TaildirSource(Source):
             self._maybe_finish(t, st, now)
         except OSError as exc:
             self.context.count("FileReadFail")
-            self._error(f"reading {t.path} failed: {exc}; retrying")
+            self._report(f"reading {t.path} failed: {exc}; retrying")
             self._close(t)
         return 0
 
@@ -594,14 +577,6 @@ class TaildirSource(Source):
             self._drop_finished()
             if self._started:
                 self._write_positions()
-
-    # -- reporting ----------------------------------------------------------------------------------
-    def _error(self, message: str) -> None:
-        full = f"taildir source '{self.name}': {message}"
-        log.error(full)
-        self.status_error = full
-        if getattr(self, "context", None) is not None:
-            self.context.counters["LastError"] = full
 
     @property
     def buffered_events(self) -> int:

@@ -1,0 +1,65 @@
+"""What the file-reading sources (``spooldir``, ``taildir``) share: an exclusive lock on their
+state file taken in ``start()``, their counters, and how they report an error they survive."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from rayflume.errors import ConfigError
+from rayflume.sources.base import Source, SourceContext
+
+if TYPE_CHECKING:
+    from rayflume.sources.taildir.storage import ExclusiveLock
+
+
+class LockedFileSource(Source):
+    """Base of a source that owns a state file through an :class:`ExclusiveLock`.
+
+    Subclasses set ``KIND`` (for messages), ``COUNTERS`` (created at 0 in ``start``) and ``log``,
+    call :meth:`_init_file_state` in ``__init__`` and hold ``_mutex`` around their state.
+    ``status_error`` is the last reported error (None: none yet).
+    """
+
+    KIND = ""
+    COUNTERS: tuple[str, ...] = ()
+    log = logging.getLogger("rayflume.source")
+
+    def _init_file_state(self) -> None:
+        self._mutex = threading.RLock()
+        self._lock: ExclusiveLock | None = None
+        # How long start() waits for the lock (a dying predecessor may hold it).
+        self.lock_timeout_s = 10.0
+        self._started = False
+        self.status_error: str | None = None
+
+    def _start_counters(self, context: SourceContext) -> None:
+        for key in self.COUNTERS:
+            context.count(key, 0)
+        # Created now so that other threads reading the counters never see the dict grow.
+        context.counters.setdefault("LastError", "")
+
+    def _acquire_lock(self, path: str, busy_message: str) -> None:
+        """Take the lock at ``path``; raise ConfigError(``busy_message``) while another holds it."""
+        # Imported here: importing the taildir package imports its source, which imports this module.
+        from rayflume.sources.taildir.storage import ExclusiveLock, LockHeld
+
+        self._lock = ExclusiveLock(path)
+        try:
+            self._lock.acquire(self.lock_timeout_s)
+        except LockHeld:
+            self._lock = None
+            raise ConfigError([busy_message], topology=self.context.topology or None) from None
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._started = False
+
+    def _report(self, message: str) -> None:
+        full = f"{self.KIND} source '{self.name}': {message}"
+        self.log.error(full)
+        self.status_error = full
+        if getattr(self, "context", None) is not None:
+            self.context.counters["LastError"] = full
