@@ -101,7 +101,7 @@ def _run_foreground(handle, url, args) -> int:
     print(f"running topology '{handle.name}' on an embedded Ray" + (f"; metrics at {url}" if url else "")
           + "; Ctrl-C to stop", flush=True)
     tty = sys.stdout.isatty()
-    previous, t_prev = None, time.monotonic()
+    previous, t_prev = {}, time.monotonic()  # the first rates count from the deploy
     finished = False
     while not stop.wait(args.status_interval_s):
         metrics = handle.metrics()
