@@ -34,6 +34,8 @@ Every method may block on I/O; the sink runs them in worker threads under ``call
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import errno
 import fcntl
 import glob
@@ -119,23 +121,26 @@ def hadoop_message(path: str, problems: list[str]) -> str:
             f"(export CLASSPATH=$($HADOOP_HOME/bin/hadoop classpath --glob))")
 
 
-class AppendHandle:
+class AppendHandle(ABC):
     """An open, growing in-use file."""
 
     size: int = 0
 
+    @abstractmethod
     def write(self, data) -> None:
-        raise NotImplementedError
+        """Append ``data``."""
 
+    @abstractmethod
     def sync(self) -> None:
-        raise NotImplementedError
+        """Make everything written so far durable."""
 
     def truncate(self, size: int) -> bool:
         """Cut the file back to ``size`` after a failed write; False when the storage cannot."""
         return False
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the file."""
 
 
 class Storage:
@@ -161,11 +166,13 @@ class Storage:
             return f.read_buffer()
 
     def open_append(self, path: str) -> AppendHandle:
-        raise NotImplementedError(f"{self.kind} storage has no appendable files")
+        """Only for ``appendable`` storages; the others upload parts."""
+        raise TypeError(f"{self.kind} storage has no appendable files")
 
     def claim(self, path: str) -> AppendHandle | None:
-        """Open an in-use file left by someone else for recovery; None when a live writer holds it."""
-        raise NotImplementedError
+        """Open an in-use file left by someone else for recovery; None when a live writer holds it.
+        Only for ``appendable`` storages."""
+        raise TypeError(f"{self.kind} storage has no appendable files")
 
     def write_object(self, path: str, buffers: Iterable) -> None:
         """Create (or replace) ``path`` with the concatenation of ``buffers``, durably."""
