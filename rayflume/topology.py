@@ -404,7 +404,7 @@ def _validate_hops(topo: Topology, errors: list[str]) -> None:
 def _validate_groups(data: dict, topo: Tier, prefix: str, errors: list[str]) -> None:
     groups = data.get("sink_groups") or {}
     if not isinstance(groups, dict):
-        errors.append(f"{prefix}sink_groups: expected a mapping of group names to {sinks, processor}")
+        errors.append(f"{prefix}sink_groups: expected a mapping of group names to {{sinks, processor}}")
         return
     owner: dict[str, str] = {}
     for gname, raw in groups.items():

@@ -252,3 +252,8 @@ channels: {topic: {type: kafka, bootstrap_servers: "127.0.0.1:9092"}}
         sinks: {out: {type: null, channel: mem}}
         """)
     assert "sources: at least one source is required" in errors
+
+
+def test_sink_groups_must_be_a_mapping():
+    errors = errors_of(GOOD + "sink_groups: [out]\n")
+    assert "sink_groups: expected a mapping of group names to {sinks, processor}" in errors

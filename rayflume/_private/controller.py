@@ -136,7 +136,7 @@ class TopologyController:
     # -- persistence of the instance map ------------------------------------------------------
     def _save(self) -> None:
         data = {"home_node": self.home_node, "next_replica": self._next_replica,
-                "instances": [[i.tier, i.instance_id, i.node_id] for i in self.instances.values()]}
+                "instances": [[i.tier, i.instance_id, i.node_id] for i in list(self.instances.values())]}
         _kv()._internal_kv_put(self._kv_key, json.dumps(data).encode(), overwrite=True)
 
     def _restore(self) -> None:
@@ -261,7 +261,7 @@ class TopologyController:
 
     def _reconcile_tier(self, tier_name: str, tier: Tier, nodes: list, alive: set) -> bool:
         placement = tier.placement
-        mine = [i for i in self.instances.values() if i.tier == tier_name]
+        mine = [i for i in list(self.instances.values()) if i.tier == tier_name]
         changed = False
         for inst in mine:
             if inst.node_id is not None and inst.node_id not in alive:
@@ -283,7 +283,7 @@ class TopologyController:
                             f"recover them, or use shared_storage / an s3:// data_dirs")
                     self._drop_instance(inst, f"node {inst.node_id[:12]} is gone: instance removed{detail}")
                 changed = True
-        mine = [i for i in self.instances.values() if i.tier == tier_name]
+        mine = [i for i in list(self.instances.values()) if i.tier == tier_name]
         if placement.mode == "single":
             if not mine:
                 self._add_instance(tier_name, "main", None)
@@ -318,7 +318,7 @@ class TopologyController:
     def _pick_node(self, tier_name: str, nodes: list, placement) -> str | None:
         """The matching alive node with the fewest instances of the tier (spreading replicas)."""
         counts = {n["NodeID"]: 0 for n in nodes if placement.matches(n)}
-        for i in self.instances.values():
+        for i in list(self.instances.values()):
             if i.tier == tier_name and i.node_id in counts:
                 counts[i.node_id] += 1
         return min(counts, key=lambda n: (counts[n], n)) if counts else None
@@ -365,7 +365,7 @@ class TopologyController:
         """Move to a new configuration; components whose config did not change keep running."""
         new = validate(raw_topology)
         with self._lock:
-            old_handles = {(t, i, k): m.handle for (t, i), inst in self.instances.items()
+            old_handles = {(t, i, k): m.handle for (t, i), inst in list(self.instances.items())
                            for k, m in inst.components.items()}
             self.topology = new
             for (tier_name, _), inst in list(self.instances.items()):
@@ -411,7 +411,7 @@ class TopologyController:
         if source is None:
             source = next((n for n, c in tier_cfg.sources.items() if getattr(c, "receives_hops", False)), None)
         out = []
-        for inst in sorted(self.instances.values(), key=lambda i: i.instance_id):
+        for inst in sorted(list(self.instances.values()), key=lambda i: i.instance_id):
             managed = inst.components.get(("SOURCE", source)) if inst.tier == tier else None
             if managed is not None and managed.handle is not None:
                 if _actor_state(managed.handle)[0] in ("ALIVE", "RESTARTING", "PENDING_CREATION"):
@@ -423,7 +423,7 @@ class TopologyController:
 
     def _gather(self, method: str) -> dict:
         refs = {}
-        for inst in self.instances.values():
+        for inst in list(self.instances.values()):
             for key, m in inst.components.items():
                 if m.handle is not None:
                     refs[(inst.tier, inst.instance_id, *key)] = getattr(m.handle, method).remote()
@@ -439,11 +439,11 @@ class TopologyController:
         """Flume's JSON shape: ``{"SOURCE.gen": {...}, ...}``; in a tiered topology the name is
         ``<tier>.<instance>.<component>`` (``SOURCE.agent.3f9a1c2b7d0e.gen``)."""
         reports = {}
-        for inst in self.instances.values():
+        for inst in list(self.instances.values()):
             for m in inst.components.values():
                 m.last_restarts = max(m.last_restarts, _actor_state(m.handle)[1])  # live, not last tick
         results = self._gather("metrics")
-        for inst in self.instances.values():
+        for inst in list(self.instances.values()):
             tier = self.topology.tiers[inst.tier]
             for (kind, name), managed in inst.components.items():
                 result = results.get((inst.tier, inst.instance_id, kind, name))
@@ -473,7 +473,7 @@ class TopologyController:
         infos = self._gather("info")
         metrics = self.metrics()
         components = []
-        for inst in sorted(self.instances.values(), key=lambda i: (i.tier, i.instance_id)):
+        for inst in sorted(list(self.instances.values()), key=lambda i: (i.tier, i.instance_id)):
             tier = self.topology.tiers[inst.tier]
             for (kind, name), managed in inst.components.items():
                 info = infos.get((inst.tier, inst.instance_id, kind, name))
@@ -502,7 +502,7 @@ class TopologyController:
         for tier_name, tier in self.topology.tiers.items():
             tiers[tier_name] = {"placement": tier.placement.mode, "selector": tier.placement.describe(),
                                 "replicas": tier.placement.replicas if tier.placement.mode == "replicas" else None,
-                                "instances": {i.instance_id: i.node_id for i in self.instances.values()
+                                "instances": {i.instance_id: i.node_id for i in list(self.instances.values())
                                               if i.tier == tier_name},
                                 "waiting": self.waiting.get(tier_name),
                                 "lost": {name: why for (_, name), why in self.lost_channels.items()
@@ -562,7 +562,7 @@ class TopologyController:
             deadline = time.monotonic() + drain_timeout_s
             left: dict = {}
             for tier in self._tier_order():
-                insts = [i for i in self.instances.values() if i.tier == tier]
+                insts = [i for i in list(self.instances.values()) if i.tier == tier]
                 self._event(tier or "topology", "stopping: sources first, then draining the channels")
                 self._call_all(insts, "SOURCE", "stop")
                 sizes = self._channel_sizes(insts)
@@ -575,7 +575,7 @@ class TopologyController:
                 self._call_all(insts, "SINK", "stop")
             final_metrics = self.metrics()
             self._call_all(list(self.instances.values()), "CHANNEL", "stop")
-            for inst in self.instances.values():
+            for inst in list(self.instances.values()):
                 for managed in inst.components.values():
                     try:
                         ray.kill(managed.handle, no_restart=True)

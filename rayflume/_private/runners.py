@@ -262,11 +262,9 @@ def run_sink_group(processor, runners: list[SinkRunner], stopping: threading.Eve
     last_maintain = 0.0
     while not stopping.is_set():
         try:
-            status = processor.process()
+            # BACKOFF needs no sleep here: take() already waited take_timeout_s for data
+            processor.process()
             backoff.reset()
-            if status is Status.BACKOFF:
-                # take() already waited take_timeout_s for data: no extra sleep needed
-                pass
         except DeliveryError as exc:
             logger.warning("%s; backing off", exc)
             stopping.wait(backoff.next_delay())

@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from rayflume.errors import LeaseUnknown
 from rayflume.event import EventBatch
 
 # How many settled transaction and lease ids a channel remembers to make retries no-ops.
@@ -173,6 +174,17 @@ class Channel(ABC):
                        ChannelFillPercentage=round(100.0 * size / self.capacity, 3),
                        ChannelBytes=self.nbytes())
             return out
+
+
+def check_commit_of_settled_lease(channel: str, lease_id: str, previous: str | None) -> None:
+    """A commit of a lease the channel no longer holds. ``previous`` is how it was settled
+    ("committed", "rolled_back", "expired"; None: never seen). A retried commit is a no-op;
+    anything else raises LeaseUnknown: its events were returned and will be delivered again."""
+    if previous == "committed":
+        return
+    why = "it expired or was rolled back" if previous else "it is unknown to the channel"
+    where = f"channel '{channel}': " if channel else ""
+    raise LeaseUnknown(f"{where}cannot commit lease {lease_id}: {why}; its events will be delivered again")
 
 
 def split_for_take(batches, max_events: int) -> tuple[list[EventBatch], list[EventBatch]]:

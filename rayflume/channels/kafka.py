@@ -63,9 +63,9 @@ from rayflume._private.kafka_common import (RESERVED_CONSUMER, RESERVED_PRODUCER
                                             consumer_config, ensure_topic, event_header_lists,
                                             kafka_error_text, messages_to_batch, partitions_of,
                                             producer_config, validate_client_options)
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, now
+from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now
 from rayflume.config_base import ChannelConfig
-from rayflume.errors import ChannelError, LeaseUnknown
+from rayflume.errors import ChannelError
 from rayflume.event import EventBatch
 from rayflume.registry import register
 
@@ -503,11 +503,8 @@ class KafkaChannel(Channel):
     def _settle(self, lease_id: str, outcome: str) -> _Lease | None:
         lease = self._leases.pop(lease_id, None)
         if lease is None:
-            previous = self._outcomes.get(lease_id)
-            if outcome == "committed" and previous != "committed":
-                why = "it expired or was rolled back" if previous else "it is unknown to the channel"
-                raise LeaseUnknown(f"channel '{self.name}': cannot commit lease {lease_id}: {why}; its events "
-                                   f"will be delivered again")
+            if outcome == "committed":
+                check_commit_of_settled_lease(self.name, lease_id, self._outcomes.get(lease_id))
             return None
         if outcome == "committed":
             for piece in lease.pieces:

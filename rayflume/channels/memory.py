@@ -10,9 +10,9 @@ from collections import OrderedDict, deque
 
 from pydantic import Field
 
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, Lease, now, split_for_take
+from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, Lease,
+                                    check_commit_of_settled_lease, now, split_for_take)
 from rayflume.config_base import ChannelConfig
-from rayflume.errors import LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.registry import register
 
@@ -23,7 +23,8 @@ class LeasedQueue:
     Not thread-safe on its own: callers hold the channel's lock.
     """
 
-    def __init__(self):
+    def __init__(self, name: str = ""):
+        self.name = name  # the channel's, for messages
         self.batches: deque[EventBatch] = deque()
         self.leases: dict[str, Lease] = {}
         self.outcomes: OrderedDict[str, str] = OrderedDict()
@@ -67,11 +68,8 @@ class LeasedQueue:
         """
         lease = self.leases.pop(lease_id, None)
         if lease is None:
-            previous = self.outcomes.get(lease_id)
-            if outcome == "committed" and previous != "committed":
-                why = "it expired or was rolled back" if previous else "it is unknown to the channel"
-                raise LeaseUnknown(f"cannot commit lease {lease_id}: {why}; its events will be "
-                                   f"delivered again")
+            if outcome == "committed":
+                check_commit_of_settled_lease(self.name, lease_id, self.outcomes.get(lease_id))
             return None
         self.leased_events -= lease.events
         self.leased_bytes -= lease.nbytes
@@ -102,7 +100,7 @@ class MemoryChannel(Channel):
     def __init__(self, name: str, capacity: int = 100_000, transaction_capacity: int = 10_000,
                  byte_capacity: int | None = None, lease_timeout_s: float = 60.0):
         super().__init__(name, capacity, transaction_capacity, byte_capacity, lease_timeout_s)
-        self._q = LeasedQueue()
+        self._q = LeasedQueue(name)
         self._committed_txns = IdWindow()
 
     def put(self, batch: EventBatch, txn_id: str) -> None:

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, now
+from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now
 from rayflume.channels.file.channel import FileChannel
 from rayflume.channels.file.config import FileStorageConfig
 from rayflume.channels.file.errors import ChannelClosed
 from rayflume.channels.memory import LeasedQueue
-from rayflume.errors import ChannelFull, LeaseUnknown
+from rayflume.errors import ChannelFull
 from rayflume.event import EventBatch
 from rayflume.registry import register
 
@@ -166,12 +166,8 @@ class SpillableChannel(Channel):
         with self._lock:
             lease = self._leases.get(lease_id)
             if lease is None:
-                previous = self._outcomes.get(lease_id)
-                if previous == "committed":
-                    return
-                why = "it expired or was rolled back" if previous else "it is unknown to the channel"
-                raise LeaseUnknown(f"channel '{self.name}': cannot commit lease {lease_id}: {why}; "
-                                   f"its events will be delivered again")
+                check_commit_of_settled_lease(self.name, lease_id, self._outcomes.get(lease_id))
+                return
             lease.committing = True
         if lease.overflow_lease is not None:
             try:

@@ -3,7 +3,9 @@ state file taken in ``start()``, their counters, and how they report an error th
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from rayflume.errors import ConfigError
@@ -63,3 +65,16 @@ class LockedFileSource(Source):
         self.status_error = full
         if getattr(self, "context", None) is not None:
             self.context.counters["LastError"] = full
+
+    def _read_state(self, path: str, consequence: str):
+        """The JSON state file at ``path`` (None when absent). One that does not parse is moved
+        aside to ``<path>.corrupt-<time>`` and reported with ``consequence``; then None."""
+        from rayflume.sources.taildir.storage import read_json
+
+        try:
+            return read_json(path)
+        except ValueError as exc:
+            aside = f"{path}.corrupt-{int(time.time())}"
+            os.replace(path, aside)
+            self._report(f"position file unreadable ({exc}); moved to {aside}; {consequence}")
+            return None

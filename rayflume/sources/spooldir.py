@@ -206,14 +206,7 @@ class SpoolDirSource(LockedFileSource):
 
     # -- the position store -------------------------------------------------------------------------
     def _load_store(self) -> dict:
-        try:
-            data = read_json(self.positions_path)
-        except ValueError as exc:
-            aside = f"{self.positions_path}.corrupt-{int(time.time())}"
-            os.replace(self.positions_path, aside)
-            self._report(f"position file unreadable ({exc}); moved to {aside}; files in progress are read "
-                         f"again from their start")
-            return {}
+        data = self._read_state(self.positions_path, "files in progress are read again from their start")
         files = (data or {}).get("files", {}) if isinstance(data, dict) else {}
         return {k: v for k, v in files.items() if isinstance(v, dict) and {"dev", "ino", "size", "mtime_ns",
                                                                               "state", "pos"} <= set(v)}

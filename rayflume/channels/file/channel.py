@@ -91,7 +91,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, now
+from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now
 from rayflume.channels.file import records
 from rayflume.channels.file.checkpoint import (BadCheckpoint, Checkpoint, MissingCheckpoint,
                                                read_checkpoint, read_checkpoint_object,
@@ -106,7 +106,7 @@ from rayflume.channels.file.objlog import (EPOCH_SHIFT, ChunkCache, ObjectLog, l
                                            replay_chunks)
 from rayflume.channels.file.objstore import ObjectLock, ObjectStore, check_uri, is_uri
 from rayflume.channels.file.records import CorruptRecord, Record
-from rayflume.errors import ChannelFull, LeaseUnknown
+from rayflume.errors import ChannelFull
 from rayflume.event import EventBatch
 
 log = logging.getLogger(__name__)
@@ -509,12 +509,8 @@ class FileChannel(Channel):
         with self._lock:
             lease = self._leases.get(lease_id)
             if lease is None:
-                previous = self._outcomes.get(lease_id)
-                if previous == "committed":
-                    return
-                why = "it expired or was rolled back" if previous else "it is unknown to the channel"
-                raise LeaseUnknown(f"channel '{self.name}': cannot commit lease {lease_id}: {why}; "
-                                   f"its events will be delivered again")
+                check_commit_of_settled_lease(self.name, lease_id, self._outcomes.get(lease_id))
+                return
             rec = lease.commit_rec
             if rec is None:
                 self._check_open()

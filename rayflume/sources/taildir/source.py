@@ -20,7 +20,7 @@ from rayflume.registry import register
 from rayflume.sources._files import LockedFileSource
 from rayflume.sources.base import SourceContext
 from rayflume.sources.taildir.framing import compact, frame_lines
-from rayflume.sources.taildir.storage import read_json, remove_stale_temps, write_json_atomic
+from rayflume.sources.taildir.storage import remove_stale_temps, write_json_atomic
 
 log = logging.getLogger("rayflume.source.taildir")
 
@@ -194,14 +194,8 @@ class TaildirSource(LockedFileSource):
 
     # -- position file ------------------------------------------------------------------------------
     def _load_positions(self) -> dict:
-        try:
-            data = read_json(self.position_file)
-        except ValueError as exc:
-            aside = f"{self.position_file}.corrupt-{int(time.time())}"
-            os.replace(self.position_file, aside)
-            self._report(f"position file unreadable ({exc}); moved to {aside}; files are tailed as if "
-                        f"never seen (from the start, or the end with skip_to_end)")
-            return {}
+        data = self._read_state(self.position_file, "files are tailed as if never seen (from the start, "
+                                                    "or the end with skip_to_end)")
         if data is None:
             return {}
         entries = data.get("files", []) if isinstance(data, dict) else data
