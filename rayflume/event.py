@@ -47,14 +47,20 @@ class EventBatch:
 
     Construction validates the schema; ``len(batch)`` is the number of events and ``nbytes`` the
     size of the Arrow buffers (bodies and headers), which is what byte capacities count.
+
+    ``stored`` is set by the runtime on a batch read from Ray's object store: a reference to that
+    copy (a ``rayflume._private.stored.StoredBatch``), which a sink sending the batch on to
+    another actor may pass instead of copying the batch again. It is None for a batch built in
+    this process, and every operation returns a batch without it.
     """
 
-    __slots__ = ("record_batch",)
+    __slots__ = ("record_batch", "stored")
 
     def __init__(self, record_batch: pa.RecordBatch):
         if not record_batch.schema.equals(SCHEMA):
             raise TypeError(f"an EventBatch needs schema {SCHEMA}, got {record_batch.schema}")
         self.record_batch = record_batch
+        self.stored = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

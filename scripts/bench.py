@@ -67,8 +67,9 @@ HOP_BATCH = int(os.environ.get("BENCH_HOP_BATCH", 4 * BATCH))  # 40,000
 def pipeline_two_tier(tmp):
     """sequence -> memory -> rayflume sink => rayflume source -> memory -> null, one node.
 
-    The hop moves ``HOP_BATCH`` events per call (Flume users size avro hops the same way): a hop
-    costs a fixed number of actor calls per batch, so bigger batches amortise it."""
+    The hop moves up to ``HOP_BATCH`` events per call (Flume users size avro hops the same way): a
+    hop costs a fixed number of actor calls per batch, so bigger batches amortise it, and the
+    rayflume sink's default ``batch_duration_s`` lets it wait a moment to fill them."""
     return {"tiers": {
         "agent": {"placement": {"replicas": 1},
                   "sources": {"gen": sequence(["mem"])},

@@ -111,6 +111,46 @@ class ChannelContract:
         got = ch.take(10, timeout_s=5)
         assert got is not None and numbers(got[1]) == [0, 1, 2]
 
+    # -- filling a batch before the take --------------------------------------------------------
+    def _ready_counting(self, make):
+        ch = make(capacity=1000, transaction_capacity=100)
+        if ch.ready_events() is None:
+            pytest.skip("this channel type cannot tell how many events are ready")
+        return ch
+
+    def test_ready_events_leaves_out_leased_ones(self, make):
+        ch = self._ready_counting(make)
+        ch.put(numbered(0, 20), "a")
+        wait_until(lambda: ch.ready_events() == 20, what="the put to become ready")
+        lease, _ = ch.take(15)
+        assert ch.ready_events() == 5
+        ch.rollback(lease)
+        assert ch.ready_events() == 20
+
+    def test_wait_for_batch_returns_once_enough_are_ready(self, make):
+        ch = self._ready_counting(make)
+        ch.put(numbered(0, 30), "a")
+
+        def more():
+            ch.put(numbered(30, 30), "b")
+            ch.put(numbered(60, 40), "c")
+
+        threading.Timer(0.1, more).start()
+        started = time.monotonic()
+        ch.wait_for_batch(100, timeout_s=30)
+        assert time.monotonic() - started < 20, "it waited for its timeout although 100 events came"
+        lease, b = ch.take(100)
+        assert numbers(b) == list(range(100))
+
+    def test_wait_for_batch_gives_up_after_its_timeout(self, make):
+        ch = self._ready_counting(make)
+        ch.put(numbered(0, 10), "a")
+        started = time.monotonic()
+        ch.wait_for_batch(100, timeout_s=0.3)
+        assert time.monotonic() - started >= 0.25
+        lease, b = ch.take(100)
+        assert numbers(b) == list(range(10))
+
     def test_rollback_restores_at_head(self, make):
         ch = make()
         ch.put(numbered(0, 5), "a")

@@ -1,3 +1,5 @@
+import time
+
 from rayflume.channels.memory import MemoryChannel
 from rayflume.channels.null import NullChannel
 from tests.channel_contract import ChannelContract, numbered
@@ -15,3 +17,11 @@ def test_null_channel_discards_and_counts():
     assert ch.size() == 0
     assert ch.take(10) is None
     assert ch.metrics()["EventPutSuccessCount"] == 500
+
+
+def test_a_channel_that_cannot_count_ready_events_does_not_wait_to_fill():
+    ch = NullChannel("n", capacity=10, transaction_capacity=100)
+    assert ch.ready_events() is None
+    started = time.monotonic()
+    ch.wait_for_batch(100, timeout_s=30)
+    assert time.monotonic() - started < 10

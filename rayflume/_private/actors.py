@@ -26,6 +26,7 @@ import ray
 
 from rayflume._private.metrics import RayExporter
 from rayflume._private.runners import SinkRunner, SourceRunner, run_sink_group
+from rayflume._private.stored import StoredBatch
 from rayflume.channels.base import IdWindow
 from rayflume.errors import ConfigError, LeaseUnknown
 from rayflume.event import EventBatch
@@ -129,8 +130,16 @@ class ChannelActor(_Component):
     def put(self, batch: EventBatch, txn_id: str) -> None:
         self.channel.put(batch, txn_id)
 
-    def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
-        return self.channel.take(max_events, holder, timeout_s)
+    @ray.method(num_returns=2)
+    def take_lease_and_batch(self, max_events: int, holder: str = "", timeout_s: float = 0.0,
+                             fill_s: float = 0.0):
+        """The channel's ``take`` as two objects, (lease id, batch) or (None, None), so that the
+        batch has an object of its own, which the taker can pass on by reference. First waits up
+        to ``fill_s`` for ``max_events`` to be ready."""
+        if fill_s > 0:
+            self.channel.wait_for_batch(max_events, fill_s)
+        got = self.channel.take(max_events, holder, timeout_s)
+        return got if got is not None else (None, None)
 
     def commit(self, lease_id: str) -> None:
         self.channel.commit(lease_id)
@@ -161,21 +170,32 @@ class _ChannelHandlePort:
 
     MAX_PENDING_COMMITS = 4
 
-    def __init__(self, handle, call_timeout_s: float = 60.0):
+    def __init__(self, handle, call_timeout_s: float = 60.0, fill_s: float = 0.0):
         self.handle = handle
         self.call_timeout_s = call_timeout_s
-        self._prefetched = None  # ObjectRef of a take in flight
+        self.fill_s = fill_s  # the sink's batch_duration_s
+        self._prefetched = None  # (lease, batch) ObjectRefs of a take in flight
         self._commits: deque = deque()  # (ObjectRef, events)
 
     def put(self, batch, txn_id):
         ray.get(self.handle.put.remote(batch, txn_id), timeout=self.call_timeout_s)
 
     def take(self, max_events, holder, timeout_s):
+        """(lease id, batch) or None; ``batch.stored`` refers to the taken batch's object."""
         if self._prefetched is not None:
-            ref, self._prefetched = self._prefetched, None
+            refs, self._prefetched = self._prefetched, None
         else:
-            ref = self.handle.take.remote(max_events, holder, timeout_s)
-        return ray.get(ref, timeout=self.call_timeout_s + timeout_s)
+            refs = self._take_remote(max_events, holder, timeout_s)
+        lease_ref, batch_ref = refs
+        lease_id = ray.get(lease_ref, timeout=self.call_timeout_s + self.fill_s + timeout_s)
+        if lease_id is None:
+            return None
+        batch = ray.get(batch_ref, timeout=self.call_timeout_s)
+        batch.stored = StoredBatch(batch_ref, len(batch))
+        return lease_id, batch
+
+    def _take_remote(self, max_events, holder, timeout_s):
+        return self.handle.take_lease_and_batch.remote(max_events, holder, timeout_s, self.fill_s)
 
     def commit(self, lease_id):
         ray.get(self.handle.commit.remote(lease_id), timeout=self.call_timeout_s)
@@ -185,14 +205,14 @@ class _ChannelHandlePort:
 
     # -- pipelined mode ----------------------------------------------------------------------
     def prefetch(self, max_events, holder, timeout_s) -> None:
-        self._prefetched = self.handle.take.remote(max_events, holder, timeout_s)
+        self._prefetched = self._take_remote(max_events, holder, timeout_s)
 
     def release_prefetched(self) -> None:
         if self._prefetched is not None:
-            ref, self._prefetched = self._prefetched, None
-            got = ray.get(ref, timeout=self.call_timeout_s)
-            if got is not None:
-                self.rollback(got[0])
+            (lease_ref, _), self._prefetched = self._prefetched, None
+            lease_id = ray.get(lease_ref, timeout=self.call_timeout_s + self.fill_s)
+            if lease_id is not None:
+                self.rollback(lease_id)
 
     def commit_later(self, lease_id, events: int) -> int:
         """Send the commit; returns events of earlier commits that found their lease expired."""
@@ -239,17 +259,20 @@ class SourceActor(_Component):
         chain = InterceptorChain([c.build() for c in self.config.interceptors])
         selector = self.config.selector.build(list(self.config.channels))
         self.runner = SourceRunner(name, self.source, chain, selector, self._put_many, self.counters)
+        # a hop passed by reference goes to the channels unread unless something must read it
+        self._reads_hops = bool(chain.interceptors) or selector.reads_events
         self.error: str | None = None
         self._hop_ids = IdWindow()
         self._hop_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"source-{name}")
         self._thread.start()
 
-    def append_batch(self, batch: EventBatch, batch_id: str) -> None:
+    def append_batch(self, batch: EventBatch | StoredBatch, batch_id: str) -> None:
         """A tier hop: put ``batch`` into this source's channels; returns once committed.
 
         Raises (ChannelFull, a dead channel) so the sender rolls back and retries; a batch id that
-        was already committed is acknowledged again without a second put.
+        was already committed is acknowledged again without a second put. A StoredBatch is
+        passed on to the channels as it is, unless interceptors or the selector read events.
         """
         if not getattr(self.config, "receives_hops", False):
             raise TypeError(f"source '{self.name}' of topology '{self.topology}' is not a rayflume source")
@@ -257,12 +280,16 @@ class SourceActor(_Component):
             if batch_id in self._hop_ids:
                 self.counters["DuplicateBatchCount"] = self.counters.get("DuplicateBatchCount", 0) + 1
                 return
+        if self._reads_hops and isinstance(batch, StoredBatch):
+            batch = batch.resolve()
         self.runner.deliver_once(batch, batch_id)
         with self._hop_lock:
             self._hop_ids.add(batch_id)
 
     def _put_many(self, subbatches: dict, txn_id: str) -> dict:
-        refs = {ch: self.channels[ch].put.remote(b, txn_id) for ch, b in subbatches.items()}
+        # a StoredBatch goes as a top-level reference, which Ray resolves before the call runs
+        refs = {ch: self.channels[ch].put.remote(b.ref if isinstance(b, StoredBatch) else b, txn_id)
+                for ch, b in subbatches.items()}
         out = {}
         for ch, ref in refs.items():
             try:
@@ -328,8 +355,8 @@ class SinkGroupActor(_Component):
                 ray.get(channel.release.remote(holder), timeout=60)
             except Exception:
                 logger.warning("sink '%s': could not release old leases; they will expire", sink_name)
-            self.runners.append(SinkRunner(sink_name, sink, _ChannelHandlePort(channel), holder, counters,
-                                           pipelined=len(raw_sinks) == 1))
+            port = _ChannelHandlePort(channel, fill_s=config.batch_duration_s)
+            self.runners.append(SinkRunner(sink_name, sink, port, holder, counters, pipelined=len(raw_sinks) == 1))
         if raw_processor is None:
             raw_processor = {"type": "default"}
         self.processor = _typed("processor", raw_processor, f"sink_groups.{group}.processor").build(self.runners)

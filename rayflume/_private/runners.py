@@ -138,6 +138,8 @@ class SourceRunner:
 
         For batches pushed by a caller that retries on its own (a tier hop): channels deduplicate
         by ``txn_id``, so the caller's retry with the same id is not stored twice. Thread-safe.
+        With no interceptors and a selector that does not read events, ``batch`` may be anything
+        with a length that ``put_many`` understands (a batch passed by reference).
         """
         intercepted = self.chain.intercept(batch)
         routing = self.selector.route(intercepted)

@@ -13,6 +13,8 @@ actor calls that may be retried:
   are idempotent; committing a lease that already expired raises
   :class:`~rayflume.errors.LeaseUnknown` (its events were returned and will be delivered again).
 * ``release(holder)`` rolls back every lease of ``holder`` (used when a sink restarts).
+* ``wait_for_batch(n, timeout_s)`` lets a sink fill its batches: it waits until ``n`` events are
+  ready to take, for channels that can tell (``ready_events()`` is not None).
 
 Implementations are thread-safe: the channel actor calls them from several threads.
 """
@@ -121,6 +123,25 @@ class Channel(ABC):
     @abstractmethod
     def size(self) -> int:
         """Events in the channel, leased or not."""
+
+    def ready_events(self) -> int | None:
+        """Events queued and not leased; None when the channel cannot tell without taking."""
+        return None
+
+    def wait_for_batch(self, max_events: int, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` until ``max_events`` events are ready to take.
+
+        Returns early once they are, and at once when ``ready_events()`` is None. Takes nothing:
+        a sink calls it before ``take`` to trade a little latency for full batches.
+        """
+        deadline = now() + timeout_s
+        with self._not_empty:
+            while True:
+                ready = self.ready_events()
+                remaining = deadline - now()
+                if ready is None or ready >= max_events or remaining <= 0:
+                    return
+                self._not_empty.wait(remaining)
 
     @abstractmethod
     def nbytes(self) -> int:

@@ -168,6 +168,9 @@ class MemoryChannel(Channel):
                 self._not_empty.notify_all()
             return n
 
+    def ready_events(self) -> int:
+        return self._q.queued_events
+
     def size(self) -> int:
         with self._lock:
             return self._q.queued_events + self._q.leased_events

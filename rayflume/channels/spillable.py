@@ -201,6 +201,10 @@ class SpillableChannel(Channel):
         with self._lock:
             return self._expire_locked()
 
+    def ready_events(self) -> int:
+        with self._lock:
+            return self._mem.queued_events + (self._overflow.ready_events() if self._overflow else 0)
+
     def size(self) -> int:
         with self._lock:
             return self._memory_events() + (self._overflow.size() if self._overflow else 0)

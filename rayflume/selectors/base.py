@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from rayflume.event import EventBatch
 
@@ -22,6 +23,10 @@ class Routing:
 
 
 class ChannelSelector(ABC):
+    # Whether route() looks at the events. One that does not routes only by the batch's size and
+    # may be handed a batch that was not read into this process (a hop passed by reference).
+    reads_events: ClassVar[bool] = True
+
     def __init__(self, channels: list[str]):
         self.channels = list(channels)
 

@@ -41,6 +41,8 @@ class ReplicatingChannelSelector(ChannelSelector):
     Stateless and thread-safe. The sub-batches are the input batch itself (no copy).
     """
 
+    reads_events = False
+
     def __init__(self, channels: list[str], optional: list[str] | None = None):
         super().__init__(channels)
         self.optional = list(optional or [])

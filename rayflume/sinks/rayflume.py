@@ -11,6 +11,9 @@ exponentially growing pause; ``failover`` sticks to the first live target in ins
 moves on when it fails. When every target refuses (or the tier has no live instance) ``write``
 raises: the take is rolled back, the events stay in this tier's channel, and the sink backs off.
 
+A batch unchanged since the take is sent by reference to its copy in the object store (see
+``rayflume._private.stored``), so the hop itself copies no events.
+
 Batch ids let the receiver recognise a retry whose first attempt did commit (only the reply was
 lost). A new batch gets a random id. After a failed write the sink remembers that batch's content
 digest and id; the next write whose batch has the same digest (the same events, back from a
@@ -127,10 +130,12 @@ class RayflumeSink(Sink):
         if self.instance_header:
             batch = set_header(batch, self.instance_header, self.context.scope or self.context.topology)
         batch_id = self._batch_id(batch)
+        # the batch as taken is already in the object store: send a reference, not a copy
+        payload = batch.stored or batch
         errors = []
         for instance, handle in self._order():
             try:
-                ray.get(handle.append_batch.remote(batch, batch_id), timeout=self.call_timeout_s)
+                ray.get(handle.append_batch.remote(payload, batch_id), timeout=self.call_timeout_s)
             except Exception as exc:  # refused (full), dead, unreachable, timed out: try the next one
                 n = self._failures.get(instance, 0) + 1
                 self._failures[instance] = n
@@ -156,6 +161,9 @@ class RayflumeSinkConfig(SinkConfig):
     tier: str = Field(description="The tier to send to.")
     source: str | None = Field(None, description="The target tier's rayflume source (needed if it has several).")
     policy: Literal["load_balance", "failover"] = "load_balance"
+    # every hop costs a few actor calls and object-store objects, whatever its size: fill it
+    batch_duration_s: float = Field(0.05, ge=0, description="Longest wait for batch_size events before "
+                                                            "sending fewer.")
     call_timeout_s: float = Field(60.0, gt=0)
     refresh_s: float = Field(2.0, gt=0, description="How often the list of live targets is refreshed.")
     max_backoff_s: float = Field(30.0, gt=0, description="Longest pause of a failed target.")

@@ -549,6 +549,9 @@ class FileChannel(Channel):
         with self._lock:
             return self._expire_locked()
 
+    def ready_events(self) -> int:
+        return self._queued_events
+
     def size(self) -> int:
         with self._lock:
             return self._queued_events + self._leased_events
