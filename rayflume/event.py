@@ -51,7 +51,7 @@ class EventBatch:
     ``stored`` is set by the runtime on a batch read from Ray's object store: a reference to that
     copy (a ``rayflume._private.stored.StoredBatch``), which a sink sending the batch on to
     another actor may pass instead of copying the batch again. It is None for a batch built in
-    this process, and every operation returns a batch without it.
+    this process; an operation that changes the events returns a batch without it.
     """
 
     __slots__ = ("record_batch", "stored")

@@ -165,3 +165,12 @@ def test_a_take_with_fill_returns_what_is_there_after_its_fill_time(channel):
     lease, got = _ChannelHandlePort(ch, fill_s=0.3).take(100, "out", 0.0)
     assert numbers(got) == list(range(10))
     assert time.monotonic() - started >= 0.25
+
+
+def test_takers_waiting_to_fill_do_not_hold_up_puts(channel):
+    ch = channel()
+    waiting = [ch.take_lease_and_batch.remote(100, f"sink{i}", 0.0, 5.0) for i in range(20)]  # more than the actor's threads
+    started = time.monotonic()
+    ray.get(ch.put.remote(numbered(0, 10), "t1"), timeout=30)
+    assert time.monotonic() - started < 2.5, "the put waited behind takers filling their batches"
+    del waiting

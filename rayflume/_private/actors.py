@@ -13,6 +13,7 @@ component's loop runs in a background thread while metrics, status and stop call
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
@@ -130,7 +131,9 @@ class ChannelActor(_Component):
     def put(self, batch: EventBatch, txn_id: str) -> None:
         self.channel.put(batch, txn_id)
 
-    @ray.method(num_returns=2)
+    # Takes wait (for events, or to fill a batch): they get threads of their own, so that waiting
+    # takers can never hold up puts and commits.
+    @ray.method(num_returns=2, concurrency_group="takes")
     def take_lease_and_batch(self, max_events: int, holder: str = "", timeout_s: float = 0.0,
                              fill_s: float = 0.0):
         """The channel's ``take`` as two objects, (lease id, batch) or (None, None), so that the
@@ -190,7 +193,12 @@ class _ChannelHandlePort:
         lease_id = ray.get(lease_ref, timeout=self.call_timeout_s + self.fill_s + timeout_s)
         if lease_id is None:
             return None
-        batch = ray.get(batch_ref, timeout=self.call_timeout_s)
+        try:
+            batch = ray.get(batch_ref, timeout=self.call_timeout_s)
+        except Exception:
+            with contextlib.suppress(Exception):  # if this fails too, the lease times out instead
+                self.rollback(lease_id)
+            raise
         batch.stored = StoredBatch(batch_ref, len(batch))
         return lease_id, batch
 
@@ -281,7 +289,7 @@ class SourceActor(_Component):
                 self.counters["DuplicateBatchCount"] = self.counters.get("DuplicateBatchCount", 0) + 1
                 return
         if self._reads_hops and isinstance(batch, StoredBatch):
-            batch = batch.resolve()
+            batch = batch.resolve(timeout_s=60)
         self.runner.deliver_once(batch, batch_id)
         with self._hop_lock:
             self._hop_ids.add(batch_id)
@@ -402,6 +410,6 @@ def actor_options(topology: str, kind: str, name: str, max_restarts: int, **extr
                 max_restarts=max_restarts, max_task_retries=0, max_concurrency=16, num_cpus=0, **extra)
 
 
-RemoteChannel = ray.remote(ChannelActor)
+RemoteChannel = ray.remote(concurrency_groups={"takes": 8})(ChannelActor)
 RemoteSource = ray.remote(SourceActor)
 RemoteSinkGroup = ray.remote(SinkGroupActor)

@@ -32,5 +32,5 @@ class StoredBatch:
     def __len__(self) -> int:
         return self.events
 
-    def resolve(self) -> EventBatch:
-        return ray.get(self.ref)
+    def resolve(self, timeout_s: float | None = None) -> EventBatch:
+        return ray.get(self.ref, timeout=timeout_s)

@@ -131,7 +131,7 @@ class RayflumeSink(Sink):
             batch = set_header(batch, self.instance_header, self.context.scope or self.context.topology)
         batch_id = self._batch_id(batch)
         # the batch as taken is already in the object store: send a reference, not a copy
-        payload = batch.stored or batch
+        payload = batch.stored if batch.stored is not None else batch
         errors = []
         for instance, handle in self._order():
             try:
