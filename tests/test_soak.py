@@ -23,6 +23,7 @@ def rss_mb(pid: int) -> float:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(SOAK_S + 600)  # the run itself, plus warm-up and drain
 def test_file_channel_pipeline_soak(deployed, tmp_path):
     handle = deployed({
         "name": "soak", "metrics": {"port": None},
