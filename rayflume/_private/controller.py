@@ -120,15 +120,25 @@ class TopologyController:
         with self._lock:
             self._reconcile_once()
         self.metrics_server = None
+        self.metrics_note: str | None = None  # why metrics are not where the topology asked
         if self.topology.metrics_port is not None:
             try:
                 self.metrics_server = MetricsServer(self.topology.metrics_host, self.topology.metrics_port,
                                                     self.metrics)
                 self._event("controller", f"metrics at {self.metrics_url()}")
             except OSError as exc:
-                self._event("controller", f"metrics endpoint not started on {self.topology.metrics_host}:"
-                                          f"{self.topology.metrics_port}: {exc}; set metrics.port to a "
-                                          f"free port (0 picks one)")
+                # Another topology (or program) holds the port: serve on a free one and say so,
+                # rather than run without metrics.
+                asked = f"{self.topology.metrics_host}:{self.topology.metrics_port}"
+                try:
+                    self.metrics_server = MetricsServer(self.topology.metrics_host, 0, self.metrics)
+                    self.metrics_note = (f"metrics port {asked} is taken ({exc.strerror or exc}); serving "
+                                         f"metrics at {self.metrics_url()} instead. Set metrics.port to a free "
+                                         f"port (0 picks one)")
+                except OSError as exc2:
+                    self.metrics_note = (f"metrics endpoint not started on {asked}: {exc2}; set metrics.port "
+                                         f"to a free port (0 picks one), or null to disable it")
+                self._event("controller", self.metrics_note)
         self.state = "RUNNING"
         self._loop = threading.Thread(target=self._reconcile_loop, daemon=True, name="reconcile")
         self._loop.start()
@@ -464,6 +474,10 @@ class TopologyController:
             reports[key] = {"ChannelLost": 1, "Unhealthy": 1}
         return flume_shape(reports)
 
+    def metrics_problem(self) -> str | None:
+        """Why the metrics endpoint is not where the topology asked for it, or None."""
+        return self.metrics_note
+
     def metrics_url(self) -> str | None:
         if self.metrics_server is None:
             return None
@@ -508,7 +522,7 @@ class TopologyController:
                                 "lost": {name: why for (_, name), why in self.lost_channels.items()
                                          if name.startswith(f"{tier_name}.")}}
         return {"name": self.name, "state": self.state, "deployed_at": self.deployed_at,
-                "metrics_url": self.metrics_url(), "tiers": tiers, "components": components,
+                "metrics_url": self.metrics_url(), "metrics_problem": self.metrics_note, "tiers": tiers, "components": components,
                 "events": list(self.events)[-30:], "finished": self._finished(infos)}
 
     def _finished(self, infos=None) -> bool:
