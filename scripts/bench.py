@@ -3,32 +3,51 @@
 
     python scripts/bench.py memory            # sequence -> memory -> null, 200-byte bodies
     python scripts/bench.py file --seconds 20
-    python scripts/bench.py all
     python scripts/bench.py taildir | syslog | hdfs-local | parquet | kafka-sink
+    python scripts/bench.py all               # every pipeline above, one after the other
+    python scripts/bench.py all --quick       # a short smoke run of each (2 s windows, small file)
 
-Each pipeline runs an unbounded ``sequence`` source; after a warm-up the sink's
-EventDrainSuccessCount is sampled over a window (steady state, start-up excluded). The baseline,
-measured in the same run, is the bare Ray cost the pipeline cannot beat by much: one driver
-putting the same batches into a plain queue actor and taking them back. The last line printed is
-one JSON object with ``pipeline, events, seconds, events_per_s, mb_per_s, baseline_events_per_s,
-ratio_to_baseline``.
+The built-in pipelines (memory, file, spillable, two-tier) run an unbounded ``sequence`` source;
+after a warm-up the sink's EventDrainSuccessCount is sampled over a window (steady state, start-up
+excluded). The baseline, measured in the same run, is the bare Ray cost the pipeline cannot beat
+by much: one driver putting the same batches into a plain queue actor and taking them back.
+
+taildir, syslog, hdfs-local, parquet and kafka-sink need their own harness (a file to write, a
+client, a broker: scripts/bench_files.py, bench_syslog.py, bench_hdfs.py, bench_kafka.py); this
+script hands them over with their own options (``bench.py NAME --help``). kafka-sink starts a
+local tansu broker on 127.0.0.1 unless RAYFLUME_BENCH_KAFKA or RAYFLUME_TEST_KAFKA names one.
+
+The last lines printed are one JSON object per pipeline with ``pipeline, events, seconds,
+events_per_s, mb_per_s`` and the ratio to that pipeline's baseline.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
 import sys
 import tempfile
 import time
+import traceback
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 import ray  # noqa: E402
 
+# Run as a script, this module is __main__; the harnesses `import bench` (bench_hdfs does), which
+# must find this module rather than load a second copy.
+sys.modules.setdefault("bench", sys.modules[__name__])
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+if SCRIPTS not in sys.path:
+    sys.path.insert(0, SCRIPTS)
+
 BODY = 200
 BATCH = 10_000
+SECONDS, WARMUP_S = 10.0, 4.0
+QUICK_SECONDS, QUICK_WARMUP_S = 2.0, 1.0  # --quick: a smoke run, not a measurement
 
 
 def sequence(channels, batch=BATCH):
@@ -168,54 +187,139 @@ def run(name: str, seconds: float, warmup_s: float) -> dict:
 
 
 # Pipelines whose input needs its own harness (a file to write, a client, a broker) live in a
-# script of their area; `bench.py NAME ...` hands over to it with the remaining arguments.
-HARNESSES = {"taildir": ("bench_files", []), "syslog": ("bench_syslog", []),
-             "hdfs-local": ("bench_hdfs", ["hdfs-local"]), "parquet": ("bench_hdfs", ["parquet"]),
-             "kafka-sink": ("bench_kafka", ["kafka-sink"])}
+# script of their area. Each such module has ``build_parser()`` (whose first, optional positional
+# is the pipeline name) and ``measure(args) -> list[dict]`` (runs on a Ray of its own, logs to stderr,
+# returns one result per pipeline); its ``main()`` prints them as JSON lines.
+HARNESSES = {"taildir": "bench_files", "syslog": "bench_syslog", "hdfs-local": "bench_hdfs",
+             "parquet": "bench_hdfs", "kafka-sink": "bench_kafka"}
+ALL = [*PIPELINES, *HARNESSES]
+
+
+def harness(module: str):
+    return importlib.import_module(module)
+
+
+@dataclasses.dataclass
+class Step:
+    """One run: the built-in pipelines (``module`` None) or one harness module, with its arguments."""
+    names: list[str]  # the pipelines it reports, in order
+    module: str | None
+    args: argparse.Namespace
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", choices=[*ALL, "all"],
+                        help="the pipeline to run, or all of them (%(choices)s); "
+                             f"{', '.join(HARNESSES)} take their own options: bench.py NAME --help")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help=f"measurement window (default {SECONDS:g}; {QUICK_SECONDS:g} with --quick)")
+    parser.add_argument("--warmup-s", type=float, default=None,
+                        help=f"warm-up before it (default {WARMUP_S:g}; {QUICK_WARMUP_S:g} with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short smoke run: short windows, a small input file; checks that the pipelines "
+                             "run, the figures are not measurements")
+    return parser
+
+
+def timing(args) -> tuple[float, float]:
+    """(seconds, warmup_s) of parsed arguments: explicit values win, then --quick, then defaults."""
+    seconds = args.seconds if args.seconds is not None else (QUICK_SECONDS if args.quick else SECONDS)
+    warmup_s = args.warmup_s if args.warmup_s is not None else (QUICK_WARMUP_S if args.quick else WARMUP_S)
+    return seconds, warmup_s
+
+
+def _forwarded(args, parser: argparse.ArgumentParser) -> list[str]:
+    """The options of ``bench.py all`` that a harness's parser takes too."""
+    out = []
+    for flag, value in (("--seconds", args.seconds), ("--warmup-s", args.warmup_s)):
+        if value is not None and flag in parser._option_string_actions:
+            out += [flag, str(value)]
+    if args.quick:
+        out.append("--quick")
+    return out
+
+
+def parse_args(argv) -> list[Step]:
+    """What ``bench.py ARGV`` runs, without running it (argparse exits on bad arguments)."""
+    argv = list(argv)
+    name = next((a for a in argv if a in HARNESSES), None)
+    if name is not None:
+        # The harness parses everything, the pipeline name included (its first positional).
+        module = HARNESSES[name]
+        return [Step([name], module, harness(module).build_parser().parse_args(argv))]
+    args = build_parser().parse_args(argv)
+    if args.pipeline != "all":
+        names = [args.pipeline]
+        if "two-tier" in names:
+            names.insert(0, "memory")  # two-tier is judged against the single-tier pipeline, same run
+        return [Step(names, None, args)]
+    steps = [Step(list(PIPELINES), None, args)]
+    for module in dict.fromkeys(HARNESSES.values()):
+        names = [n for n, m in HARNESSES.items() if m == module]
+        parser = harness(module).build_parser()
+        steps.append(Step(names, module, parser.parse_args(
+            [names[0] if len(names) == 1 else "all", *_forwarded(args, parser)])))
+    return steps
+
+
+def run_builtin(names: list[str], args) -> list[dict]:
+    seconds, warmup_s = timing(args)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
+             log_to_driver=False)
+    try:
+        base = baseline(min(seconds, 5.0))
+        print(f"baseline (bare queue actor put+take, {BATCH} x {BODY} B batches): {base:,.0f} events/s",
+              file=sys.stderr)
+        results = []
+        by_name = {}
+        for name in names:
+            r = run(name, seconds, warmup_s)
+            r["baseline_events_per_s"] = round(base)
+            r["ratio_to_baseline"] = round(r["events_per_s"] / base, 3)
+            if name == "two-tier" and "memory" in by_name:
+                r["ratio_to_memory"] = round(r["events_per_s"] / max(by_name["memory"]["events_per_s"], 1), 3)
+            by_name[name] = r
+            results.append(r)
+            print(f"{name:>10}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s  "
+                  f"x{r['ratio_to_baseline']} of baseline"
+                  + (f", x{r['ratio_to_memory']} of single-tier memory" if "ratio_to_memory" in r else ""),
+                  file=sys.stderr)
+    finally:
+        ray.shutdown()
+    return results
+
+
+def _run_step(step: Step) -> list[dict]:
+    if step.module is None:
+        return run_builtin(step.names, step.args)
+    return harness(step.module).measure(step.args)
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in HARNESSES:
-        import importlib
-
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        module, args = HARNESSES[argv[0]]
-        return importlib.import_module(module).main(args + argv[1:])
-    parser = argparse.ArgumentParser(
-        description=__doc__ + "\nAlso: " + ", ".join(HARNESSES) + " (each runs its own harness).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pipeline", choices=[*PIPELINES, "all"])
-    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
-    parser.add_argument("--warmup-s", type=float, default=4.0)
-    args = parser.parse_args(argv)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
-             log_to_driver=False)
-    base = baseline(min(args.seconds, 5.0))
-    print(f"baseline (bare queue actor put+take, {BATCH} x {BODY} B batches): {base:,.0f} events/s",
-          file=sys.stderr)
-    names = list(PIPELINES) if args.pipeline == "all" else [args.pipeline]
-    if "two-tier" in names and "memory" not in names:
-        names.insert(0, "memory")  # two-tier is judged against the single-tier pipeline, same run
-    results = []
-    by_name = {}
-    for name in names:
-        r = run(name, args.seconds, args.warmup_s)
-        r["baseline_events_per_s"] = round(base)
-        r["ratio_to_baseline"] = round(r["events_per_s"] / base, 3)
-        if name == "two-tier":
-            r["ratio_to_memory"] = round(r["events_per_s"] / by_name["memory"]["events_per_s"], 3)
-        by_name[name] = r
-        results.append(r)
-        print(f"{name:>10}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s  "
-              f"x{r['ratio_to_baseline']} of baseline"
-              + (f", x{r['ratio_to_memory']} of single-tier memory" if "ratio_to_memory" in r else ""),
-              file=sys.stderr)
-    ray.shutdown()
+    steps = parse_args(sys.argv[1:] if argv is None else argv)
+    if len(steps) == 1:
+        results, failed = _run_step(steps[0]), False
+    else:
+        # `all`: one step after the other, each on a Ray of its own. A failed step is tried once
+        # more (a loaded machine can time out Ray's start-up), then reported, and the others go on.
+        results, failed = [], False
+        for step in steps:
+            for attempt in (1, 2):
+                try:
+                    results += _run_step(step)
+                    break
+                except Exception as exc:
+                    traceback.print_exc()
+                    print(f"{', '.join(step.names)}: failed (attempt {attempt} of 2): {exc!r}", file=sys.stderr)
+                    if ray.is_initialized():
+                        ray.shutdown()
+                    if attempt == 2:
+                        failed = True
+                        results += [{"pipeline": name, "error": repr(exc)} for name in step.names]
     for r in results:
         print(json.dumps(r))
-    return 0
-
+    return 1 if failed else 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,7 @@ lines -> taildir -> memory -> null.
 
     python scripts/bench_files.py                 # 300 MB, batches of 20,000 lines
     python scripts/bench_files.py --mb 100 --batch 50000
+    python scripts/bench.py taildir --quick       # a short smoke run (50 MB), through scripts/bench.py
 
 The file is written first (numpy, a few seconds), then the pipeline is deployed and the null
 sink's EventDrainSuccessCount sampled every 0.1 s until every line was drained. The steady-state
@@ -29,7 +30,10 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 import numpy as np  # noqa: E402
 
+PIPELINES = ("taildir",)
 FILE_MB = 300
+QUICK_MB = 50  # --quick: a smoke run; well under a second of reading, sampled more often
+SAMPLE_S, QUICK_SAMPLE_S = 0.1, 0.02
 BATCH = 20_000
 CHUNK = 8 << 20
 LOG_NAME = "access.log"
@@ -113,7 +117,7 @@ def drained(handle) -> int:
     return sum(int(v.get("EventDrainSuccessCount", 0) or 0) for k, v in m.items() if k.startswith("SINK."))
 
 
-def run_taildir(tmp: str, megabytes: int, batch: int, timeout_s: float = 600) -> dict:
+def run_taildir(tmp: str, megabytes: int, batch: int, timeout_s: float = 600, sample_s: float = SAMPLE_S) -> dict:
     import rayflume
 
     topo = {"name": "bench-taildir", "metrics": {"port": None}, **pipeline_taildir(tmp, megabytes, batch)}
@@ -131,7 +135,7 @@ def run_taildir(tmp: str, megabytes: int, batch: int, timeout_s: float = 600) ->
             samples.append((time.perf_counter(), n))
             if n >= total_lines:
                 break
-            time.sleep(0.1)
+            time.sleep(sample_s)
     finally:
         handle.stop(drain_timeout_s=1)
     t = np.array([s[0] for s in samples])
@@ -139,6 +143,8 @@ def run_taildir(tmp: str, megabytes: int, batch: int, timeout_s: float = 600) ->
     if n[-1] < total_lines:
         raise RuntimeError(f"only {n[-1]} of {total_lines} lines drained in {timeout_s}s")
     lo, hi = np.searchsorted(n, 0.1 * total_lines), np.searchsorted(n, 0.9 * total_lines)
+    if t[hi] <= t[lo]:  # a small file read between two samples: take the whole run
+        lo, hi = 0, len(n) - 1
     steady_events = int(n[hi] - n[lo])
     steady_s = float(t[hi] - t[lo])
     first = int(np.searchsorted(n, 1))
@@ -154,20 +160,30 @@ def run_taildir(tmp: str, megabytes: int, batch: int, timeout_s: float = 600) ->
             "ratio_to_baseline": round(rate * line_bytes / 1e6 / base["mb_per_s"], 3)}
 
 
-def main(argv=None) -> int:
-    import ray
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=int, default=FILE_MB, help="size of the input file")
+    # The name is optional: `bench.py taildir ...` hands its whole command line over, name included.
+    parser.add_argument("pipeline", nargs="?", choices=PIPELINES, default=PIPELINES[0], help="the pipeline (the only one)")
+    parser.add_argument("--mb", type=int, default=None,
+                        help=f"size of the input file (default {FILE_MB}; {QUICK_MB} with --quick)")
     parser.add_argument("--batch", type=int, default=BATCH, help="taildir batch_size (lines)")
     parser.add_argument("--dir", default=None, help="where to write the input (default: a temp dir)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run on a small file, not a measurement")
+    return parser
+
+
+def measure(args) -> list[dict]:
+    """Write the file, run the baseline and the pipeline (on a Ray of its own); log to stderr;
+    return the result."""
+    import ray
+
+    megabytes = args.mb if args.mb is not None else (QUICK_MB if args.quick else FILE_MB)
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
              log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-taildir-", dir=args.dir) as tmp:
             t0 = time.perf_counter()
-            r = run_taildir(tmp, args.mb, args.batch)
+            r = run_taildir(tmp, megabytes, args.batch, sample_s=QUICK_SAMPLE_S if args.quick else SAMPLE_S)
             r["total_s"] = round(time.perf_counter() - t0, 1)
     finally:
         ray.shutdown()
@@ -175,7 +191,12 @@ def main(argv=None) -> int:
           f"{r['baseline_events_per_s']:,} lines/s", file=sys.stderr)
     print(f"taildir -> memory -> null: {r['events_per_s']:,} events/s, {r['mb_per_s']} MB/s steady "
           f"({r['whole_run_mb_per_s']} MB/s whole run), x{r['ratio_to_baseline']} of baseline", file=sys.stderr)
-    print(json.dumps(r))
+    return [r]
+
+
+def main(argv=None) -> int:
+    for r in measure(build_parser().parse_args(argv)):
+        print(json.dumps(r))
     return 0
 
 

@@ -4,6 +4,7 @@
     python scripts/bench_hdfs.py hdfs-local          # sequence -> memory -> hdfs, text, 200-byte bodies
     python scripts/bench_hdfs.py parquet --seconds 20
     python scripts/bench_hdfs.py all
+    python scripts/bench.py parquet --quick          # a short smoke run, through scripts/bench.py
 
 ``pipeline_hdfs_local(tmp)`` and ``pipeline_parquet(tmp)`` return topologies in the style of
 ``scripts/bench.py`` (which may import them). Each pipeline runs an unbounded ``sequence`` source;
@@ -37,6 +38,8 @@ BATCH = bench.BATCH
 # 4 MB rather than per 2 MB (measured here: about 1.8x the events/s of 10,000-event takes).
 SINK_BATCH = 2 * BATCH
 ROLL_BYTES = 128 << 20
+SECONDS, WARMUP_S = 10.0, 4.0
+QUICK_SECONDS, QUICK_WARMUP_S = 2.0, 1.0
 
 
 def _hdfs_sink(path: str, **kw) -> dict:
@@ -125,34 +128,49 @@ def run(name: str, seconds: float, warmup_s: float) -> dict:
             "mb_per_s": round((b1 - b0) / dt / 1e6, 1), "body_mb_per_s": round(events * BODY / dt / 1e6, 1)}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline", choices=[*PIPELINES, "all"])
-    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
-    parser.add_argument("--warmup-s", type=float, default=4.0)
-    args = parser.parse_args(argv)
-    disk = raw_disk_mb_per_s(min(args.seconds, 5.0))
+    parser.add_argument("--seconds", type=float, default=None,
+                        help=f"measurement window (default {SECONDS:g}; {QUICK_SECONDS:g} with --quick)")
+    parser.add_argument("--warmup-s", type=float, default=None,
+                        help=f"warm-up before it (default {WARMUP_S:g}; {QUICK_WARMUP_S:g} with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run, not a measurement")
+    return parser
+
+
+def measure(args) -> list[dict]:
+    """Run the baselines and the pipelines (on a Ray of its own); log to stderr; return the results."""
+    seconds = args.seconds if args.seconds is not None else (QUICK_SECONDS if args.quick else SECONDS)
+    warmup_s = args.warmup_s if args.warmup_s is not None else (QUICK_WARMUP_S if args.quick else WARMUP_S)
+    disk = raw_disk_mb_per_s(min(seconds, 5.0))
     print(f"raw disk (2 MB write + fdatasync): {disk:,.1f} MB/s", file=sys.stderr)
     # A private Ray: never attach to a cluster someone else runs on this machine.
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
              log_to_driver=False)
-    base = run("memory-null", args.seconds, args.warmup_s)
-    print(f"baseline memory -> null (same batches): {base['events_per_s']:,} events/s "
-          f"({base['body_mb_per_s']} MB/s of bodies)", file=sys.stderr)
-    names = list(PIPELINES) if args.pipeline == "all" else [args.pipeline]
-    results = []
-    for name in names:
-        r = run(name, args.seconds, args.warmup_s)
-        r["baseline_memory_events_per_s"] = base["events_per_s"]
-        r["ratio_to_memory_pipeline"] = round(r["events_per_s"] / max(base["events_per_s"], 1), 3)
-        r["raw_disk_mb_per_s"] = round(disk, 1)
-        r["ratio_to_raw_disk"] = round(r["mb_per_s"] / disk, 3)
-        results.append(r)
-        print(f"{name:>10}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s written  "
-              f"x{r['ratio_to_memory_pipeline']} of memory->null, x{r['ratio_to_raw_disk']} of raw disk",
-              file=sys.stderr)
-    ray.shutdown()
-    for r in results:
+    try:
+        base = run("memory-null", seconds, warmup_s)
+        print(f"baseline memory -> null (same batches): {base['events_per_s']:,} events/s "
+              f"({base['body_mb_per_s']} MB/s of bodies)", file=sys.stderr)
+        names = list(PIPELINES) if args.pipeline == "all" else [args.pipeline]
+        results = []
+        for name in names:
+            r = run(name, seconds, warmup_s)
+            r["baseline_memory_events_per_s"] = base["events_per_s"]
+            r["ratio_to_memory_pipeline"] = round(r["events_per_s"] / max(base["events_per_s"], 1), 3)
+            r["raw_disk_mb_per_s"] = round(disk, 1)
+            r["ratio_to_raw_disk"] = round(r["mb_per_s"] / disk, 3)
+            results.append(r)
+            print(f"{name:>10}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s written  "
+                  f"x{r['ratio_to_memory_pipeline']} of memory->null, x{r['ratio_to_raw_disk']} of raw disk",
+                  file=sys.stderr)
+    finally:
+        ray.shutdown()
+    return results
+
+
+def main(argv=None) -> int:
+    for r in measure(build_parser().parse_args(argv)):
         print(json.dumps(r))
     return 0
 

@@ -3,6 +3,7 @@
 
     python scripts/bench_syslog.py                      # 10 s window after a 4 s warm-up
     python scripts/bench_syslog.py --seconds 20 --octet-count
+    python scripts/bench.py syslog --quick              # a short smoke run, through scripts/bench.py
 
 A client process sends RFC 5424 messages (about 160 bytes, with structured data) over one TCP
 connection as fast as the source takes them. The sink's EventDrainSuccessCount is sampled over a
@@ -31,6 +32,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 BATCH = 10_000
+PIPELINES = ("syslog",)
+SECONDS, WARMUP_S = 10.0, 4.0
+QUICK_SECONDS, QUICK_WARMUP_S = 2.0, 1.0
 
 
 def pipeline_syslog(tmp):
@@ -155,38 +159,54 @@ def run(seconds: float, warmup_s: float, octet_count: bool) -> dict:
             "message_bytes": round(size), "invalid_events": invalid}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
-    parser.add_argument("--warmup-s", type=float, default=4.0)
+    # The name is optional: `bench.py syslog ...` hands its whole command line over, name included.
+    parser.add_argument("pipeline", nargs="?", choices=PIPELINES, default=PIPELINES[0], help="the pipeline (the only one)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help=f"measurement window (default {SECONDS:g}; {QUICK_SECONDS:g} with --quick)")
+    parser.add_argument("--warmup-s", type=float, default=None,
+                        help=f"warm-up before it (default {WARMUP_S:g}; {QUICK_WARMUP_S:g} with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run, not a measurement")
     parser.add_argument("--octet-count", action="store_true", help="RFC 6587 octet-counted framing")
     parser.add_argument("--client", nargs=2, metavar=("PORT", "SECONDS"), help=argparse.SUPPRESS)
     parser.add_argument("--plain-server", nargs=2, metavar=("SECONDS", "READY_FILE"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.client:
-        client(int(args.client[0]), float(args.client[1]), args.octet_count)
-        return 0
-    if args.plain_server:
-        plain_server(float(args.plain_server[0]), args.plain_server[1])
-        return 0
+    return parser
 
+
+def measure(args) -> list[dict]:
+    """Run the benchmark (baseline, then the pipeline on a Ray of its own); log to stderr; return the result."""
     import ray
 
-    base = baseline(min(args.seconds, 5.0))
+    seconds = args.seconds if args.seconds is not None else (QUICK_SECONDS if args.quick else SECONDS)
+    warmup_s = args.warmup_s if args.warmup_s is not None else (QUICK_WARMUP_S if args.quick else WARMUP_S)
+    base = baseline(min(seconds, 5.0))
     print(f"baseline (client -> plain socket server that reads and frames): {base['events_per_s']:,.0f} events/s "
           f"{base['mb_per_s']:.0f} MB/s", file=sys.stderr)
     # address="local": a fresh embedded Ray even if another local cluster is running on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
              log_to_driver=False)
     try:
-        result = run(args.seconds, args.warmup_s, args.octet_count)
+        result = run(seconds, warmup_s, args.octet_count)
     finally:
         ray.shutdown()
     result["baseline_events_per_s"] = round(base["events_per_s"])
     result["ratio_to_baseline"] = round(result["events_per_s"] / base["events_per_s"], 3)
     print(f"{result['pipeline']:>12}: {result['events_per_s']:>10,} events/s  {result['mb_per_s']:>7} MB/s  "
           f"x{result['ratio_to_baseline']} of baseline", file=sys.stderr)
-    print(json.dumps(result))
+    return [result]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.client:
+        client(int(args.client[0]), float(args.client[1]), args.octet_count)
+        return 0
+    if args.plain_server:
+        plain_server(float(args.plain_server[0]), args.plain_server[1])
+        return 0
+    for r in measure(args):
+        print(json.dumps(r))
     return 0
 
 
