@@ -1,7 +1,8 @@
-"""The ``rayflume`` command line: validate, deploy, status, stop.
+"""The ``rayflume`` command line: validate, deploy, status, logs, stop.
 
 Every command exits 2 on bad input (an invalid topology, an unreachable cluster, an unknown
-topology name) with one message saying what is wrong and what to do.
+topology name) with one message saying what is wrong and what to do, never a traceback; 130
+after Ctrl-C (143 after SIGTERM), once what was accepted is drained.
 """
 from __future__ import annotations
 
@@ -16,45 +17,63 @@ import time
 from rayflume.errors import ConfigError, RayflumeError
 
 EXIT_BAD_INPUT = 2
+CONNECT_TIMEOUT_S = 15.0
 
 
 class UsageError(Exception):
     """Bad input on the command line: printed without a traceback, exit status 2."""
 
 
-def _connect(address: str | None, num_cpus: int | None = None) -> None:
-    import ray
-
-    from rayflume.api import ensure_ray
+def _connect(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S, num_cpus: int | None = None,
+             quiet: bool = False) -> None:
+    """Connect to ``address`` (or start an embedded Ray for None) within ``timeout_s``."""
+    from rayflume import api
 
     if address is None:
-        ensure_ray(None, num_cpus=num_cpus)
+        api.ensure_ray(None, num_cpus=num_cpus)
         return
-    if address != "auto" and ":" in address:
-        # Ray waits a long time for an unreachable GCS; check the port first for a quick answer.
-        import socket
+    api.ensure_ray(address, connect_timeout_s=timeout_s)
+    if address == "auto" and not quiet:
+        # `auto` takes whatever cluster this machine knows of: say which one it was
+        print(f"connected to the Ray cluster at {api.cluster_address()} (--address auto)", file=sys.stderr)
 
-        host, _, port = address.rpartition(":")
-        host = host.split("://")[-1] or "127.0.0.1"
-        try:
-            socket.create_connection((host, int(port)), timeout=3).close()
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot reach a Ray cluster at --address {address}: {exc}. Start one with "
-                             f"`ray start --head`, or omit --address to run on an embedded local Ray") from None
-    try:
-        ensure_ray(address)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"cannot connect to Ray at --address {address}: {exc}. Start a cluster with "
-                         f"`ray start --head`, or omit --address to run on an embedded local Ray") from None
-    del ray
+
+def _describe_tier(tier, tiered: bool) -> list[str]:
+    groups = {g: sinks for g, sinks in tier.groups().items() if g in tier.sink_groups}
+    lines = []
+    if tiered:
+        p = tier.placement
+        where = (f"one instance per node with {p.describe()}" if p.mode == "per_node"
+                 else f"{p.replicas} replica(s) on nodes with {p.describe()}")
+        lines.append(f"  tier {tier.name}: {where}")
+    indent = "    " if tiered else "  "
+    for src, cfg in tier.sources.items():
+        lines.append(f"{indent}source  {src} ({cfg.type}) -> {', '.join(cfg.channels)}")
+    for ch, cfg in tier.channels.items():
+        lines.append(f"{indent}channel {ch} ({cfg.type})")
+    for sink, cfg in tier.sinks.items():
+        hop = f" -> tier {cfg.tier}" if getattr(cfg, "tier", None) else ""
+        lines.append(f"{indent}sink    {sink} ({cfg.type}) <- {cfg.channel}{hop}")
+    for group, sinks in groups.items():
+        lines.append(f"{indent}group   {group}: {', '.join(sinks)} "
+                     f"({tier.sink_groups[group].raw_processor.get('type', 'default')})")
+    return lines
 
 
 def cmd_validate(args) -> int:
     from rayflume.topology import load_topology
 
     topo = load_topology(args.file)
-    print(f"topology '{topo.name}' is valid: {len(topo.sources)} source(s), {len(topo.channels)} "
-          f"channel(s), {len(topo.sinks)} sink(s), {len(topo.sink_groups)} sink group(s)")
+    tiers = list(topo.tiers.values())
+    count = {kind: sum(len(getattr(t, kind)) for t in tiers)
+             for kind in ("sources", "channels", "sinks", "sink_groups")}
+    summary = (f"{count['sources']} source(s), {count['channels']} channel(s), {count['sinks']} sink(s), "
+               f"{count['sink_groups']} sink group(s)")
+    if topo.tiered:
+        summary = f"{len(tiers)} tier(s), " + summary
+    print(f"topology '{topo.name}' is valid: {summary}")
+    for tier in tiers:
+        print("\n".join(_describe_tier(tier, topo.tiered)))
     return 0
 
 
@@ -77,43 +96,104 @@ def status_line(name: str, metrics: dict, previous: dict | None, dt: float) -> s
 
 
 def cmd_deploy(args) -> int:
+    if args.address is None:
+        # The embedded Ray serves this machine only: its processes bind loopback. Ray reads this
+        # switch when it is imported, so it must be set before that.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from rayflume import api
     from rayflume.topology import load_topology
 
     topo = load_topology(args.file)
-    _connect(args.address, num_cpus=args.num_cpus)
-    handle = api.deploy(topo)
-    url = handle.metrics_url()
     if args.address is not None:
-        print(f"deployed topology '{topo.name}' to {args.address}"
+        _connect(args.address, args.connect_timeout_s)
+        handle = api.deploy(topo, log_level=args.log_level)
+        url = handle.metrics_url()
+        print(f"deployed topology '{topo.name}' to {api.cluster_address()}"
               + (f"; metrics at {url}" if url else ""))
+        _print_metrics_problem(handle)
         print(f"  rayflume status {topo.name} --address {args.address}")
+        print(f"  rayflume logs {topo.name} --address {args.address}")
         print(f"  rayflume stop {topo.name} --address {args.address}")
         return 0
-    return _run_foreground(handle, url, args)
+    return _run_foreground(topo, args)
 
 
-def _run_foreground(handle, url, args) -> int:
-    """Show a live status line until Ctrl-C or until every finite source is done and drained."""
+def _print_metrics_problem(handle) -> None:
+    problem = handle.status().get("metrics_problem")
+    if problem:
+        print(f"note: {problem}", file=sys.stderr, flush=True)
+
+
+def _run_foreground(topo, args) -> int:
+    """Start an embedded Ray, deploy, and show a live status line until Ctrl-C or until every
+    finite source is done and drained; then drain and stop.
+
+    Ctrl-C (or SIGTERM) at any moment, start-up included, ends in the same orderly stop: what has
+    started is drained before Ray shuts down. A second Ctrl-C gives up on draining.
+    """
+    import ray
+
+    from rayflume import api
+
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"running topology '{handle.name}' on an embedded Ray" + (f"; metrics at {url}" if url else "")
-          + "; Ctrl-C to stop", flush=True)
-    tty = sys.stdout.isatty()
-    previous, t_prev = {}, time.monotonic()  # the first rates count from the deploy
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        if received:  # a second Ctrl-C: the user does not want to wait for the drain
+            print("\nrayflume deploy: interrupted again; stopping without draining", file=sys.stderr, flush=True)
+            os._exit(128 + received[0])
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started: dict = {}
+    # Ray starts in this thread: its processes are bound to the life of the thread that starts
+    # them (Linux's parent-death signal). The signal handler above only sets a flag meanwhile.
+    api.ensure_ray(None, num_cpus=args.num_cpus)
+    if stop.is_set():  # interrupted while Ray started: nothing deployed, nothing to drain
+        print("rayflume deploy: interrupted during start-up", file=sys.stderr, flush=True)
+    else:
+        # Deploying waits on the controller; this thread keeps answering Ctrl-C meanwhile.
+        def deploy():
+            try:
+                started["handle"] = api.deploy(topo, log_level=args.log_level)
+            except BaseException as exc:
+                started["error"] = exc
+
+        deployer = threading.Thread(target=deploy, daemon=True, name="rayflume-deploy")
+        deployer.start()
+        announced = False
+        while deployer.is_alive():
+            deployer.join(0.1)
+            if stop.is_set() and not announced:
+                print("rayflume deploy: interrupted during start-up; stopping once started", file=sys.stderr,
+                      flush=True)
+                announced = True
+    if "handle" not in started:
+        _shutdown_ray(ray)
+        if "error" in started:
+            raise started["error"]
+        print(f"stopped before topology '{topo.name}' was deployed", flush=True)
+        return 128 + received[0]
+    try:
+        return _run_started(started["handle"], stop, received, args)
+    finally:
+        _shutdown_ray(ray)
+
+
+def _run_started(handle, stop: threading.Event, received: list, args) -> int:
+    from rayflume import api
+
+    url = handle.metrics_url()
+    address = api.cluster_address()
     finished = False
-    while not stop.wait(args.status_interval_s):
-        metrics = handle.metrics()
-        t = time.monotonic()
-        line = status_line(handle.name, metrics, previous, t - t_prev)
-        print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
-        previous, t_prev = metrics, t
-        if handle.finished():
-            finished = True
-            break
-    if tty:
-        print()
+    if not stop.is_set():
+        print(f"running topology '{handle.name}' on an embedded Ray at {address}"
+              + (f"; metrics at {url}" if url else "") + "; Ctrl-C to stop", flush=True)
+        _print_metrics_problem(handle)
+        print(f"  from another terminal: rayflume status {handle.name} --address {address}", flush=True)
+        finished = _show_progress(handle, stop, args.status_interval_s)
     print("all sources finished and channels drained; stopping" if finished
           else "stopping: draining channels", flush=True)
     final = handle.metrics()
@@ -124,7 +204,33 @@ def _run_foreground(handle, url, args) -> int:
     left = result.get("undrained") or {}
     print(f"stopped '{handle.name}': {accepted:,} events accepted by sources, {drained:,} delivered by "
           f"sinks" + (f"; left in channels: {left}" if any(left.values()) else ""), flush=True)
-    return 0
+    return 128 + received[0] if received else 0
+
+
+def _show_progress(handle, stop: threading.Event, interval_s: float) -> bool:
+    """Print the status line every ``interval_s`` until ``stop``; True if the pipeline finished."""
+    tty = sys.stdout.isatty()
+    previous, t_prev = {}, time.monotonic()  # the first rates count from the deploy
+    try:
+        while not stop.wait(interval_s):
+            metrics = handle.metrics()
+            t = time.monotonic()
+            line = status_line(handle.name, metrics, previous, t - t_prev)
+            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+            previous, t_prev = metrics, t
+            if handle.finished():
+                return True
+        return False
+    finally:
+        if tty:
+            print()
+
+
+def _shutdown_ray(ray) -> None:
+    try:
+        ray.shutdown()
+    except Exception:  # shutting down is best effort; the embedded Ray dies with this process
+        pass
 
 
 def _handle(name: str):
@@ -181,7 +287,7 @@ def format_status(status: dict) -> str:
 def cmd_status(args) -> int:
     from rayflume import api
 
-    _connect(args.address or "auto")
+    _connect(args.address or "auto", args.connect_timeout_s, quiet=args.json)
     names = [args.name] if args.name else api.list_deployed()
     if not names:
         print("no topology is deployed on this cluster")
@@ -194,8 +300,23 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_logs(args) -> int:
+    from rayflume import api
+
+    _connect(args.address or "auto", args.connect_timeout_s)
+    _handle(args.name)
+    found = api.component_logs(args.name, args.component, args.lines)
+    if not found:
+        raise UsageError(f"topology '{args.name}' has no component named '{args.component}'; "
+                         f"`rayflume status {args.name}` lists them")
+    for label, lines in found.items():
+        print(f"==> {label} <==")
+        print("\n".join(lines) if isinstance(lines, list) else f"({lines})")
+    return 0
+
+
 def cmd_stop(args) -> int:
-    _connect(args.address or "auto")
+    _connect(args.address or "auto", args.connect_timeout_s)
     handle = _handle(args.name)
     result = handle.stop(drain_timeout_s=args.drain_timeout_s)
     left = result.get("undrained") or {}
@@ -203,48 +324,123 @@ def cmd_stop(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rayflume", description="Flume-style log pipelines on Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    try:
+        from importlib.metadata import version
 
-    p = sub.add_parser("validate", help="check a topology file and report every problem")
-    p.add_argument("file")
+        return version("rayflume")
+    except Exception:  # running from a source tree that is not installed
+        from rayflume import __version__
+
+        return __version__
+
+
+def _add_connection(p, default_address: str | None) -> None:
+    p.add_argument("--address", default=default_address, metavar="HOST:PORT",
+                   help="the Ray cluster (its GCS address, e.g. 127.0.0.1:6379, or `auto` for the one this "
+                        "machine runs); default: $RAY_ADDRESS, else auto")
+    p.add_argument("--connect-timeout-s", type=float, default=CONNECT_TIMEOUT_S, metavar="S",
+                   help=f"give up connecting after S seconds (default {CONNECT_TIMEOUT_S:g})")
+
+
+def _subparser(sub, name: str, help: str, examples: str):
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rayflume", description="Flume-style log pipelines on Ray.",
+        epilog="examples:\n  rayflume validate topologies/quickstart.yaml\n"
+               "  rayflume deploy topologies/quickstart.yaml\n  rayflume status --address 127.0.0.1:6379\n"
+               "\n`rayflume COMMAND --help` describes each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rayflume {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _subparser(sub, "validate", "check a topology file and report every problem",
+                   "  rayflume validate topologies/two-tier.yaml   # exits 0 when valid, 2 with every problem")
+    p.add_argument("file", help="a topology YAML file")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("deploy", help="run a topology (embedded Ray in the foreground, or on --address)")
-    p.add_argument("file")
-    p.add_argument("--address", help="Ray cluster address (e.g. 127.0.0.1:6379); omit to run an embedded "
-                                     "Ray in the foreground until Ctrl-C")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the embedded Ray")
-    p.add_argument("--drain-timeout-s", type=float, default=30.0)
-    p.add_argument("--status-interval-s", type=float, default=1.0)
+    p = _subparser(sub, "deploy", "run a topology (embedded Ray in the foreground, or on --address)",
+                   "  rayflume deploy topologies/quickstart.yaml                   # foreground; Ctrl-C stops\n"
+                   "  rayflume deploy topologies/two-tier.yaml --address HEAD:6379  # deploy to a cluster and return\n"
+                   "  rayflume deploy t.yaml --log-level DEBUG")
+    p.add_argument("file", help="a topology YAML file")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="deploy to this Ray cluster and return (`auto`: the cluster this machine runs); omit it "
+                        "to run an embedded Ray in the foreground until the pipeline finishes or Ctrl-C")
+    p.add_argument("--connect-timeout-s", type=float, default=CONNECT_TIMEOUT_S, metavar="S",
+                   help=f"give up connecting to --address after S seconds (default {CONNECT_TIMEOUT_S:g})")
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="level of every component's log (default INFO, which shows the logger sink's events)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--drain-timeout-s", type=float, default=30.0, metavar="S",
+                   help="on stop, wait at most S seconds for the channels to drain (default 30)")
+    p.add_argument("--status-interval-s", type=float, default=1.0, metavar="S",
+                   help="seconds between status lines in the foreground (default 1)")
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("status", help="show deployed topologies, their components and counters")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
-    p.add_argument("--json", action="store_true")
+    env_address = os.environ.get("RAY_ADDRESS")
+    p = _subparser(sub, "status", "show deployed topologies, their components and counters",
+                   "  rayflume status                          # every topology on the local cluster\n"
+                   "  rayflume status weblogs --address HEAD:6379 --json")
+    p.add_argument("name", nargs="?", help="a topology's name (default: all)")
+    _add_connection(p, env_address)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("stop", help="drain and remove a deployed topology")
-    p.add_argument("name")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
-    p.add_argument("--drain-timeout-s", type=float, default=30.0)
+    p = _subparser(sub, "logs", "show recent log lines of a topology's components",
+                   "  rayflume logs quickstart                 # every component\n"
+                   "  rayflume logs weblogs forward -n 20      # components named `forward`, in every instance")
+    p.add_argument("name", help="a topology's name")
+    p.add_argument("component", nargs="?",
+                   help="a component's name, or its label as `rayflume logs NAME` prints it (default: all)")
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines per component (default 50)")
+    _add_connection(p, env_address)
+    p.set_defaults(func=cmd_logs)
+
+    p = _subparser(sub, "stop", "drain and remove a deployed topology",
+                   "  rayflume stop weblogs --address HEAD:6379")
+    p.add_argument("name", help="a topology's name")
+    _add_connection(p, env_address)
+    p.add_argument("--drain-timeout-s", type=float, default=30.0, metavar="S",
+                   help="wait at most S seconds for the channels to drain (default 30)")
     p.set_defaults(func=cmd_stop)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prefix = f"rayflume {args.command}"
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"rayflume {args.command}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\n{prefix}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except (ConfigError, UsageError, RayflumeError) as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (UsageError, RayflumeError) as exc:
-        print(f"rayflume {args.command}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback when asked for
+        if os.environ.get("RAYFLUME_DEBUG"):
+            raise
+        print(f"{prefix}: internal error: {type(exc).__name__}: {exc}. Run again with RAYFLUME_DEBUG=1 for "
+              f"the traceback, and please report it", file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    """The console script: exits without waiting for a connection that never answered."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == EXIT_BAD_INPUT or code >= 128:
+        # A Ray connection attempt may still hang in a thread, and Ray's exit hooks would wait on it.
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

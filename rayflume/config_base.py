@@ -60,7 +60,7 @@ class SourceConfig(ComponentConfig):
 
 
 class SinkConfig(ComponentConfig):
-    channel: str = Field(description="The one channel this sink drains.")
+    channel: str = Field(description="The channel this sink drains.")
     batch_size: int = Field(1000, gt=0, description="Most events taken in one transaction.")
     batch_duration_s: float = Field(0.0, ge=0, description="Longest wait for batch_size events before "
                                                            "taking fewer: fuller batches for a little latency.")

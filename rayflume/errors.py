@@ -39,3 +39,7 @@ class ConfigError(RayflumeError):
         head = f"topology '{topology}'" if topology else "topology"
         lines = "\n".join(f"  - {e}" for e in self.errors)
         super().__init__(f"{head} is invalid ({len(self.errors)} problem(s)):\n{lines}")
+
+
+class ClusterUnavailable(RayflumeError, ConnectionError):
+    """No Ray cluster answered at the given address within the deadline; says what to try."""

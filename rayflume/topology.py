@@ -11,12 +11,19 @@ transaction capacity, duplicate names), then the tier graph (hops to unknown tie
 Nothing starts until all pass.
 
 YAML is read with ``yaml.safe_load`` semantics only, and duplicate keys are an error rather
-than silently overwritten.
+than silently overwritten. The loader also records the line of every mapping key and list item,
+so each problem in a file or text names its line (``sources.tail.channels: ... (line 7)``).
+Messages are written for a Flume user's first mistakes: unknown keys suggest the declared key
+meant (``transactionCapacity`` -> ``transaction_capacity``), type errors say what was expected and
+what was given, and a Flume properties file is recognised and refused with directions.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,56 +136,262 @@ class Topology:
 
 
 # -- YAML ------------------------------------------------------------------------------------------
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that records duplicate mapping keys instead of keeping the last one."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.duplicate_keys: list[str] = []
 
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
-                mark = key_node.start_mark
-                self.duplicate_keys.append(f"line {mark.line + 1}: duplicate key '{key}'")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+def format_path(parts) -> str:
+    """``("sources", "tail", "channels", 1)`` -> ``sources.tail.channels[1]``: the form every
+    error message starts with."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _scan_nodes(root) -> tuple[dict[str, int], list[str]]:
+    """Walk a composed YAML document before it is constructed.
+
+    Returns ``{path: 1-based line}`` for every mapping key and list item, and one
+    ``line N: duplicate key 'k'`` per string key written twice in a mapping (keys brought in by a
+    ``<<`` merge may be overridden and are not duplicates). Each node is walked once, so shared
+    anchors cost nothing extra: a path reached through an alias has no line of its own and is
+    reported at the alias.
+    """
+    lines: dict[str, int] = {}
+    duplicates: list[str] = []
+    walked: set[int] = set()
+
+    def walk(node, path):
+        if id(node) in walked:
+            return
+        walked.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen, merges = set(), []
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    merges.append(value_node)
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                line = key_node.start_mark.line + 1
+                if key_node.tag == _STR_TAG and key_node.value in seen:
+                    duplicates.append(f"line {line}: duplicate key '{key_node.value}'")
+                seen.add(key_node.value)
+                lines.setdefault(format_path(path + (key_node.value,)), line)
+                walk(value_node, path + (key_node.value,))
+            for merged in merges:
+                # `<<: *base` or `<<: [*a, *b]`: the merged keys belong to this mapping
+                for m in (merged.value if isinstance(merged, yaml.SequenceNode) else [merged]):
+                    walk(m, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines.setdefault(format_path(path + (i,)), item.start_mark.line + 1)
+                walk(item, path + (i,))
+
+    walk(root, ())
+    return lines, duplicates
+
+
+# A Flume agent configuration: Java properties whose keys start with `<agent>.sources` etc.
+_PROPERTY_LINE = re.compile(r"^[\w-]+(\.[\w-]+)+\s*=")
+_AGENT_PROPERTY = re.compile(r"^[\w-]+\.(sources|channels|sinks|sinkgroups)(\.|\s*=)")
+
+
+def looks_like_flume_properties(text: str) -> bool:
+    """Whether ``text`` is a Flume properties file (``a1.sources = r1``) rather than YAML: most of
+    its non-comment lines are dotted ``key = value`` lines and one names an agent's components."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("#", "!"))]
+    props = [ln for ln in lines if _PROPERTY_LINE.match(ln)]
+    return 2 * len(props) > len(lines) and any(_AGENT_PROPERTY.match(ln) for ln in props)
+
+
+def _flume_properties_error(source: str) -> ConfigError:
+    return ConfigError([
+        f"{source}: this is a Flume agent configuration (a properties file: `a1.sources = r1`), not a "
+        f"rayflume topology, which is YAML. Write the topology as YAML: the agent's sources, channels and "
+        f"sinks become mappings under `sources:`, `channels:` and `sinks:`, keyed by their names, with each "
+        f"property in snake_case and lists written as lists (`a1.channels.c1.transactionCapacity = 100` -> "
+        f"`channels: {{c1: {{type: memory, transaction_capacity: 100}}}}`; `a1.sources.r1.channels = c1` -> "
+        f"`channels: [c1]` under `sources: {{r1: ...}}`). The README's \"A topology\" section shows a "
+        f"complete file. (A `rayflume convert` command that does this for you is planned; it does not "
+        f"exist yet.)"])
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
+    """One readable problem for a YAML syntax error: where, what, and the enclosing construct."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        problem += f" ({context} that starts at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    if "'\\t'" in problem:
+        problem += "; YAML indents with spaces, not tabs"
+    return ConfigError([f"{source}: invalid YAML{where}: {problem}; fix the file's syntax"])
+
+
+def parse_yaml_with_lines(text: str, source: str = "<topology>") -> tuple[dict, dict[str, int]]:
+    """Parse topology text with ``yaml.safe_load`` semantics.
+
+    Returns the mapping and ``{path: line}`` for its keys and list items (see :func:`format_path`).
+    Raises ConfigError with a single problem for a Flume properties file, invalid YAML (with line
+    and column), duplicate keys (one problem each), or a document that is not a mapping.
+    """
+    if source.lower().endswith(".properties") or looks_like_flume_properties(text):
+        raise _flume_properties_error(source)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        # Scan before constructing: construction flattens `<<` merges into the mapping nodes.
+        lines, duplicates = _scan_nodes(node)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from None
+    finally:
+        loader.dispose()
+    if duplicates:
+        raise ConfigError([f"{source}: {d}; names must be unique" for d in duplicates])
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: a topology is a YAML mapping with name, sources, channels and "
+                           f"sinks; got {describe_value(data)}"])
+    return data, lines
 
 
 def parse_yaml(text: str, source: str = "<topology>") -> dict:
-    loader = _UniqueKeyLoader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{source}: invalid YAML{where}: {problem}; fix the file's syntax"]) from None
-    finally:
-        loader.dispose()
-    if loader.duplicate_keys:
-        raise ConfigError([f"{source}: {d}; names must be unique" for d in loader.duplicate_keys])
-    if not isinstance(data, dict):
-        raise ConfigError([f"{source}: a topology is a YAML mapping with name, sources, channels and "
-                           f"sinks; got {type(data).__name__}"])
-    return data
+    """Parse topology text into a mapping; see :func:`parse_yaml_with_lines` for the errors."""
+    return parse_yaml_with_lines(text, source)[0]
 
 
 def load_topology(path: str | os.PathLike) -> Topology:
-    """Read and validate a topology file. Raises ConfigError listing every problem."""
+    """Read and validate a topology file. Raises ConfigError listing every problem, each with
+    its line in the file where the path can be found there."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the topology file: {exc.strerror}"]) from None
-    return validate(parse_yaml(text, source=path), source=path)
+    data, lines = parse_yaml_with_lines(text, source=path)
+    return validate(data, source=path, lines=lines)
 
 
 def loads_topology(text: str) -> Topology:
-    return validate(parse_yaml(text))
+    """Validate topology text; problems name their line in ``text``."""
+    data, lines = parse_yaml_with_lines(text)
+    return validate(data, lines=lines)
+
+
+# -- messages --------------------------------------------------------------------------------------
+def describe_value(value) -> str:
+    """How a message names what the user wrote: ``the string 'mem'``, ``the number 5``..."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+def _snake(name: str) -> str:
+    """Flume's spelling in rayflume's: ``transactionCapacity`` -> ``transaction_capacity``,
+    ``hdfs.rollCount`` -> ``hdfs_roll_count``, ``SSLEnabled`` -> ``ssl_enabled``."""
+    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s)
+    return re.sub(r"[.\-\s]+", "_", s).lower()
+
+
+def suggest_key(key, known) -> str | None:
+    """The declared key the user most likely meant by the unknown ``key``, or None.
+
+    Flume's naming is tried first: camelCase to snake_case, with a ``hdfs.``-style prefix dropped,
+    and durations (``rollInterval``, ``maxPenaltyMs``) in seconds ending in ``_s``, sizes ending in
+    ``_bytes``; then close spellings (``chanels`` -> ``channels``).
+    """
+    known = [k for k in known if isinstance(k, str)]
+    if not isinstance(key, str) or not known:
+        return None
+    forms = []
+    for variant in (key, key.split(".", 1)[-1]):
+        snake = _snake(variant)
+        base = re.sub(r"_(ms|millis|secs?|seconds)$", "", snake)
+        forms += [snake, base + "_s", snake + "_bytes", base]
+    for form in forms:
+        if form in known and form != key:
+            return form
+    for form in (_snake(key), key):
+        close = difflib.get_close_matches(form, known, n=1, cutoff=0.75)
+        if close:
+            return close[0]
+    return None
+
+
+def unknown_key(key, known, what: str = "known keys") -> str:
+    """The message for an unknown ``key``: a suggestion when one is close, else the keys known."""
+    hint = suggest_key(key, known)
+    if hint:
+        seconds = " (in seconds)" if hint.endswith("_s") and not str(key).endswith("_s") else ""
+        return f"unknown key; did you mean `{hint}`{seconds}?"
+    return f"unknown key; {what}: {', '.join(sorted(str(k) for k in known))}"
+
+
+def _field_description(field) -> str:
+    """The first sentence of a field's description, as a clause (``the channel this sink drains``)."""
+    desc = (getattr(field, "description", None) or "").strip()
+    if not desc:
+        return ""
+    desc = desc.split(". ")[0].rstrip(".")
+    if desc[:1].isupper() and desc[1:2].islower():
+        desc = desc[0].lower() + desc[1:]
+    return desc
+
+
+def _type_message(kind: str, value, field_name) -> str | None:
+    """Words for pydantic's commonest type errors, or None to keep pydantic's message."""
+    got = describe_value(value)
+    if kind in ("list_type", "tuple_type", "set_type"):
+        example = value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else "a, b"
+        return f"expected a list, e.g. [{example}]; got {got}"
+    seconds = isinstance(field_name, str) and field_name.endswith("_s")
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected a whole number, e.g. 100; got {got}"
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        what = "a number of seconds, e.g. 30" if seconds else "a number, e.g. 1.5"
+        return f"expected {what}; got {got}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false; got {got}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping, e.g. {{key: value}}; got {got}"
+    if kind == "string_type":
+        return f"expected a string; got {got}"
+    return None
+
+
+def _did_you_mean(name, names) -> str:
+    """``; did you mean 'x'?`` naming the one of ``names`` closest to a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(str(name), [n for n in names if isinstance(n, str)], n=1, cutoff=0.75)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _with_line(error: str, lines: dict[str, int]) -> str:
+    """``path: message`` with `` (line N)`` appended: the line of the path, or of its nearest
+    ancestor in the file (a missing key's component). Unchanged when no line is known."""
+    path, sep, message = error.partition(": ")
+    p = path
+    while sep and p:
+        if p in lines:
+            return f"{path}: {message} (line {lines[p]})"
+        cut = max(p.rfind("."), p.rfind("["))
+        p = p[:cut] if cut > 0 else ""
+    return error
 
 
 # -- component validation --------------------------------------------------------------------------
@@ -189,46 +402,86 @@ def _format_loc(prefix: str, loc) -> str:
     return path
 
 
-def _pydantic_errors(prefix: str, exc: ValidationError) -> list[str]:
-    out = []
+def _pydantic_errors(prefix: str, exc: ValidationError, fields: dict) -> list[str]:
+    """Each of pydantic's errors as ``path: message``, in words for the common mistakes.
+
+    ``fields`` are the component's declared fields (for suggestions and descriptions). A missing
+    key is reported on its component's path, naming the key and what it is for. A value that fits
+    none of a field's alternatives (``bool | str | list[str]``) is one problem, not one per
+    alternative.
+    """
+    out: list[str] = []
+    alternatives: dict[str, tuple[int, object, list[str]]] = {}  # union field -> (index in out, input, expected)
     for err in exc.errors():
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key; check the spelling against the component's documented keys"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        out.append(f"{_format_loc(prefix, err['loc'])}: {msg}")
+        loc, kind, value = err["loc"], err["type"], err.get("input")
+        path, top, union = _format_loc(prefix, loc), len(loc) == 1, _is_union_member(fields, loc)
+        if kind == "extra_forbidden":
+            known = [f for f in fields if f != "type"] if top else []
+            msg = (unknown_key(loc[-1], known) if known
+                   else "unknown key; check the spelling against the component's documented keys")
+        elif kind == "missing":
+            path = _format_loc(prefix, loc[:-1])
+            desc = _field_description(fields.get(loc[-1])) if top else ""
+            msg = f"missing required key `{loc[-1]}`" + (f": {desc}" if desc else "")
+        else:
+            msg = _type_message(kind, value, loc[0] if union else loc[-1] if loc else None)
+            if msg is None:
+                msg = err["msg"]
+                if kind == "value_error":
+                    msg = msg.removeprefix("Value error, ")
+                elif not isinstance(value, (dict, list)):
+                    msg += f"; got {describe_value(value)}"
+        if union:
+            path = _format_loc(prefix, loc[:1])
+            if path not in alternatives:
+                alternatives[path] = (len(out), value, [])
+                out.append("")  # filled below, in pydantic's order
+            alternatives[path][2].append(msg.split("; got ")[0].removeprefix("expected "))
+            continue
+        out.append(f"{path}: {msg}")
+    for path, (index, value, expected) in alternatives.items():
+        out[index] = f"{path}: expected {' or '.join(expected)}; got {describe_value(value)}"
     return out
+
+
+def _is_union_member(fields: dict, loc) -> bool:
+    """Whether ``loc`` names one alternative of a union field (pydantic appends the member's type)."""
+    field = fields.get(loc[0]) if len(loc) == 2 and isinstance(loc[0], str) and isinstance(loc[1], str) else None
+    return field is not None and typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
 
 
 def build_config(kind: str, raw: dict, path: str, errors: list[str]):
     """Validate one component mapping; returns its typed config, or None after adding errors."""
     if not isinstance(raw, dict):
-        errors.append(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+        errors.append(f"{path}: expected a mapping of the {kind}'s settings, e.g. {{type: ...}}; got "
+                      f"{describe_value(raw)}")
         return None
     if "type" in raw and raw["type"] is None:
         # YAML reads `type: null` as None; the only sensible meaning is the `null` component.
         raw = {**raw, "type": "null"}
     type_name = raw.get("type")
     if not isinstance(type_name, str):
-        what = "required key is missing" if type_name is None else "must be a string"
-        errors.append(f"{path}.type: {what}; known {kind} types: {', '.join(registry.known_types(kind))}")
+        what = (f"missing required key `type`" if type_name is None
+                else f"`type` must be a string, got {describe_value(type_name)}")
+        errors.append(f"{path}: {what}; known {kind} types: {', '.join(registry.known_types(kind))}")
         return None
     cls = registry.lookup(kind, type_name)
     try:
         if cls is not None:
             config = cls(**raw)
         elif kind == "interceptor" and ":" in type_name:
-            from rayflume.interceptors.callable import resolve_callable_interceptor
+            from rayflume.interceptors.callable import CallableInterceptorConfig, resolve_callable_interceptor
 
+            cls = CallableInterceptorConfig
             config = resolve_callable_interceptor(raw)
         else:
             hint = " or a Python import path 'module:callable'" if kind == "interceptor" else ""
-            errors.append(f"{path}.type: unknown {kind} type '{type_name}'; known types: "
-                          f"{', '.join(registry.known_types(kind))}{hint}")
+            known = registry.known_types(kind)
+            errors.append(f"{path}.type: unknown {kind} type '{type_name}'; known types: {', '.join(known)}"
+                          f"{hint}{_did_you_mean(type_name, known)}")
             return None
     except ValidationError as exc:
-        errors.extend(_pydantic_errors(path, exc))
+        errors.extend(_pydantic_errors(path, exc, cls.model_fields if cls is not None else {}))
         return None
     except (ValueError, TypeError, ImportError) as exc:
         errors.append(f"{path}: {exc}")
@@ -250,9 +503,19 @@ def _with_nested(config, path: str, errors: list[str]):
     return config.model_copy(update={"interceptors": interceptors, "selector": selector})
 
 
-def validate(data: dict, source: str = "<topology>") -> Topology:
-    """Validate a parsed topology mapping. Raises ConfigError listing every problem."""
+def validate(data: dict, source: str = "<topology>", lines: dict[str, int] | None = None) -> Topology:
+    """Validate a parsed topology mapping. Raises ConfigError listing every problem as
+    ``path: message``, with `` (line N)`` appended where ``lines`` (from
+    :func:`parse_yaml_with_lines`) know the path. ``data`` is not modified.
+
+    A source or sink whose ``batch_size`` is not set takes at most the smallest
+    ``transaction_capacity`` of its channels; the effective value is in its typed config and in
+    ``Tier.raw`` (what actors receive).
+    """
     errors: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: a topology is a mapping with name, sources, channels and sinks; "
+                           f"got {describe_value(data)}"])
     name = data.get("name")
     if name is None:
         errors.append("name: required key is missing; give the topology a name")
@@ -262,7 +525,7 @@ def validate(data: dict, source: str = "<topology>") -> Topology:
         name = str(name)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            errors.append(f"{key}: unknown top-level key; expected one of {', '.join(sorted(TOP_LEVEL_KEYS))}")
+            errors.append(f"{key}: {unknown_key(key, TOP_LEVEL_KEYS, 'a topology has')}")
     topo = Topology(name=name, raw=data)
     if "tiers" in data:
         for key in sorted(TIER_KEYS & set(data)):
@@ -279,9 +542,9 @@ def validate(data: dict, source: str = "<topology>") -> Topology:
             if not isinstance(tier_data, dict):
                 errors.append(f"tiers.{tier_name}: expected a mapping with placement, sources, channels, sinks")
                 continue
-            for key in sorted(set(tier_data) - TIER_KEYS - {"placement"}):
-                errors.append(f"{prefix}{key}: unknown key; a tier has placement, sources, channels, sinks and "
-                              f"sink_groups")
+            known = TIER_KEYS | {"placement"}
+            for key in sorted(set(tier_data) - known, key=str):
+                errors.append(f"{prefix}{key}: {unknown_key(key, known, 'a tier has')}")
             tier = _validate_tier(tier_name, tier_data, prefix, errors)
             tier.placement = _validate_placement(tier_data.get("placement"), f"{prefix}placement", errors)
             topo.tiers[tier_name] = tier
@@ -294,16 +557,20 @@ def validate(data: dict, source: str = "<topology>") -> Topology:
                               f"topology with tiers")
     _validate_metrics(data, topo, errors)
     if errors:
-        raise ConfigError(errors, topology=name or source)
+        raise ConfigError([_with_line(e, lines or {}) for e in errors], topology=name or source)
     return topo
 
 
 def _validate_tier(tier_name: str, data: dict, prefix: str, errors: list[str]) -> Tier:
-    tier = Tier(name=tier_name, raw={k: data.get(k) or {} for k in TIER_KEYS})
+    # Tier.raw holds copies of the sections: _fit_batch_sizes writes effective values there, and
+    # the caller's mapping (the topology's raw, compared on redeploy) stays as written.
+    tier = Tier(name=tier_name, raw={k: dict(data[k]) if isinstance(data.get(k), dict) else {}
+                                     for k in TIER_KEYS})
     for section, kind in SECTIONS.items():
         entries = data.get(section) or {}
         if not isinstance(entries, dict):
-            errors.append(f"{prefix}{section}: expected a mapping of {kind} names to their settings")
+            errors.append(f"{prefix}{section}: expected a mapping of {kind} names to their settings, e.g. "
+                          f"{{name: {{type: ...}}}}; got {describe_value(entries)}")
             continue
         for comp_name, raw in entries.items():
             path = f"{prefix}{section}.{comp_name}"
@@ -322,20 +589,47 @@ def _validate_tier(tier_name: str, data: dict, prefix: str, errors: list[str]) -
     for section, kind in SECTIONS.items():
         if not data.get(section) and not optional.get(section):
             errors.append(f"{prefix}{section}: at least one {kind} is required")
+    _fit_batch_sizes(tier)
     _validate_groups(data, tier, prefix, errors)
     _validate_graph(data, tier, prefix, errors)
     return tier
+
+
+def _fit_batch_sizes(tier: Tier) -> None:
+    """Give each source and sink whose ``batch_size`` the user did not set at most the smallest
+    ``transaction_capacity`` of its channels, in its typed config and in ``tier.raw``.
+
+    Flume's first example (a netcat source, whose default batch is 1000, into a memory channel of
+    transaction capacity 100) is then valid as written. A ``batch_size`` set explicitly is left
+    as it is, so a conflict there is still reported by the graph check.
+    """
+    for section in ("sources", "sinks"):
+        configs = getattr(tier, section)
+        for name, cfg in configs.items():
+            if "batch_size" in cfg.model_fields_set or not isinstance(getattr(cfg, "batch_size", None), int):
+                continue
+            channels = cfg.channels if section == "sources" else [cfg.channel]
+            caps = [tier.channels[ch].transaction_capacity for ch in channels if ch in tier.channels]
+            if caps and min(caps) < cfg.batch_size:
+                configs[name] = cfg.model_copy(update={"batch_size": min(caps)})
+                # Actors rebuild their config from this mapping, so the effective value goes here.
+                tier.raw[section][name] = {**tier.raw[section][name], "batch_size": min(caps)}
 
 
 def _validate_placement(raw, path: str, errors: list[str]) -> Placement:
     if raw is None:
         return Placement(mode="replicas", replicas=1)
     if not isinstance(raw, dict):
-        errors.append(f"{path}: expected {{per_node: {{label: X}}}} or {{replicas: N, label: X}}")
+        errors.append(f"{path}: expected {{per_node: {{label: X}}}} or {{replicas: N, label: X}}; got "
+                      f"{describe_value(raw)}")
         return Placement()
-    for key in sorted(set(raw) - {"per_node", "replicas", "label", "labels", "resource"}):
-        errors.append(f"{path}.{key}: unknown key; placement has per_node, or replicas with label, labels "
-                      f"or resource")
+    known = ("per_node", "replicas", "label", "labels", "resource")
+    for key in sorted(set(raw) - set(known), key=str):
+        errors.append(f"{path}.{key}: {unknown_key(key, known, 'placement has')}")
+    if isinstance(raw.get("per_node"), dict):
+        selector_keys = ("label", "labels", "resource")
+        for key in sorted(set(raw["per_node"]) - set(selector_keys), key=str):
+            errors.append(f"{path}.per_node.{key}: {unknown_key(key, selector_keys, 'per_node has')}")
     if ("per_node" in raw) == ("replicas" in raw):
         errors.append(f"{path}: give exactly one of per_node or replicas")
         return Placement()
@@ -367,7 +661,8 @@ def _validate_hops(topo: Topology, errors: list[str]) -> None:
         for sink_name, target in tier.hops().items():
             path = f"tiers.{tier_name}.sinks.{sink_name}.tier"
             if target not in topo.tiers:
-                errors.append(f"{path}: unknown tier '{target}'; tiers: {', '.join(sorted(topo.tiers))}")
+                errors.append(f"{path}: unknown tier '{target}'{_did_you_mean(target, topo.tiers)}; tiers: "
+                              f"{', '.join(sorted(topo.tiers))}")
                 continue
             if target == tier_name:
                 errors.append(f"{path}: a tier cannot send to itself")
@@ -410,18 +705,22 @@ def _validate_groups(data: dict, topo: Tier, prefix: str, errors: list[str]) -> 
     for gname, raw in groups.items():
         path = f"{prefix}sink_groups.{gname}"
         if not isinstance(raw, dict):
-            errors.append(f"{path}: expected a mapping with 'sinks' and 'processor'")
+            errors.append(f"{path}: expected a mapping with 'sinks' and 'processor'; got {describe_value(raw)}")
             continue
-        unknown = set(raw) - {"sinks", "processor"}
-        for key in sorted(unknown):
-            errors.append(f"{path}.{key}: unknown key; a sink group has 'sinks' and 'processor'")
+        for key in sorted(set(raw) - {"sinks", "processor"}, key=str):
+            errors.append(f"{path}.{key}: {unknown_key(key, ('sinks', 'processor'), 'a sink group has')}")
         sinks = raw.get("sinks")
+        if sinks is None:
+            errors.append(f"{path}: missing required key `sinks`: the list of the group's sink names")
+            continue
         if not isinstance(sinks, list) or not sinks:
-            errors.append(f"{path}.sinks: required: a non-empty list of sink names")
+            example = sinks if isinstance(sinks, str) else "k1, k2"
+            errors.append(f"{path}.sinks: expected a non-empty list of sink names, e.g. [{example}]; got "
+                          f"{describe_value(sinks)}")
             continue
         for i, s in enumerate(sinks):
             if s not in (data.get("sinks") or {}):
-                errors.append(f"{path}.sinks[{i}]: unknown sink '{s}'")
+                errors.append(f"{path}.sinks[{i}]: unknown sink '{s}'{_did_you_mean(s, data.get('sinks') or {})}")
             elif s in owner:
                 errors.append(f"{path}.sinks[{i}]: sink '{s}' is already in group '{owner[s]}'; a sink "
                               f"belongs to at most one group")
@@ -443,8 +742,14 @@ def _validate_metrics(data: dict, topo: Topology, errors: list[str]) -> None:
     metrics = data.get("metrics")
     if metrics is None:
         return
-    if not isinstance(metrics, dict) or set(metrics) - {"host", "port"}:
-        errors.append("metrics: expected a mapping with 'host' and 'port' (port null disables the endpoint)")
+    if not isinstance(metrics, dict):
+        errors.append(f"metrics: expected a mapping with 'host' and 'port' (port null disables the endpoint); "
+                      f"got {describe_value(metrics)}")
+        return
+    unknown = sorted(set(metrics) - {"host", "port"}, key=str)
+    for key in unknown:
+        errors.append(f"metrics.{key}: {unknown_key(key, ('host', 'port'), 'metrics has')}")
+    if unknown:
         return
     topo.metrics_host = metrics.get("host", topo.metrics_host)
     port = metrics.get("port", topo.metrics_port)
@@ -465,7 +770,8 @@ def _validate_graph(data: dict, topo: Tier, prefix: str, errors: list[str]) -> N
         listed = [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
         for i, ch in enumerate(listed):
             if ch not in channel_names:
-                errors.append(f"{prefix}sources.{sname}.channels[{i}]: unknown channel '{ch}'")
+                errors.append(f"{prefix}sources.{sname}.channels[{i}]: unknown channel '{ch}'"
+                              f"{_did_you_mean(ch, channel_names)}")
             written.add(ch)
         if len(set(listed)) != len(listed):
             errors.append(f"{prefix}sources.{sname}.channels: a channel is listed twice")
@@ -485,7 +791,7 @@ def _validate_graph(data: dict, topo: Tier, prefix: str, errors: list[str]) -> N
     for sname, raw in raw_sinks.items():
         ch = raw.get("channel") if isinstance(raw, dict) else None
         if ch is not None and ch not in channel_names:
-            errors.append(f"{prefix}sinks.{sname}.channel: unknown channel '{ch}'")
+            errors.append(f"{prefix}sinks.{sname}.channel: unknown channel '{ch}'{_did_you_mean(ch, channel_names)}")
         drained.add(ch)
         cfg = topo.sinks.get(sname)
         chan = topo.channels.get(ch)
@@ -503,7 +809,8 @@ def _validate_graph(data: dict, topo: Tier, prefix: str, errors: list[str]) -> N
 
     seen: dict[str, str] = {}
     for section in ("sources", "channels", "sinks", "sink_groups"):
-        for n in (data.get(section) or {}):
+        entries = data.get(section)
+        for n in (entries if isinstance(entries, dict) else {}):
             if n in seen and seen[n] != section:
                 errors.append(f"{prefix}{section}.{n}: the name '{n}' is also used in {seen[n]}; names must be "
                               f"unique across sources, channels, sinks and sink groups")

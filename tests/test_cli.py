@@ -72,7 +72,7 @@ def test_unreachable_address_exits_2_quickly(tmp_path):
     t = time.monotonic()
     r = rayflume("deploy", write(tmp_path, SMALL.format(name="x", n=10)), "--address", "127.0.0.1:1")
     assert r.returncode == 2
-    assert "cannot reach a Ray cluster at --address 127.0.0.1:1" in r.stderr
+    assert "cannot reach a Ray cluster at 127.0.0.1:1" in r.stderr
     assert time.monotonic() - t < 60
 
 
@@ -89,6 +89,7 @@ def test_deploy_embedded_runs_to_completion_and_writes_output(tmp_path):
 
 
 def test_ctrl_c_drains_and_stops(tmp_path):
+    """Also: the embedded deploy prints its Ray address, and `status --address` reaches it."""
     path = write(tmp_path, SMALL.format(name="forever", n="null"))
     proc = subprocess.Popen([sys.executable, "-m", "rayflume.cli", "deploy", path], cwd=tmp_path, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -100,12 +101,18 @@ def test_ctrl_c_drains_and_stops(tmp_path):
             assert line or proc.poll() is None, proc.stderr.read()[-3000:]
             seen += line
             assert time.monotonic() < deadline, seen
+        address = seen.split("on an embedded Ray at ")[1].split(";")[0]
+        assert f"rayflume status forever --address {address}" in seen
+        r = rayflume("status", "forever", "--address", address)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "topology forever: RUNNING" in r.stdout
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
     assert "stopping: draining channels" in out
     assert "stopped 'forever'" in out
     written = sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").iterdir())
@@ -139,3 +146,190 @@ def test_deploy_to_address_then_status_and_stop(ray_local, tmp_path):
 
     r = rayflume("status", "remote", "--address", address)
     assert r.returncode == 2 and "no topology named 'remote' is deployed" in r.stderr
+
+
+def readme_topologies() -> list[str]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from check_install import readme_topologies as blocks
+    finally:
+        sys.path.pop(0)
+    return blocks(ROOT / "README.md")
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+SHIPPED = sorted(str(p) for p in (ROOT / "topologies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(p))
+def test_validate_every_shipped_topology(path):
+    r = rayflume("validate", path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "is valid" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_validate_every_readme_topology(tmp_path):
+    blocks = readme_topologies()
+    assert len(blocks) >= 2  # the single-agent example and the tiered one
+    for i, text in enumerate(blocks):
+        r = rayflume("validate", write(tmp_path, text, name=f"readme{i}.yaml"))
+        assert r.returncode == 0, text + r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_validate_describes_tiers():
+    r = rayflume("validate", str(ROOT / "topologies" / "two-tier.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "topology 'weblogs' is valid: 2 tier(s)" in r.stdout
+    assert "tier agent: one instance per node with tier=agent" in r.stdout
+    assert "tier collector: 2 replica(s) on nodes with tier=collector" in r.stdout
+    assert "sink    forward (rayflume) <- disk -> tier collector" in r.stdout
+
+
+def test_version_and_help_with_examples():
+    r = rayflume("--version")
+    assert r.returncode == 0 and r.stdout.startswith("rayflume ")
+    for command in ("validate", "deploy", "status", "logs", "stop"):
+        r = rayflume(command, "--help")
+        assert r.returncode == 0, r.stderr
+        assert "examples:" in r.stdout and f"rayflume {command}" in r.stdout.split("examples:")[1]
+
+
+def test_status_against_a_port_that_is_not_ray_gives_up_within_its_deadline():
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():  # accept and say nothing, as a wrong service would
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    try:
+        t = time.monotonic()
+        r = rayflume("status", "--address", address, "--connect-timeout-s", "3", timeout=60)
+        took = time.monotonic() - t
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+    assert r.returncode == 2, r.stderr
+    assert f"no Ray cluster answered at {address} within 3 s" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert took < 30
+
+
+def test_ctrl_c_during_start_up_exits_130_without_traceback(tmp_path):
+    path = write(tmp_path, SMALL.format(name="early", n="null"))
+    proc = subprocess.Popen([sys.executable, "-m", "rayflume.cli", "deploy", path], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Start-up is under way once the embedded Ray's first process runs.
+        import psutil
+
+        deadline = time.monotonic() + 120
+        while not any(c.name() in ("gcs_server", "raylet") for c in psutil.Process(proc.pid).children(True)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err[-3000:]
+    assert "interrupted during start-up" in err
+    assert "running topology 'early'" not in out  # the signal did arrive during start-up
+    assert "Traceback" not in err and "Traceback" not in out
+    if "stopped before topology 'early' was deployed" in out:
+        assert not (tmp_path / "out").exists()
+        return
+    # what was started is drained and stopped, and the count adds up
+    assert "stopped 'early'" in out
+    written = sum(len(f.read_bytes().splitlines()) for f in (tmp_path / "out").iterdir()) \
+        if (tmp_path / "out").exists() else 0
+    delivered = int(out.split("accepted by sources, ")[1].split(" delivered")[0].replace(",", ""))
+    assert written == delivered
+
+
+LOGGED = """
+name: {name}
+sources:
+  gen: {{type: sequence, total_events: 3, batch_size: 3, body_size: 12, channels: [mem]}}
+channels:
+  mem: {{type: memory}}
+sinks:
+  show: {{type: logger, channel: mem}}
+metrics: {{port: null}}
+"""
+
+
+def test_logger_sink_events_appear_in_the_foreground_deploy(tmp_path):
+    r = rayflume("deploy", write(tmp_path, LOGGED.format(name="shown")), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    output = r.stdout + r.stderr
+    for n in range(3):
+        body = str(n).zfill(12)  # the sequence source's body, padded to body_size
+        hexed = body.encode().hex(" ").upper()
+        assert any(f"show: Event: {{ headers:{{}} body: {hexed}" in line and line.endswith(f"  {body} }}")
+                   for line in output.splitlines()), output
+
+
+def test_log_level_warning_hides_the_logger_sink(tmp_path):
+    r = rayflume("deploy", write(tmp_path, LOGGED.format(name="hidden")), "--log-level", "warning",
+                 cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopped 'hidden': 3 events accepted by sources, 3 delivered by sinks" in r.stdout
+    assert "Event: {" not in r.stdout + r.stderr
+
+
+def test_logs_and_metrics_port_fallback_on_a_cluster(ray_local, tmp_path):
+    import socket
+
+    address = ray_local.get_runtime_context().gcs_address
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        text = LOGGED.format(name="logged").replace("port: null", f"port: {port}")
+        r = rayflume("deploy", write(tmp_path, text), "--address", address)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"metrics port 127.0.0.1:{port} is taken" in r.stderr
+        url = r.stdout.split("metrics at ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and f":{port}/" not in url
+
+        deadline = time.monotonic() + 60
+        while True:
+            r = rayflume("logs", "logged", "show", "--address", address)
+            assert r.returncode == 0, r.stderr[-3000:]
+            if r.stdout.count("show: Event: {") == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "==> sinks/show <==" in r.stdout
+        assert r.stdout.count("show: Event: {") == 3, r.stdout
+        assert "==> source/gen <==" not in r.stdout  # only the component asked for
+
+        r = rayflume("logs", "logged", "nosuch", "--address", address)
+        assert r.returncode == 2 and "has no component named 'nosuch'" in r.stderr
+
+        r = subprocess.run([sys.executable, "-m", "rayflume.cli", "status", "logged", "--address", "auto"],
+                           env={**ENV, "RAY_ADDRESS": address}, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"connected to the Ray cluster at {address} (--address auto)" in r.stderr
+        assert f"metrics: {url}" in r.stdout
+    finally:
+        holder.close()
+        rayflume("stop", "logged", "--address", address)

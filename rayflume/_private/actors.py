@@ -25,6 +25,8 @@ from collections import deque
 
 import ray
 
+from rayflume._private import logs
+from rayflume._private.backoff import Backoff
 from rayflume._private.metrics import RayExporter
 from rayflume._private.runners import SinkRunner, SourceRunner, run_sink_group
 from rayflume._private.stored import StoredBatch
@@ -71,6 +73,7 @@ class _Component:
     kind = ""
 
     def _init_identity(self, topology: str, name: str) -> None:
+        logs.configure()
         self.topology = topology
         self.name = name
         self.incarnation = uuid.uuid4().hex
@@ -94,6 +97,10 @@ class _Component:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def logs(self, lines: int = 100) -> list[str]:
+        """The last ``lines`` log lines of this actor's process (since its last restart)."""
+        return logs.recent(lines)
 
 
 class ChannelActor(_Component):
@@ -255,7 +262,7 @@ class _ChannelHandlePort:
 class SourceActor(_Component):
     kind = "SOURCE"
 
-    def __init__(self, topology: str, name: str, raw_config: dict, channels: dict):
+    def __init__(self, topology: str, name: str, raw_config: dict, channels: dict, scope: str = ""):
         self._init_identity(topology, name)
         self.config = _typed("source", raw_config, f"sources.{name}")
         self.channels = channels
@@ -264,6 +271,9 @@ class SourceActor(_Component):
                                      logger=logging.getLogger(f"rayflume.source.{name}"),
                                      counters=self.counters)
         self.source = self.config.build(name)
+        if scope and hasattr(self.source, "use_scope"):
+            # Each instance of a tier keeps its read positions apart, as it keeps its channel files.
+            self.source.use_scope(scope)
         chain = InterceptorChain([c.build() for c in self.config.interceptors])
         selector = self.config.selector.build(list(self.config.channels))
         self.runner = SourceRunner(name, self.source, chain, selector, self._put_many, self.counters)
@@ -307,12 +317,12 @@ class SourceActor(_Component):
                 out[ch] = exc
         return out
 
+    def _report(self, message: str | None) -> None:
+        self.error = message
+
     def _run(self) -> None:
-        try:
-            self.source.start(self.context)
-        except Exception as exc:
-            self.error = f"failed to start: {exc}"
-            logger.error("source '%s' of topology '%s' %s", self.name, self.topology, self.error)
+        if not start_with_retries(f"source '{self.name}' of topology '{self.topology}'",
+                                  lambda: self.source.start(self.context), self.stopping, self._report):
             return
         threading.Thread(target=self._export_loop, daemon=True).start()
         self.runner.run()
@@ -340,38 +350,84 @@ class SourceActor(_Component):
             self.stop_time_ms = int(time.time() * 1000)
 
 
+START_RETRY_MAX_S = 60.0
+
+
+def start_with_retries(what: str, start, stopping: threading.Event, report) -> bool:
+    """Call ``start()`` until it succeeds or ``stopping`` is set, backing off from 1 s to 60 s.
+
+    Each failure is logged and handed to ``report`` (a message for status, or None once started).
+    Returns whether it started. Runs in a component's own thread, never in an actor constructor,
+    so a slow or failing start leaves the actor answering status calls.
+    """
+    backoff = Backoff(1.0, START_RETRY_MAX_S)
+    while not stopping.is_set():
+        try:
+            start()
+            report(None)
+            return True
+        except Exception as exc:
+            delay = backoff.next_delay()
+            message = f"failed to start: {type(exc).__name__}: {exc}; retrying in {delay:g} s"
+            logger.error("%s %s", what, message)
+            report(message)
+            stopping.wait(delay)
+    return False
+
+
 class SinkGroupActor(_Component):
+    """Runs a sink group. The constructor only checks configs; sinks start in the group's thread,
+    with retries, so that a sink that cannot start yet (a missing directory, a dead channel) is a
+    status of this actor rather than a failed constructor."""
+
     kind = "SINK"
 
     def __init__(self, topology: str, group: str, raw_sinks: dict, raw_processor: dict | None,
                  channels: dict, scope: str = ""):
         self._init_identity(topology, group)
+        self.scope = scope
+        self.channels = channels
+        self.configs = {s: _typed("sink", raw, f"sinks.{s}") for s, raw in raw_sinks.items()}
+        self.processor_config = _typed("processor", raw_processor or {"type": "default"},
+                                       f"sink_groups.{group}.processor")
         self.runners: list[SinkRunner] = []
-        self.counters: dict[str, dict] = {}
-        for sink_name, raw in raw_sinks.items():
-            config = _typed("sink", raw, f"sinks.{sink_name}")
-            sink = config.build(sink_name)
-            counters: dict = {}
-            self.counters[sink_name] = counters
-            sink.start(SinkContext(name=sink_name, topology=topology, scope=scope,
-                                   logger=logging.getLogger(f"rayflume.sink.{sink_name}"),
-                                   counters=counters))
-            holder = "/".join(p for p in (topology, scope, group, sink_name) if p)
-            channel = channels[config.channel]
-            # Leases of our previous incarnation return to the channel now, not at their timeout.
-            try:
-                ray.get(channel.release.remote(holder), timeout=60)
-            except Exception:
-                logger.warning("sink '%s': could not release old leases; they will expire", sink_name)
-            port = _ChannelHandlePort(channel, fill_s=config.batch_duration_s)
-            self.runners.append(SinkRunner(sink_name, sink, port, holder, counters, pipelined=len(raw_sinks) == 1))
-        if raw_processor is None:
-            raw_processor = {"type": "default"}
-        self.processor = _typed("processor", raw_processor, f"sink_groups.{group}.processor").build(self.runners)
+        self.counters: dict[str, dict] = {s: {} for s in raw_sinks}
+        self.error: str | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"sinks-{group}")
         self._thread.start()
 
+    def _start_sinks(self) -> None:
+        """Start every sink (all or none) and build the processor over them."""
+        runners: list[SinkRunner] = []
+        try:
+            for sink_name, config in self.configs.items():
+                sink = config.build(sink_name)
+                counters = self.counters[sink_name]
+                sink.start(SinkContext(name=sink_name, topology=self.topology, scope=self.scope,
+                                       logger=logging.getLogger(f"rayflume.sink.{sink_name}"),
+                                       counters=counters))
+                holder = "/".join(p for p in (self.topology, self.scope, self.name, sink_name) if p)
+                channel = self.channels[config.channel]
+                port = _ChannelHandlePort(channel, fill_s=config.batch_duration_s)
+                runners.append(SinkRunner(sink_name, sink, port, holder, counters,
+                                          pipelined=len(self.configs) == 1))
+                # Leases of our previous incarnation return to the channel now, not at their timeout.
+                ray.get(channel.release.remote(holder), timeout=60)
+        except BaseException:
+            for r in runners:
+                with contextlib.suppress(Exception):
+                    r.sink.stop()
+            raise
+        self.processor = self.processor_config.build(runners)
+        self.runners = runners
+
+    def _report(self, message: str | None) -> None:
+        self.error = message
+
     def _run(self) -> None:
+        if not start_with_retries(f"sink group '{self.name}' of topology '{self.topology}'",
+                                  self._start_sinks, self.stopping, self._report):
+            return
         exporters = {r.name: RayExporter(self.topology, "SINK", r.name) for r in self.runners}
 
         def export_loop():
@@ -388,9 +444,11 @@ class SinkGroupActor(_Component):
 
     def info(self) -> dict:
         errors = {r.name: r.last_error for r in self.runners if r.last_error}
-        state = getattr(self.processor, "state", None)
-        return {**self._base_info(), "sinks": [r.name for r in self.runners], "errors": errors,
-                "processor": state() if callable(state) else None}
+        if self.error:
+            errors = {**{s: self.error for s in self.configs}, **errors}
+        state = getattr(getattr(self, "processor", None), "state", None)
+        return {**self._base_info(), "sinks": list(self.configs), "errors": errors,
+                "started": bool(self.runners), "processor": state() if callable(state) else None}
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish the batch in flight, then flush and close every sink."""
