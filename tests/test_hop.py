@@ -78,14 +78,14 @@ def hop_source(ray_local):
 def test_a_take_refers_to_its_object_and_the_next_tier_stores_it_unread(channel, hop_source):
     agent_channel, collector_channel = channel(), channel()
     ray.get(agent_channel.put.remote(numbered(0, 10), "t1"))
-    lease, taken = _ChannelHandlePort(agent_channel).take(100, "fwd", 0.0)
+    lease, taken = _ChannelHandlePort.of(agent_channel).take(100, "fwd", 0.0)
     assert isinstance(taken.stored, StoredBatch) and len(taken.stored) == 10
     assert taken.stored.resolve() == taken
 
     source = hop_source({"mem": collector_channel})
     ray.get(source.append_batch.remote(taken.stored, "batch-1"))
     ray.get(source.append_batch.remote(taken.stored, "batch-1"))  # a retry: acknowledged, not stored
-    got = _ChannelHandlePort(collector_channel).take(100, "out", 0.0)
+    got = _ChannelHandlePort.of(collector_channel).take(100, "out", 0.0)
     assert numbers(got[1]) == list(range(10))
     counters = ray.get(source.metrics.remote())
     assert counters["EventAcceptedCount"] == 10 and counters["DuplicateBatchCount"] == 1
@@ -98,10 +98,10 @@ def test_a_take_refers_to_its_object_and_the_next_tier_stores_it_unread(channel,
 def test_a_source_that_reads_events_resolves_a_batch_passed_by_reference(channel, hop_source, reader):
     sent, collector_channel = channel(), channel()
     ray.get(sent.put.remote(numbered(0, 5), "t1"))
-    _, taken = _ChannelHandlePort(sent).take(100, "fwd", 0.0)
+    _, taken = _ChannelHandlePort.of(sent).take(100, "fwd", 0.0)
     source = hop_source({"mem": collector_channel}, **reader)
     ray.get(source.append_batch.remote(taken.stored, "batch-1"))
-    _, got = _ChannelHandlePort(collector_channel).take(100, "out", 0.0)
+    _, got = _ChannelHandlePort.of(collector_channel).take(100, "out", 0.0)
     assert numbers(got) == list(range(5))
     if "interceptors" in reader:
         assert got.header("tier").to_pylist() == ["collector"] * 5
@@ -143,7 +143,7 @@ def test_the_sink_sends_a_reference_unless_it_changed_the_batch(ray_local):
 def test_a_take_with_fill_waits_for_a_full_batch(channel):
     ch = channel()
     ray.get(ch.put.remote(numbered(0, 30), "t1"))
-    impatient = _ChannelHandlePort(ch)
+    impatient = _ChannelHandlePort.of(ch)
     lease, first = impatient.take(100, "out", 0.0)
     assert len(first) == 30  # without a fill time a take returns what is there
     impatient.rollback(lease)
@@ -153,7 +153,7 @@ def test_a_take_with_fill_waits_for_a_full_batch(channel):
 
     threading.Timer(0.2, more).start()
     started = time.monotonic()
-    lease, full = _ChannelHandlePort(ch, fill_s=30).take(100, "out", 0.0)
+    lease, full = _ChannelHandlePort.of(ch, fill_s=30).take(100, "out", 0.0)
     assert numbers(full) == list(range(100))
     assert time.monotonic() - started < 20, "it waited for its fill time although 100 events came"
 
@@ -162,7 +162,7 @@ def test_a_take_with_fill_returns_what_is_there_after_its_fill_time(channel):
     ch = channel()
     ray.get(ch.put.remote(numbered(0, 10), "t1"))
     started = time.monotonic()
-    lease, got = _ChannelHandlePort(ch, fill_s=0.3).take(100, "out", 0.0)
+    lease, got = _ChannelHandlePort.of(ch, fill_s=0.3).take(100, "out", 0.0)
     assert numbers(got) == list(range(10))
     assert time.monotonic() - started >= 0.25
 

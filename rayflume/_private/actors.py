@@ -55,6 +55,46 @@ def actor_name(topology: str, kind: str, name: str) -> str:
     return f"{topology}/{kind}/{name}"
 
 
+def channel_actor_name(topology: str, scope: str, channel: str) -> str:
+    """The name of a channel's actor, as the controller names it (``scope``: tier/instance or "")."""
+    return "/".join(p for p in (topology, scope, "channel", channel) if p)
+
+
+class ChannelDirectory:
+    """The channel actors a source or sink group uses, by channel name.
+
+    When a channel's actor died for good (its restarts exhausted), the controller creates a new
+    one under the same name; :meth:`replace_if_dead` then swaps in the new actor, so the caller's
+    retry reaches it instead of the dead one. Thread-safe (a dict swap).
+    """
+
+    def __init__(self, topology: str, scope: str, handles: dict):
+        self.topology = topology
+        self.scope = scope
+        self._handles = dict(handles)
+
+    def __getitem__(self, channel: str):
+        return self._handles[channel]
+
+    def __contains__(self, channel: str) -> bool:
+        return channel in self._handles
+
+    def replace_if_dead(self, channel: str, exc: BaseException) -> bool:
+        """After ``exc`` from a call to ``channel``: whether a new actor was swapped in."""
+        if not self.topology or not isinstance(exc, ray.exceptions.ActorDiedError):
+            return False  # alive, restarting or slow: the same actor answers the retry
+        name = channel_actor_name(self.topology, self.scope, channel)
+        try:
+            new = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return False  # not re-created yet; the next failure looks again
+        if new._actor_id == self._handles[channel]._actor_id:
+            return False
+        self._handles[channel] = new
+        logger.warning("channel '%s' of topology '%s' was replaced; using the new actor", channel, self.topology)
+        return True
+
+
 def _typed(kind: str, raw: dict, path: str):
     from rayflume.topology import _with_nested, build_config
 
@@ -180,15 +220,33 @@ class _ChannelHandlePort:
 
     MAX_PENDING_COMMITS = 4
 
-    def __init__(self, handle, call_timeout_s: float = 60.0, fill_s: float = 0.0):
-        self.handle = handle
+    def __init__(self, channels: ChannelDirectory, channel: str, call_timeout_s: float = 60.0,
+                 fill_s: float = 0.0):
+        self.channels = channels
+        self.channel = channel
         self.call_timeout_s = call_timeout_s
         self.fill_s = fill_s  # the sink's batch_duration_s
         self._prefetched = None  # (lease, batch) ObjectRefs of a take in flight
         self._commits: deque = deque()  # (ObjectRef, events)
 
+    @classmethod
+    def of(cls, handle, **kwargs) -> "_ChannelHandlePort":
+        """A port on one channel actor that is never replaced (for tests and benchmarks)."""
+        return cls(ChannelDirectory("", "", {"": handle}), "", **kwargs)
+
+    @property
+    def handle(self):
+        return self.channels[self.channel]
+
+    def _get(self, ref, timeout_s: float):
+        try:
+            return ray.get(ref, timeout=timeout_s)
+        except Exception as exc:
+            self.channels.replace_if_dead(self.channel, exc)  # the runner's retry reaches the new one
+            raise
+
     def put(self, batch, txn_id):
-        ray.get(self.handle.put.remote(batch, txn_id), timeout=self.call_timeout_s)
+        self._get(self.handle.put.remote(batch, txn_id), self.call_timeout_s)
 
     def take(self, max_events, holder, timeout_s):
         """(lease id, batch) or None; ``batch.stored`` refers to the taken batch's object."""
@@ -197,11 +255,11 @@ class _ChannelHandlePort:
         else:
             refs = self._take_remote(max_events, holder, timeout_s)
         lease_ref, batch_ref = refs
-        lease_id = ray.get(lease_ref, timeout=self.call_timeout_s + self.fill_s + timeout_s)
+        lease_id = self._get(lease_ref, self.call_timeout_s + self.fill_s + timeout_s)
         if lease_id is None:
             return None
         try:
-            batch = ray.get(batch_ref, timeout=self.call_timeout_s)
+            batch = self._get(batch_ref, self.call_timeout_s)
         except Exception:
             with contextlib.suppress(Exception):  # if this fails too, the lease times out instead
                 self.rollback(lease_id)
@@ -213,10 +271,10 @@ class _ChannelHandlePort:
         return self.handle.take_lease_and_batch.remote(max_events, holder, timeout_s, self.fill_s)
 
     def commit(self, lease_id):
-        ray.get(self.handle.commit.remote(lease_id), timeout=self.call_timeout_s)
+        self._get(self.handle.commit.remote(lease_id), self.call_timeout_s)
 
     def rollback(self, lease_id):
-        ray.get(self.handle.rollback.remote(lease_id), timeout=self.call_timeout_s)
+        self._get(self.handle.rollback.remote(lease_id), self.call_timeout_s)
 
     # -- pipelined mode ----------------------------------------------------------------------
     def prefetch(self, max_events, holder, timeout_s) -> None:
@@ -225,7 +283,7 @@ class _ChannelHandlePort:
     def release_prefetched(self) -> None:
         if self._prefetched is not None:
             (lease_ref, _), self._prefetched = self._prefetched, None
-            lease_id = ray.get(lease_ref, timeout=self.call_timeout_s + self.fill_s)
+            lease_id = self._get(lease_ref, self.call_timeout_s + self.fill_s)
             if lease_id is not None:
                 self.rollback(lease_id)
 
@@ -251,7 +309,7 @@ class _ChannelHandlePort:
             self._commits.popleft()
             block = False
             try:
-                ray.get(ref, timeout=self.call_timeout_s)
+                self._get(ref, self.call_timeout_s)
             except LeaseUnknown:
                 duplicates += events  # delivered, but the lease had expired: they come again
             except Exception:
@@ -265,7 +323,7 @@ class SourceActor(_Component):
     def __init__(self, topology: str, name: str, raw_config: dict, channels: dict, scope: str = ""):
         self._init_identity(topology, name)
         self.config = _typed("source", raw_config, f"sources.{name}")
-        self.channels = channels
+        self.channels = ChannelDirectory(topology, scope, channels)
         self.counters: dict = {}
         self.context = SourceContext(name=name, topology=topology,
                                      logger=logging.getLogger(f"rayflume.source.{name}"),
@@ -314,6 +372,7 @@ class SourceActor(_Component):
                 ray.get(ref, timeout=60)
                 out[ch] = None
             except Exception as exc:  # ChannelFull, actor death, timeout: retried by the runner
+                self.channels.replace_if_dead(ch, exc)
                 out[ch] = exc
         return out
 
@@ -386,7 +445,7 @@ class SinkGroupActor(_Component):
                  channels: dict, scope: str = ""):
         self._init_identity(topology, group)
         self.scope = scope
-        self.channels = channels
+        self.channels = ChannelDirectory(topology, scope, channels)
         self.configs = {s: _typed("sink", raw, f"sinks.{s}") for s, raw in raw_sinks.items()}
         self.processor_config = _typed("processor", raw_processor or {"type": "default"},
                                        f"sink_groups.{group}.processor")
@@ -407,12 +466,11 @@ class SinkGroupActor(_Component):
                                        logger=logging.getLogger(f"rayflume.sink.{sink_name}"),
                                        counters=counters))
                 holder = "/".join(p for p in (self.topology, self.scope, self.name, sink_name) if p)
-                channel = self.channels[config.channel]
-                port = _ChannelHandlePort(channel, fill_s=config.batch_duration_s)
+                port = _ChannelHandlePort(self.channels, config.channel, fill_s=config.batch_duration_s)
                 runners.append(SinkRunner(sink_name, sink, port, holder, counters,
                                           pipelined=len(self.configs) == 1))
                 # Leases of our previous incarnation return to the channel now, not at their timeout.
-                ray.get(channel.release.remote(holder), timeout=60)
+                port._get(port.handle.release.remote(holder), 60)
         except BaseException:
             for r in runners:
                 with contextlib.suppress(Exception):
