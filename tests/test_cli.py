@@ -333,3 +333,58 @@ def test_logs_and_metrics_port_fallback_on_a_cluster(ray_local, tmp_path):
     finally:
         holder.close()
         rayflume("stop", "logged", "--address", address)
+
+
+FLUME_FIRST_EXAMPLE = """
+# Flume's first documented example (netcat -> memory -> logger), in rayflume's YAML
+name: a1
+sources:
+  r1: {{type: netcat, bind: 127.0.0.1, port: {port}, channels: [c1]}}
+channels:
+  c1: {{type: memory, capacity: 1000, transaction_capacity: 100}}
+sinks:
+  k1: {{type: logger, channel: c1}}
+metrics: {{port: null}}
+"""
+
+
+def test_flume_first_example_runs_and_shows_events(tmp_path):
+    """As in Flume's user guide: send a line with a TCP client, see it printed by the logger sink."""
+    import socket
+
+    from tests.kafka_broker import free_port
+
+    port = free_port()
+    path = write(tmp_path, FLUME_FIRST_EXAMPLE.format(port=port))
+    proc = subprocess.Popen([sys.executable, "-m", "rayflume.cli", "deploy", path], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 180
+        while "running topology 'a1'" not in seen:
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, seen
+            seen += line
+        while True:  # the source binds its port once its actor has started
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=60)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with client:
+            client.settimeout(60)
+            client.sendall(b"Hello world!\n")
+            assert client.recv(16) == b"OK\n"  # acknowledged once the channel committed it
+        while "Hello world!" not in seen:
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, seen
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "k1: Event: { headers:{} body: 48 65 6C 6C 6F 20 77 6F 72 6C 64 21" in seen
+    assert proc.returncode == 130 and "Traceback" not in seen + rest
+    assert "1 events accepted by sources, 1 delivered by sinks" in rest
