@@ -61,7 +61,7 @@ def _describe_tier(tier, tiered: bool) -> list[str]:
 
 
 def cmd_validate(args) -> int:
-    from rayflume.topology import load_topology
+    from rayflume.topology import load_topology, local_environment_warnings
 
     topo = load_topology(args.file)
     tiers = list(topo.tiers.values())
@@ -74,6 +74,9 @@ def cmd_validate(args) -> int:
     print(f"topology '{topo.name}' is valid: {summary}")
     for tier in tiers:
         print("\n".join(_describe_tier(tier, topo.tiered)))
+    # What this machine lacks is no error (the topology runs on other nodes), but worth a word.
+    for warning in local_environment_warnings(topo):
+        print(f"warning (on this machine): {warning}", file=sys.stderr)
     return 0
 
 

@@ -20,8 +20,12 @@ class ComponentConfig(BaseModel):
     type: str
 
     def check(self) -> list[str]:
-        """Problems with the environment this config needs (a missing command, an unwritable
-        directory), found at validation time, before anything starts. Default: none."""
+        """Problems with what this config needs from the machine it is called on (a missing
+        command, an unwritable directory, a library, a certificate file). Default: none.
+
+        Validation never calls it (a topology is validated on machines other than the nodes that
+        run it); ``topology.local_environment_warnings`` does, for warnings. A component makes
+        the same checks itself at start, on its node, where a failure is its status error."""
         return []
 
 

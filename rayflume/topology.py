@@ -10,6 +10,13 @@ graph (unknown, unused or undrained channels, sinks in two groups, batch sizes a
 transaction capacity, duplicate names), then the tier graph (hops to unknown tiers, cycles).
 Nothing starts until all pass.
 
+Validation checks schema and graph only: it never looks at the machine it runs on (installed
+commands, directories, libraries, certificate files), because a topology is validated on the
+laptop that deploys it and in the controller, while its components run on other nodes. Those
+checks run in each component's own actor, on its node, at start, where a failure is that
+component's status error and is retried. :func:`local_environment_warnings` runs the same checks
+on this machine, for ``rayflume validate`` to show as warnings.
+
 YAML is read with ``yaml.safe_load`` semantics only, and duplicate keys are an error rather
 than silently overwritten. The loader also records the line of every mapping key and list item,
 so each problem in a file or text names its line (``sources.tail.channels: ... (line 7)``).
@@ -486,9 +493,6 @@ def build_config(kind: str, raw: dict, path: str, errors: list[str]):
     except (ValueError, TypeError, ImportError) as exc:
         errors.append(f"{path}: {exc}")
         return None
-    check = getattr(config, "check", None)
-    if callable(check):
-        errors.extend(f"{path}: {msg}" for msg in check())
     return config
 
 
@@ -503,10 +507,34 @@ def _with_nested(config, path: str, errors: list[str]):
     return config.model_copy(update={"interceptors": interceptors, "selector": selector})
 
 
+def local_environment_warnings(topo: Topology) -> list[str]:
+    """What this machine lacks for the topology's components, as ``path: problem`` messages
+    (``sources.tail: exec source: `command`: 'foo' is not installed on this node ...``); empty
+    when nothing is missing.
+
+    These are the checks of each component config's ``check()`` (commands, directories,
+    libraries, certificate and token files), run here. They are warnings, not errors: the
+    components run them again on their own nodes at start, and a topology whose paths exist only
+    on those nodes is valid. Reads the local file system and environment; changes nothing.
+    """
+    out: list[str] = []
+    for tier_name, tier in topo.tiers.items():
+        prefix = f"tiers.{tier_name}." if tier_name else ""
+        for section in ("sources", "channels", "sinks"):
+            for comp_name, config in getattr(tier, section).items():
+                check = getattr(config, "check", None)
+                if callable(check):
+                    out.extend(f"{prefix}{section}.{comp_name}: {msg}" for msg in check())
+    return out
+
+
 def validate(data: dict, source: str = "<topology>", lines: dict[str, int] | None = None) -> Topology:
     """Validate a parsed topology mapping. Raises ConfigError listing every problem as
     ``path: message``, with `` (line N)`` appended where ``lines`` (from
     :func:`parse_yaml_with_lines`) know the path. ``data`` is not modified.
+
+    Schema and graph only: nothing on this machine is checked (see the module docstring and
+    :func:`local_environment_warnings`), so the result is the same on every machine.
 
     A source or sink whose ``batch_size`` is not set takes at most the smallest
     ``transaction_capacity`` of its channels; the effective value is in its typed config and in

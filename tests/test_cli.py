@@ -25,6 +25,22 @@ def write(tmp_path, text, name="t.yaml"):
     return str(path)
 
 
+def start_deploy(path, cwd, stderr=subprocess.PIPE):
+    """A foreground `rayflume deploy` in a subprocess (stdout piped, as text)."""
+    return subprocess.Popen([sys.executable, "-m", "rayflume.cli", "deploy", path], cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def read_until(proc, text: str, seen: str = "", timeout_s: float = 180) -> str:
+    """Read the process's stdout until ``text`` appeared; returns all that was read."""
+    deadline = time.monotonic() + timeout_s
+    while text not in seen:
+        line = proc.stdout.readline()
+        assert line and time.monotonic() < deadline, seen + (proc.stderr.read()[-3000:] if proc.stderr else "")
+        seen += line
+    return seen
+
+
 SMALL = """
 name: {name}
 sources:
@@ -91,16 +107,9 @@ def test_deploy_embedded_runs_to_completion_and_writes_output(tmp_path):
 def test_ctrl_c_drains_and_stops(tmp_path):
     """Also: the embedded deploy prints its Ray address, and `status --address` reaches it."""
     path = write(tmp_path, SMALL.format(name="forever", n="null"))
-    proc = subprocess.Popen([sys.executable, "-m", "rayflume.cli", "deploy", path], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_deploy(path, tmp_path)
     try:
-        deadline = time.monotonic() + 180
-        seen = ""
-        while "[forever] in" not in seen:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, proc.stderr.read()[-3000:]
-            seen += line
-            assert time.monotonic() < deadline, seen
+        seen = read_until(proc, "[forever] in")
         address = seen.split("on an embedded Ray at ")[1].split(";")[0]
         assert f"rayflume status forever --address {address}" in seen
         r = rayflume("status", "forever", "--address", address)
@@ -234,8 +243,7 @@ def test_status_against_a_port_that_is_not_ray_gives_up_within_its_deadline():
 
 def test_ctrl_c_during_start_up_exits_130_without_traceback(tmp_path):
     path = write(tmp_path, SMALL.format(name="early", n="null"))
-    proc = subprocess.Popen([sys.executable, "-m", "rayflume.cli", "deploy", path], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_deploy(path, tmp_path)
     try:
         # Start-up is under way once the embedded Ray's first process runs.
         import psutil
@@ -356,15 +364,10 @@ def test_flume_first_example_runs_and_shows_events(tmp_path):
 
     port = free_port()
     path = write(tmp_path, FLUME_FIRST_EXAMPLE.format(port=port))
-    proc = subprocess.Popen([sys.executable, "-m", "rayflume.cli", "deploy", path], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_deploy(path, tmp_path, stderr=subprocess.STDOUT)
     try:
-        seen = ""
-        deadline = time.monotonic() + 180
-        while "running topology 'a1'" not in seen:
-            line = proc.stdout.readline()
-            assert line and time.monotonic() < deadline, seen
-            seen += line
+        seen = read_until(proc, "running topology 'a1'")
+        deadline = time.monotonic() + 60
         while True:  # the source binds its port once its actor has started
             try:
                 client = socket.create_connection(("127.0.0.1", port), timeout=60)
@@ -376,10 +379,7 @@ def test_flume_first_example_runs_and_shows_events(tmp_path):
             client.settimeout(60)
             client.sendall(b"Hello world!\n")
             assert client.recv(16) == b"OK\n"  # acknowledged once the channel committed it
-        while "Hello world!" not in seen:
-            line = proc.stdout.readline()
-            assert line and time.monotonic() < deadline, seen
-            seen += line
+        seen = read_until(proc, "Hello world!", seen)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=180)
     finally:
@@ -388,3 +388,19 @@ def test_flume_first_example_runs_and_shows_events(tmp_path):
     assert "k1: Event: { headers:{} body: 48 65 6C 6C 6F 20 77 6F 72 6C 64 21" in seen
     assert proc.returncode == 130 and "Traceback" not in seen + rest
     assert "1 events accepted by sources, 1 delivered by sinks" in rest
+
+
+def test_validate_warns_about_what_this_machine_lacks_but_accepts_it(tmp_path):
+    """The topology may run on nodes that have the command: a warning here, not an error."""
+    r = rayflume("validate", write(tmp_path, """
+        name: elsewhere
+        sources:
+          tail: {type: exec, command: no-such-command-here -F /var/log/app.log, channels: [mem]}
+        channels:
+          mem: {type: memory}
+        sinks:
+          out: {type: logger, channel: mem}
+        """))
+    assert r.returncode == 0, r.stderr
+    assert "topology 'elsewhere' is valid" in r.stdout
+    assert "warning (on this machine): sources.tail:" in r.stderr and "'no-such-command-here'" in r.stderr

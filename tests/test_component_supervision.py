@@ -79,3 +79,30 @@ def test_a_replaced_channel_is_used_by_its_source_and_sink(deployed, tmp_path):
     assert set(got) == set(range(sent)), f"lost: {sorted(set(range(sent)) - set(got))[:20]}"
     assert len(got) - sent <= 200  # duplicates: at most the batches in flight at the kill
     assert ray.get_actor("replaced/channel/disk", namespace="rayflume")._actor_id != channel._actor_id
+
+
+def test_a_channel_that_cannot_open_reports_it_and_opens_later(deployed, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the channel wants its directories")
+    handle = deployed({
+        "name": "late-channel",
+        "sources": {"gen": {"type": "sequence", "total_events": 1000, "batch_size": 250, "channels": ["disk"]}},
+        "channels": {"disk": {"type": "file", "checkpoint_dir": str(blocker / "cp"),
+                              "data_dirs": [str(blocker / "data")]}},
+        "sinks": {"out": {"type": "testing_sink", "channel": "disk", "collector": "late-channel"}},
+        "metrics": {"port": None},
+    })
+    out = testing.collector("late-channel")
+    out.clear()
+
+    def channel_entry():
+        return next(c for c in handle.status()["components"] if c["kind"] == "CHANNEL")
+
+    wait_until(lambda: "failed to start" in (channel_entry().get("error") or ""), timeout_s=60, interval_s=0.5,
+               what="the channel to report that it cannot open")
+    entry = channel_entry()
+    assert entry["state"] == "ALIVE" and entry["restarts"] == 0, entry
+    os.remove(blocker)
+    handle.wait_finished(timeout_s=120)
+    assert sorted(int(b) for b in out.bodies()) == list(range(1000))
+    assert not channel_entry().get("error")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rayflume.errors import ConfigError, DeliveryError
+from rayflume.errors import DeliveryError
 from rayflume.event import Event, EventBatch
 from rayflume.sinks.base import SinkContext
 from rayflume.sinks.hdfs.config import HdfsSinkConfig
@@ -471,7 +471,7 @@ def test_a_live_writers_file_is_not_taken_over(tmp_path):
 
 
 # -- validation --------------------------------------------------------------------------------------
-def test_hdfs_without_a_hadoop_client_fails_validation_with_what_to_install(monkeypatch):
+def test_hdfs_without_a_hadoop_client_fails_start_not_validation_with_what_to_install(monkeypatch):
     for var in ("JAVA_HOME", "HADOOP_HOME", "ARROW_LIBHDFS_DIR", "CLASSPATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
@@ -480,14 +480,16 @@ def test_hdfs_without_a_hadoop_client_fails_validation_with_what_to_install(monk
     for word in ("libhdfs", "HADOOP_HOME", "CLASSPATH", "JAVA_HOME", "hadoop classpath --glob",
                  "hdfs://namenode:8020"):
         assert word in problem
-    from rayflume.topology import validate
+    from rayflume.topology import local_environment_warnings, validate
 
-    with pytest.raises(ConfigError, match="libhdfs"):
-        validate({"name": "h", "sources": {"s": {"type": "sequence", "channels": ["c"]}},
-                  "channels": {"c": {"type": "memory"}},
-                  "sinks": {"k": {"type": "hdfs", "channel": "c", "path": "hdfs://namenode:8020/x"}}})
+    # The client is needed on the sink's node, not here: validation passes, a local warning says it.
+    topo = validate({"name": "h", "sources": {"s": {"type": "sequence", "channels": ["c"]}},
+                     "channels": {"c": {"type": "memory"}},
+                     "sinks": {"k": {"type": "hdfs", "channel": "c", "path": "hdfs://namenode:8020/x"}}})
+    (warning,) = local_environment_warnings(topo)
+    assert warning.startswith("sinks.k: ") and "libhdfs" in warning
     sink = cfg.build("k")
-    with pytest.raises(DeliveryError, match="JAVA_HOME"):
+    with pytest.raises(DeliveryError, match="hdfs sink 'k': .*JAVA_HOME"):
         sink.start(SinkContext("k"))
 
 
@@ -531,10 +533,13 @@ def test_flume_roll_defaults_are_kept_but_warned_about(tmp_path, caplog):
     assert "tiny files" in caplog.text
 
 
-def test_unwritable_local_root_fails_validation(tmp_path):
+def test_unwritable_local_root_fails_the_check_and_start(tmp_path):
     (tmp_path / "file").write_bytes(b"")
-    assert HdfsSinkConfig(type="hdfs", channel="c", path=str(tmp_path / "file" / "x"), **NO_ROLL).check()
+    blocked = HdfsSinkConfig(type="hdfs", channel="c", path=str(tmp_path / "file" / "x"), **NO_ROLL)
+    assert "not a writable directory" in blocked.check()[0]
     assert HdfsSinkConfig(type="hdfs", channel="c", path=str(tmp_path / "new" / "%Y"), **NO_ROLL).check() == []
+    with pytest.raises(DeliveryError, match="hdfs sink 'k': .*not a writable directory"):
+        blocked.build("k").start(SinkContext("k"))
 
 
 # -- on Ray ------------------------------------------------------------------------------------------

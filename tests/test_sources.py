@@ -9,10 +9,9 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from rayflume.errors import ConfigError
 from rayflume.registry import lookup
 from rayflume.sources.base import SourceContext
-from rayflume.sources.exec import ExecSource, ExecSourceConfig, LineFramer, check_command
+from rayflume.sources.exec import CommandNotFound, ExecSource, ExecSourceConfig, LineFramer, check_command
 from rayflume.sources.sequence import SequenceSourceConfig, counter_bodies
 from tests.channel_contract import wait_until
 
@@ -266,10 +265,10 @@ def test_exec_missing_command_fails_clearly(execs):
     config = ExecSourceConfig(type="exec", channels=["c"], command="no-such-program-xyz --flag")
     message = check_command(config, "ex")
     assert "no-such-program-xyz" in message and "`command`" in message and "full path" in message
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(CommandNotFound) as info:
         execs(command="no-such-program-xyz --flag")
     text = str(info.value)
-    assert "source 'ex'" in text and "`command`" in text and "install" in text
+    assert "source 'ex'" in text and "`command`" in text and "install" in text and "PATH=" in text
 
     assert check_command(ExecSourceConfig(type="exec", channels=["c"], command="seq 1 3")) is None
     bad_shell = ExecSourceConfig(type="exec", channels=["c"], command="true", shell="/no/such/sh -c")

@@ -31,7 +31,7 @@ from rayflume._private.metrics import RayExporter
 from rayflume._private.runners import SinkRunner, SourceRunner, run_sink_group
 from rayflume._private.stored import StoredBatch
 from rayflume.channels.base import IdWindow
-from rayflume.errors import ConfigError, LeaseUnknown
+from rayflume.errors import ChannelError, ConfigError, LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.interceptors.base import InterceptorChain
 from rayflume.sinks.base import SinkContext
@@ -144,6 +144,11 @@ class _Component:
 
 
 class ChannelActor(_Component):
+    """Fronts one channel. The channel is opened in the constructor; if that fails (its node lacks
+    what the channel needs, a directory cannot be made) the actor stays up, reports why in
+    ``info()["error"]``, and retries in the background while every channel call raises
+    :class:`~rayflume.errors.ChannelError` (sources and sinks retry those)."""
+
     kind = "CHANNEL"
 
     def __init__(self, topology: str, name: str, raw_config: dict, scope: str = ""):
@@ -158,14 +163,41 @@ class ChannelActor(_Component):
                 data_dirs = [posixpath.join(d, scope) for d in data_dirs]
             self.config = self.config.model_copy(update={"checkpoint_dir": checkpoint_dir,
                                                          "data_dirs": data_dirs})
-        self.channel = self.config.build(name)
+        self.channel = None
+        self.error: str | None = None
+        what = f"channel '{name}' of topology '{topology}'"
+        try:
+            self._open()
+        except Exception:  # the usual case opens at once; otherwise keep trying, and say why
+            threading.Thread(target=start_with_retries, args=(what, self._open, self.stopping, self._report),
+                             daemon=True, name=f"channel-{name}-open").start()
         self._housekeeper = threading.Thread(target=self._housekeep, daemon=True,
                                              name=f"channel-{name}-housekeeping")
         self._housekeeper.start()
 
+    def _open(self) -> None:
+        problems = self.config.check()
+        if problems:
+            raise ChannelError("; ".join(problems))
+        self.channel = self.config.build(self.name)
+        self.error = None
+
+    def _report(self, message: str | None) -> None:
+        self.error = message
+
+    @property
+    def _opened(self):
+        """The channel, or ChannelError while it could not be opened."""
+        channel = self.channel
+        if channel is None:
+            raise ChannelError(f"channel '{self.name}' is not open: {self.error or 'opening'}")
+        return channel
+
     def _housekeep(self) -> None:
         last_export = 0.0
         while not self.stopping.wait(HOUSEKEEPING_S):
+            if self.channel is None:
+                continue
             try:
                 self.channel.expire_leases()
                 if time.monotonic() - last_export >= EXPORT_EVERY_S:
@@ -176,7 +208,7 @@ class ChannelActor(_Component):
 
     # the channel contract, as actor methods
     def put(self, batch: EventBatch, txn_id: str) -> None:
-        self.channel.put(batch, txn_id)
+        self._opened.put(batch, txn_id)
 
     # Takes wait (for events, or to fill a batch): they get threads of their own, so that waiting
     # takers can never hold up puts and commits.
@@ -186,33 +218,38 @@ class ChannelActor(_Component):
         """The channel's ``take`` as two objects, (lease id, batch) or (None, None), so that the
         batch has an object of its own, which the taker can pass on by reference. First waits up
         to ``fill_s`` for ``max_events`` to be ready."""
+        channel = self._opened
         if fill_s > 0:
-            self.channel.wait_for_batch(max_events, fill_s)
-        got = self.channel.take(max_events, holder, timeout_s)
+            channel.wait_for_batch(max_events, fill_s)
+        got = channel.take(max_events, holder, timeout_s)
         return got if got is not None else (None, None)
 
     def commit(self, lease_id: str) -> None:
-        self.channel.commit(lease_id)
+        self._opened.commit(lease_id)
 
     def rollback(self, lease_id: str) -> None:
-        self.channel.rollback(lease_id)
+        self._opened.rollback(lease_id)
 
     def release(self, holder: str) -> int:
-        return self.channel.release(holder)
+        return self._opened.release(holder)
 
     def size(self) -> int:
-        return self.channel.size()
+        return self._opened.size()
 
     def metrics(self) -> dict:
-        return {**self.channel.metrics(), **self._times()}
+        return {**(self.channel.metrics() if self.channel is not None else {}), **self._times()}
 
     def info(self) -> dict:
-        return {**self._base_info(), "size": self.channel.size(), "capacity": self.channel.capacity}
+        channel = self.channel
+        if channel is None:
+            return {**self._base_info(), "size": None, "capacity": None, "error": self.error}
+        return {**self._base_info(), "size": channel.size(), "capacity": channel.capacity}
 
     def stop(self) -> None:
         self.stopping.set()
         self.stop_time_ms = int(time.time() * 1000)
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
 
 
 class _ChannelHandlePort:

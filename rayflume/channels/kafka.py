@@ -176,6 +176,12 @@ class KafkaChannel(Channel):
                                    KafkaCommitTimer=0)
 
         try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:  # checked here, on the channel's node, not at validation
+            raise ChannelError(f"channel '{name}': the confluent-kafka package is not installed on this node; pip "
+                               f"install confluent-kafka on every node that runs this channel (or add it to the "
+                               f"cluster's runtime_env)") from None
+        try:
             self._connect(producer or {}, consumer or {}, auto_offset_reset, create_topic, partitions,
                           replication_factor)
         except ChannelError:

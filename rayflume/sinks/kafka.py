@@ -46,7 +46,7 @@ from rayflume._private.kafka_common import (RESERVED_PRODUCER, check_producer_ov
                                             producer_config, render_template,
                                             validate_client_options)
 from rayflume.config_base import SinkConfig
-from rayflume.errors import DeliveryError
+from rayflume.errors import DeliveryError, RayflumeError
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sinks.base import Sink, SinkContext
@@ -67,7 +67,7 @@ def _transient_codes() -> frozenset:
 # Delivery errors after which the same producer can still succeed; any other one replaces it.
 try:
     _TRANSIENT = _transient_codes()
-except ImportError:  # confluent-kafka missing: the config's check() reports it
+except ImportError:  # confluent-kafka missing here: start() says so on the sink's node
     _TRANSIENT = frozenset()
 
 
@@ -99,6 +99,12 @@ class KafkaSink(Sink):
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, context: SinkContext) -> None:
         super().start(context)
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:  # checked here, on the sink's node, not at validation
+            raise RayflumeError(f"kafka sink '{self.name}': the confluent-kafka package is not installed on this "
+                                f"node; pip install confluent-kafka on every node that runs this sink (or add it "
+                                f"to the cluster's runtime_env)") from None
         self._producer = self._new_producer()
 
     def _new_producer(self):

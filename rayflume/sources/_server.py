@@ -38,6 +38,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from rayflume.config_base import SourceConfig
+from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch
 from rayflume.sources.base import Source, SourceContext
 
@@ -299,26 +300,56 @@ class TlsConfig(SourceConfig):
                              f"ssl: true to serve TLS, or remove them")
         return self
 
-    def tls_problems(self) -> list[str]:
-        """Unreadable or unloadable certificate/key files (for ``check()``)."""
+    def tls_problems(self, who: str | None = None) -> list[str]:
+        """Why the certificate/key files cannot be loaded on this machine (empty when they can, or
+        without ``ssl``). ``who`` starts each message (default: the source type)."""
+        return self._load_tls(who)[1]
+
+    def _load_tls(self, who: str | None) -> tuple[ssl.SSLContext | None, list[str]]:
         if not self.ssl:
-            return []
-        who = f"{self.type_name or 'network'} source"
+            return None, []
+        who = who or f"{self.type_name or 'network'} source"
         problems = []
         for key in ("ssl_certfile", "ssl_keyfile"):
             path = getattr(self, key)
             if path and not os.access(path, os.R_OK):
-                problems.append(f"{who}: `{key}` {path!r} does not exist or is not readable")
-        if not problems:
-            try:
-                tls_server_context(self.ssl_certfile, self.ssl_keyfile)
-            except (OSError, ssl.SSLError) as exc:
-                problems.append(f"{who}: cannot load the TLS certificate/key ({exc}); give a PEM "
-                                f"certificate in `ssl_certfile` and its key in `ssl_keyfile`")
-        return problems
+                problems.append(f"{who}: `{key}` {path!r} does not exist or is not readable on this node; put "
+                                f"the file on every node that runs this source, or fix `{key}`")
+        if problems:
+            return None, problems
+        try:
+            return tls_server_context(self.ssl_certfile, self.ssl_keyfile), []
+        except (OSError, ssl.SSLError) as exc:
+            return None, [f"{who}: cannot load the TLS certificate/key ({exc}); give a PEM certificate in "
+                          f"`ssl_certfile` and its key in `ssl_keyfile`"]
 
     def tls_context(self) -> ssl.SSLContext | None:
         return tls_server_context(self.ssl_certfile, self.ssl_keyfile) if self.ssl else None
+
+    def tls_loader(self, name: str):
+        """None without ``ssl``; else a function that loads the certificate and key where it is
+        called (the source calls it at start, on its node) and raises :class:`TlsUnavailable`
+        naming source ``name``, the key and what to do when it cannot."""
+        if not self.ssl:
+            return None
+
+        def load() -> ssl.SSLContext:
+            ctx, problems = self._load_tls(f"{self.type_name or 'network'} source '{name}'")
+            if problems:
+                raise TlsUnavailable("; ".join(problems))
+            return ctx
+
+        return load
+
+
+class TlsUnavailable(RayflumeError):
+    """A TLS source's certificate or key cannot be loaded on its node."""
+
+
+def resolve_tls(tls):
+    """A source's ``tls`` argument as an SSLContext (or None): a loader from
+    :meth:`TlsConfig.tls_loader` is called here, so call this at start, on the source's node."""
+    return tls() if callable(tls) else tls
 
 
 def tls_server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:

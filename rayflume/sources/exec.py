@@ -46,7 +46,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from rayflume.config_base import SourceConfig
-from rayflume.errors import ConfigError, RayflumeError
+from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources.base import Source, SourceContext
@@ -58,8 +58,13 @@ _NL = 10
 _CR = 13
 
 
-class CommandNotFound(ConfigError):
-    """The exec source's command (or shell) cannot be run on this node."""
+class CommandNotFound(RayflumeError):
+    """The exec source's command (or shell) cannot be run on this node. ``errors`` holds the message
+    (one line), for callers that log it."""
+
+    def __init__(self, message: str):
+        self.errors = [message]
+        super().__init__(message)
 
 
 def _binary_from(data, offsets: np.ndarray) -> pa.BinaryArray:
@@ -184,34 +189,40 @@ def command_argv(command: str, shell: str | None) -> list[str]:
 def _executable_problem(program: str) -> str | None:
     if os.sep in program:
         if not os.path.isfile(program):
-            return f"{program!r} does not exist"
+            return f"{program!r} does not exist on this node"
         if not os.access(program, os.X_OK):
-            return f"{program!r} is not executable"
+            return f"{program!r} is not executable on this node"
         return None
     if shutil.which(program) is None:
-        return f"{program!r} is not found on PATH ({os.environ.get('PATH', '')})"
+        return f"{program!r} is not installed on this node (not found on PATH={os.environ.get('PATH', '')})"
     return None
 
 
-def check_command(config: "ExecSourceConfig", name: str | None = None) -> str | None:
-    """An error message when the program the source would start cannot be found here, else None.
+def command_problem(command: str, shell: str | None, who: str = "exec source") -> str | None:
+    """What prevents this machine from running the program of ``command`` (or ``shell``), as a
+    message starting with ``who``; None when it can be run.
 
     Without ``shell`` this checks the command's first word; with a shell it checks the shell
-    only (the shell resolves the command itself, and it may be a pipeline or a builtin).
+    only (the shell resolves the command itself, and it may be a pipeline or a builtin). It reads
+    only the local file system and PATH: the answer holds for the node that runs it.
     """
-    who = f"exec source '{name}'" if name else "exec source"
-    key = "shell" if config.shell else "command"
     try:
-        program = command_argv(config.command, config.shell)[0]
+        program = command_argv(command, shell)[0]
     except ValueError as exc:
         return str(exc)
     problem = _executable_problem(program)
     if problem is None:
         return None
-    if key == "shell":
-        return f"{who}: `shell`: {problem}; give the full path of an installed shell, e.g. '/bin/sh -c'"
-    return (f"{who}: `command`: {problem}; install it on every node that runs this source, give its "
-            f"full path, or set `shell` (e.g. '/bin/sh -c') to run it through a shell")
+    if shell:
+        return f"{who}: `shell`: {problem}; install it or give the full path of an installed shell, e.g. '/bin/sh -c'"
+    return (f"{who}: `command`: {problem}; install it on every node that runs this source, or fix `command` "
+            f"(give its full path, or set `shell`, e.g. '/bin/sh -c', to run it through a shell)")
+
+
+def check_command(config: "ExecSourceConfig", name: str | None = None) -> str | None:
+    """:func:`command_problem` for a config: an error message when the program the source would
+    start cannot be found on this machine, else None."""
+    return command_problem(config.command, config.shell, f"exec source '{name}'" if name else "exec source")
 
 
 class _Child:
@@ -261,7 +272,13 @@ class ExecSource(Source):
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
+        """Start the command. Raises :class:`CommandNotFound` (naming this source and the key to fix)
+        when the command or shell is not installed on this node; nothing is started then, and a
+        later ``start()`` checks again."""
         super().start(context)
+        problem = command_problem(self.command, self.shell, f"exec source '{self.name}'")
+        if problem is not None:
+            raise CommandNotFound(problem)
         for key in ("RestartCount", "LinesSplitCount", "ChildExitCount"):
             context.count(key, 0)  # created here, so the reader thread never grows the dict
         self._child = self._spawn()
@@ -276,8 +293,8 @@ class ExecSource(Source):
             key = "shell" if self.shell else "command"
             what = ("install it on this node, give its full path, or set `shell` (e.g. '/bin/sh -c')"
                     if key == "command" else "give the full path of an installed shell, e.g. '/bin/sh -c'")
-            msg = (f"source '{self.name}': key `{key}`: cannot run {self.argv[0]!r} ({exc.strerror}); {what}")
-            raise CommandNotFound([msg], topology=getattr(self.context, "topology", None) or None) from None
+            raise CommandNotFound(f"exec source '{self.name}': `{key}`: cannot run {self.argv[0]!r} on this node "
+                                  f"({exc.strerror}); {what}") from None
         stderr_thread = threading.Thread(target=self._drain_stderr, args=(proc,),
                                          name=f"exec-{self.name}-stderr", daemon=True)
         stderr_thread.start()
@@ -527,6 +544,8 @@ class ExecSourceConfig(SourceConfig):
         return self
 
     def check(self) -> list[str]:
+        """Whether this machine can run the command (see :func:`command_problem`); the source
+        itself checks again on its node at start."""
         problem = check_command(self)
         return [problem] if problem else []
 

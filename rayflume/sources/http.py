@@ -58,13 +58,13 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, SecretStr, model_validator
 
-from rayflume.errors import ChannelFull, TransactionTooLarge
+from rayflume.errors import ChannelFull, RayflumeError, TransactionTooLarge
 from rayflume.event import HEADERS_TYPE, EventBatch
 from rayflume.registry import register
 from rayflume.sources._server import (
     CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, Completion, ConnectionTracker, Item, LimitedServerMixin,
     NetworkSourceConfig, QueuedSource, ServerThread, TlsConfig, batch_of, bind_or_close, family_of,
-    headers_from_columns, is_loopback)
+    headers_from_columns, is_loopback, resolve_tls)
 
 log = logging.getLogger("rayflume.source.http")
 
@@ -303,7 +303,9 @@ class HttpSource(QueuedSource):
         self.handler = handler
         self.max_event_size_bytes = max_event_size_bytes
         self.max_request_bytes = max_request_bytes
-        self._token = auth_token.encode("utf-8") if auth_token else None
+        # a token, or a function reading it (from auth_token_file) at start, on the source's node
+        self._auth_token = auth_token
+        self._token: bytes | None = None
         self.tls = tls
         self.max_connections = max_connections
         self.commit_timeout_s = commit_timeout_s
@@ -316,11 +318,15 @@ class HttpSource(QueuedSource):
 
     # -- server side ------------------------------------------------------------------------------
     def open(self) -> None:
+        # Token file and certificate are read here, on the source's node, at each start.
+        token = self._auth_token() if callable(self._auth_token) else self._auth_token
+        tls = resolve_tls(self.tls)
+        self._token = token.encode("utf-8") if token else None
         cls = _HttpServer6 if family_of(self.bind) == socket.AF_INET6 else _HttpServer
         server = cls((self.bind, self.port), _Handler, bind_and_activate=False)
         server.source = self
         server.tracker = ConnectionTracker(self.max_connections, self.counters)
-        server.tls = self.tls
+        server.tls = tls
         server.counters = self.counters
         self._server = ServerThread(bind_or_close(server), f"http-{self.name}").start()
         self.set_bound_port(self._server.port)
@@ -412,6 +418,10 @@ class HttpSource(QueuedSource):
 
 # -- configuration ---------------------------------------------------------------------------------
 
+class TokenUnavailable(RayflumeError):
+    """The http source's ``auth_token_file`` cannot be read on its node."""
+
+
 @register("source", "http")
 class HttpSourceConfig(NetworkSourceConfig, TlsConfig):
     """``http`` (Flume's HTTP source). Binds 127.0.0.1 unless ``bind`` says otherwise."""
@@ -443,32 +453,51 @@ class HttpSourceConfig(NetworkSourceConfig, TlsConfig):
                              f"`max_request_bytes` ({self.max_request_bytes}); lower it or raise max_request_bytes")
         return self
 
-    def _read_token(self) -> str | None:
+    def _token_problem(self, who: str) -> str | None:
+        """Why ``auth_token_file`` cannot be used on this machine, or None."""
+        path = self.auth_token_file
+        if path is None:
+            return None
+        if not os.access(path, os.R_OK):
+            return (f"{who}: `auth_token_file` {path!r} does not exist or is not readable on this node; put the "
+                    f"file on every node that runs this source, or fix `auth_token_file`")
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, ValueError) as exc:
+            return f"{who}: `auth_token_file` {path!r} cannot be read ({exc}); write the token into it as text"
+        if not token:
+            return f"{who}: `auth_token_file` {path!r} is empty; write the token into it"
+        return None
+
+    def token_loader(self, name: str):
+        """The token (``auth_token``), None, or for ``auth_token_file`` a function that reads the file
+        where it is called (the source calls it at start, on its node) and raises
+        :class:`TokenUnavailable` naming the source, the key and what to do when it cannot."""
         if self.auth_token is not None:
             return self.auth_token.get_secret_value().strip()
         if self.auth_token_file is None:
             return None
-        with open(self.auth_token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-        if not token:
-            raise ValueError(f"http source: `auth_token_file` {self.auth_token_file!r} is empty; write the token "
-                             f"into it")
-        return token
+
+        def load() -> str:
+            problem = self._token_problem(f"http source '{name}'")
+            if problem:
+                raise TokenUnavailable(problem)
+            with open(self.auth_token_file, encoding="utf-8") as f:
+                return f.read().strip()
+
+        return load
 
     def check(self) -> list[str]:
+        """Whether this machine can read the TLS files and the token file; the source reads them on
+        its node at start."""
         problems = self.tls_problems()
-        if self.auth_token_file is not None:
-            if not os.access(self.auth_token_file, os.R_OK):
-                problems.append(f"http source: `auth_token_file` {self.auth_token_file!r} does not exist or is "
-                                f"not readable")
-            else:
-                try:
-                    self._read_token()
-                except (OSError, ValueError) as exc:
-                    problems.append(str(exc))
+        problem = self._token_problem("http source")
+        if problem:
+            problems.append(problem)
         return problems
 
     def build(self, name: str) -> HttpSource:
         return HttpSource(name, self.bind, self.port, self.handler, self.batch_size, self.max_event_size_bytes,
-                          self.max_request_bytes, self._read_token(), self.tls_context(), self.max_connections,
+                          self.max_request_bytes, self.token_loader(name), self.tls_loader(name), self.max_connections,
                           self.commit_timeout_s, self.request_timeout_s, self.blob_query_headers, self.buffer_bytes)

@@ -34,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 from rayflume._private.kafka_common import (RESERVED_CONSUMER, consumer_config, kafka_error_text,
                                             messages_to_batch, validate_client_options)
 from rayflume.config_base import SourceConfig
+from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources.base import Source, SourceContext
@@ -72,7 +73,12 @@ class KafkaSource(Source):
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
         super().start(context)
-        from confluent_kafka import Consumer
+        try:
+            from confluent_kafka import Consumer
+        except ImportError:  # checked here, on the source's node, not at validation
+            raise RayflumeError(f"kafka source '{self.name}': the confluent-kafka package is not installed on "
+                                f"this node; pip install confluent-kafka on every node that runs this source "
+                                f"(or add it to the cluster's runtime_env)") from None
 
         conf = consumer_config(self.bootstrap_servers, self.group_id, self.auto_offset_reset, self.overrides)
         conf["error_cb"] = self._on_client_error

@@ -40,7 +40,7 @@ from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._server import (
     CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, HostnameCache, Item, NetworkSourceConfig, QueuedSource,
-    ServerThread, TlsConfig, UdpReceiver, make_tcp_server)
+    ServerThread, TlsConfig, UdpReceiver, make_tcp_server, resolve_tls)
 from rayflume.sources.syslog_parser import (
     HEAD, NONE, StreamFramer, parse_keep_fields, parse_messages, raw_invalid, strip_trailers)
 
@@ -128,7 +128,8 @@ class SyslogTcpSource(_SyslogSource):
         self._server: ServerThread | None = None
 
     def open(self) -> None:
-        server = make_tcp_server(self.bind, self.port, self._serve, self.max_connections, self.tls, self.counters)
+        tls = resolve_tls(self.tls)  # a loader reads the certificate here, on the source's node, at each start
+        server = make_tcp_server(self.bind, self.port, self._serve, self.max_connections, tls, self.counters)
         self._server = ServerThread(server, f"syslog-tcp-{self.name}").start()
         self.set_bound_port(self._server.port)
         self.context.logger.info("syslog_tcp source '%s' listening on %s:%d%s", self.name, self.bind,
@@ -247,12 +248,13 @@ class SyslogTcpSourceConfig(_SyslogConfig, TlsConfig):
                                  description="Most simultaneous connections; more are refused and counted.")
 
     def check(self) -> list[str]:
+        """Whether this machine can load the TLS files; the source loads them on its node at start."""
         return self.tls_problems()
 
     def build(self, name: str) -> SyslogTcpSource:
         return SyslogTcpSource(name, self.bind, self.port, self.batch_size, self.max_event_size_bytes,
                                parse_keep_fields(self.keep_fields), self.client_ip_header,
-                               self.client_hostname_header, self.tls_context(), self.max_connections,
+                               self.client_hostname_header, self.tls_loader(name), self.max_connections,
                                self.buffer_bytes)
 
 

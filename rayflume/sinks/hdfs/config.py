@@ -171,6 +171,8 @@ class HdfsSinkConfig(SinkConfig):
         return {"gzip": ".gz", "zstd": ".zst"}.get(self.compression, "")
 
     def check(self) -> list[str]:
+        """What this machine lacks for ``path``: a Hadoop client (hdfs://, viewfs://), S3 support in
+        pyarrow (s3://), a writable directory at the local root. The sink checks on its node at start."""
         scheme, _, inner = split_uri(self.path)
         if scheme in ("hdfs", "viewfs"):
             problems = hadoop_problems()
@@ -187,7 +189,8 @@ class HdfsSinkConfig(SinkConfig):
             while probe and not os.path.exists(probe):
                 probe = os.path.dirname(probe)
             if probe and not (os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)):
-                return [f"`path`: cannot create files under {root!r}: {probe!r} is not a writable directory"]
+                return [f"`path`: cannot create files under {root!r} on this node: {probe!r} is not a writable "
+                        f"directory; create the directory or fix `path`"]
         return []
 
     def build(self, name: str):

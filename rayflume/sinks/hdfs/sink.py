@@ -184,6 +184,12 @@ class HdfsSink(Sink):
         self._finisher = ThreadPoolExecutor(threads, thread_name_prefix=f"hdfs-{self.name}-close")
         if self.storage is None:
             c = self.config
+            # The path's needs (a Hadoop client for hdfs://, a writable local root) are checked
+            # here, on the sink's node; validation does not look at the machine it runs on.
+            problems = c.check()
+            if problems:
+                self._shutdown()
+                raise DeliveryError(f"{self.who}: {'; '.join(problems)}")
             try:
                 self.storage, _ = resolve(c.path, s3_endpoint_override=c.s3_endpoint_override,
                                           s3_region=c.s3_region, s3_access_key=c.s3_access_key,
