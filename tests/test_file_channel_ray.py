@@ -2,7 +2,9 @@
 
 Oracle (Jepsen's total-queue): every event the source saw acknowledged reaches the sink at least
 once; nothing arrives that the source never sent (a batch in flight when the source stopped may
-or may not arrive: its put is indeterminate); duplicates are counted and reported, not forbidden.
+or may not arrive: its put is indeterminate); duplicates are bounded: a kill can return to the
+queue only what the sink holds uncommitted, which is its sink window (the batch being written,
+the prefetched take and the commits not yet answered).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 import ray
 
 from rayflume import testing
+from rayflume._private.actors import _ChannelHandlePort
 from tests.channel_contract import wait_until
 
 
@@ -72,6 +75,8 @@ def crash_run(deployed, tmp_path, name: str, kills: int, seed: int):
     assert not unexpected, f"unexpected events: {sorted(unexpected)[:10]}"
     assert int(final["CHANNEL.disk"]["Restarts"]) == kills
     assert acknowledged > 0
+    sink_window = (_ChannelHandlePort.MAX_PENDING_COMMITS + 2) * 1000  # batches of batch_size 1000
+    assert duplicates <= kills * sink_window, f"{duplicates} duplicates for {kills} kills"
     return duplicates
 
 
