@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rayflume.errors import ConfigError
 from rayflume.registry import lookup
 from rayflume.sources.base import SourceContext
-from rayflume.sources.spooldir import POSITIONS_NAME, SpoolDirSource
+from rayflume.sources.spooldir import POSITIONS_NAME, SpoolDirMissing, SpoolDirSource
 
 
 def make(spool, start=True, name="spool", **options):
@@ -311,7 +311,7 @@ def test_missing_spool_dir_fails_start_and_check(tmp_path):
     config = lookup("source", "spooldir").model_validate(
         {"type": "spooldir", "channels": ["c"], "spool_dir": str(tmp_path / "nope")})
     assert "is not a directory" in config.check()[0]
-    with pytest.raises(ConfigError, match="is not a directory"):
+    with pytest.raises(SpoolDirMissing, match="spooldir source 's': `spool_dir` .* is not a directory on this node"):
         config.build("s").start(SourceContext("s"))
 
 

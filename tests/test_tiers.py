@@ -4,7 +4,6 @@ The head node is labelled tier=collector; workers are added with tier=agent or t
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,36 +11,18 @@ import textwrap
 
 import pytest
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import rayflume
-from rayflume import testing
 from tests.channel_contract import wait_until
-
-
-
-def child_env() -> dict:
-    """This process's environment as it is now (ray.init may have switched on token auth)."""
-    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+from tests.cluster_helpers import child_env, head_collector, start_cluster, stop_cluster, tier_instances
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "labels": {"tier": "collector"},
-                                                      "include_dashboard": False})
+    c = start_cluster({"tier": "collector"})
     c.add_node(num_cpus=1, labels={"tier": "agent"})
-    ray.init(address=c.address, namespace="rayflume", logging_level="WARNING", log_to_driver=False)
     yield c
-    ray.shutdown()
-    c.shutdown()
-
-
-def head_collector(name):
-    """A collector actor pinned to the head node, which no test removes."""
-    head = ray.get_runtime_context().get_node_id()
-    return testing.collector(name, scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
+    stop_cluster(c)
 
 
 def two_tier(name, collector, tmp_path, total=None, collector_label="collector", replicas=2,
@@ -81,10 +62,6 @@ def per_agent(events):
     return out
 
 
-def tier_instances(handle, tier):
-    return handle.status()["tiers"][tier]["instances"]
-
-
 def test_two_tiers_end_to_end_and_a_joining_agent_node(cluster, tmp_path):
     out = head_collector("tiers-e2e")
     extra = cluster.add_node(num_cpus=1, labels={"tier": "collector"})
@@ -101,6 +78,10 @@ def test_two_tiers_end_to_end_and_a_joining_agent_node(cluster, tmp_path):
         cluster.add_node(num_cpus=1, labels={"tier": "agent"})
         wait_until(lambda: len(tier_instances(handle, "agent")) == 2, timeout_s=60,
                    what="an agent on the new node")
+        # two Ray nodes on one host without the rayflume_node_id label: told apart, and told so
+        first_id, second_id = sorted(tier_instances(handle, "agent"))
+        assert second_id == f"{first_id}-2"
+        assert any("rayflume_node_id" in e["message"] for e in handle.status()["events"])
         wait_until(lambda: len(per_agent(out.events())) == 2, timeout_s=90, what="the new agent's events")
         assert any("instance started" in e["message"] for e in handle.status()["events"])
         # both collectors received from the agents (load balanced)
@@ -137,6 +118,8 @@ def test_collector_node_loss_loses_no_acknowledged_event(cluster, tmp_path):
         events = per_agent(out.events())
         status = handle.status()
         assert any("is gone: moving the instance" in e["message"] for e in status["events"]), status["events"]
+        # re-placed under its slot name, on another node
+        assert tier_instances(handle, "collector")[doomed_instance] not in (None, doomed.node_id)
         # every agent's source acknowledged all its events (it finished); each reached the sink
         agents = tier_instances(handle, "agent")
         assert len(events) == len(agents)

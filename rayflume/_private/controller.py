@@ -6,23 +6,40 @@ in a loop, once a second:
 * Each tier runs as *instances*: one per matching node (``per_node``), ``replicas`` spread over
   matching nodes, or a single one (a single-tier topology). An instance is the tier's channels,
   sink groups and sources, each a named, detached actor, all pinned to the instance's node.
-* A node that joins with a matching label gets an instance of each ``per_node`` tier; the
-  instances of a lost node are dropped, and a ``replicas`` tier is re-placed on remaining nodes.
-  The data of a lost instance's node-local channels is reported lost, never silently recreated.
+* A ``per_node`` instance is named after its machine (label ``rayflume_node_id``, else host name,
+  else IP; see :mod:`rayflume._private.identity`), not after Ray's NodeID, which changes when a
+  raylet restarts. A node that joins with a matching label gets an instance of each ``per_node``
+  tier. When a node is lost its instances stop, and the data of their node-local channels is
+  reported LOST; when a node with the same identity comes back, the instance is placed there
+  under its old name and reopens and replays its channels (and its sources resume from their own
+  positions), and the LOST record is cleared.
+* A ``replicas`` instance whose node is lost is re-placed on a remaining node under its slot
+  name (``r0``, ``r1``...) if none of its channels is node-local; otherwise its channels are
+  reported LOST and a new replica (a new slot) takes its place.
 * A component whose actor died for good (restarts exhausted) while its node lives is recreated.
 * Every action is recorded as an event shown by ``rayflume status``.
 
+Durable desired state: the topology spec with its version, the instance map (tier, instance,
+node identity, node, and a fingerprint of each component's config) and the LOST records are one
+document in a :class:`~rayflume._private.state_store.StateStore` (Ray's GCS key-value store; see
+that module for why). A restarted controller (Ray restarts it with its original constructor
+arguments) reconciles to the stored version, never to those arguments. ``update()`` bumps the
+version and stores the new spec before it acts, so a controller that dies during a redeploy
+finishes it after its restart: components the stored spec no longer has, or whose stored
+fingerprint differs from the spec's, are stopped and (re)created. ``stop()`` deletes the state.
+
 Components are detached and named, so they outlive the driver that deployed them and a restart
-of the controller, which re-attaches to them by name; the instance map (which node hosts which
-instance) is kept in Ray's internal KV store for that purpose. The controller also serves the
-topology's metrics as Flume's JSON at ``http://<host>:<port>/metrics``.
+of the controller, which re-attaches to them by name. The controller also serves the topology's
+metrics as Flume's JSON at ``http://<host>:<port>/metrics``.
 
 An unhandled exception must never stop the loop: each tick is guarded and logged.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -33,7 +50,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
                                       actor_options, was_reconstructed)
+from rayflume._private.identity import assign_instances, node_identity
 from rayflume._private.metrics import MetricsServer, flume_shape
+from rayflume._private.state_store import RayKVStore, StateStore
 from rayflume.topology import Tier, Topology, validate
 
 logger = logging.getLogger("rayflume.controller")
@@ -56,10 +75,18 @@ def _actor_state(handle) -> tuple[str, int]:
         return "UNKNOWN", 0
 
 
-def _kv():
-    from ray.experimental import internal_kv
+def state_key(topology: str) -> str:
+    """The key of a topology's desired state in the state store."""
+    return f"topology/{topology}"
 
-    return internal_kv
+
+def _metric_key(tier: str, instance_id: str, kind: str, name: str) -> tuple[str, str]:
+    return (kind, f"{tier}.{instance_id}.{name}" if tier else name)
+
+
+def _fingerprint(raw) -> str:
+    """A digest of a component's config, stored to tell later whether its actor is stale."""
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -80,12 +107,17 @@ class _Managed:
     def restarts(self) -> int:
         return self.restarts_before + self.last_restarts + self.replacements
 
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint(self.raw)
+
 
 @dataclass
 class _Instance:
     tier: str
     instance_id: str
     node_id: str | None  # None: placed by Ray (single tier)
+    identity: str | None = None  # the machine's identity (per_node tiers)
     components: dict = field(default_factory=dict)  # (kind, name) -> _Managed
 
     @property
@@ -98,27 +130,51 @@ class _Instance:
 
 
 class TopologyController:
-    def __init__(self, raw_topology: dict):
-        self.topology: Topology = validate(raw_topology)
-        self.name = self.topology.name
+    def __init__(self, raw_topology: dict, store: StateStore | None = None):
+        deployed = validate(raw_topology)
+        self.name = deployed.name
+        self.store: StateStore = store if store is not None else RayKVStore()
+        self._state_key = state_key(self.name)
         self.state = "STARTING"
         self.events: deque = deque(maxlen=300)
         self.stopping = threading.Event()
         self._lock = threading.RLock()
         self.instances: dict[tuple[str, str], _Instance] = {}
         self.waiting: dict[str, str] = {}
-        # node-local channels whose node is gone: metric key -> why (kept so status and metrics
-        # keep saying so; they are never recreated under their old name)
-        self.lost_channels: dict[tuple[str, str], str] = {}
+        # node-local channels whose node is gone: (tier, instance, channel) -> why (kept so status
+        # and metrics keep saying so; stored with the desired state)
+        self.lost_channels: dict[tuple[str, str, str], str] = {}
         self.deployed_at = time.time()
-        self._kv_key = f"rayflume/{self.name}/instances".encode()
         self.home_node = ray.get_runtime_context().get_node_id()
         self._next_replica = 0
-        if was_reconstructed():
-            self._event("controller", "controller restarted; re-attaching to running components")
-        self._restore()
+        restarted = was_reconstructed()
+        doc = self.store.get(self._state_key)
+        stored = None
+        if doc is not None:
+            try:
+                stored = validate(doc["spec"])
+            except Exception as exc:  # written by another rayflume version, say: deploy what we were given
+                self._event("controller", f"stored desired state unusable ({exc}); using the deployed topology")
+                doc = None
+        if stored is not None:
+            # Restarted (or deployed again over a state a lost controller left): the stored version
+            # is what was last deployed, whatever this actor's constructor arguments say.
+            self.topology, self.version = stored, int(doc["version"])
+            why = "controller restarted" if restarted else "found the state of an earlier controller"
+            self._event("controller", f"{why}; reconciling to stored version {self.version} and re-attaching "
+                                      f"to running components")
+        else:
+            self.topology, self.version = deployed, 1
+            if restarted:
+                self._event("controller", "controller restarted without stored state; re-attaching to running "
+                                          "components")
+            self._save()  # before acting on it
         with self._lock:
+            self._restore(doc)
             self._reconcile_once()
+            self._save()
+            if stored is not None and not restarted and doc["spec"] != deployed.raw:
+                self._update(deployed)  # a new deploy over an old state: the new deploy wins
         self.metrics_server = None
         self.metrics_note: str | None = None  # why metrics are not where the topology asked
         if self.topology.metrics_port is not None:
@@ -143,36 +199,70 @@ class TopologyController:
         self._loop = threading.Thread(target=self._reconcile_loop, daemon=True, name="reconcile")
         self._loop.start()
 
-    # -- persistence of the instance map ------------------------------------------------------
+    # -- durable desired state ---------------------------------------------------------------------
     def _save(self) -> None:
-        data = {"home_node": self.home_node, "next_replica": self._next_replica,
-                "instances": [[i.tier, i.instance_id, i.node_id] for i in list(self.instances.values())]}
-        _kv()._internal_kv_put(self._kv_key, json.dumps(data).encode(), overwrite=True)
+        """Store the desired state (spec and version), the instance map and the LOST records."""
+        instances = [{"tier": i.tier, "instance": i.instance_id, "identity": i.identity, "node_id": i.node_id,
+                      "components": {f"{k}/{n}": m.fingerprint for (k, n), m in i.components.items()}}
+                     for i in list(self.instances.values())]
+        lost = [{"tier": t, "instance": i, "channel": c, "why": why} for (t, i, c), why in self.lost_channels.items()]
+        self.store.put(self._state_key, {
+            "version": self.version, "spec": self.topology.raw, "deployed_at": self.deployed_at,
+            "home_node": self.home_node, "next_replica": self._next_replica, "instances": instances, "lost": lost})
 
-    def _restore(self) -> None:
-        raw = _kv()._internal_kv_get(self._kv_key)
-        if not raw:
+    def _restore(self, doc: dict | None) -> None:
+        """Re-attach to the instances ``doc`` lists; stop components the spec no longer has or whose
+        config changed (a redeploy the previous controller did not finish)."""
+        if not doc:
             return
-        data = json.loads(raw)
-        self.home_node = data.get("home_node", self.home_node)
-        self._next_replica = data.get("next_replica", 0)
-        for tier, instance_id, node_id in data.get("instances", []):
+        self.home_node = doc.get("home_node", self.home_node)
+        self.deployed_at = doc.get("deployed_at", self.deployed_at)
+        self._next_replica = doc.get("next_replica", 0)
+        for rec in doc.get("lost", []):
+            self.lost_channels[(rec["tier"], rec["instance"], rec["channel"])] = rec["why"]
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        for rec in doc.get("instances", []):
+            tier, instance_id = rec["tier"], rec["instance"]
+            inst = _Instance(tier, instance_id, rec.get("node_id"), rec.get("identity"))
             if tier in self.topology.tiers:
-                self._add_instance(tier, instance_id, node_id, create=False)
+                self._plan(inst)
+            for key, fingerprint in rec.get("components", {}).items():
+                kind, name = key.split("/", 1)
+                managed = inst.components.get((kind, name))
+                if managed is None or managed.fingerprint != fingerprint:
+                    self._stop_named(inst, kind, name, "removed from" if managed is None else "changed in")
+            if tier not in self.topology.tiers:
+                continue
+            self.instances[(tier, instance_id)] = inst
+            # Components of an instance whose node is gone are not created again there: the
+            # next tick reports the node lost.
+            self._ensure_all(inst, create=inst.node_id is None or inst.node_id in alive)
+
+    def _stop_named(self, inst: _Instance, kind: str, name: str, how: str) -> None:
+        """Stop the running actor of a component whose config is not the stored spec's."""
+        try:
+            handle = ray.get_actor(self._actor_name(inst, _Managed(kind, name, None)), namespace=NAMESPACE)
+        except ValueError:
+            return
+        self._stop_and_kill(handle)
+        self._event(inst.label(), f"{kind.lower()} '{name}' stopped: {how} version {self.version}")
 
     # -- instances ------------------------------------------------------------------------------
-    def _add_instance(self, tier_name: str, instance_id: str, node_id: str | None, create: bool = True) -> _Instance:
-        inst = _Instance(tier_name, instance_id, node_id)
+    def _add_instance(self, tier_name: str, instance_id: str, node_id: str | None,
+                      identity: str | None = None) -> _Instance:
+        inst = _Instance(tier_name, instance_id, node_id, identity)
         self.instances[(tier_name, instance_id)] = inst
         self._plan(inst)
+        self._ensure_all(inst, create=True)
+        where = f" on node {node_id[:12]}" if node_id else ""
+        self._event(inst.label(), f"instance started{where}")
+        return inst
+
+    def _ensure_all(self, inst: _Instance, create: bool) -> None:
         for kind in KINDS:
             for managed in inst.components.values():
                 if managed.kind == kind:
-                    self._ensure(inst, managed, create_if_missing=True)
-        if create:
-            where = f" on node {node_id[:12]}" if node_id else ""
-            self._event(inst.label(), f"instance started{where}")
-        return inst
+                    self._ensure(inst, managed, create_if_missing=create)
 
     def _plan(self, inst: _Instance) -> None:
         """The instance's components, from the tier's config (keeping handles that exist)."""
@@ -221,7 +311,7 @@ class TopologyController:
             cfg = tier.sources[managed.name]
             return RemoteSource.options(**self._options(inst, managed, cfg.max_restarts)).remote(
                 scope_topology, managed.name, tier.raw["sources"][managed.name],
-                {c: channels[c] for c in cfg.channels})
+                {c: channels[c] for c in cfg.channels}, inst.scope)
         sinks = tier.groups()[managed.name]
         grp = tier.sink_groups.get(managed.name)
         max_restarts = min((tier.sinks[s].max_restarts for s in sinks),
@@ -286,11 +376,22 @@ class TopologyController:
                                               f"node {node_id[:12]}")
                     self._add_instance(tier_name, inst.instance_id, node_id)
                 else:
-                    detail = f"; its channel data ({', '.join(lost)}) is lost with the node" if lost else ""
+                    gone = f"node {inst.node_id[:12]} is gone with this channel's files"
+                    if placement.mode == "per_node":
+                        # The files stay on that machine under this instance's name: a node with the
+                        # same identity that joins takes the instance back and replays them.
+                        why = (f"{gone}; they are replayed when a node with identity '{inst.instance_id}' "
+                               f"(label rayflume_node_id, else host name) joins again")
+                    else:
+                        why = (f"{gone}; a new replica with new storage replaces this one, so they are not "
+                               f"replayed. Use shared_storage: true or an s3:// data_dirs")
                     for ch in lost:
-                        self.lost_channels[self._metric_key(inst, "CHANNEL", ch)] = (
-                            f"node {inst.node_id[:12]} is gone with this channel's files; bring the node back to "
-                            f"recover them, or use shared_storage / an s3:// data_dirs")
+                        self.lost_channels[(inst.tier, inst.instance_id, ch)] = why
+                    if placement.mode == "per_node":
+                        detail = (f"; its channel data ({', '.join(lost)}) is LOST until a node with identity "
+                                  f"'{inst.instance_id}' joins again") if lost else ""
+                    else:
+                        detail = f"; its channel data ({', '.join(lost)}) is lost with the node" if lost else ""
                     self._drop_instance(inst, f"node {inst.node_id[:12]} is gone: instance removed{detail}")
                 changed = True
         mine = [i for i in list(self.instances.values()) if i.tier == tier_name]
@@ -308,11 +409,20 @@ class TopologyController:
             return changed
         self.waiting.pop(tier_name, None)
         if placement.mode == "per_node":
-            have = {i.node_id for i in mine}
-            for node in matching:
-                if node["NodeID"] not in have:
-                    self._add_instance(tier_name, node["NodeID"][:12], node["NodeID"])
-                    changed = True
+            new, warnings = assign_instances(matching, {i.instance_id: i.node_id for i in mine})
+            for warning in warnings:
+                self._event(tier_name, warning)
+            by_id = {n["NodeID"]: n for n in matching}
+            for node_id, instance_id in new.items():
+                back = sorted(c for (t, i, c) in self.lost_channels if t == tier_name and i == instance_id)
+                for ch in back:
+                    del self.lost_channels[(tier_name, instance_id, ch)]
+                self._add_instance(tier_name, instance_id, node_id, node_identity(by_id[node_id])[0])
+                if back:
+                    self._event(f"{tier_name}/{instance_id}",
+                                f"node identity '{instance_id}' is back (node {node_id[:12]}): channel(s) "
+                                f"{', '.join(back)} reopened to replay their events; LOST record cleared")
+                changed = True
         else:
             while len(mine) < placement.replicas:
                 node_id = self._pick_node(tier_name, nodes, placement)
@@ -372,34 +482,47 @@ class TopologyController:
 
     # -- redeploy -------------------------------------------------------------------------------
     def update(self, raw_topology: dict) -> dict:
-        """Move to a new configuration; components whose config did not change keep running."""
+        """Move to a new configuration; components whose config did not change keep running.
+
+        The new spec is stored under the next version before anything changes: a controller that
+        dies during the update finishes it after its restart."""
         new = validate(raw_topology)
+        if new.name != self.name:
+            raise ValueError(f"topology '{new.name}' cannot update topology '{self.name}'")
         with self._lock:
-            old_handles = {(t, i, k): m.handle for (t, i), inst in list(self.instances.items())
-                           for k, m in inst.components.items()}
-            self.topology = new
-            for (tier_name, _), inst in list(self.instances.items()):
-                if tier_name not in new.tiers:
-                    self._drop_instance(inst, "tier removed by redeploy")
-            kept, replaced = 0, 0
-            for (tier_name, instance_id), inst in list(self.instances.items()):
-                self._plan(inst)
-                for key, managed in inst.components.items():
-                    if managed.handle is not None:
-                        kept += 1
-                stale = [h for (t, i, k), h in old_handles.items() if t == tier_name and i == instance_id and
-                         all(m.handle is not h for m in inst.components.values())]
-                for handle in stale:
-                    self._stop_and_kill(handle)
-                    replaced += 1
-                for kind in KINDS:
-                    for managed in inst.components.values():
-                        if managed.kind == kind and managed.handle is None:
-                            managed.handle = self._create(inst, managed)
-            self._reconcile_once()
-            self._save()
-            self._event("controller", f"redeployed: {kept} component(s) kept, {replaced} replaced")
-            return {"kept": kept, "replaced": replaced}
+            return self._update(new)
+
+    def _update(self, new: Topology) -> dict:
+        old_handles = {(t, i, k): m.handle for (t, i), inst in list(self.instances.items())
+                       for k, m in inst.components.items()}
+        self.topology = new
+        self.version += 1
+        self._save()
+        for (tier_name, _), inst in list(self.instances.items()):
+            if tier_name not in new.tiers:
+                self._drop_instance(inst, "tier removed by redeploy")
+        for key in [k for k in self.lost_channels if k[0] not in new.tiers]:
+            del self.lost_channels[key]  # nothing will replay them: the tier is gone
+        kept, replaced = 0, 0
+        for (tier_name, instance_id), inst in list(self.instances.items()):
+            self._plan(inst)
+            for key, managed in inst.components.items():
+                if managed.handle is not None:
+                    kept += 1
+            stale = [h for (t, i, k), h in old_handles.items() if t == tier_name and i == instance_id and
+                     all(m.handle is not h for m in inst.components.values())]
+            for handle in stale:
+                self._stop_and_kill(handle)
+                replaced += 1
+            for kind in KINDS:
+                for managed in inst.components.values():
+                    if managed.kind == kind and managed.handle is None:
+                        managed.handle = self._create(inst, managed)
+        self._reconcile_once()
+        self._save()
+        self._event("controller", f"redeployed as version {self.version}: {kept} component(s) kept, "
+                                  f"{replaced} replaced")
+        return {"kept": kept, "replaced": replaced}
 
     @staticmethod
     def _stop_and_kill(handle) -> None:
@@ -429,7 +552,7 @@ class TopologyController:
         return out
 
     def _metric_key(self, inst: _Instance, kind: str, name: str) -> tuple[str, str]:
-        return (kind, f"{inst.tier}.{inst.instance_id}.{name}" if inst.tier else name)
+        return _metric_key(inst.tier, inst.instance_id, kind, name)
 
     def _gather(self, method: str) -> dict:
         refs = {}
@@ -470,8 +593,8 @@ class TopologyController:
                         reports[self._metric_key(inst, kind, n)] = {**counters, **extra}
                 else:
                     reports[self._metric_key(inst, kind, name)] = {**result, **extra}
-        for key in self.lost_channels:
-            reports[key] = {"ChannelLost": 1, "Unhealthy": 1}
+        for tier, instance_id, channel in self.lost_channels:
+            reports[_metric_key(tier, instance_id, "CHANNEL", channel)] = {"ChannelLost": 1, "Unhealthy": 1}
         return flume_shape(reports)
 
     def metrics_problem(self) -> str | None:
@@ -519,9 +642,9 @@ class TopologyController:
                                 "instances": {i.instance_id: i.node_id for i in list(self.instances.values())
                                               if i.tier == tier_name},
                                 "waiting": self.waiting.get(tier_name),
-                                "lost": {name: why for (_, name), why in self.lost_channels.items()
-                                         if name.startswith(f"{tier_name}.")}}
-        return {"name": self.name, "state": self.state, "deployed_at": self.deployed_at,
+                                "lost": {_metric_key(t, i, "CHANNEL", c)[1]: why
+                                         for (t, i, c), why in self.lost_channels.items() if t == tier_name}}
+        return {"name": self.name, "state": self.state, "version": self.version, "deployed_at": self.deployed_at,
                 "metrics_url": self.metrics_url(), "metrics_problem": self.metrics_note, "tiers": tiers, "components": components,
                 "events": list(self.events)[-30:], "finished": self._finished(infos)}
 
@@ -598,9 +721,9 @@ class TopologyController:
             if self.metrics_server is not None:
                 self.metrics_server.close()
             try:
-                _kv()._internal_kv_del(self._kv_key)
+                self.store.delete(self._state_key)
             except Exception:
-                pass
+                logger.exception("topology '%s': could not delete its stored state", self.name)
             self.state = "STOPPED"
             return {"undrained": left, "final_metrics": final_metrics}
 
@@ -627,6 +750,10 @@ class TopologyController:
 
     def ping(self) -> str:
         return self.state
+
+    def pid(self) -> int:
+        """The controller's process id (tests kill it to check it restarts into its stored state)."""
+        return os.getpid()
 
 
 RemoteController = ray.remote(TopologyController)

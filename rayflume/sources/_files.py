@@ -1,5 +1,6 @@
 """What the file-reading sources (``spooldir``, ``taildir``) share: an exclusive lock on their
-state file taken in ``start()``, their counters, and how they report an error they survive."""
+state file taken in ``start()``, their counters, how they report an error they survive, and the
+per-instance scope of their positions in a tier."""
 from __future__ import annotations
 
 import logging
@@ -26,6 +27,18 @@ class LockedFileSource(Source):
     KIND = ""
     COUNTERS: tuple[str, ...] = ()
     log = logging.getLogger("rayflume.source")
+
+    def use_scope(self, scope: str) -> None:
+        """Keep this source's positions in the subdirectory ``scope`` (``<tier>/<instance>``) of
+        where they would be, as a file channel keeps its files: every instance of a tier resumes
+        from its own positions, so it never skips events that another instance acknowledged into
+        a channel of its own. Call before ``start()``; without it, nothing changes."""
+        self.scope = scope
+
+    def _scoped(self, path: str) -> str:
+        """``path`` with ``scope`` as the last directory (``path`` itself when unscoped)."""
+        scope = getattr(self, "scope", "")
+        return os.path.join(os.path.dirname(path), scope, os.path.basename(path)) if scope else path
 
     def _init_file_state(self) -> None:
         self._mutex = threading.RLock()

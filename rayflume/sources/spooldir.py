@@ -18,7 +18,12 @@ after all its lines were acknowledged: renamed to ``<name><file_suffix>`` (``tra
 rename``), recorded by a marker ``<tracker_dir>/<relative path><file_suffix>`` holding its identity
 (``tracker_dir``; the file stays in place), or deleted (``delete_policy: immediate``). After a crash
 the source resumes the file at its recorded position: it re-delivers at most the batch that was in
-flight, and loses nothing. A batch never spans two files.
+flight, and loses nothing. A batch never spans two files. In a tier each instance keeps its own
+positions, in ``<tracker_dir>/<tier>/<instance>/rayflume-positions.json``, as its file channel keeps
+its files: an instance that comes back resumes its file while its channel replays what it had
+acknowledged, and an instance of another name reads the file in progress again from its start
+(duplicates, not loss). The lock, the completed names and the markers stay per spool directory:
+one source reads a directory at a time.
 
 **Changed files are skipped, not fatal.** Flume stops the whole source when a file changes after
 it was picked up or a name is reused. Here the file is reported (ERROR log, counters
@@ -57,7 +62,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from rayflume.config_base import SourceConfig
-from rayflume.errors import ConfigError
+from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch
 from rayflume.interceptors.headers import set_header
 from rayflume.registry import register
@@ -116,6 +121,10 @@ class _Current:
         if self.error:
             out["error"] = self.error
         return out
+
+
+class SpoolDirMissing(RayflumeError):
+    """The spool directory does not exist on the source's node (raised by ``start()``)."""
 
 
 class SpoolDirSource(LockedFileSource):
@@ -183,9 +192,11 @@ class SpoolDirSource(LockedFileSource):
         super().start(context)
         self._start_counters(context)
         if not os.path.isdir(self.spool_dir):
-            raise ConfigError([f"source '{self.name}': `spool_dir` {self.spool_dir} is not a directory; "
-                               f"create it or fix the path"], topology=context.topology or None)
-        os.makedirs(self.tracker_dir, exist_ok=True)
+            # Checked here, on the source's node, not at validation: a later start() checks again.
+            raise SpoolDirMissing(f"spooldir source '{self.name}': `spool_dir` {self.spool_dir} is not a directory "
+                                  f"on this node; create it or fix `spool_dir`")
+        self.positions_path = self._scoped(os.path.join(self.tracker_dir, POSITIONS_NAME))
+        os.makedirs(os.path.dirname(self.positions_path), exist_ok=True)
         self._acquire_lock(os.path.join(self.tracker_dir, LOCK_NAME),
                            f"source '{self.name}': spool directory {self.spool_dir} is in use by another "
                            f"running source (lock {self.tracker_dir}/{LOCK_NAME}); give each spooldir "
@@ -674,6 +685,8 @@ class SpoolDirSourceConfig(SourceConfig):
         return _nonempty(info.field_name, v)
 
     def check(self) -> list[str]:
+        """Whether ``spool_dir`` is a writable directory on this machine (for local warnings; the
+        source checks the directory on its own node at start)."""
         path = os.path.abspath(os.path.expanduser(self.spool_dir))
         if not os.path.isdir(path):
             return [f"spooldir source: `spool_dir` {path} is not a directory; create it or fix the path"]

@@ -22,7 +22,11 @@ atomically: temp file, fsync, rename, fsync of the directory. With ``write_pos_i
 (fewer fsyncs; positions in memory still move only on ack). Trade-off: after a crash the source
 resumes from the last *written* positions, so it re-delivers what was acknowledged after that
 write, plus the one batch that was in flight, and never loses a line. The position file is locked
-(``flock``) so two sources cannot share it.
+(``flock``) so two sources cannot share it. In a tier each instance keeps its own position file,
+in the subdirectory ``<tier>/<instance>`` of the configured file's directory, as its file channel
+keeps its files: an instance that comes back on its machine resumes from its own positions while
+its channel replays what it had acknowledged, and an instance of another name reads from the
+start rather than skip lines that sit in a channel that is not its own.
 
 **Rotation and the other cases.**
 

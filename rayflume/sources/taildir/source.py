@@ -133,7 +133,8 @@ class TaildirSource(LockedFileSource):
         self.name = name
         self.groups = list(groups)
         self._group_by_name = {g.name: g for g in self.groups}
-        self.position_file = position_file
+        self.position_file = position_file  # as configured until start(); then the path in use
+        self._configured_position_file = position_file
         self.batch_size = batch_size
         self.skip_to_end = skip_to_end
         self.byte_offset_header = byte_offset_header
@@ -161,9 +162,9 @@ class TaildirSource(LockedFileSource):
     def start(self, context: SourceContext) -> None:
         super().start(context)
         self._start_counters(context)
-        if self.position_file is None:
-            self.position_file = default_position_file(self.name, context.topology)
-        self.position_file = os.path.abspath(os.path.expanduser(self.position_file))
+        path = self._configured_position_file or default_position_file(self.name, context.topology)
+        # In a tier, <dir>/<tier>/<instance>/<file>: each instance has its own positions (and lock).
+        self.position_file = self._scoped(os.path.abspath(os.path.expanduser(path)))
         os.makedirs(os.path.dirname(self.position_file), exist_ok=True)
         self._acquire_lock(self.position_file + ".lock",
                            f"source '{self.name}': `position_file` {self.position_file} is in use by "
@@ -601,7 +602,8 @@ class TaildirSourceConfig(SourceConfig):
         default_factory=dict, description="File group name -> headers set on every event of that group.")
     position_file: str | None = Field(
         None, description="JSON file of acknowledged positions. None: "
-                          "~/.rayflume/taildir/<topology>/<source name>.json.")
+                          "~/.rayflume/taildir/<topology>/<source name>.json. In a tier each instance "
+                          "keeps its own, in the subdirectory <tier>/<instance> of the file's directory.")
     batch_size: int = Field(100, gt=0, description="Most lines in one batch.")
     skip_to_end: bool = Field(False, description="Start files present at start-up with no recorded "
                                                  "position at their end instead of their start.")
