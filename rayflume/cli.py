@@ -204,9 +204,8 @@ def _run_started(handle, stop: threading.Event, received: list, args) -> int:
     final = result.get("final_metrics") or final
     accepted = _sum(final, "SOURCE.", "EventAcceptedCount")
     drained = _sum(final, "SINK.", "EventDrainSuccessCount")
-    left = result.get("undrained") or {}
     print(f"stopped '{handle.name}': {accepted:,} events accepted by sources, {drained:,} delivered by "
-          f"sinks" + (f"; left in channels: {left}" if any(left.values()) else ""), flush=True)
+          f"sinks" + _leftovers(result), flush=True)
     return 128 + received[0] if received else 0
 
 
@@ -322,9 +321,17 @@ def cmd_stop(args) -> int:
     _connect(args.address or "auto", args.connect_timeout_s)
     handle = _handle(args.name)
     result = handle.stop(drain_timeout_s=args.drain_timeout_s)
-    left = result.get("undrained") or {}
-    print(f"stopped topology '{args.name}'" + (f"; left in channels: {left}" if any(left.values()) else ""))
+    print(f"stopped topology '{args.name}'" + _leftovers(result))
     return 0
+
+
+def _leftovers(stop_result: dict) -> str:
+    """What a stop could not drain: events left in live channels, and channels it could not reach."""
+    left = {k: v for k, v in (stop_result.get("undrained") or {}).items() if v}
+    text = f"; left in channels: {left}" if left else ""
+    for label, why in (stop_result.get("not_drained") or {}).items():
+        text += f"; channel {label} not drained ({why})"
+    return text
 
 
 def _version() -> str:

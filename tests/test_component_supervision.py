@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import ray
 
@@ -106,3 +107,25 @@ def test_a_channel_that_cannot_open_reports_it_and_opens_later(deployed, tmp_pat
     handle.wait_finished(timeout_s=120)
     assert sorted(int(b) for b in out.bodies()) == list(range(1000))
     assert not channel_entry().get("error")
+
+
+def test_stop_drains_what_is_alive_and_says_what_it_could_not(deployed, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("the channel can never open here")
+    handle = deployed({
+        "name": "half-stop",
+        "sources": {"gen": {"type": "sequence", "total_events": 500, "batch_size": 100,
+                            "channels": ["mem", "disk"]}},
+        "channels": {"mem": {"type": "memory"},
+                     "disk": {"type": "file", "checkpoint_dir": str(blocker / "cp"),
+                              "data_dirs": [str(blocker / "data")]}},
+        "sinks": {"a": {"type": "null", "channel": "mem"}, "b": {"type": "null", "channel": "disk"}},
+        "metrics": {"port": None},
+    })
+    wait_until(lambda: any("failed to start" in (c.get("error") or "") for c in handle.status()["components"]
+                           if c["kind"] == "CHANNEL"), timeout_s=60, interval_s=0.5, what="the channel's error")
+    t = time.monotonic()
+    result = handle.stop(drain_timeout_s=60)
+    assert time.monotonic() - t < 45, "stop waited for a channel that cannot be drained"
+    assert "ChannelError" in result["not_drained"]["disk"] and "not open" in result["not_drained"]["disk"]
+    assert result["undrained"] == {"mem": 0}

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rayflume._private import logs
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
                                       actor_options, was_reconstructed)
 from rayflume._private.identity import assign_instances, node_identity
@@ -60,6 +61,13 @@ RECONCILE_INTERVAL_S = 1.0
 CALL_TIMEOUT_S = 10.0
 KINDS = ("CHANNEL", "SINK", "SOURCE")  # creation order: what others need first
 KIND_KEY = {"CHANNEL": "channel", "SOURCE": "source", "SINK": "sinks"}
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line`` of an exception, of the original one for an error raised in an actor."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else 'no message'}"
 
 
 def controller_name(topology: str) -> str:
@@ -131,6 +139,7 @@ class _Instance:
 
 class TopologyController:
     def __init__(self, raw_topology: dict, store: StateStore | None = None):
+        logs.configure()
         deployed = validate(raw_topology)
         self.name = deployed.name
         self.store: StateStore = store if store is not None else RayKVStore()
@@ -691,24 +700,30 @@ class TopologyController:
 
     def stop(self, drain_timeout_s: float = 30.0) -> dict:
         """Drain tier by tier, from the first to the last: stop a tier's sources, let its sinks
-        empty its channels (up to ``drain_timeout_s`` in all), stop its sinks; then remove every
-        actor. Returns what was left undrained and the final metrics."""
+        empty its live channels (up to ``drain_timeout_s`` in all), stop its sinks; then remove
+        every actor. Returns ``undrained`` (events left in live channels), ``not_drained`` (channels
+        that could not be drained at all, with why: dead, unreachable, not open, lost with a node)
+        and the final metrics."""
         with self._lock:
             self.state = "STOPPING"
             self.stopping.set()
             deadline = time.monotonic() + drain_timeout_s
             left: dict = {}
+            not_drained: dict = {key[1]: f"LOST: {why}" for key, why in self.lost_channels.items()}
             for tier in self._tier_order():
                 insts = [i for i in list(self.instances.values()) if i.tier == tier]
                 self._event(tier or "topology", "stopping: sources first, then draining the channels")
                 self._call_all(insts, "SOURCE", "stop")
-                sizes = self._channel_sizes(insts)
+                sizes, unavailable = self._channel_sizes(insts)
                 while sum(sizes.values()) > 0 and time.monotonic() < deadline:
                     time.sleep(0.1)
-                    sizes = self._channel_sizes(insts)
+                    sizes, unavailable = self._channel_sizes(insts)
                 if sum(sizes.values()):
                     self._event(tier or "topology", f"drain timed out; events left in channels: {sizes}")
+                for label, why in unavailable.items():
+                    self._event(tier or "topology", f"channel {label} not drained: {why}")
                 left.update(sizes)
+                not_drained.update(unavailable)
                 self._call_all(insts, "SINK", "stop")
             final_metrics = self.metrics()
             self._call_all(list(self.instances.values()), "CHANNEL", "stop")
@@ -725,7 +740,7 @@ class TopologyController:
             except Exception:
                 logger.exception("topology '%s': could not delete its stored state", self.name)
             self.state = "STOPPED"
-            return {"undrained": left, "final_metrics": final_metrics}
+            return {"undrained": left, "not_drained": not_drained, "final_metrics": final_metrics}
 
     def _call_all(self, insts, kind: str, method: str) -> None:
         refs = [getattr(m.handle, method).remote() for i in insts for (k, _), m in i.components.items()
@@ -736,17 +751,28 @@ class TopologyController:
             except Exception as exc:
                 self._event("controller", f"{kind.lower()} {method} failed: {type(exc).__name__}")
 
-    def _channel_sizes(self, insts) -> dict:
-        out = {}
+    def _channel_sizes(self, insts) -> tuple[dict, dict]:
+        """``({label: events queued}, {label: why it cannot be asked})`` of the instances'
+        channels. Only the first are worth waiting for: no sink drains a dead or closed channel
+        (a durable one keeps its events on its node for a later deploy)."""
+        sizes, unavailable = {}, {}
         for inst in insts:
             for (kind, name), m in inst.components.items():
-                if kind == "CHANNEL":
-                    label = f"{inst.tier}.{inst.instance_id}.{name}" if inst.tier else name
-                    try:
-                        out[label] = ray.get(m.handle.size.remote(), timeout=CALL_TIMEOUT_S)
-                    except Exception:
-                        out[label] = 0  # a dead channel has nothing left that a sink could drain
-        return out
+                if kind != "CHANNEL":
+                    continue
+                label = f"{inst.tier}.{inst.instance_id}.{name}" if inst.tier else name
+                if m.lost:
+                    unavailable[label] = f"LOST: {m.lost}"
+                    continue
+                try:
+                    sizes[label] = ray.get(m.handle.size.remote(), timeout=CALL_TIMEOUT_S)
+                except Exception as exc:
+                    unavailable[label] = _describe(exc)
+        return sizes, unavailable
+
+    def logs(self, lines: int = 100) -> list[str]:
+        """The controller's last log lines (since its last restart)."""
+        return logs.recent(lines)
 
     def ping(self) -> str:
         return self.state
