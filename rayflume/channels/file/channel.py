@@ -228,7 +228,10 @@ class FileChannel(Channel):
         self._log: SegmentLog | None = None
         if self._store is None:
             for d in [self.checkpoint_dir, *self.data_dirs]:
-                os.makedirs(d, exist_ok=True)
+                # Through the seam, fsyncing each new directory's parent: os.makedirs alone left a
+                # new channel's directories undurable, so a power cut could remove the data
+                # directory with the puts it had acknowledged (found for the power-loss tests).
+                self._io.makedirs(d)
             self._dir_locks = lock_directories([self.checkpoint_dir, *self.data_dirs], name)
         else:
             self._dir_locks = self._lock_object_store()
@@ -309,7 +312,7 @@ class FileChannel(Channel):
             self._recover_objects()
             return
         t0 = time.monotonic()
-        remove_stale_tmp(self.checkpoint_dir)
+        remove_stale_tmp(self._io, self.checkpoint_dir)
         segments = list_segments(self.data_dirs)
         state = _Recovered()
         try:

@@ -126,9 +126,10 @@ def read_checkpoint(directory: str) -> Checkpoint:
     return Checkpoint.decode(data)
 
 
-def remove_stale_tmp(directory: str) -> None:
+def remove_stale_tmp(io: FileIO, directory: str) -> None:
+    """Delete a ``checkpoint.tmp`` left by a crash (through ``io``, like every write)."""
     try:
-        os.unlink(os.path.join(directory, CHECKPOINT_TMP))
+        io.unlink(os.path.join(directory, CHECKPOINT_TMP))
     except FileNotFoundError:
         pass
 

@@ -64,5 +64,30 @@ class FileIO:
     def unlink(self, path: str) -> None:
         os.unlink(path)
 
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def makedirs(self, path: str) -> None:
+        """Create ``path`` and its missing parents durably: the parent of every created directory
+        is fsynced, so a power cut cannot take away the directory, and every file in it, that
+        acknowledged data lives in. When ``path`` exists its parent is fsynced too (best effort):
+        a crash may have come between an earlier mkdir and its fsync."""
+        path = os.path.abspath(path)
+        parent = os.path.dirname(path)
+        if os.path.isdir(path):
+            try:
+                self.fsync_dir(parent)
+            except PermissionError:
+                pass
+            return
+        if parent != path:
+            self.makedirs(parent)
+        try:
+            self.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+        self.fsync_dir(parent)
+
     def disk_free(self, path: str) -> int:
         return shutil.disk_usage(path).free
