@@ -404,3 +404,24 @@ def test_validate_warns_about_what_this_machine_lacks_but_accepts_it(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "topology 'elsewhere' is valid" in r.stdout
     assert "warning (on this machine): sources.tail:" in r.stderr and "'no-such-command-here'" in r.stderr
+
+
+@pytest.mark.parametrize("text, name, expected", [
+    ("name: x\nsources:\n  gen: {type: sequence, channels: [mem]}\nchannels:\n  mem: {type: memory, "
+     "transactionCapacity: 10}\nsinks:\n  out: {type: null, channel: mem}\n", "t.yaml",
+     "channels.mem.transactionCapacity: unknown key; did you mean `transaction_capacity`? (line 5)"),
+    ("name: x\nsources:\n  gen: {type: sequence, chanels: [mem]}\nchannels:\n  mem: {type: memory}\n"
+     "sinks:\n  out: {type: null, channel: mem}\n", "t.yaml", "did you mean `channels`?"),
+    ("name: x\nsources:\n  gen: {type: sequence, channels: mem}\nchannels:\n  mem: {type: memory}\n"
+     "sinks:\n  out: {type: null, channel: mem}\n", "t.yaml", "expected a list, e.g. [mem]; got the string 'mem'"),
+    ("a1.sources = r1\na1.channels = c1\na1.sources.r1.type = netcat\n", "flume.properties",
+     "Flume agent configuration"),
+    ("name: x\nsources: {gen: [\n", "t.yaml", "line"),
+])
+def test_bad_input_exits_2_with_its_message_and_no_traceback(tmp_path, text, name, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    r = rayflume("validate", str(path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert expected in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
