@@ -254,6 +254,7 @@ STATUS_COUNTERS = {"SOURCE": ["EventReceivedCount", "EventAcceptedCount", "Chann
 
 def format_status(status: dict) -> str:
     lines = [f"topology {status['name']}: {status['state']}"
+             + (f" (version {status['version']})" if status.get("version") else "")
              + (f"  metrics: {status['metrics_url']}" if status.get("metrics_url") else "")]
     tiers = status.get("tiers") or {}
     tiered = any(name for name in tiers)

@@ -114,7 +114,7 @@ def test_ctrl_c_drains_and_stops(tmp_path):
         assert f"rayflume status forever --address {address}" in seen
         r = rayflume("status", "forever", "--address", address)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert "topology forever: RUNNING" in r.stdout
+        assert "topology forever: RUNNING (version 1)" in r.stdout
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=180)
     finally:
@@ -139,7 +139,7 @@ def test_deploy_to_address_then_status_and_stop(ray_local, tmp_path):
 
     r = rayflume("status", "remote", "--address", address)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "topology remote: RUNNING" in r.stdout
+    assert "topology remote: RUNNING (version 1)" in r.stdout
     for row in ("SOURCE   gen", "CHANNEL  mem", "SINK     out"):
         assert row in r.stdout
 

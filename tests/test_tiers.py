@@ -176,7 +176,7 @@ def test_survives_driver_death_and_redeploy_changes_nothing(cluster, tmp_path):
         r = subprocess.run([sys.executable, "-m", "rayflume.cli", "status", "tiers-driver", "--address",
                             cluster.address], env=child_env(), capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert "topology tiers-driver: RUNNING" in r.stdout
+        assert "topology tiers-driver: RUNNING (version 1)" in r.stdout
 
         handle = rayflume.get("tiers-driver")
         pids = {(c["tier"], c["instance"], c["name"]): c["pid"] for c in handle.status()["components"]}
