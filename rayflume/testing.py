@@ -16,7 +16,8 @@ Components:
   feed until the source acknowledged it, so a restarted source re-reads what was in flight.
 * sink ``testing_sink``: appends every batch to a collector.
 * sink ``flaky_sink``: like ``testing_sink`` but fails on purpose (the first ``fail_first``
-  writes, then every ``fail_every``-th write), for failover and retry tests.
+  writes, then every ``fail_every``-th write), for failover and retry tests; ``write_delay_s``
+  makes every write that long (a slow sink).
 """
 from __future__ import annotations
 
@@ -292,15 +293,20 @@ class CollectSinkConfig(SinkConfig):
 
 
 class FlakySink(CollectSink):
-    """Fails the first ``fail_first`` writes, then every ``fail_every``-th write (0: never)."""
+    """Fails the first ``fail_first`` writes, then every ``fail_every``-th write (0: never); every
+    write first sleeps ``write_delay_s``."""
 
-    def __init__(self, name, collector_name, batch_size, fail_first: int, fail_every: int):
+    def __init__(self, name, collector_name, batch_size, fail_first: int, fail_every: int,
+                 write_delay_s: float = 0.0):
         super().__init__(name, collector_name, batch_size)
         self.fail_first = fail_first
         self.fail_every = fail_every
+        self.write_delay_s = write_delay_s
         self.writes = 0
 
     def write(self, batch: EventBatch) -> None:
+        if self.write_delay_s:
+            time.sleep(self.write_delay_s)
         self.writes += 1
         if self.writes <= self.fail_first or (self.fail_every and self.writes % self.fail_every == 0):
             self.context.count("InjectedFailureCount")
@@ -314,6 +320,8 @@ class FlakySinkConfig(CollectSinkConfig):
 
     fail_first: int = Field(0, ge=0)
     fail_every: int = Field(0, ge=0)
+    write_delay_s: float = Field(0, ge=0)
 
     def build(self, name: str) -> FlakySink:
-        return FlakySink(name, self.collector, self.batch_size, self.fail_first, self.fail_every)
+        return FlakySink(name, self.collector, self.batch_size, self.fail_first, self.fail_every,
+                         self.write_delay_s)

@@ -184,6 +184,53 @@ class ChannelContract:
             ch.commit(lease)
         assert drain(ch) == [0, 1]
 
+    # -- renewing leases ------------------------------------------------------------------------
+    def test_renewed_lease_outlives_lease_timeout(self, make):
+        ch = make(lease_timeout_s=0.5)
+        ch.put(numbered(0, 4), "a")
+        lease, b = ch.take(4, holder="slow")
+        assert numbers(b) == [0, 1, 2, 3]
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # three lease timeouts: the renewals keep it
+            assert ch.renew("slow") == 0.5
+            time.sleep(0.1)  # time passing is what is tested, well inside the 0.5 s timeout
+            assert ch.expire_leases() == 0
+        ch.commit(lease)
+        assert ch.metrics()["LeaseExpiredCount"] == 0
+        assert ch.size() == 0
+        assert ch.take(4) is None  # nothing was returned to be delivered again
+
+    def test_renew_leaves_other_holders_leases_to_expire(self, make):
+        ch = make(lease_timeout_s=0.3)
+        ch.put(numbered(0, 2), "a")
+        ch.put(numbered(2, 2), "b")
+        mine, _ = ch.take(2, holder="alive")
+        theirs, b = ch.take(2, holder="gone")
+        assert numbers(b) == [2, 3]
+
+        def renew_mine_and_expire():
+            ch.renew("alive")
+            return ch.expire_leases() > 0
+
+        wait_until(renew_mine_and_expire, timeout_s=10, what="the other holder's lease to expire")
+        ch.commit(mine)
+        with pytest.raises(LeaseUnknown):
+            ch.commit(theirs)
+        assert ch.metrics()["LeaseExpiredCount"] == 1
+        assert drain(ch) == [2, 3]
+
+    def test_renew_of_a_holder_without_leases_is_harmless(self, make):
+        ch = make(lease_timeout_s=5)
+        assert ch.renew("nobody") == 5
+        ch.put(numbered(0, 3), "a")
+        assert ch.renew("nobody") == 5
+        lease, _ = ch.take(2, holder="sink")
+        assert ch.renew("nobody") == 5
+        assert ch.size() == 3
+        ch.commit(lease)
+        assert ch.renew("sink") == 5  # its lease was settled: nothing left to renew
+        assert drain(ch) == [2]
+
     def test_release_rolls_back_a_holders_leases(self, make):
         ch = make()
         ch.put(numbered(0, 6), "a")

@@ -17,6 +17,7 @@ def test_null_channel_discards_and_counts():
     assert ch.size() == 0
     assert ch.take(10) is None
     assert ch.metrics()["EventPutSuccessCount"] == 500
+    assert ch.renew("anyone") == ch.lease_timeout_s  # no leases to renew
 
 
 def test_a_channel_that_cannot_count_ready_events_does_not_wait_to_fill():

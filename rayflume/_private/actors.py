@@ -233,6 +233,9 @@ class ChannelActor(_Component):
     def release(self, holder: str) -> int:
         return self._opened.release(holder)
 
+    def renew(self, holder: str) -> float:
+        return self._opened.renew(holder)
+
     def size(self) -> int:
         return self._opened.size()
 
@@ -474,9 +477,16 @@ def start_with_retries(what: str, start, stopping: threading.Event, report) -> b
 class SinkGroupActor(_Component):
     """Runs a sink group. The constructor only checks configs; sinks start in the group's thread,
     with retries, so that a sink that cannot start yet (a missing directory, a dead channel) is a
-    status of this actor rather than a failed constructor."""
+    status of this actor rather than a failed constructor.
+
+    Once the sinks started, a heartbeat thread renews every sink's leases (its write in progress,
+    its prefetched take) a third of the channel's ``lease_timeout_s`` apart, until ``stop`` has
+    settled them; so a lease expires only when this actor's process is gone, however slow a write.
+    """
 
     kind = "SINK"
+    HEARTBEAT_MIN_S = 0.1
+    HEARTBEAT_MAX_S = 10.0
 
     def __init__(self, topology: str, group: str, raw_sinks: dict, raw_processor: dict | None,
                  channels: dict, scope: str = ""):
@@ -489,6 +499,8 @@ class SinkGroupActor(_Component):
         self.runners: list[SinkRunner] = []
         self.counters: dict[str, dict] = {s: {} for s in raw_sinks}
         self.error: str | None = None
+        self._heartbeat_stop = threading.Event()  # set by stop() once the runners settled
+        self._heartbeat_thread: threading.Thread | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"sinks-{group}")
         self._thread.start()
 
@@ -531,7 +543,33 @@ class SinkGroupActor(_Component):
                     exporter.export(self.counters[sink_name])
 
         threading.Thread(target=export_loop, daemon=True).start()
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat, daemon=True,
+                                                  name=f"sinks-{self.name}-heartbeat")
+        self._heartbeat_thread.start()
         run_sink_group(self.processor, self.runners, self.stopping)
+
+    def _heartbeat(self) -> None:
+        """Renew every runner's leases, then wait a third of the smallest lease timeout the channels
+        returned (within HEARTBEAT_MIN_S..HEARTBEAT_MAX_S); until ``stop`` settled the runners.
+        A failed renewal is logged at debug and retried next round."""
+        period = 1.0  # until the channels tell their lease timeouts
+        while not self._heartbeat_stop.is_set():
+            calls = []
+            for r in self.runners:
+                try:
+                    calls.append((r, r.channel.handle.renew.remote(r.holder)))
+                except Exception as exc:
+                    logger.debug("sink '%s': cannot renew its leases: %r", r.name, exc)
+            deadline = time.monotonic() + period
+            timeouts = []
+            for r, ref in calls:
+                try:
+                    timeouts.append(float(r.channel._get(ref, max(0.0, deadline - time.monotonic()))))
+                except Exception as exc:
+                    logger.debug("sink '%s': cannot renew its leases: %r", r.name, exc)
+            if timeouts:
+                period = min(max(min(timeouts) / 3, self.HEARTBEAT_MIN_S), self.HEARTBEAT_MAX_S)
+            self._heartbeat_stop.wait(period)
 
     def metrics(self) -> dict:
         """Counters per sink of this group."""
@@ -555,6 +593,10 @@ class SinkGroupActor(_Component):
                 r.sink.stop()
             except Exception:
                 logger.exception("sink '%s': stop failed", r.name)
+        # Renewed until here: the last batch's write and the runners' settling keep their leases.
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout_s)
         self.stop_time_ms = int(time.time() * 1000)
 
 

@@ -13,6 +13,11 @@ actor calls that may be retried:
   are idempotent; committing a lease that already expired raises
   :class:`~rayflume.errors.LeaseUnknown` (its events were returned and will be delivered again).
 * ``release(holder)`` rolls back every lease of ``holder`` (used when a sink restarts).
+* ``renew(holder)`` extends every lease ``holder`` has now to ``lease_timeout_s`` from now and
+  returns ``lease_timeout_s``. A live taker renews well within that period (a sink group does it
+  from a heartbeat thread), so its leases expire only once it stopped renewing for
+  ``lease_timeout_s``: a slow write does not lose its lease, a dead taker's events come back.
+  Leases taken after the call, and other holders' leases, are not affected.
 * ``wait_for_batch(n, timeout_s)`` lets a sink fill its batches: it waits until ``n`` events are
   ready to take, for channels that can tell (``ready_events()`` is not None).
 
@@ -115,6 +120,10 @@ class Channel(ABC):
     @abstractmethod
     def release(self, holder: str) -> int:
         """Roll back every lease held by ``holder``; returns how many events came back."""
+
+    @abstractmethod
+    def renew(self, holder: str) -> float:
+        """Extend every lease of ``holder`` to ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
 
     @abstractmethod
     def expire_leases(self) -> int:

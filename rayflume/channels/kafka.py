@@ -588,6 +588,15 @@ class KafkaChannel(Channel):
                 self.counters.RollbackCount += 1
             return n
 
+    def renew(self, holder: str) -> float:
+        """Extend ``holder``'s leases to ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
+        with self._lock:
+            expires_at = now() + self.lease_timeout_s
+            for lease in self._leases.values():
+                if lease.holder == holder:
+                    lease.expires_at = expires_at
+            return self.lease_timeout_s
+
     def expire_leases(self) -> int:
         with self._lock:
             t = now()

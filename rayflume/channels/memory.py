@@ -93,6 +93,12 @@ class LeasedQueue:
     def held_by(self, holder: str) -> list[str]:
         return [lid for lid, lease in self.leases.items() if lease.holder == holder]
 
+    def renew(self, holder: str, expires_at: float) -> None:
+        """Move the expiry of every lease of ``holder`` to ``expires_at``."""
+        for lease in self.leases.values():
+            if lease.holder == holder:
+                lease.expires_at = expires_at
+
 
 class MemoryChannel(Channel):
     """Queue of batches in the actor's memory. Thread-safe."""
@@ -156,6 +162,12 @@ class MemoryChannel(Channel):
             if n:
                 self._not_empty.notify_all()
             return n
+
+    def renew(self, holder: str) -> float:
+        """Extend ``holder``'s leases to ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
+        with self._lock:
+            self._q.renew(holder, now() + self.lease_timeout_s)
+            return self.lease_timeout_s
 
     def expire_leases(self) -> int:
         """Return the events of overdue leases to the head; how many events came back."""

@@ -32,6 +32,9 @@ class NullChannel(Channel):
     def release(self, holder: str) -> int:
         return 0
 
+    def renew(self, holder: str) -> float:
+        return self.lease_timeout_s  # it never has leases
+
     def expire_leases(self) -> int:
         return 0
 

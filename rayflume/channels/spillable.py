@@ -197,6 +197,16 @@ class SpillableChannel(Channel):
             # Newest first, so the oldest lease's events end up at the head.
             return self._return(list(reversed(leases)), "rolled_back")
 
+    def renew(self, holder: str) -> float:
+        """Extend ``holder``'s leases (both parts: the parts' own leases never expire) to
+        ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
+        with self._lock:
+            expires_at = now() + self.lease_timeout_s
+            for lease in self._leases.values():
+                if lease.holder == holder:
+                    lease.expires_at = expires_at
+            return self.lease_timeout_s
+
     def expire_leases(self) -> int:
         with self._lock:
             return self._expire_locked()

@@ -547,6 +547,16 @@ class FileChannel(Channel):
             self.counters.RollbackCount += len(leases)
             return self._return_to_head(leases, "rolled_back")
 
+    def renew(self, holder: str) -> float:
+        """Extend ``holder``'s leases to ``lease_timeout_s`` from now; returns ``lease_timeout_s``.
+        Leases live in memory only (a restart returns them all), so nothing is logged."""
+        with self._lock:
+            expires_at = now() + self.lease_timeout_s
+            for lease in self._leases.values():
+                if lease.holder == holder:
+                    lease.expires_at = expires_at
+            return self.lease_timeout_s
+
     def expire_leases(self) -> int:
         """Return the events of overdue leases to the head; how many events came back."""
         with self._lock:
