@@ -478,6 +478,7 @@ class Writer(threading.Thread):
         self.written = 0
         self.rotations = 0
         self.error = None
+        self.generations = []  # (first line, inode, monotonic time it became app.log) for diagnostics
 
     def rotate(self):
         rotated = sorted((int(p.rsplit(".", 1)[1]) for p in os.listdir(os.path.dirname(self.path))
@@ -491,6 +492,7 @@ class Writer(threading.Thread):
         try:
             rng = random.Random(3)
             f = open(self.path, "ab")
+            self.generations.append((0, os.fstat(f.fileno()).st_ino, time.monotonic()))
             while self.written < self.total:
                 n = min(rng.randint(5, 40), self.total - self.written)
                 f.write(b"".join(b"%09d%s\n" % (i, LINE_PAYLOAD) for i in range(self.written, self.written + n)))
@@ -506,6 +508,7 @@ class Writer(threading.Thread):
                     f.close()
                     self.rotate()
                     f = open(self.path, "ab")
+                    self.generations.append((self.written, os.fstat(f.fileno()).st_ino, time.monotonic()))
                 time.sleep(rng.uniform(0.002, 0.01))
             f.close()
         except BaseException as exc:  # reported by the test
@@ -556,6 +559,7 @@ def test_sigkill_source_under_rotation_and_copytruncate(deployed, tmp_path):
     writer.start()
     rng = random.Random(11)
     kills = 0
+    kill_times = []
     while kills < 10 or writer.is_alive():
         pid = source_pid("taildir-crash", "tail")
         time.sleep(rng.uniform(0.05, 0.6))
@@ -563,12 +567,36 @@ def test_sigkill_source_under_rotation_and_copytruncate(deployed, tmp_path):
         kills += 1
         if kills > 40:
             break
+        kill_times.append(time.monotonic())
     writer.join(timeout=120)
-    assert writer.error is None, writer.error
+
+    def diagnostics():
+        got = np.zeros(writer.written + 1, dtype=bool)
+        got[[n for n in delivered() if n <= writer.written]] = True
+        missing = np.flatnonzero(~got[:writer.written])
+        runs = np.split(missing, np.flatnonzero(np.diff(missing) != 1) + 1) if missing.size else []
+        t0 = writer.generations[0][2] if writer.generations else 0.0
+        files = {n: os.stat(os.path.join(str(logs), n)).st_ino for n in sorted(os.listdir(str(logs)))}
+        try:
+            with open(tmp_path / "pos.json") as f:
+                pos = f.read()
+        except OSError as exc:
+            pos = repr(exc)
+        import datetime
+        wall0 = datetime.datetime.fromtimestamp(time.time() - (time.monotonic() - t0)).strftime("%H:%M:%S.%f")
+        return (f"writer started at {wall0} (t=0, monotonic {t0:.3f}); missing {missing.size} of {writer.written} lines, ranges "
+                f"{[(int(r[0]), int(r[-1])) for r in runs][:20]}; file generations (first line, inode, "
+                f"t): {[(a, b, round(c - t0, 2)) for a, b, c in writer.generations]}; kills at "
+                f"{[round(k - t0, 2) for k in kill_times]}; files {files}; pos.json {pos}")
+
+    assert writer.error is None, f"{writer.error}; {diagnostics()}"
     assert not writer.is_alive()
     total = writer.total
-    wait_until(lambda: len(delivered()) >= total, timeout_s=90, interval_s=0.5,
-               what=f"all {total} lines delivered")
+    try:
+        wait_until(lambda: len(delivered()) >= total, timeout_s=90, interval_s=0.5,
+                   what=f"all {total} lines delivered")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {diagnostics()}") from None
     bodies = collector.bodies()
     numbers = np.array([int(b[:9]) for b in bodies])
     assert all(b[9:] == LINE_PAYLOAD for b in bodies)

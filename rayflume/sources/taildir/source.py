@@ -169,12 +169,23 @@ class TaildirSource(LockedFileSource):
         self._acquire_lock(self.position_file + ".lock",
                            f"source '{self.name}': `position_file` {self.position_file} is in use by "
                            f"another running source; give each taildir source its own position_file")
-        remove_stale_temps(self.position_file)
-        with self._mutex:
-            stored = self._load_positions()
-            self._initial_scan(stored)
-            self._started = True
-            self._write_positions(force=True)
+        try:
+            remove_stale_temps(self.position_file)
+            with self._mutex:
+                stored = self._load_positions()
+                self._initial_scan(stored)
+                self._started = True
+                self._write_positions(force=True)
+        except BaseException:
+            # The actor calls start() again (with back-off): leave nothing behind. Our own flock
+            # would refuse the retry's lock on a new descriptor (flock is per open file
+            # description), so the retry would fail as "in use by another running source".
+            with self._mutex:
+                for t in self.files.values():
+                    self._close(t)
+                self.files.clear()
+                self._release_lock()
+            raise
 
     def stop(self) -> None:
         with self._mutex:
@@ -340,7 +351,14 @@ class TaildirSource(LockedFileSource):
             self._write_positions(force=True)
 
     def _find_moved(self, t: _Tracked) -> bool:
-        """Find ``t``'s identity under any name in its directory and open it there."""
+        """Find ``t``'s identity under any name in its directory and open it there.
+
+        Content that no longer matches what was recorded (shorter than the position, or another
+        fingerprint) is what a copytruncate leaves, and it may have been rotated away afterwards
+        while nobody looked (copytruncate, then rename, both while the source was down): the
+        identity is kept and read again from byte 0, exactly as for a file found under a matching
+        name. Forgetting it would silently drop every line written after the truncation.
+        """
         directory = os.path.dirname(t.path)
         try:
             entries = list(os.scandir(directory))
@@ -357,10 +375,14 @@ class TaildirSource(LockedFileSource):
             if not self._open(t):
                 t.path = old_path
                 return False
-            if not self._fingerprint_matches(t, t.fp_len, t.fp) or st.st_size < t.committed:
-                self._close(t)
-                t.path = old_path
-                return False
+            if st.st_size < t.committed:
+                self._new_epoch(t, f"shrank from {t.committed} to {st.st_size} bytes before it was "
+                                   f"rotated away from {old_path} (copytruncate)", "FileTruncatedCount")
+                self._refresh_fingerprint(t, st.st_size)
+            elif not self._fingerprint_matches(t, t.fp_len, t.fp):
+                self._new_epoch(t, f"has new content under the same inode (rotated away from {old_path})",
+                                "FileReplacedCount")
+                self._refresh_fingerprint(t, st.st_size)
             t.seen_size = st.st_size
             self._dirty = True
             return True
