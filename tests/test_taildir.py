@@ -468,8 +468,12 @@ class Writer(threading.Thread):
     ``rotate_every`` lines and does one copytruncate, only after the collector has every line
     written so far (lines not yet read at a truncation are lost by the nature of copytruncate)."""
 
-    def __init__(self, log_path, total, rotate_every, copytruncate_at, caught_up):
+    def __init__(self, log_path, total, rotate_every, copytruncate_at, caught_up, tracked=lambda inode: True):
         super().__init__(daemon=True)
+        # Taildir follows only names that match and identities it recorded: a generation created
+        # and renamed away while no source runs is never seen, by design. So rotation waits until
+        # a source has recorded the current app.log.
+        self.tracked = tracked
         self.path = log_path
         self.total = total
         self.rotate_every = rotate_every
@@ -505,6 +509,9 @@ class Writer(threading.Thread):
                     f.truncate(0)
                     f.seek(0)
                 elif self.written // self.rotate_every != (self.written - n) // self.rotate_every:
+                    inode = os.fstat(f.fileno()).st_ino
+                    wait_until(lambda: self.tracked(inode), timeout_s=120, interval_s=0.05,
+                               what="a source to record the current app.log before it rotates")
                     f.close()
                     self.rotate()
                     f = open(self.path, "ab")
@@ -543,8 +550,15 @@ def test_sigkill_source_under_rotation_and_copytruncate(deployed, tmp_path):
     def delivered():
         return {int(b[:9]) for b in collector.bodies()}
 
+    def tracked(inode):
+        try:
+            with open(tmp_path / "pos.json") as f:
+                return any(int(e["ino"]) == inode for e in json.load(f)["files"])
+        except (OSError, ValueError, KeyError):
+            return False
+
     writer = Writer(log, total=30_000, rotate_every=6_000, copytruncate_at=15_000,
-                    caught_up=lambda n: len(delivered()) >= n)
+                    caught_up=lambda n: len(delivered()) >= n, tracked=tracked)
     open(log, "wb").close()
     deployed({
         "name": "taildir-crash", "metrics": {"port": None},
