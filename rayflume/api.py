@@ -232,8 +232,12 @@ def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None
             existing.last_update = existing._call("update", topo.raw, timeout_s=600)
         return existing
     # Actors inherit the runtime environment of the actor that creates them: the controller's
-    # reaches every component of the topology.
-    options = {**controller_options(topo.name), "runtime_env": {"env_vars": {logs.LEVEL_ENV: level}}}
+    # reaches every component of the topology. Only a level other than the default sets one, since
+    # actors with a runtime environment of their own cannot use Ray's pre-started workers (each
+    # start costs about a second more).
+    options = controller_options(topo.name)
+    if level != logs.DEFAULT_LEVEL:
+        options["runtime_env"] = {"env_vars": {logs.LEVEL_ENV: level}}
     controller = RemoteController.options(**options).remote(topo.raw)
     ray.get(controller.ping.remote(), timeout=180)
     return TopologyHandle(topo.name, controller)
