@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.channel_contract import wait_until
+
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
@@ -319,13 +321,13 @@ def test_logs_and_metrics_port_fallback_on_a_cluster(ray_local, tmp_path):
         url = r.stdout.split("metrics at ")[1].split()[0]
         assert url.startswith("http://127.0.0.1:") and f":{port}/" not in url
 
-        deadline = time.monotonic() + 60
-        while True:
+        def logged_all():
+            nonlocal r
             r = rayflume("logs", "logged", "show", "--address", address)
             assert r.returncode == 0, r.stderr[-3000:]
-            if r.stdout.count("show: Event: {") == 3 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+            return r.stdout.count("show: Event: {") == 3
+
+        wait_until(logged_all, timeout_s=60, interval_s=0.5, what="the logger sink's 3 lines in `rayflume logs`")
         assert "==> sinks/show <==" in r.stdout
         assert r.stdout.count("show: Event: {") == 3, r.stdout
         assert "==> source/gen <==" not in r.stdout  # only the component asked for

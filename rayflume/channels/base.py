@@ -206,6 +206,14 @@ class Channel(ABC):
             return out
 
 
+def renew_held(leases, holder: str, expires_at: float) -> None:
+    """Move the expiry of every lease of ``holder`` among ``leases`` to ``expires_at``. The caller
+    holds its channel's lock."""
+    for lease in leases:
+        if lease.holder == holder:
+            lease.expires_at = expires_at
+
+
 def check_commit_of_settled_lease(channel: str, lease_id: str, previous: str | None) -> None:
     """A commit of a lease the channel no longer holds. ``previous`` is how it was settled
     ("committed", "rolled_back", "expired"; None: never seen). A retried commit is a no-op;

@@ -63,7 +63,8 @@ from rayflume._private.kafka_common import (RESERVED_CONSUMER, RESERVED_PRODUCER
                                             consumer_config, ensure_topic, event_header_lists,
                                             kafka_error_text, messages_to_batch, partitions_of,
                                             producer_config, validate_client_options)
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now
+from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now,
+                                    renew_held)
 from rayflume.config_base import ChannelConfig
 from rayflume.errors import ChannelError
 from rayflume.event import EventBatch
@@ -591,10 +592,7 @@ class KafkaChannel(Channel):
     def renew(self, holder: str) -> float:
         """Extend ``holder``'s leases to ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
         with self._lock:
-            expires_at = now() + self.lease_timeout_s
-            for lease in self._leases.values():
-                if lease.holder == holder:
-                    lease.expires_at = expires_at
+            renew_held(self._leases.values(), holder, now() + self.lease_timeout_s)
             return self.lease_timeout_s
 
     def expire_leases(self) -> int:

@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from pydantic import Field
 
 from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, Lease,
-                                    check_commit_of_settled_lease, now, split_for_take)
+                                    check_commit_of_settled_lease, now, renew_held, split_for_take)
 from rayflume.config_base import ChannelConfig
 from rayflume.event import EventBatch
 from rayflume.registry import register
@@ -95,9 +95,7 @@ class LeasedQueue:
 
     def renew(self, holder: str, expires_at: float) -> None:
         """Move the expiry of every lease of ``holder`` to ``expires_at``."""
-        for lease in self.leases.values():
-            if lease.holder == holder:
-                lease.expires_at = expires_at
+        renew_held(self.leases.values(), holder, expires_at)
 
 
 class MemoryChannel(Channel):

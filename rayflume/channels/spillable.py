@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now
+from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now,
+                                    renew_held)
 from rayflume.channels.file.channel import FileChannel
 from rayflume.channels.file.config import FileStorageConfig
 from rayflume.channels.file.errors import ChannelClosed
@@ -201,10 +202,7 @@ class SpillableChannel(Channel):
         """Extend ``holder``'s leases (both parts: the parts' own leases never expire) to
         ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
         with self._lock:
-            expires_at = now() + self.lease_timeout_s
-            for lease in self._leases.values():
-                if lease.holder == holder:
-                    lease.expires_at = expires_at
+            renew_held(self._leases.values(), holder, now() + self.lease_timeout_s)
             return self.lease_timeout_s
 
     def expire_leases(self) -> int:

@@ -91,7 +91,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now
+from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now,
+                                    renew_held)
 from rayflume.channels.file import records
 from rayflume.channels.file.checkpoint import (BadCheckpoint, Checkpoint, MissingCheckpoint,
                                                read_checkpoint, read_checkpoint_object,
@@ -551,10 +552,7 @@ class FileChannel(Channel):
         """Extend ``holder``'s leases to ``lease_timeout_s`` from now; returns ``lease_timeout_s``.
         Leases live in memory only (a restart returns them all), so nothing is logged."""
         with self._lock:
-            expires_at = now() + self.lease_timeout_s
-            for lease in self._leases.values():
-                if lease.holder == holder:
-                    lease.expires_at = expires_at
+            renew_held(self._leases.values(), holder, now() + self.lease_timeout_s)
             return self.lease_timeout_s
 
     def expire_leases(self) -> int:
