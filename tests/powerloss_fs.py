@@ -105,7 +105,7 @@ class PowerLossIO(FileIO):
         self._rolling_dir = ""
         self.fsyncs = 0
         self._cond = threading.Condition()
-        self._gate: tuple[int, int] | None = None   # (writes seen at start, writes to wait for)
+        self._gate: int | None = None   # writes the next held fsync waits for
         self._writes = 0
         self._opened: set[int] = set()              # descriptors returned by open()
         self._inodes: dict[int, _Inode] = {}
@@ -248,7 +248,7 @@ class PowerLossIO(FileIO):
         fsyncs a duplicate outside its write lock, while sealing a segment fsyncs the segment's own
         descriptor under that lock (holding that one would deadlock the writers it waits for)."""
         with self._cond:
-            self._gate = (self._writes, writes)
+            self._gate = writes  # counted from the held fsync on: the committer's own write is before it
 
     # -- FileIO ------------------------------------------------------------------------------------
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
@@ -296,7 +296,7 @@ class PowerLossIO(FileIO):
     def fsync(self, fd: int) -> None:
         with self._cond:
             if self._gate is not None and fd not in self._opened:
-                start, n = self._gate
+                start, n = self._writes, self._gate
                 self._gate = None
                 self._cond.wait_for(lambda: self.crashed or self._writes - start >= n, timeout=10)
             node = self._inodes[self._ino_of_fd(fd)]
