@@ -32,7 +32,10 @@ Components are detached and named, so they outlive the driver that deployed them
 of the controller, which re-attaches to them by name. The controller also serves the topology's
 metrics as Flume's JSON at ``http://<host>:<port>/metrics``.
 
-An unhandled exception must never stop the loop: each tick is guarded and logged.
+Each tick reads the cluster twice: ``ray.nodes()`` and one listing of the GCS actor table
+(:mod:`rayflume._private.gcs`), whatever the number of components; ``hop_targets`` answers from
+the last tick's listing. An unhandled exception must never stop the loop: each tick is guarded
+and logged.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayflume._private import logs
+from rayflume._private import gcs, logs
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
                                       actor_options, was_reconstructed)
 from rayflume._private.identity import assign_instances, node_identity
@@ -72,15 +75,6 @@ def _describe(exc: BaseException) -> str:
 
 def controller_name(topology: str) -> str:
     return f"{topology}/controller"
-
-
-def _actor_state(handle) -> tuple[str, int]:
-    """(state, restarts) of an actor from the GCS: ALIVE, RESTARTING, DEAD, PENDING_CREATION..."""
-    try:
-        info = ray._private.state.actors(handle._actor_id.hex())
-        return info.get("State", "UNKNOWN"), int(info.get("NumRestarts", 0))
-    except Exception:
-        return "UNKNOWN", 0
 
 
 def state_key(topology: str) -> str:
@@ -156,6 +150,7 @@ class TopologyController:
         self.deployed_at = time.time()
         self.home_node = ray.get_runtime_context().get_node_id()
         self._next_replica = 0
+        self._actors: dict[str, tuple[str, int]] = {}  # GCS actor states as of the last listing
         restarted = was_reconstructed()
         doc = self.store.get(self._state_key)
         stored = None
@@ -336,7 +331,7 @@ class TopologyController:
             return
         try:
             handle = ray.get_actor(self._actor_name(inst, managed), namespace=NAMESPACE)
-            if _actor_state(handle)[0] != "DEAD":
+            if gcs.actor_state(handle)[0] != "DEAD":
                 managed.handle = handle
                 return
         except ValueError:
@@ -355,8 +350,18 @@ class TopologyController:
         self._event(inst.label(), why)
 
     # -- reconcile --------------------------------------------------------------------------------
+    def _list_actors(self) -> None:
+        self._actors = gcs.actor_table()
+
+    def _state_of(self, handle) -> tuple[str, int]:
+        """(state, restarts) of an actor as of the last listing (UNKNOWN: not listed then)."""
+        if handle is None:
+            return gcs.UNKNOWN
+        return self._actors.get(handle._actor_id.hex(), gcs.UNKNOWN)
+
     def _reconcile_once(self) -> None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self._list_actors()  # one GCS listing per tick, not one call per component
         alive = {n["NodeID"] for n in nodes}
         changed = False
         for tier_name, tier in self.topology.tiers.items():
@@ -455,7 +460,7 @@ class TopologyController:
     def _reconcile_components(self, inst: _Instance, alive: set) -> None:
         tier = self.topology.tiers[inst.tier]
         for key, managed in inst.components.items():
-            state, restarts = _actor_state(managed.handle)
+            state, restarts = self._state_of(managed.handle)
             managed.last_restarts = max(managed.last_restarts, restarts)
             if restarts > managed.announced_restarts:
                 self._event(inst.label(), f"{managed.kind.lower()} '{managed.name}' restarted "
@@ -556,7 +561,8 @@ class TopologyController:
         for inst in sorted(list(self.instances.values()), key=lambda i: i.instance_id):
             managed = inst.components.get(("SOURCE", source)) if inst.tier == tier else None
             if managed is not None and managed.handle is not None:
-                if _actor_state(managed.handle)[0] in ("ALIVE", "RESTARTING", "PENDING_CREATION"):
+                # from the last tick's listing; an actor created since is not listed yet (UNKNOWN)
+                if self._state_of(managed.handle)[0] in ("ALIVE", "RESTARTING", "PENDING_CREATION", "UNKNOWN"):
                     out.append((inst.instance_id, managed.handle))
         return out
 
@@ -581,9 +587,10 @@ class TopologyController:
         """Flume's JSON shape: ``{"SOURCE.gen": {...}, ...}``; in a tiered topology the name is
         ``<tier>.<instance>.<component>`` (``SOURCE.agent.3f9a1c2b7d0e.gen``)."""
         reports = {}
+        self._list_actors()  # restarts as of now, not as of the last tick
         for inst in list(self.instances.values()):
             for m in inst.components.values():
-                m.last_restarts = max(m.last_restarts, _actor_state(m.handle)[1])  # live, not last tick
+                m.last_restarts = max(m.last_restarts, self._state_of(m.handle)[1])
         results = self._gather("metrics")
         for inst in list(self.instances.values()):
             tier = self.topology.tiers[inst.tier]
@@ -623,7 +630,7 @@ class TopologyController:
             tier = self.topology.tiers[inst.tier]
             for (kind, name), managed in inst.components.items():
                 info = infos.get((inst.tier, inst.instance_id, kind, name))
-                state, _ = _actor_state(managed.handle)
+                state, _ = self._state_of(managed.handle)
                 entry = {"kind": kind, "name": name, "tier": inst.tier, "instance": inst.instance_id,
                          "node_id": inst.node_id, "state": state, "restarts": managed.restarts}
                 if isinstance(info, dict):
