@@ -350,9 +350,6 @@ class TopologyController:
         self._event(inst.label(), why)
 
     # -- reconcile --------------------------------------------------------------------------------
-    def _list_actors(self) -> None:
-        self._actors = gcs.actor_table()
-
     def _state_of(self, handle) -> tuple[str, int]:
         """(state, restarts) of an actor as of the last listing (UNKNOWN: not listed then)."""
         if handle is None:
@@ -361,7 +358,7 @@ class TopologyController:
 
     def _reconcile_once(self) -> None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        self._list_actors()  # one GCS listing per tick, not one call per component
+        self._actors = gcs.actor_table()  # one GCS listing per tick, not one call per component
         alive = {n["NodeID"] for n in nodes}
         changed = False
         for tier_name, tier in self.topology.tiers.items():
@@ -587,7 +584,7 @@ class TopologyController:
         """Flume's JSON shape: ``{"SOURCE.gen": {...}, ...}``; in a tiered topology the name is
         ``<tier>.<instance>.<component>`` (``SOURCE.agent.3f9a1c2b7d0e.gen``)."""
         reports = {}
-        self._list_actors()  # restarts as of now, not as of the last tick
+        self._actors = gcs.actor_table()  # restarts as of now, not as of the last tick
         for inst in list(self.instances.values()):
             for m in inst.components.values():
                 m.last_restarts = max(m.last_restarts, self._state_of(m.handle)[1])
