@@ -26,7 +26,7 @@ def cluster():
 
 
 def two_tier(name, collector, tmp_path, total=None, collector_label="collector", replicas=2,
-             collector_channel=None):
+             collector_channel=None, refresh_s=0.5):
     agent_gen = {"type": "sequence", "batch_size": 200, "channels": ["disk"]}
     if total is not None:
         agent_gen["total_events"] = total
@@ -41,7 +41,7 @@ def two_tier(name, collector, tmp_path, total=None, collector_label="collector",
                                       "data_dirs": [str(tmp_path / "agent-data")], "capacity": 200_000,
                                       "minimum_required_space_bytes": 1 << 20}},
                 "sinks": {"fwd": {"type": "rayflume", "tier": "collector", "channel": "disk", "batch_size": 200,
-                                  "instance_header": "agent", "refresh_s": 0.5, "max_backoff_s": 2}},
+                                  "instance_header": "agent", "refresh_s": refresh_s, "max_backoff_s": 2}},
             },
             "collector": {
                 "placement": {"replicas": replicas, "label": collector_label},
@@ -65,7 +65,8 @@ def per_agent(events):
 def test_two_tiers_end_to_end_and_a_joining_agent_node(cluster, tmp_path):
     out = head_collector("tiers-e2e")
     extra = cluster.add_node(num_cpus=1, labels={"tier": "collector"})
-    handle = rayflume.deploy(two_tier("tiers-e2e", "tiers-e2e", tmp_path))
+    # Sinks ask for targets only every 30 s here: new collectors reach them by the controller's push.
+    handle = rayflume.deploy(two_tier("tiers-e2e", "tiers-e2e", tmp_path, refresh_s=30))
     try:
         agents = tier_instances(handle, "agent")
         collectors = tier_instances(handle, "collector")
@@ -88,6 +89,15 @@ def test_two_tiers_end_to_end_and_a_joining_agent_node(cluster, tmp_path):
         m = handle.metrics()
         received = [int(v["EventAcceptedCount"]) for k, v in m.items() if k.startswith("SOURCE.collector.")]
         assert len(received) == 2 and all(r > 0 for r in received), received
+
+        rayflume.deploy(two_tier("tiers-e2e", "tiers-e2e", tmp_path, refresh_s=30, replicas=3))
+        wait_until(lambda: len(tier_instances(handle, "collector")) == 3, timeout_s=60, what="a third collector")
+        (third,) = set(tier_instances(handle, "collector")) - set(collectors)
+
+        def third_accepted():
+            return int(handle.metrics().get(f"SOURCE.collector.{third}.in", {}).get("EventAcceptedCount", 0))
+        # well before the sinks' own 30 s refresh
+        wait_until(lambda: third_accepted() > 0, timeout_s=15, what="the third collector to receive events")
     finally:
         handle.stop(drain_timeout_s=10)
         cluster.remove_node(extra)

@@ -27,8 +27,10 @@ import ray
 
 from rayflume._private import logs
 from rayflume._private.backoff import Backoff
+from rayflume._private.ledger import DeliveryLedger
 from rayflume._private.metrics import RayExporter
 from rayflume._private.runners import SinkRunner, SourceRunner, run_sink_group
+from rayflume._private.state_store import RayKVStore
 from rayflume._private.stored import StoredBatch
 from rayflume.channels.base import IdWindow
 from rayflume.errors import ChannelError, ConfigError, LeaseUnknown
@@ -58,6 +60,11 @@ def actor_name(topology: str, kind: str, name: str) -> str:
 def channel_actor_name(topology: str, scope: str, channel: str) -> str:
     """The name of a channel's actor, as the controller names it (``scope``: tier/instance or "")."""
     return "/".join(p for p in (topology, scope, "channel", channel) if p)
+
+
+def ledger_key(topology: str, scope: str, channel: str) -> str:
+    """The state-store key of a channel's per-sink delivery totals."""
+    return f"ledger/{channel_actor_name(topology, scope, channel)}"
 
 
 class ChannelDirectory:
@@ -165,6 +172,14 @@ class ChannelActor(_Component):
                                                          "data_dirs": data_dirs})
         self.channel = None
         self.error: str | None = None
+        # Per-sink delivery totals, kept in the GCS so that this actor's restart finds them too.
+        self.ledger = DeliveryLedger()
+        self._ledger_store, self._ledger_key = RayKVStore(), ledger_key(topology, scope, name)
+        self._ledger_saved = 0
+        try:
+            self.ledger.restore(self._ledger_store.get(self._ledger_key))
+        except Exception:
+            logger.exception("channel '%s': cannot read its sinks' delivery totals; counting from zero", name)
         what = f"channel '{name}' of topology '{topology}'"
         try:
             self._open()
@@ -200,11 +215,18 @@ class ChannelActor(_Component):
                 continue
             try:
                 self.channel.expire_leases()
+                self._save_ledger()
                 if time.monotonic() - last_export >= EXPORT_EVERY_S:
                     last_export = time.monotonic()
                     self.exporter.export(self.channel.metrics())
             except Exception:
                 logger.exception("channel '%s': housekeeping failed", self.name)
+
+    def _save_ledger(self) -> None:
+        version = self.ledger.version
+        if version != self._ledger_saved:
+            self._ledger_store.put(self._ledger_key, self.ledger.totals_doc())
+            self._ledger_saved = version
 
     # the channel contract, as actor methods
     def put(self, batch: EventBatch, txn_id: str) -> None:
@@ -222,16 +244,32 @@ class ChannelActor(_Component):
         if fill_s > 0:
             channel.wait_for_batch(max_events, fill_s)
         got = channel.take(max_events, holder, timeout_s)
-        return got if got is not None else (None, None)
+        if got is None:
+            return None, None
+        self.ledger.taken(got[0], holder, len(got[1]))
+        return got
 
     def commit(self, lease_id: str) -> None:
-        self._opened.commit(lease_id)
+        try:
+            self._opened.commit(lease_id)
+        except LeaseUnknown:
+            self.ledger.commit_refused(lease_id)
+            raise
+        self.ledger.committed(lease_id)
 
     def rollback(self, lease_id: str) -> None:
         self._opened.rollback(lease_id)
+        self.ledger.rolled_back(lease_id)
 
     def release(self, holder: str) -> int:
-        return self._opened.release(holder)
+        events = self._opened.release(holder)
+        self.ledger.released(holder)
+        return events
+
+    def delivery_totals(self, holder: str) -> dict:
+        """``{EventDrainSuccessCount, DuplicateDeliveryCount}`` of ``holder`` over all its
+        incarnations (see :mod:`rayflume._private.ledger`)."""
+        return self.ledger.totals(holder)
 
     def renew(self, holder: str) -> float:
         return self._opened.renew(holder)
@@ -253,6 +291,8 @@ class ChannelActor(_Component):
         self.stop_time_ms = int(time.time() * 1000)
         if self.channel is not None:
             self.channel.close()
+        with contextlib.suppress(Exception):  # stopped for good: the next deploy counts from zero
+            self._ledger_store.delete(self._ledger_key)
 
 
 class _ChannelHandlePort:
@@ -518,8 +558,10 @@ class SinkGroupActor(_Component):
                 port = _ChannelHandlePort(self.channels, config.channel, fill_s=config.batch_duration_s)
                 runners.append(SinkRunner(sink_name, sink, port, holder, counters,
                                           pipelined=len(self.configs) == 1))
-                # Leases of our previous incarnation return to the channel now, not at their timeout.
+                # Leases of our previous incarnation return to the channel now, not at their timeout;
+                # the counters go on from what the channel counted for all our incarnations.
                 port._get(port.handle.release.remote(holder), 60)
+                counters.update(port._get(port.handle.delivery_totals.remote(holder), 60))
         except BaseException:
             for r in runners:
                 with contextlib.suppress(Exception):
@@ -570,6 +612,12 @@ class SinkGroupActor(_Component):
             if timeouts:
                 period = min(max(min(timeouts) / 3, self.HEARTBEAT_MIN_S), self.HEARTBEAT_MAX_S)
             self._heartbeat_stop.wait(period)
+
+    def set_hop_targets(self, tier: str, source: str, targets: list) -> int:
+        """The controller's push of ``tier``'s live receiving instances, for this group's sinks that
+        send there; returns how many took them (0 before the sinks started: they ask at start)."""
+        return sum(bool(getattr(r.sink, "set_hop_targets", lambda *a: False)(tier, source, targets))
+                   for r in self.runners)
 
     def metrics(self) -> dict:
         """Counters per sink of this group."""

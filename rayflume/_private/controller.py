@@ -32,6 +32,10 @@ Components are detached and named, so they outlive the driver that deployed them
 of the controller, which re-attaches to them by name. The controller also serves the topology's
 metrics as Flume's JSON at ``http://<host>:<port>/metrics``.
 
+The decisions (placement, per-node join and leave, replica re-placement, what a redeploy keeps,
+the drain order) are pure functions in :mod:`rayflume._private.planner`, unit-tested without Ray;
+this actor observes the cluster, asks the planner and carries out its actions.
+
 Each tick reads the cluster twice: ``ray.nodes()`` and one listing of the GCS actor table
 (:mod:`rayflume._private.gcs`), whatever the number of components; ``hop_targets`` answers from
 the last tick's listing. An unhandled exception must never stop the loop: each tick is guarded
@@ -39,8 +43,6 @@ and logged.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -51,18 +53,17 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayflume._private import gcs, logs
+from rayflume._private import gcs, logs, planner
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
                                       actor_options, was_reconstructed)
-from rayflume._private.identity import assign_instances, node_identity
 from rayflume._private.metrics import MetricsServer, flume_shape
 from rayflume._private.state_store import RayKVStore, StateStore
-from rayflume.topology import Tier, Topology, validate
+from rayflume._private.planner import KINDS, instance_label
+from rayflume.topology import Topology, validate
 
 logger = logging.getLogger("rayflume.controller")
 RECONCILE_INTERVAL_S = 1.0
 CALL_TIMEOUT_S = 10.0
-KINDS = ("CHANNEL", "SINK", "SOURCE")  # creation order: what others need first
 KIND_KEY = {"CHANNEL": "channel", "SOURCE": "source", "SINK": "sinks"}
 
 
@@ -71,6 +72,16 @@ def _describe(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[0] if text else 'no message'}"
+
+
+def _kill(handle) -> None:
+    """End an actor for good; one that is gone already (or never was) is fine."""
+    if handle is None:
+        return
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception as exc:
+        logger.info("kill of an actor failed (gone already?): %s", _describe(exc))
 
 
 def controller_name(topology: str) -> str:
@@ -84,11 +95,6 @@ def state_key(topology: str) -> str:
 
 def _metric_key(tier: str, instance_id: str, kind: str, name: str) -> tuple[str, str]:
     return (kind, f"{tier}.{instance_id}.{name}" if tier else name)
-
-
-def _fingerprint(raw) -> str:
-    """A digest of a component's config, stored to tell later whether its actor is stale."""
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -111,7 +117,7 @@ class _Managed:
 
     @property
     def fingerprint(self) -> str:
-        return _fingerprint(self.raw)
+        return planner.fingerprint(self.raw)
 
 
 @dataclass
@@ -128,7 +134,7 @@ class _Instance:
         return f"{self.tier}/{self.instance_id}" if self.tier else ""
 
     def label(self) -> str:
-        return f"{self.tier}/{self.instance_id}" if self.tier else "topology"
+        return instance_label(self.tier, self.instance_id)
 
 
 class TopologyController:
@@ -151,6 +157,7 @@ class TopologyController:
         self.home_node = ray.get_runtime_context().get_node_id()
         self._next_replica = 0
         self._actors: dict[str, tuple[str, int]] = {}  # GCS actor states as of the last listing
+        self._pushed: dict[tuple[str, str], list] = {}  # hop targets last pushed to every sender
         restarted = was_reconstructed()
         doc = self.store.get(self._state_key)
         stored = None
@@ -230,11 +237,11 @@ class TopologyController:
             inst = _Instance(tier, instance_id, rec.get("node_id"), rec.get("identity"))
             if tier in self.topology.tiers:
                 self._plan(inst)
-            for key, fingerprint in rec.get("components", {}).items():
-                kind, name = key.split("/", 1)
-                managed = inst.components.get((kind, name))
-                if managed is None or managed.fingerprint != fingerprint:
-                    self._stop_named(inst, kind, name, "removed from" if managed is None else "changed in")
+            stored = {tuple(key.split("/", 1)): fp for key, fp in rec.get("components", {}).items()}
+            diff = planner.diff_components(stored, {k: m.fingerprint for k, m in inst.components.items()})
+            for how, keys in (("removed from", diff.remove), ("changed in", diff.replace)):
+                for kind, name in keys:
+                    self._stop_named(inst, kind, name, how)
             if tier not in self.topology.tiers:
                 continue
             self.instances[(tier, instance_id)] = inst
@@ -269,25 +276,12 @@ class TopologyController:
                     self._ensure(inst, managed, create_if_missing=create)
 
     def _plan(self, inst: _Instance) -> None:
-        """The instance's components, from the tier's config (keeping handles that exist)."""
-        tier = self.topology.tiers[inst.tier]
+        """The instance's components, from the tier's config (keeping those whose config is the same)."""
         old = inst.components
         new = {}
-        for ch in tier.channels:
-            new[("CHANNEL", ch)] = _Managed("CHANNEL", ch, tier.raw["channels"][ch])
-        for group, sinks in tier.groups().items():
-            grp = tier.sink_groups.get(group)
-            channels = sorted({tier.sinks[s].channel for s in sinks})
-            raw = ({s: tier.raw["sinks"][s] for s in sinks}, grp.raw_processor if grp else None,
-                   [tier.raw["channels"][c] for c in channels])
-            new[("SINK", group)] = _Managed("SINK", group, raw)
-        for src, cfg in tier.sources.items():
-            raw = (tier.raw["sources"][src], [tier.raw["channels"][c] for c in cfg.channels])
-            new[("SOURCE", src)] = _Managed("SOURCE", src, raw)
-        for key, managed in new.items():
+        for key, raw in planner.component_configs(self.topology.tiers[inst.tier]).items():
             prev = old.get(key)
-            if prev is not None and prev.raw == managed.raw:
-                new[key] = prev
+            new[key] = prev if prev is not None and prev.raw == raw else _Managed(key[0], key[1], raw)
         inst.components = new
 
     def _actor_name(self, inst: _Instance, managed: _Managed) -> str:
@@ -342,10 +336,7 @@ class TopologyController:
 
     def _drop_instance(self, inst: _Instance, why: str) -> None:
         for managed in inst.components.values():
-            try:
-                ray.kill(managed.handle, no_restart=True)
-            except Exception:
-                pass
+            _kill(managed.handle)
         self.instances.pop((inst.tier, inst.instance_id), None)
         self._event(inst.label(), why)
 
@@ -359,124 +350,66 @@ class TopologyController:
     def _reconcile_once(self) -> None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self._actors = gcs.actor_table()  # one GCS listing per tick, not one call per component
+        placed = [planner.Placed(i.tier, i.instance_id, i.node_id) for i in self.instances.values()]
+        plan = planner.plan_instances(self.topology, nodes, placed, set(self.lost_channels), self._next_replica)
+        self._next_replica = plan.next_replica
+        for action in plan.actions:
+            self._apply(action)
         alive = {n["NodeID"] for n in nodes}
-        changed = False
-        for tier_name, tier in self.topology.tiers.items():
-            changed |= self._reconcile_tier(tier_name, tier, nodes, alive)
         for inst in list(self.instances.values()):
             if self.stopping.is_set():
                 return
             self._reconcile_components(inst, alive)
-        if changed:
+        if plan.changes_instances:
             self._save()
+        self._push_hop_targets()
 
-    def _reconcile_tier(self, tier_name: str, tier: Tier, nodes: list, alive: set) -> bool:
-        placement = tier.placement
-        mine = [i for i in list(self.instances.values()) if i.tier == tier_name]
-        changed = False
-        for inst in mine:
-            if inst.node_id is not None and inst.node_id not in alive:
-                lost = [n for n, c in tier.channels.items() if c.node_local]
-                if placement.mode == "replicas" and not lost:
-                    # Nothing of it lives only on that node: move it, keeping its name (and so the
-                    # shared storage its channels replay from).
-                    node_id = self._pick_node(tier_name, nodes, placement)
-                    if node_id is None:
-                        continue
-                    self._drop_instance(inst, f"node {inst.node_id[:12]} is gone: moving the instance to "
-                                              f"node {node_id[:12]}")
-                    self._add_instance(tier_name, inst.instance_id, node_id)
-                else:
-                    gone = f"node {inst.node_id[:12]} is gone with this channel's files"
-                    if placement.mode == "per_node":
-                        # The files stay on that machine under this instance's name: a node with the
-                        # same identity that joins takes the instance back and replays them.
-                        why = (f"{gone}; they are replayed when a node with identity '{inst.instance_id}' "
-                               f"(label rayflume_node_id, else host name) joins again")
-                    else:
-                        why = (f"{gone}; a new replica with new storage replaces this one, so they are not "
-                               f"replayed. Use shared_storage: true or an s3:// data_dirs")
-                    for ch in lost:
-                        self.lost_channels[(inst.tier, inst.instance_id, ch)] = why
-                    if placement.mode == "per_node":
-                        detail = (f"; its channel data ({', '.join(lost)}) is LOST until a node with identity "
-                                  f"'{inst.instance_id}' joins again") if lost else ""
-                    else:
-                        detail = f"; its channel data ({', '.join(lost)}) is lost with the node" if lost else ""
-                    self._drop_instance(inst, f"node {inst.node_id[:12]} is gone: instance removed{detail}")
-                changed = True
-        mine = [i for i in list(self.instances.values()) if i.tier == tier_name]
-        if placement.mode == "single":
-            if not mine:
-                self._add_instance(tier_name, "main", None)
-                changed = True
-            return changed
-        matching = [n for n in nodes if placement.matches(n)]
-        if not matching:
-            msg = f"tier '{tier_name}' waits for a node with {placement.describe()}"
-            if self.waiting.get(tier_name) != msg:
-                self.waiting[tier_name] = msg
-                self._event(tier_name or "topology", msg)
-            return changed
-        self.waiting.pop(tier_name, None)
-        if placement.mode == "per_node":
-            new, warnings = assign_instances(matching, {i.instance_id: i.node_id for i in mine})
-            for warning in warnings:
-                self._event(tier_name, warning)
-            by_id = {n["NodeID"]: n for n in matching}
-            for node_id, instance_id in new.items():
-                back = sorted(c for (t, i, c) in self.lost_channels if t == tier_name and i == instance_id)
-                for ch in back:
-                    del self.lost_channels[(tier_name, instance_id, ch)]
-                self._add_instance(tier_name, instance_id, node_id, node_identity(by_id[node_id])[0])
-                if back:
-                    self._event(f"{tier_name}/{instance_id}",
-                                f"node identity '{instance_id}' is back (node {node_id[:12]}): channel(s) "
-                                f"{', '.join(back)} reopened to replay their events; LOST record cleared")
-                changed = True
+    def _apply(self, action) -> None:
+        """Carry out one of the planner's instance actions."""
+        if isinstance(action, planner.AddInstance):
+            self._add_instance(action.tier, action.instance_id, action.node_id, action.identity)
+        elif isinstance(action, planner.DropInstance):
+            self._drop_instance(self.instances[(action.tier, action.instance_id)], action.why)
+        elif isinstance(action, planner.MarkLost):
+            self.lost_channels[(action.tier, action.instance_id, action.channel)] = action.why
+        elif isinstance(action, planner.ClearLost):
+            self.lost_channels.pop((action.tier, action.instance_id, action.channel), None)
+        elif isinstance(action, planner.Waiting):
+            if action.message is None:
+                self.waiting.pop(action.tier, None)
+            elif self.waiting.get(action.tier) != action.message:
+                self.waiting[action.tier] = action.message
+                self._event(action.tier or "topology", action.message)
+        elif isinstance(action, planner.Note):
+            self._event(action.component, action.message)
         else:
-            while len(mine) < placement.replicas:
-                node_id = self._pick_node(tier_name, nodes, placement)
-                inst = self._add_instance(tier_name, f"r{self._next_replica}", node_id)
-                self._next_replica += 1
-                mine.append(inst)
-                changed = True
-            for extra in sorted(mine, key=lambda i: i.instance_id)[placement.replicas:]:
-                self._drop_instance(extra, "instance removed: more replicas than placement asks for")
-                changed = True
-        return changed
-
-    def _pick_node(self, tier_name: str, nodes: list, placement) -> str | None:
-        """The matching alive node with the fewest instances of the tier (spreading replicas)."""
-        counts = {n["NodeID"]: 0 for n in nodes if placement.matches(n)}
-        for i in list(self.instances.values()):
-            if i.tier == tier_name and i.node_id in counts:
-                counts[i.node_id] += 1
-        return min(counts, key=lambda n: (counts[n], n)) if counts else None
+            raise TypeError(f"unknown action {action!r}")
 
     def _reconcile_components(self, inst: _Instance, alive: set) -> None:
         tier = self.topology.tiers[inst.tier]
-        for key, managed in inst.components.items():
+        views = []
+        for managed in inst.components.values():
             state, restarts = self._state_of(managed.handle)
             managed.last_restarts = max(managed.last_restarts, restarts)
-            if restarts > managed.announced_restarts:
-                self._event(inst.label(), f"{managed.kind.lower()} '{managed.name}' restarted "
-                                          f"({restarts} restart(s) of this actor)")
-                managed.announced_restarts = restarts
-            if state != "DEAD" or managed.lost:
-                continue
-            node = inst.node_id or self.home_node
-            if managed.kind == "CHANNEL" and tier.channels[managed.name].node_local and node not in alive:
-                managed.lost = (f"its node {node[:12]} is gone with the channel's files; it is not recreated "
-                                f"empty. Bring the node back, or use data_dirs on shared storage")
+            views.append(planner.ComponentView(
+                managed.kind, managed.name, state, restarts, managed.announced_restarts, bool(managed.lost),
+                managed.kind == "CHANNEL" and tier.channels[managed.name].node_local))
+        node = inst.node_id or self.home_node
+        for action in planner.plan_components(views, node, node in alive):
+            managed = inst.components[(action.kind, action.name)]
+            what = f"{managed.kind.lower()} '{managed.name}'"
+            if isinstance(action, planner.ComponentRestarted):
+                self._event(inst.label(), f"{what} restarted ({action.restarts} restart(s) of this actor)")
+                managed.announced_restarts = action.restarts
+            elif isinstance(action, planner.ComponentLost):
+                managed.lost = action.why
                 self._event(inst.label(), f"channel '{managed.name}' LOST: {managed.lost}")
-                continue
-            self._event(inst.label(), f"{managed.kind.lower()} '{managed.name}' is dead (restarts exhausted); "
-                                      f"replacing it")
-            managed.restarts_before += managed.last_restarts
-            managed.last_restarts = managed.announced_restarts = 0
-            managed.replacements += 1
-            managed.handle = self._create(inst, managed)
+            else:
+                self._event(inst.label(), f"{what} is dead (restarts exhausted); replacing it")
+                managed.restarts_before += managed.last_restarts
+                managed.last_restarts = managed.announced_restarts = 0
+                managed.replacements += 1
+                managed.handle = self._create(inst, managed)
 
     def _reconcile_loop(self) -> None:
         while not self.stopping.wait(RECONCILE_INTERVAL_S):
@@ -539,21 +472,19 @@ class TopologyController:
     def _stop_and_kill(handle) -> None:
         try:
             ray.get(handle.stop.remote(), timeout=60)
-        except Exception:
-            pass
-        try:
-            ray.kill(handle, no_restart=True)
-        except Exception:
-            pass
+        except Exception as exc:  # dead or hung: it is killed next either way
+            logger.info("component stop failed before its kill: %s", _describe(exc))
+        _kill(handle)
 
     # -- queries ----------------------------------------------------------------------------------
     def hop_targets(self, tier: str, source: str | None = None) -> list:
-        """``[(instance id, source actor handle)]`` of the live instances of ``tier``."""
+        """``[(instance id, source actor handle)]`` of the live instances of ``tier`` (asked by a
+        ``rayflume`` sink when it starts or when every target failed; changes are pushed)."""
         tier_cfg = self.topology.tiers.get(tier)
         if tier_cfg is None:
             return []
         if source is None:
-            source = next((n for n, c in tier_cfg.sources.items() if getattr(c, "receives_hops", False)), None)
+            source = planner.receiving_source(tier_cfg)
         out = []
         for inst in sorted(list(self.instances.values()), key=lambda i: i.instance_id):
             managed = inst.components.get(("SOURCE", source)) if inst.tier == tier else None
@@ -562,6 +493,27 @@ class TopologyController:
                 if self._state_of(managed.handle)[0] in ("ALIVE", "RESTARTING", "PENDING_CREATION", "UNKNOWN"):
                     out.append((inst.instance_id, managed.handle))
         return out
+
+    def _push_hop_targets(self) -> None:
+        """Push each receiving tier's live targets to the sink groups that send there, when they
+        changed since the last push that reached every sender (a failed push is retried next tick;
+        a sink group that starts later asks for them itself)."""
+        for (tier, source), senders in planner.hop_sources(self.topology).items():
+            targets = self.hop_targets(tier, source)
+            signature = [(i, h._actor_id.hex()) for i, h in targets]
+            if self._pushed.get((tier, source)) == signature:
+                continue
+            refs = [m.handle.set_hop_targets.remote(tier, source, targets)
+                    for inst in list(self.instances.values()) for sender_tier, group in senders
+                    if inst.tier == sender_tier
+                    for m in [inst.components.get(("SINK", group))] if m is not None and m.handle is not None]
+            try:
+                ray.get(refs, timeout=CALL_TIMEOUT_S)
+            except Exception as exc:
+                logger.info("topology '%s': hop targets of tier '%s' not pushed to every sender (%s); "
+                            "retrying next tick", self.name, tier, _describe(exc))
+                continue
+            self._pushed[(tier, source)] = signature
 
     def _metric_key(self, inst: _Instance, kind: str, name: str) -> tuple[str, str]:
         return _metric_key(inst.tier, inst.instance_id, kind, name)
@@ -685,23 +637,6 @@ class TopologyController:
         return self.topology.raw
 
     # -- stop ---------------------------------------------------------------------------------------
-    def _tier_order(self) -> list[str]:
-        """Tiers from the first hop to the last (agents before collectors)."""
-        tiers = self.topology.tiers
-        incoming = {t: 0 for t in tiers}
-        for t in tiers.values():
-            for target in set(t.hops().values()):
-                incoming[target] += 1
-        order, ready = [], sorted(t for t, n in incoming.items() if n == 0)
-        while ready:
-            t = ready.pop(0)
-            order.append(t)
-            for target in sorted(set(tiers[t].hops().values())):
-                incoming[target] -= 1
-                if incoming[target] == 0:
-                    ready.append(target)
-        return order + [t for t in tiers if t not in order]
-
     def stop(self, drain_timeout_s: float = 30.0) -> dict:
         """Drain tier by tier, from the first to the last: stop a tier's sources, let its sinks
         empty its live channels (up to ``drain_timeout_s`` in all), stop its sinks; then remove
@@ -714,7 +649,7 @@ class TopologyController:
             deadline = time.monotonic() + drain_timeout_s
             left: dict = {}
             not_drained: dict = {key[1]: f"LOST: {why}" for key, why in self.lost_channels.items()}
-            for tier in self._tier_order():
+            for tier in planner.drain_order(self.topology):
                 insts = [i for i in list(self.instances.values()) if i.tier == tier]
                 self._event(tier or "topology", "stopping: sources first, then draining the channels")
                 self._call_all(insts, "SOURCE", "stop")
@@ -733,10 +668,7 @@ class TopologyController:
             self._call_all(list(self.instances.values()), "CHANNEL", "stop")
             for inst in list(self.instances.values()):
                 for managed in inst.components.values():
-                    try:
-                        ray.kill(managed.handle, no_restart=True)
-                    except Exception:
-                        pass
+                    _kill(managed.handle)
             if self.metrics_server is not None:
                 self.metrics_server.close()
             try:

@@ -3,8 +3,10 @@
 ``write(batch)`` calls ``append_batch`` on a live instance of the target tier's ``rayflume``
 source and returns only after that source's required channels committed the batch, so the take
 here is committed only once the next tier holds the events. Targets are the target tier's live
-instances, asked of the topology's controller and refreshed every ``refresh_s`` seconds, so new
-collectors join the rotation and dead ones leave it without a restart.
+instances. The sink asks the topology's controller for them when it starts, when every target
+failed, and at the latest every ``refresh_s`` seconds; in between the controller pushes each change
+(``set_hop_targets``), so new collectors join the rotation and dead ones leave it without a restart
+and without every sink polling the controller.
 
 ``policy``: ``load_balance`` (default) rotates over targets, skipping one that failed for an
 exponentially growing pause; ``failover`` sticks to the first live target in instance order and
@@ -101,6 +103,15 @@ class RayflumeSink(Sink):
         self.targets = targets
         self._refreshed_at = now
 
+    def set_hop_targets(self, tier: str, source: str, targets: list) -> bool:
+        """The controller's push of ``tier``'s live receiving instances; taken if this sink sends
+        there. Safe to call while ``write`` runs in another thread (one attribute is replaced)."""
+        if tier != self.tier or (self.source is not None and source != self.source):
+            return False
+        self.targets = list(targets)
+        self._refreshed_at = time.monotonic()
+        return True
+
     def _batch_id(self, batch: EventBatch) -> str:
         """The id of the failed batch if this is the same batch again, else a new one."""
         if self._failed is not None:
@@ -165,7 +176,8 @@ class RayflumeSinkConfig(SinkConfig):
     batch_duration_s: float = Field(0.05, ge=0, description="Longest wait for batch_size events before "
                                                             "sending fewer.")
     call_timeout_s: float = Field(60.0, gt=0)
-    refresh_s: float = Field(2.0, gt=0, description="How often the list of live targets is refreshed.")
+    refresh_s: float = Field(30.0, gt=0, description="Longest time between asking the controller for the live "
+                                                     "targets (it also pushes every change).")
     max_backoff_s: float = Field(30.0, gt=0, description="Longest pause of a failed target.")
     instance_header: str | None = Field(None, description="Header set to the sending instance "
                                                           "('<tier>/<instance>'), to tell agents apart.")
