@@ -695,10 +695,11 @@ class FileChannel(Channel):
             with self._lock:
                 self._stats["DiskSpaceRefusalCount"] += 1
             raise InsufficientDiskSpace(
-                f"file channel '{self.name}': {free} bytes free on {self.data_dirs[0]}, below "
-                f"minimum_required_space_bytes={self.minimum_required_space_bytes}; the put was "
-                f"refused. Free disk space (sinks draining the channel free it too) or lower "
-                f"minimum_required_space_bytes")
+                f"file channel '{self.name}': {free} bytes free on {self.data_dirs[0]}; this put "
+                f"needs {record_size} bytes, which would leave less than "
+                f"minimum_required_space_bytes={self.minimum_required_space_bytes}, so it was "
+                f"refused and nothing was stored. Free disk space (sinks draining the channel free "
+                f"it too) or lower minimum_required_space_bytes, then retry")
 
     def _apply(self, rec: LogRecord) -> None:
         """Make a durable record visible (called by the log under the channel lock, in log order)."""
