@@ -50,7 +50,7 @@ class SourcePipeline:
         self.thread.start()
         return self
 
-    def _put_many(self, subbatches, txn_id):
+    def _put_many(self, subbatches, txn_id, tally=None):
         if self.put_delay_s:
             time.sleep(self.put_delay_s)
         out = {}

@@ -137,12 +137,14 @@ def test_sink_sigkill_then_ctrl_c_totals_equal_what_is_on_disk(tmp_path):
         r = rayflume("status", "forever", "--address", address)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "topology forever: RUNNING (version 1)" in r.stdout
-        sink = _component(address, "out")
         wait_until(lambda: int(_component(address, "out")["sinks"]["out"]["EventDrainSuccessCount"]) > 20_000,
                    timeout_s=120, what="the sink to deliver")
-        os.kill(sink["pid"], signal.SIGKILL)
-        wait_until(lambda: _component(address, "out").get("pid") not in (None, sink["pid"]), timeout_s=120,
-                   what="the sink's actor to restart")
+        pids = []
+        wait_until(lambda: pids.append(_component(address, "out").get("pid")) or pids[-1], timeout_s=60,
+                   interval_s=0.5, what="the sink's pid in status")
+        os.kill(pids[-1], signal.SIGKILL)
+        wait_until(lambda: _component(address, "out").get("pid") not in (None, pids[-1]), timeout_s=120,
+                   interval_s=0.5, what="the sink's actor to restart")
         after_kill = int(_component(address, "out")["sinks"]["out"]["EventDrainSuccessCount"])
         wait_until(lambda: int(_component(address, "out")["sinks"]["out"]["EventDrainSuccessCount"])
                    > after_kill + 10_000, timeout_s=120, what="the restarted sink to deliver")

@@ -229,8 +229,12 @@ class ChannelActor(_Component):
             self._ledger_saved = version
 
     # the channel contract, as actor methods
-    def put(self, batch: EventBatch, txn_id: str) -> None:
+    def put(self, batch: EventBatch, txn_id: str, putter: str = "", accepted: int = 0) -> None:
+        """The channel's put; with ``putter``, the transaction also counts ``accepted`` events as
+        that source's (see :mod:`rayflume._private.ledger`)."""
         self._opened.put(batch, txn_id)
+        if putter:
+            self.ledger.accepted(putter, txn_id, accepted)
 
     # Takes wait (for events, or to fill a batch): they get threads of their own, so that waiting
     # takers can never hold up puts and commits.
@@ -415,6 +419,7 @@ class SourceActor(_Component):
         chain = InterceptorChain([c.build() for c in self.config.interceptors])
         selector = self.config.selector.build(list(self.config.channels))
         self.runner = SourceRunner(name, self.source, chain, selector, self._put_many, self.counters)
+        self.holder = "/".join(p for p in (topology, scope, name) if p)
         # a hop passed by reference goes to the channels unread unless something must read it
         self._reads_hops = bool(chain.interceptors) or selector.reads_events
         self.error: str | None = None
@@ -442,9 +447,10 @@ class SourceActor(_Component):
         with self._hop_lock:
             self._hop_ids.add(batch_id)
 
-    def _put_many(self, subbatches: dict, txn_id: str) -> dict:
+    def _put_many(self, subbatches: dict, txn_id: str, tally: tuple | None = None) -> dict:
         # a StoredBatch goes as a top-level reference, which Ray resolves before the call runs
-        refs = {ch: self.channels[ch].put.remote(b.ref if isinstance(b, StoredBatch) else b, txn_id)
+        refs = {ch: self.channels[ch].put.remote(b.ref if isinstance(b, StoredBatch) else b, txn_id,
+                                                 *((self.holder, tally[1]) if tally and tally[0] == ch else ()))
                 for ch, b in subbatches.items()}
         out = {}
         for ch, ref in refs.items():
@@ -459,9 +465,21 @@ class SourceActor(_Component):
     def _report(self, message: str | None) -> None:
         self.error = message
 
+    def _start(self) -> None:
+        """Go on counting from what the channels counted for every incarnation; then start."""
+        totals = {}
+        for ch in self.config.channels:
+            try:
+                totals[ch] = ray.get(self.channels[ch].delivery_totals.remote(self.holder), timeout=60)
+            except Exception as exc:
+                self.channels.replace_if_dead(ch, exc)  # the retry of this start reaches the new one
+                raise
+        self.counters["EventAcceptedCount"] = sum(int(t.get("EventAcceptedCount", 0)) for t in totals.values())
+        self.source.start(self.context)
+
     def _run(self) -> None:
         if not start_with_retries(f"source '{self.name}' of topology '{self.topology}'",
-                                  lambda: self.source.start(self.context), self.stopping, self._report):
+                                  self._start, self.stopping, self._report):
             return
         threading.Thread(target=self._export_loop, daemon=True).start()
         self.runner.run()

@@ -10,7 +10,11 @@ keeps, per holder (a sink's stable lease-holder name):
   because the lease had expired, and the holder's open leases when its next incarnation releases
   them at start (``released``).
 
-A restarted sink group starts its counters from these totals. Released leases are counted whole:
+and per source (its putter name), ``EventAcceptedCount``: the events of its batches, counted once
+per transaction id in one channel of each batch (the source's runner names which), so that a
+retried put is not counted twice.
+
+A restarted sink group or source starts its counters from these totals. Released leases are counted whole:
 the channel cannot tell the batch that was being written when the process died from a batch that
 was only prefetched, so after a sink restart ``DuplicateDeliveryCount`` is an upper bound,
 higher than the duplicates actually written by at most one batch per restart.
@@ -24,8 +28,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from rayflume.channels.base import IdWindow
+
 DRAINED = "EventDrainSuccessCount"
 DUPLICATES = "DuplicateDeliveryCount"
+ACCEPTED = "EventAcceptedCount"
 
 
 class DeliveryLedger:
@@ -34,12 +41,21 @@ class DeliveryLedger:
         self._open: OrderedDict[str, tuple[str, int]] = OrderedDict()  # lease id -> (holder, events)
         self._totals: dict[str, dict[str, int]] = {}
         self._max_open = max_open
+        self._counted_puts = IdWindow()
         self.version = 0  # bumped on every change of the totals (to save only when changed)
 
     def _add(self, holder: str, key: str, events: int) -> None:
-        totals = self._totals.setdefault(holder, {DRAINED: 0, DUPLICATES: 0})
-        totals[key] += events
+        totals = self._totals.setdefault(holder, {})
+        totals[key] = totals.get(key, 0) + events
         self.version += 1
+
+    def accepted(self, putter: str, txn_id: str, events: int) -> None:
+        """A put of ``putter``'s transaction ``txn_id`` was committed; ``events`` is what the source
+        counts as accepted for the whole transaction (once, whatever the retries)."""
+        with self._lock:
+            if txn_id not in self._counted_puts:
+                self._counted_puts.add(txn_id)
+                self._add(putter, ACCEPTED, events)
 
     def taken(self, lease_id: str, holder: str, events: int) -> None:
         with self._lock:
@@ -75,8 +91,9 @@ class DeliveryLedger:
             return events
 
     def totals(self, holder: str) -> dict[str, int]:
+        """The counters kept for ``holder`` (only those it ever had)."""
         with self._lock:
-            return dict(self._totals.get(holder, {DRAINED: 0, DUPLICATES: 0}))
+            return dict(self._totals.get(holder, {}))
 
     def totals_doc(self) -> dict:
         with self._lock:
@@ -85,5 +102,4 @@ class DeliveryLedger:
     def restore(self, doc: dict | None) -> None:
         with self._lock:
             for holder, totals in (doc or {}).items():
-                self._totals[holder] = {DRAINED: int(totals.get(DRAINED, 0)),
-                                        DUPLICATES: int(totals.get(DUPLICATES, 0))}
+                self._totals[holder] = {k: int(v) for k, v in totals.items() if k in (DRAINED, DUPLICATES, ACCEPTED)}

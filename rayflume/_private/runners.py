@@ -48,16 +48,23 @@ SINK_COUNTERS = ("ConnectionCreatedCount", "ConnectionClosedCount", "ConnectionF
                  "ChannelReadFail", "RollbackCount", "DuplicateDeliveryCount")
 
 
+def _tally(required: dict, events: int) -> tuple | None:
+    """The channel that counts a batch as accepted: the first of its required channels by name."""
+    return (min(required), events) if required else None
+
+
 class SourceRunner:
-    """Drives one source. ``put_many`` puts sub-batches into channels concurrently and returns
-    ``{channel: exception or None}``; the runner retries the failed required ones.
+    """Drives one source. ``put_many(subbatches, txn_id, tally)`` puts sub-batches into channels
+    concurrently and returns ``{channel: exception or None}``; the runner retries the failed
+    required ones. ``tally`` is ``(channel, events)`` or None: the one channel of the batch that
+    counts it as this source's accepted events (see :mod:`rayflume._private.ledger`), and how many.
 
     Delivery: a batch is acknowledged to the source only after every required channel committed
     it. Optional channels are tried once; their failures are counted and logged.
     """
 
     def __init__(self, name: str, source: Source, chain: InterceptorChain, selector: ChannelSelector,
-                 put_many: Callable[[dict[str, EventBatch], str], dict[str, BaseException | None]],
+                 put_many: Callable[[dict[str, EventBatch], str, tuple | None], dict[str, BaseException | None]],
                  counters: dict, backoff: Backoff | None = None, idle_backoff: Backoff | None = None):
         self.name = name
         self.source = source
@@ -103,8 +110,9 @@ class SourceRunner:
         routing = self.selector.route(intercepted)
         txn_id = uuid.uuid4().hex
         pending = dict(routing.required)
+        tally = _tally(routing.required, len(intercepted))
         while pending:
-            results = self.put_many(pending, txn_id)
+            results = self.put_many(pending, txn_id, tally if tally and tally[0] in pending else None)
             failed = {ch: exc for ch, exc in results.items() if exc is not None}
             if not failed:
                 break
@@ -124,7 +132,7 @@ class SourceRunner:
         if routing.optional:
             # A channel can be required for some events and optional for others: the optional put
             # needs its own id, or the channel would take it for a retry of the required one.
-            for ch, exc in self.put_many(routing.optional, txn_id + ":optional").items():
+            for ch, exc in self.put_many(routing.optional, txn_id + ":optional", None).items():
                 if exc is not None:
                     self.counters["OptionalChannelWriteFail"] += 1
                     self._note_error(f"optional channel '{ch}' refused a batch: {exc}")
@@ -143,7 +151,8 @@ class SourceRunner:
         """
         intercepted = self.chain.intercept(batch)
         routing = self.selector.route(intercepted)
-        failed = {ch: exc for ch, exc in self.put_many(routing.required, txn_id).items() if exc is not None}
+        tally = _tally(routing.required, len(intercepted))
+        failed = {ch: exc for ch, exc in self.put_many(routing.required, txn_id, tally).items() if exc is not None}
         with self._counter_lock:
             self.counters["EventReceivedCount"] += len(batch)
             self.counters["AppendBatchReceivedCount"] += 1
@@ -154,7 +163,7 @@ class SourceRunner:
             ch, exc = next(iter(failed.items()))
             raise exc
         if routing.optional:
-            for ch, exc in self.put_many(routing.optional, txn_id + ":optional").items():
+            for ch, exc in self.put_many(routing.optional, txn_id + ":optional", None).items():
                 if exc is not None:
                     with self._counter_lock:
                         self.counters["OptionalChannelWriteFail"] += 1
