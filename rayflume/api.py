@@ -52,17 +52,21 @@ CONNECT_TIMEOUT_S = 15.0
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None,
                connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Connect to Ray unless already connected; with no address, start a local instance.
+    """Connect to Ray unless already connected.
 
-    Connecting to ``address`` (``host:port`` or ``auto``) gives up after ``connect_timeout_s``
+    With no address, do what ``ray.init()`` does: use the Ray instance this machine runs, else
+    start one. ``local`` always starts a new local instance (the CLI's embedded Ray): a cluster
+    someone else started on the machine is not taken over. Connecting to ``address``
+    (``host:port`` or ``auto``) gives up after ``connect_timeout_s``
     with :class:`~rayflume.errors.ClusterUnavailable`, whatever listens there; the wait answers
     Ctrl-C. Starting a local instance is not bounded (it does not wait on anything remote).
     """
     if ray.is_initialized():
         return
-    if not address:
+    if not address or address == "local":
         with _quiet_ray_thread_warning():
-            ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING")
+            ray.init(address=address or None, num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE,
+                     logging_level="WARNING")
         return
     _check_reachable(address, connect_timeout_s)
     _use_token_auth_if_available()

@@ -30,7 +30,7 @@ def _connect(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S, num_cpus
     from rayflume import api
 
     if address is None:
-        api.ensure_ray(None, num_cpus=num_cpus)
+        api.ensure_ray("local", num_cpus=num_cpus)
         return
     api.ensure_ray(address, connect_timeout_s=timeout_s)
     if address == "auto" and not quiet:
@@ -153,7 +153,8 @@ def _run_foreground(topo, args) -> int:
     started: dict = {}
     # Ray starts in this thread: its processes are bound to the life of the thread that starts
     # them (Linux's parent-death signal). The signal handler above only sets a flag meanwhile.
-    api.ensure_ray(None, num_cpus=args.num_cpus)
+    # "local": a new Ray of its own, even when another runs on this machine (ray.init() would join it)
+    api.ensure_ray("local", num_cpus=args.num_cpus)
     if stop.is_set():  # interrupted while Ray started: nothing deployed, nothing to drain
         print("rayflume deploy: interrupted during start-up", file=sys.stderr, flush=True)
     else:

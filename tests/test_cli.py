@@ -16,8 +16,8 @@ from tests.channel_contract import wait_until
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
-def rayflume(*args, cwd=None, timeout=180):
-    return subprocess.run([sys.executable, "-m", "rayflume.cli", *args], cwd=cwd, env=ENV,
+def rayflume(*args, cwd=None, timeout=180, env=None):
+    return subprocess.run([sys.executable, "-m", "rayflume.cli", *args], cwd=cwd, env={**ENV, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -94,8 +94,13 @@ def test_unreachable_address_exits_2_quickly(tmp_path):
     assert time.monotonic() - t < 60
 
 
-def test_deploy_embedded_runs_to_completion_and_writes_output(tmp_path):
-    r = rayflume("deploy", write(tmp_path, SMALL.format(name="embedded", n=20000)), cwd=tmp_path, timeout=300)
+def test_deploy_embedded_runs_to_completion_and_writes_output(ray_local, tmp_path):
+    # Another Ray runs on this machine and is advertised (as `ray start` does, or RAY_ADDRESS):
+    # ray.init() would join it, and `directory: out` would be resolved in its workers' directory.
+    # The embedded deploy starts a Ray of its own.
+    other = {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    r = rayflume("deploy", write(tmp_path, SMALL.format(name="embedded", n=20000)), cwd=tmp_path, timeout=300,
+                 env=other)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "running topology 'embedded' on an embedded Ray" in r.stdout
     assert "[embedded] in" in r.stdout
