@@ -94,21 +94,42 @@ def test_unreachable_address_exits_2_quickly(tmp_path):
     assert time.monotonic() - t < 60
 
 
+EMBEDDED = """
+name: embedded
+sources:
+  gen: {type: sequence, total_events: 20000, batch_size: 1000, channels: [mem]}
+  few: {type: sequence, total_events: 3, batch_size: 3, body_size: 12, channels: [shown]}
+channels:
+  mem: {type: memory, capacity: 20000, transaction_capacity: 1000}
+  shown: {type: memory}
+sinks:
+  out: {type: file_roll, channel: mem, directory: out, batch_size: 1000}
+  show: {type: logger, channel: shown}
+metrics: {port: 0}
+"""
+
+
 def test_deploy_embedded_runs_to_completion_and_writes_output(ray_local, tmp_path):
     # Another Ray runs on this machine and is advertised (as `ray start` does, or RAY_ADDRESS):
     # ray.init() would join it, and `directory: out` would be resolved in its workers' directory.
     # The embedded deploy starts a Ray of its own.
     other = {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    r = rayflume("deploy", write(tmp_path, SMALL.format(name="embedded", n=20000)), cwd=tmp_path, timeout=300,
-                 env=other)
+    # Also: the logger sink's events appear in the foreground deploy's output (Flume's logger sink).
+    r = rayflume("deploy", write(tmp_path, EMBEDDED), cwd=tmp_path, timeout=300, env=other)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "running topology 'embedded' on an embedded Ray" in r.stdout
     assert "[embedded] in" in r.stdout
-    assert "stopped 'embedded': 20,000 events accepted by sources, 20,000 delivered by sinks" in r.stdout
+    assert "stopped 'embedded': 20,003 events accepted by sources, 20,003 delivered by sinks" in r.stdout
     lines = []
     for f in sorted((tmp_path / "out").iterdir()):
         lines += f.read_bytes().splitlines()
     assert sorted(int(x) for x in lines) == list(range(20000))
+    output = r.stdout + r.stderr
+    for n in range(3):
+        body = str(n).zfill(12)  # the sequence source's body, padded to body_size
+        hexed = body.encode().hex(" ").upper()
+        assert any(f"show: Event: {{ headers:{{}} body: {hexed}" in line and line.endswith(f"  {body} }}")
+                   for line in output.splitlines()), output
 
 
 DURABLE = """
@@ -331,17 +352,6 @@ sinks:
   show: {{type: logger, channel: mem}}
 metrics: {{port: null}}
 """
-
-
-def test_logger_sink_events_appear_in_the_foreground_deploy(tmp_path):
-    r = rayflume("deploy", write(tmp_path, LOGGED.format(name="shown")), cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    output = r.stdout + r.stderr
-    for n in range(3):
-        body = str(n).zfill(12)  # the sequence source's body, padded to body_size
-        hexed = body.encode().hex(" ").upper()
-        assert any(f"show: Event: {{ headers:{{}} body: {hexed}" in line and line.endswith(f"  {body} }}")
-                   for line in output.splitlines()), output
 
 
 def test_log_level_warning_hides_the_logger_sink(tmp_path):
