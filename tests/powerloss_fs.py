@@ -105,8 +105,9 @@ class PowerLossIO(FileIO):
         self._rolling_dir = ""
         self.fsyncs = 0
         self._cond = threading.Condition()
-        self._gate: int | None = None   # writes the next held fsync waits for
-        self._writes = 0
+        self._gate: int | None = None   # writer threads the next held fsync waits for
+        self._writers: set[int] = set()  # threads that wrote since hold_first_fsync()
+        self.gate_timeouts = 0           # held fsyncs released by the timeout (should stay 0)
         self._opened: set[int] = set()              # descriptors returned by open()
         self._inodes: dict[int, _Inode] = {}
         self._dirs: dict[str, _Dir] = {}
@@ -240,15 +241,20 @@ class PowerLossIO(FileIO):
         return dest
 
     # -- group commit --------------------------------------------------------------------------------
-    def hold_first_fsync(self, writes: int) -> None:
-        """Make the next group-commit fsync wait until ``writes`` more writes arrived (or the power
-        is lost), so concurrent committers queue behind it and share the following fsync.
+    def hold_first_fsync(self, writers: int) -> None:
+        """Make the next group-commit fsync wait until ``writers`` distinct threads have written
+        since this call (or the power is lost), so the committers that came after the leader queue
+        behind its fsync and share the following one.
 
-        Only an fsync of a descriptor this object did not open is held: the log's group commit
-        fsyncs a duplicate outside its write lock, while sealing a segment fsyncs the segment's own
-        descriptor under that lock (holding that one would deadlock the writers it waits for)."""
+        Counted from this call on, not from the held fsync: when a writer gets in before the leader
+        reaches its fsync, waiting for later writes would wait in vain (the timeout, 10 s, then
+        releases it; that made this module slow). Only an fsync of a descriptor this object did not
+        open is held: the log's group commit fsyncs a duplicate outside its write lock, while
+        sealing a segment fsyncs the segment's own descriptor under that lock (holding that one
+        would deadlock the writers it waits for)."""
         with self._cond:
-            self._gate = writes  # counted from the held fsync on: the committer's own write is before it
+            self._gate = writers
+            self._writers = set()
 
     # -- FileIO ------------------------------------------------------------------------------------
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
@@ -290,15 +296,16 @@ class PowerLossIO(FileIO):
             offset = os.fstat(fd).st_size if append else os.lseek(fd, 0, os.SEEK_CUR)
             super().write(fd, [data])
             node.pending.append(("write", offset, data))
-            self._writes += 1
+            self._writers.add(threading.get_ident())
             self._cond.notify_all()
 
     def fsync(self, fd: int) -> None:
         with self._cond:
             if self._gate is not None and fd not in self._opened:
-                start, n = self._writes, self._gate
-                self._gate = None
-                self._cond.wait_for(lambda: self.crashed or self._writes - start >= n, timeout=10)
+                n, self._gate = self._gate, None
+                if not self._cond.wait_for(lambda: self.crashed or len(self._writers) >= n,
+                                           timeout=10):
+                    self.gate_timeouts += 1
             node = self._inodes[self._ino_of_fd(fd)]
             self._step("fsync", node.path)
             for op in node.pending:     # no real fsync: the model is the disk
