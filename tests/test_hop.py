@@ -10,7 +10,7 @@ from rayflume._private.actors import RemoteChannel, RemoteSource, _ChannelHandle
 from rayflume._private.stored import StoredBatch
 from rayflume.event import EventBatch
 from rayflume.sinks.base import SinkContext
-from rayflume.sinks.rayflume import RayflumeSink, _shape, batch_digest
+from rayflume.sinks.rayflume import RayflumeSink, events_digest
 from tests.channel_contract import numbered, numbers
 
 
@@ -22,25 +22,42 @@ def batch(start, n=10):
     return EventBatch.from_bodies([str(i).encode() for i in range(start, start + n)])
 
 
+def bodies(parts):
+    return [[int(b) for b in part.bodies()] for part, _ in parts]
+
+
 def test_new_batches_get_fresh_ids():
     s = sink()
-    assert s._batch_id(batch(0)) != s._batch_id(batch(0))
+    [(_, first)], [(_, second)] = s._parts(batch(0)), s._parts(batch(0))
+    assert first != second
 
 
-def test_a_failed_batch_keeps_its_id_when_it_comes_back():
+def test_failed_parts_keep_their_ids_when_they_head_the_batch_again():
     s = sink()
-    first = batch(0)
-    failed_id = s._batch_id(first)
-    s._failed = (_shape(first), batch_digest(first), failed_id)  # what write() records on failure
-    assert s._batch_id(batch(0)) == failed_id  # the same events, re-taken after the rollback
-    assert s._batch_id(batch(10)) != failed_id  # same shape, other events
-    assert s._batch_id(batch(0, 11)) != failed_id  # other shape
+    s._failed = [(10, events_digest(batch(0)), "a")]  # what write() records on failure
+    assert s._parts(batch(0)) == [(s._parts(batch(0))[0][0], "a")]  # the same events, re-taken
+    [(_, other)] = s._parts(batch(10))
+    assert other != "a"  # same size, other events
+    # back with more behind them (the channel regrouped them): the old part under its id, apart
+    parts = s._parts(batch(0, 25))
+    assert bodies(parts) == [list(range(10)), list(range(10, 25))]
+    assert parts[0][1] == "a" and parts[1][1] != "a"
+    # two parts of a write whose second part failed, back in one take
+    s._failed = [(10, events_digest(batch(0)), "a"), (5, events_digest(batch(10, 5)), "b")]
+    parts = s._parts(batch(0, 20))
+    assert bodies(parts) == [list(range(10)), list(range(10, 15)), list(range(15, 20))]
+    assert [pid for _, pid in parts][:2] == ["a", "b"]
+    # fewer events than the failed part: nothing matches, all of it is new
+    [(_, pid)] = s._parts(batch(0, 5))
+    assert pid not in ("a", "b")
 
 
-def test_digest_depends_on_every_byte():
+def test_digest_is_of_the_events_not_their_layout():
     a = EventBatch.from_bodies([b"x" * 100, b"y" * 100])
     b = EventBatch.from_bodies([b"x" * 100, b"y" * 99 + b"z"])
-    assert _shape(a) == _shape(b) and batch_digest(a) != batch_digest(b)
+    assert events_digest(a) != events_digest(b)
+    assert events_digest(batch(0, 20).slice(0, 10)) == events_digest(batch(0))
+    assert events_digest(batch(0, 20).slice(10)) == events_digest(batch(10))
 
 
 # -- on Ray -----------------------------------------------------------------------------------
@@ -108,21 +125,30 @@ def test_a_source_that_reads_events_resolves_a_batch_passed_by_reference(channel
 
 
 class _RecordingSource:
-    """Stands in for a collector's source actor handle: records what a sink sends."""
+    """Stands in for a collector's source actor handle: records what a sink sends. With
+    ``dies_once``, its first call stores the batch and then fails, as a receiver that died after
+    its channel committed, before it replied."""
 
-    def __init__(self):
+    def __init__(self, dies_once=False):
         self.sent = []
+        self.stored: dict[str, list[int]] = {}  # by batch id, once: as the receiver's channel stores
         self.append_batch = self
+        self.dies_once = dies_once
 
     def remote(self, payload, batch_id):
         self.sent.append(payload)
+        self.stored.setdefault(batch_id, [int(b) for b in payload.bodies()] if isinstance(payload, EventBatch)
+                               else None)
+        if self.dies_once:
+            self.dies_once = False
+            raise ray.exceptions.RayActorError()
         return ray.put(None)
 
 
-def _sink_with_target(instance_header=None):
+def _sink_with_target(instance_header=None, dies_once=False):
     s = RayflumeSink("fwd", "collector", None, "load_balance", 100, 10, 60, 30, instance_header)
     s.start(SinkContext(name="fwd", topology="hop-test", scope="agent/r0"))
-    target = _RecordingSource()
+    target = _RecordingSource(dies_once)
     s.targets, s._refreshed_at = [("collector/r1", target)], time.monotonic()
     return s, target
 
@@ -174,3 +200,25 @@ def test_takers_waiting_to_fill_do_not_hold_up_puts(channel):
     ray.get(ch.put.remote(numbered(0, 10), "t1"), timeout=30)
     assert time.monotonic() - started < 2.5, "the put waited behind takers filling their batches"
     del waiting
+
+
+def test_a_batch_the_receiver_stored_before_dying_is_not_stored_twice_when_regrouped(ray_local):
+    """The take is rolled back after the receiver stored it; the next take brings the same events
+    with more behind them. The receiver must see the stored ones under their old id."""
+    from rayflume.channels.memory import MemoryChannel
+    from rayflume.errors import DeliveryError
+
+    s, target = _sink_with_target(dies_once=True)
+    channel = MemoryChannel("disk", capacity=10_000, transaction_capacity=1000)
+    channel.put(numbered(0, 120), "t1")
+    lease, taken = channel.take(200, "fwd")
+    channel.put(numbered(120, 80), "t2")
+    with pytest.raises(DeliveryError):
+        s.write(taken)
+    channel.rollback(lease)
+    lease, taken = channel.take(200, "fwd")
+    assert len(taken) == 200  # regrouped: the 120 back at the head, then 80 more
+    s.write(taken)
+    channel.commit(lease)
+    stored = [n for numbers in target.stored.values() for n in numbers]
+    assert sorted(stored) == list(range(200)), "each event stored once"

@@ -17,9 +17,12 @@ A batch unchanged since the take is sent by reference to its copy in the object 
 ``rayflume._private.stored``), so the hop itself copies no events.
 
 Batch ids let the receiver recognise a retry whose first attempt did commit (only the reply was
-lost). A new batch gets a random id. After a failed write the sink remembers that batch's content
-digest and id; the next write whose batch has the same digest (the same events, back from a
-rollback) reuses the id. The digest is computed only then, so the common path does not hash.
+lost, or the receiver died after its channel committed): it stores a batch id once. A new batch
+gets a random id. After a failed write the sink remembers the events it sent (or tried to), as
+parts, each with its id and a digest of its events; the events come back at the head of the next
+take after the rollback, often regrouped with more behind them, so the next write sends each
+remembered part that heads the batch again under its old id, and only the rest under a new one.
+Digests are computed only after a failure, so the common path does not hash.
 """
 from __future__ import annotations
 
@@ -42,21 +45,15 @@ from rayflume.sinks.base import Sink
 logger = logging.getLogger("rayflume.sink.rayflume")
 
 
-def batch_digest(batch: EventBatch) -> str:
-    """A content digest of the batch's Arrow buffers (its id across retries)."""
+def events_digest(batch: EventBatch) -> str:
+    """A digest of the batch's events (headers and bodies), whatever their layout in memory: a
+    slice of a larger batch and a batch of the same events built anew digest alike."""
     h = hashlib.blake2b(digest_size=16)
     rb = batch.record_batch
     h.update(rb.num_rows.to_bytes(8, "little"))
-    for column in rb.columns:
-        for buf in column.buffers():
-            if buf is not None:
-                h.update(memoryview(buf))
+    for name in rb.schema.names:
+        h.update(repr(rb.column(name).to_pylist()).encode())
     return h.hexdigest()
-
-
-def _shape(batch: EventBatch) -> tuple:
-    """Cheap to compare before hashing: a different shape means a different batch."""
-    return len(batch), batch.nbytes
 
 
 class RayflumeSink(Sink):
@@ -77,7 +74,8 @@ class RayflumeSink(Sink):
         self._next = 0
         self._failures: dict[str, int] = {}
         self._excluded_until: dict[str, float] = {}
-        self._failed: tuple[tuple, str, str] | None = None  # (shape, digest, id) of the last failed batch
+        # the parts of the last failed write, head first: (events, digest, batch id)
+        self._failed: list[tuple[int, str, str]] = []
 
     def start(self, context) -> None:
         super().start(context)
@@ -112,13 +110,18 @@ class RayflumeSink(Sink):
         self._refreshed_at = time.monotonic()
         return True
 
-    def _batch_id(self, batch: EventBatch) -> str:
-        """The id of the failed batch if this is the same batch again, else a new one."""
-        if self._failed is not None:
-            shape, digest, batch_id = self._failed
-            if shape == _shape(batch) and digest == batch_digest(batch):
-                return batch_id
-        return uuid.uuid4().hex
+    def _parts(self, batch: EventBatch) -> list[tuple[EventBatch, str]]:
+        """``batch`` as ``[(events, batch id)]``: the parts of the last failed write that head it
+        again, under their ids, then the rest (all of it, usually) under a new id."""
+        parts, offset = [], 0
+        for n, digest, batch_id in self._failed:
+            if offset + n > len(batch) or events_digest(batch.slice(offset, n)) != digest:
+                break
+            parts.append((batch.slice(offset, n) if (offset, n) != (0, len(batch)) else batch, batch_id))
+            offset += n
+        if offset < len(batch):
+            parts.append((batch.slice(offset) if offset else batch, uuid.uuid4().hex))
+        return parts
 
     def _order(self) -> list[tuple[str, object]]:
         now = time.monotonic()
@@ -140,7 +143,16 @@ class RayflumeSink(Sink):
                                 f"events stay in this sink's channel until one starts")
         if self.instance_header:
             batch = set_header(batch, self.instance_header, self.context.scope or self.context.topology)
-        batch_id = self._batch_id(batch)
+        parts = self._parts(batch)
+        for i, (part, batch_id) in enumerate(parts):
+            try:
+                self._send(part, batch_id)
+            except DeliveryError:
+                self._failed = [(len(p), events_digest(p), pid) for p, pid in parts[:i + 1]]
+                raise
+        self._failed = []
+
+    def _send(self, batch: EventBatch, batch_id: str) -> None:
         # the batch as taken is already in the object store: send a reference, not a copy
         payload = batch.stored if batch.stored is not None else batch
         errors = []
@@ -155,12 +167,10 @@ class RayflumeSink(Sink):
                 continue
             self._failures.pop(instance, None)
             self._excluded_until.pop(instance, None)
-            self._failed = None
             if self.context is not None and errors:
                 self.context.count("HopFailoverCount")
             return
         self._refreshed_at = 0.0  # the set of instances may have changed: ask again next time
-        self._failed = (_shape(batch), batch_digest(batch), batch_id)
         raise DeliveryError(f"sink '{self.name}': no instance of tier '{self.tier}' accepted the batch "
                             f"({'; '.join(errors)}); rolled back, will retry")
 
