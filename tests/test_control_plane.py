@@ -17,6 +17,7 @@ import pytest
 import ray
 
 import rayflume
+from rayflume._private.actors import ledger_key
 from rayflume._private.identity import LABEL, assign_instances, node_identity, sanitize
 from rayflume._private.state_store import MemoryStore, RayKVStore
 from rayflume.sources.base import SourceContext
@@ -186,6 +187,11 @@ def test_agent_node_that_comes_back_replays_its_channel(cluster, tmp_path):
         assert metric(handle, "CHANNEL.agent.agent-1.disk", "ChannelSize") == total
         assert (tmp_path / "pos" / "agent" / "agent-1" / "tail.json").exists()
         assert out.count() == 0
+        # the channel keeps the source's count where the returning agent finds it (saved every 0.5 s)
+        saved = RayKVStore()
+        wait_until(lambda: ((saved.get(ledger_key(name, "agent/agent-1", "disk")) or {})
+                            .get(f"{name}/agent/agent-1/tail", {}).get("EventAcceptedCount")) == total,
+                   timeout_s=10, interval_s=POLL_S, what="the channel's ledger saved")
 
         cluster.remove_node(first)
         added.remove(first)
@@ -218,8 +224,8 @@ def test_agent_node_that_comes_back_replays_its_channel(cluster, tmp_path):
               f"channel reopened {replayed_s:.1f}s and drained {delivered_s:.1f}s after the node came back")
         assert not lost, f"{len(lost)} acknowledged events lost, e.g. {sorted(lost)[:5]}"
         assert duplicates <= batch
-        # the source resumed from its own positions: nothing read twice from the file
-        assert metric(handle, "SOURCE.agent.agent-1.tail", "EventAcceptedCount") == 0
+        # the source resumed from its own positions and its count: nothing read or counted twice
+        assert metric(handle, "SOURCE.agent.agent-1.tail", "EventAcceptedCount") == total
     finally:
         handle.stop(drain_timeout_s=5)
         for n in added:

@@ -425,6 +425,7 @@ class SourceActor(_Component):
         self.error: str | None = None
         self._hop_ids = IdWindow()
         self._hop_lock = threading.Lock()
+        self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"source-{name}")
         self._thread.start()
 
@@ -437,6 +438,10 @@ class SourceActor(_Component):
         """
         if not getattr(self.config, "receives_hops", False):
             raise TypeError(f"source '{self.name}' of topology '{self.topology}' is not a rayflume source")
+        # until started, EventAcceptedCount is not yet seeded from the channels (it would be overwritten)
+        if not self._started.wait(HOP_START_WAIT_S):
+            raise ChannelError(f"source '{self.name}' of topology '{self.topology}' has not started yet: "
+                               f"{self.error or 'starting'}")
         with self._hop_lock:
             if batch_id in self._hop_ids:
                 self.counters["DuplicateBatchCount"] = self.counters.get("DuplicateBatchCount", 0) + 1
@@ -476,6 +481,7 @@ class SourceActor(_Component):
                 raise
         self.counters["EventAcceptedCount"] = sum(int(t.get("EventAcceptedCount", 0)) for t in totals.values())
         self.source.start(self.context)
+        self._started.set()
 
     def _run(self) -> None:
         if not start_with_retries(f"source '{self.name}' of topology '{self.topology}'",
@@ -508,6 +514,7 @@ class SourceActor(_Component):
 
 
 START_RETRY_MAX_S = 60.0
+HOP_START_WAIT_S = 10.0  # a hop that finds its source still starting waits this long, then is retried
 
 
 def start_with_retries(what: str, start, stopping: threading.Event, report) -> bool:
