@@ -121,6 +121,10 @@ class Topology:
     tiers: dict[str, Tier] = field(default_factory=dict)
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = DEFAULT_METRICS_PORT
+    # the bearer token as written (a literal, or ``${env:NAME}``) or the file holding it: read by the
+    # controller on its node (see rayflume._private.metrics.resolve_token); never in a repr
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_token_file: str | None = None
     raw: dict = field(default_factory=dict)
 
     @property
@@ -767,23 +771,64 @@ def _validate_groups(data: dict, topo: Tier, prefix: str, errors: list[str]) -> 
 
 
 def _validate_metrics(data: dict, topo: Topology, errors: list[str]) -> None:
+    """``metrics: {host (or bind), port, token or token_file}``. The token's value is never put in a
+    message."""
+    from rayflume._private.metrics import ENV_REF
+
     metrics = data.get("metrics")
     if metrics is None:
         return
+    known = ("host", "bind", "port", "token", "token_file")
     if not isinstance(metrics, dict):
-        errors.append(f"metrics: expected a mapping with 'host' and 'port' (port null disables the endpoint); "
-                      f"got {describe_value(metrics)}")
+        errors.append(f"metrics: expected a mapping with 'host' and 'port' (port null disables the endpoint), "
+                      f"and optionally 'token' or 'token_file'; got {describe_value(metrics)}")
         return
-    unknown = sorted(set(metrics) - {"host", "port"}, key=str)
+    unknown = sorted(set(metrics) - set(known), key=str)
     for key in unknown:
-        errors.append(f"metrics.{key}: {unknown_key(key, ('host', 'port'), 'metrics has')}")
+        errors.append(f"metrics.{key}: {unknown_key(key, known, 'metrics has')}")
     if unknown:
         return
-    topo.metrics_host = metrics.get("host", topo.metrics_host)
+    if "host" in metrics and "bind" in metrics:
+        errors.append("metrics.bind: `bind` is another name for `host`; give one of them, not both")
+    key = "bind" if "bind" in metrics else "host"
+    host = metrics.get(key, topo.metrics_host)
+    if not isinstance(host, str) or not host.strip():
+        errors.append(f"metrics.{key}: expected the address to listen on, e.g. 127.0.0.1 (this machine only) or "
+                      f"0.0.0.0 (every interface); got {describe_value(host)}")
+    else:
+        topo.metrics_host = host.strip()
     port = metrics.get("port", topo.metrics_port)
-    if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535):
         errors.append(f"metrics.port: {port!r} is not a port number (0 picks a free port, null disables)")
     topo.metrics_port = port
+    token, token_file = metrics.get("token"), metrics.get("token_file")
+    if token is not None and token_file is not None:
+        errors.append("metrics.token: give `token` or `token_file`, not both (token_file keeps the secret out of "
+                      "the topology file)")
+    elif token is not None:
+        ref = ENV_REF.match(token.strip()) if isinstance(token, str) else None
+        if not isinstance(token, str) or not token.strip():
+            if isinstance(token, (int, float)) and not isinstance(token, bool):
+                what = "a number (quote it to make it a string)"  # not echoed: it is a secret
+            else:
+                what = "an empty string" if isinstance(token, str) else describe_value(token)
+            errors.append(f"metrics.token: expected the bearer token as a string, or ${{env:NAME}} to read it from "
+                          f"the environment variable NAME where the controller runs; got {what}")
+        elif ref is None and "${" in token:
+            errors.append("metrics.token: write ${env:NAME} (NAME: letters, digits and '_', not starting with a "
+                          "digit) to read the token from an environment variable; anything else is taken as the "
+                          "token itself and must not contain '${'")
+        else:
+            topo.metrics_token = token.strip()
+    elif token_file is not None:
+        if not isinstance(token_file, str) or not token_file.strip():
+            errors.append(f"metrics.token_file: expected the path of a file holding the token; got "
+                          f"{describe_value(token_file)}")
+        elif not os.path.isabs(token_file.strip()):
+            errors.append(f"metrics.token_file: {token_file!r} is relative; give an absolute path (the controller "
+                          f"reads it on its node, from a working directory of Ray's choosing)")
+        else:
+            topo.metrics_token_file = token_file.strip()
 
 
 def _validate_graph(data: dict, topo: Tier, prefix: str, errors: list[str]) -> None:

@@ -56,7 +56,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayflume._private import gcs, logs, planner
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
                                       actor_options, was_reconstructed)
-from rayflume._private.metrics import MetricsServer, flume_shape
+from rayflume._private.metrics import MetricsServer, TokenUnavailable, flume_shape, resolve_token
 from rayflume._private.state_store import RayKVStore, StateStore
 from rayflume._private.planner import KINDS, instance_label
 from rayflume.topology import Topology, validate
@@ -189,26 +189,48 @@ class TopologyController:
         self.metrics_server = None
         self.metrics_note: str | None = None  # why metrics are not where the topology asked
         if self.topology.metrics_port is not None:
-            try:
-                self.metrics_server = MetricsServer(self.topology.metrics_host, self.topology.metrics_port,
-                                                    self.metrics)
-                self._event("controller", f"metrics at {self.metrics_url()}")
-            except OSError as exc:
-                # Another topology (or program) holds the port: serve on a free one and say so,
-                # rather than run without metrics.
-                asked = f"{self.topology.metrics_host}:{self.topology.metrics_port}"
-                try:
-                    self.metrics_server = MetricsServer(self.topology.metrics_host, 0, self.metrics)
-                    self.metrics_note = (f"metrics port {asked} is taken ({exc.strerror or exc}); serving "
-                                         f"metrics at {self.metrics_url()} instead. Set metrics.port to a free "
-                                         f"port (0 picks one)")
-                except OSError as exc2:
-                    self.metrics_note = (f"metrics endpoint not started on {asked}: {exc2}; set metrics.port "
-                                         f"to a free port (0 picks one), or null to disable it")
-                self._event("controller", self.metrics_note)
+            self._start_metrics_server()
         self.state = "RUNNING"
         self._loop = threading.Thread(target=self._reconcile_loop, daemon=True, name="reconcile")
         self._loop.start()
+
+    def _start_metrics_server(self) -> None:
+        """Serve metrics and health where the topology asks (see :class:`MetricsServer`). The token is
+        read here, on the controller's node; when it cannot be, the endpoint is not started (never
+        served without the token it was given)."""
+        host, port = self.topology.metrics_host, self.topology.metrics_port
+        try:
+            token = resolve_token(self.topology.metrics_token, self.topology.metrics_token_file)
+        except TokenUnavailable as exc:
+            self.metrics_note = f"metrics endpoint not started on {host}:{port}: {exc}"
+            self._event("controller", self.metrics_note)
+            return
+
+        def serve(on_port: int) -> MetricsServer:
+            return MetricsServer(host, on_port, self.metrics, self.health_problems, token=token,
+                                 labels={"topology": self.name})
+
+        try:
+            self.metrics_server = serve(port)
+            self._event("controller", f"metrics at {self.metrics_url()}")
+        except OSError as exc:
+            # Another topology (or program) holds the port: serve on a free one and say so,
+            # rather than run without metrics.
+            asked = f"{host}:{port}"
+            try:
+                self.metrics_server = serve(0)
+                self.metrics_note = (f"metrics port {asked} is taken ({exc.strerror or exc}); serving "
+                                     f"metrics at {self.metrics_url()} instead. Set metrics.port to a free "
+                                     f"port (0 picks one)")
+            except OSError as exc2:
+                self.metrics_note = (f"metrics endpoint not started on {asked}: {exc2}; set metrics.port "
+                                     f"to a free port (0 picks one), or null to disable it")
+            self._event("controller", self.metrics_note)
+        if self.metrics_server is not None and token is None and not (
+                host in ("localhost", "::1") or str(host).startswith("127.")):
+            self._event("controller", f"metrics and health at {self.metrics_url()} need no token: anyone who can "
+                                      f"reach {host} can read them; set metrics.token (e.g. ${{env:NAME}}) or "
+                                      f"metrics.token_file")
 
     # -- durable desired state ---------------------------------------------------------------------
     def _save(self) -> None:
@@ -561,6 +583,36 @@ class TopologyController:
         for tier, instance_id, channel in self.lost_channels:
             reports[_metric_key(tier, instance_id, "CHANNEL", channel)] = {"ChannelLost": 1, "Unhealthy": 1}
         return flume_shape(reports)
+
+    def health_problems(self) -> dict[str, str]:
+        """``{name: why}`` of what is not running, for ``GET /health``: from what the controller knows
+        already (the last tick's listing of Ray's actors, LOST records, tiers waiting for a node),
+        without calling any component. Names are those of :meth:`metrics` (a sink group's sinks by
+        sink name); ``TIER.<tier>`` is a tier with no node to run on. A component's own error (a
+        source that cannot bind, say) shows in ``status()``, not here: that needs a call to it."""
+        problems: dict[str, str] = {}
+        if self.state != "RUNNING":
+            problems[f"TOPOLOGY.{self.name}"] = self.state
+        for inst in list(self.instances.values()):
+            tier = self.topology.tiers.get(inst.tier)
+            for (kind, name), managed in list(inst.components.items()):
+                if managed.lost:
+                    why = f"LOST: {managed.lost}"
+                elif managed.handle is None:
+                    why = "not created"
+                else:
+                    state = self._state_of(managed.handle)[0]
+                    if state == "ALIVE":
+                        continue
+                    why = state if state != "UNKNOWN" else "UNKNOWN (not in the last listing of Ray's actors)"
+                names = tier.groups().get(name, [name]) if kind == "SINK" and tier is not None else [name]
+                for n in names:
+                    problems[".".join(self._metric_key(inst, kind, n))] = why
+        for (tier_name, instance_id, channel), why in list(self.lost_channels.items()):
+            problems[".".join(_metric_key(tier_name, instance_id, "CHANNEL", channel))] = f"LOST: {why}"
+        for tier_name, message in list(self.waiting.items()):
+            problems[f"TIER.{tier_name or self.name}"] = message
+        return problems
 
     def metrics_problem(self) -> str | None:
         """Why the metrics endpoint is not where the topology asked for it, or None."""

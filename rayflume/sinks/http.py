@@ -30,14 +30,22 @@ Delivery: at-least-once for what is committed on 2XX (a batch rolled back after 
 processed it is sent again). The connection is kept alive between batches and reopened after any
 error. ``connect_timeout_s`` bounds the connection, ``request_timeout_s`` each read and write on it.
 
+HTTPS: the server's certificate is verified (and its host name checked) against ``ssl_ca_file``
+(a PEM CA bundle), or the system's CAs without it. For a server that wants mutual TLS,
+``ssl_certfile`` (PEM certificate chain) and ``ssl_keyfile`` (its PEM key; None: the key is in
+``ssl_certfile``) are the client certificate. The files are read at start, on the sink's node; a
+server that refuses the certificate fails the POST like any connection failure (rolled back).
+
 Called from one thread at a time (see :class:`~rayflume.sinks.base.Sink`).
 """
 from __future__ import annotations
 
 import http.client
 import logging
+import os
 import re
 import socket
+import ssl
 import time
 from typing import Literal
 from urllib.parse import urlsplit
@@ -48,7 +56,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from rayflume.config_base import SinkConfig
-from rayflume.errors import DeliveryError
+from rayflume.errors import DeliveryError, RayflumeError
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sinks.base import Sink, SinkContext
@@ -140,6 +148,46 @@ def json_lines(batch: EventBatch) -> pa.Buffer:
     return values_buffer(lines)
 
 
+# -- TLS -------------------------------------------------------------------------------------------------
+_TLS_FILE_KEYS = ("ssl_certfile", "ssl_keyfile", "ssl_ca_file")
+
+
+class TlsUnavailable(RayflumeError):
+    """The http sink's certificate, key or CA bundle cannot be loaded on its node."""
+
+
+def _no_password():
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key's password.
+    raise ValueError("the private key is encrypted; give an unencrypted PEM key (readable only by the user that "
+                     "runs rayflume)")
+
+
+def client_tls_problems(who: str, certfile: str | None, keyfile: str | None,
+                        cafile: str | None) -> tuple[ssl.SSLContext | None, list[str]]:
+    """(the client context, []) or (None, why it cannot be made here). Messages name the files by
+    path, never their contents."""
+    problems = []
+    for key, path in zip(_TLS_FILE_KEYS, (certfile, keyfile, cafile)):
+        if path and not os.access(path, os.R_OK):
+            problems.append(f"{who}: `{key}` {path!r} does not exist or is not readable on this node; put the "
+                            f"file on every node that runs this sink, or fix `{key}`")
+    if problems:
+        return None, problems
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)  # None: the system's CAs
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return None, [f"{who}: cannot load the CA bundle `ssl_ca_file` {cafile!r} ({exc}); give a PEM file of "
+                      f"the CA certificates that sign the server's certificate"]
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if certfile:
+        try:
+            ctx.load_cert_chain(certfile, keyfile, password=_no_password)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            return None, [f"{who}: cannot load the client certificate/key ({exc}); give a PEM certificate in "
+                          f"`ssl_certfile` and its key in `ssl_keyfile`"]
+    return ctx, []
+
+
 class HttpSink(Sink):
     """POSTs batches; see the module docstring for the status-code rules and the guarantees."""
 
@@ -147,7 +195,8 @@ class HttpSink(Sink):
                  content_type_header: str | None = None, accept_header: str = "text/plain",
                  format: str = "json_lines", default_backoff: bool = True, default_rollback: bool = True,
                  backoff: dict | None = None, rollback: dict | None = None, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, request_headers: dict | None = None, batch_size: int = 1000):
+                 max_backoff_s: float = 30.0, request_headers: dict | None = None, batch_size: int = 1000,
+                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None, ssl_ca_file: str | None = None):
         self.name = name
         self.endpoint = endpoint
         parts = urlsplit(endpoint)
@@ -157,6 +206,13 @@ class HttpSink(Sink):
         self._host = parts.hostname
         self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if self._scheme != "https" and (ssl_certfile or ssl_keyfile or ssl_ca_file):
+            raise ValueError(f"http sink '{name}': `ssl_certfile`/`ssl_keyfile`/`ssl_ca_file` need an https:// "
+                             f"`endpoint`, got {endpoint!r}")
+        self.ssl_certfile = ssl_certfile
+        self.ssl_keyfile = ssl_keyfile
+        self.ssl_ca_file = ssl_ca_file
+        self._ssl_context: ssl.SSLContext | None = None
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.format = format
@@ -177,6 +233,20 @@ class HttpSink(Sink):
         self._pause_until = 0.0
         self._next_pause = backoff_s
         self.sleep = time.sleep  # injectable for tests
+
+    def start(self, context: SinkContext) -> None:
+        super().start(context)
+        if self._scheme == "https":
+            self._tls()  # the files are read here, on the sink's node: a problem is the sink's start error
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            ctx, problems = client_tls_problems(f"http sink '{self.name}'", self.ssl_certfile, self.ssl_keyfile,
+                                                self.ssl_ca_file)
+            if problems:
+                raise TlsUnavailable("; ".join(problems))
+            self._ssl_context = ctx
+        return self._ssl_context
 
     def stop(self) -> None:
         self._close()
@@ -229,8 +299,11 @@ class HttpSink(Sink):
         return resp.status
 
     def _connect(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self.connect_timeout_s)
+        if self._scheme == "https":
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.connect_timeout_s,
+                                               context=self._tls())
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.connect_timeout_s)
         conn.connect()
         conn.sock.settimeout(self.request_timeout_s)
         if isinstance(conn.sock, socket.socket):
@@ -266,6 +339,12 @@ class HttpSinkConfig(SinkConfig):
     backoff_s: float = Field(1.0, gt=0, description="First pause after a committed response with back-off.")
     max_backoff_s: float = Field(30.0, gt=0, description="Longest such pause (doubling).")
     request_headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    ssl_certfile: str | None = Field(None, description="https: PEM client certificate (chain) for servers that "
+                                                       "require mutual TLS.")
+    ssl_keyfile: str | None = Field(None, description="https: PEM key of ssl_certfile; None: the key is in "
+                                                      "ssl_certfile.")
+    ssl_ca_file: str | None = Field(None, description="https: PEM CA bundle that verifies the server's "
+                                                      "certificate; None: the system's CAs.")
 
     @field_validator("backoff", "rollback", mode="before")
     @classmethod
@@ -281,9 +360,24 @@ class HttpSinkConfig(SinkConfig):
             parts.port
         except ValueError as exc:
             raise ValueError(f"http sink: `endpoint` has a bad port: {exc}") from None
+        tls_keys = [k for k in _TLS_FILE_KEYS if getattr(self, k) is not None]
+        if tls_keys and parts.scheme != "https":
+            keys = ", ".join(f"`{k}`" for k in tls_keys)
+            raise ValueError(f"http sink: {keys} {'is' if len(tls_keys) == 1 else 'are'} set but `endpoint` "
+                             f"{self.endpoint!r} is not https://; use an https:// endpoint or remove them")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("http sink: `ssl_keyfile` is set without `ssl_certfile`; give the PEM client "
+                             "certificate in `ssl_certfile` too, or remove `ssl_keyfile`")
         return self
+
+    def check(self) -> list[str]:
+        """Whether this machine can load the TLS files; the sink loads them on its node at start."""
+        if urlsplit(self.endpoint).scheme != "https":
+            return []
+        return client_tls_problems("http sink", self.ssl_certfile, self.ssl_keyfile, self.ssl_ca_file)[1]
 
     def build(self, name: str) -> HttpSink:
         return HttpSink(name, self.endpoint, self.connect_timeout_s, self.request_timeout_s, self.content_type_header,
                         self.accept_header, self.format, self.default_backoff, self.default_rollback, self.backoff,
-                        self.rollback, self.backoff_s, self.max_backoff_s, self.request_headers, self.batch_size)
+                        self.rollback, self.backoff_s, self.max_backoff_s, self.request_headers, self.batch_size,
+                        self.ssl_certfile, self.ssl_keyfile, self.ssl_ca_file)

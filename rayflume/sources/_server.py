@@ -11,8 +11,9 @@ Backpressure: the queue is bounded in bytes. A TCP reader blocks in :meth:`HandO
 is full, so it stops reading and the client's TCP window closes; a UDP reader or an HTTP request
 uses a non-blocking put and drops (UDP, counted) or answers 503 (HTTP).
 
-Also here: :class:`NetworkSourceConfig` (``bind`` 127.0.0.1, ``port``, ``buffer_bytes``), :class:`TlsConfig` and :func:`tls_server_context`, a threaded TCP server with
-a connection limit and TLS handshakes done in the connection's own thread
+Also here: :class:`NetworkSourceConfig` (``bind`` 127.0.0.1, ``port``, ``buffer_bytes``), a
+threaded TCP server that enforces the client limits of :mod:`rayflume.sources._limits` and does
+TLS handshakes (:mod:`rayflume.sources._tls`) in the connection's own thread
 (:func:`make_tcp_server`), a UDP receive loop (:class:`UdpReceiver`), thread-safe counters,
 vectorised line framing (:func:`split_lines`, :func:`gather_ranges`) and
 :func:`headers_from_columns`, which builds a batch's header map from per-key value arrays in one
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import select
 import socket
 import socketserver
@@ -35,25 +35,26 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from rayflume.config_base import SourceConfig
-from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch
 from rayflume.sources.base import Source, SourceContext
+from rayflume.sources._limits import (  # noqa: F401 (re-exported)
+    DEFAULT_MAX_CONNECTIONS, LIMIT_COUNTERS, ClientLimitsConfig, ConnectionLimits, ConnectionTracker, Watch, parse_networks)
+from rayflume.sources._tls import TlsConfig, TlsUnavailable, peer_problem, resolve_tls, tls_server_context  # noqa: F401 (re-exported)
 
 log = logging.getLogger("rayflume.source.server")
 
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_BUFFER_BYTES = 16 << 20
-DEFAULT_MAX_CONNECTIONS = 100
 HANDSHAKE_TIMEOUT_S = 10.0
 POLL_WAIT_S = 0.1
 
 # Counters every network source reports (created at start so server threads never grow the dict
 # while the actor iterates it for metrics).
 CONNECTION_COUNTERS = ("OpenConnectionCount", "ConnectionAcceptedCount", "ConnectionRejectedCount",
-                       "TlsHandshakeFailCount", "EventRejectedCount")
+                       "TlsHandshakeFailCount", "TlsClientRefusedCount", "EventRejectedCount") + LIMIT_COUNTERS
 
 
 # -- completions and the hand-off queue ------------------------------------------------------------
@@ -271,6 +272,9 @@ class NetworkSourceConfig(SourceConfig):
                                                 "0.0.0.0 (or an interface address) to accept remote clients.")
     port: int = Field(ge=0, le=65535, description="Port to listen on; 0 picks a free one (reported as "
                                                   "the BoundPort metric).")
+    allowed_clients: list[str] = Field(
+        default_factory=list, description="IP addresses or CIDR blocks allowed to send (connections or "
+                                          "datagrams from elsewhere are refused and counted); empty: any.")
     buffer_bytes: int = Field(DEFAULT_BUFFER_BYTES, gt=0,
                               description="Most bytes received and not yet polled; when full, TCP "
                                           "readers stop reading (backpressure), UDP datagrams are "
@@ -281,83 +285,11 @@ class NetworkSourceConfig(SourceConfig):
     def _bind(cls, v: str) -> str:
         return _check_bind(f"{cls.type_name or 'network'} source", v)
 
-
-class TlsConfig(SourceConfig):
-    """TLS keys for TCP servers: ``ssl``, ``ssl_certfile`` (PEM) and ``ssl_keyfile`` (PEM)."""
-
-    ssl: bool = Field(False, description="Serve TLS on the TCP port.")
-    ssl_certfile: str | None = Field(None, description="PEM certificate (chain) file; required with ssl.")
-    ssl_keyfile: str | None = Field(None, description="PEM private key file; None: the key is in ssl_certfile.")
-
-    @model_validator(mode="after")
-    def _tls(self):
-        who = f"{self.type_name or 'network'} source"
-        if self.ssl and not self.ssl_certfile:
-            raise ValueError(f"{who}: `ssl` is true but `ssl_certfile` is not set; give the PEM "
-                             f"certificate (and `ssl_keyfile`) or set ssl: false")
-        if not self.ssl and (self.ssl_certfile or self.ssl_keyfile):
-            raise ValueError(f"{who}: `ssl_certfile`/`ssl_keyfile` are set but `ssl` is false; set "
-                             f"ssl: true to serve TLS, or remove them")
-        return self
-
-    def tls_problems(self, who: str | None = None) -> list[str]:
-        """Why the certificate/key files cannot be loaded on this machine (empty when they can, or
-        without ``ssl``). ``who`` starts each message (default: the source type)."""
-        return self._load_tls(who)[1]
-
-    def _load_tls(self, who: str | None) -> tuple[ssl.SSLContext | None, list[str]]:
-        if not self.ssl:
-            return None, []
-        who = who or f"{self.type_name or 'network'} source"
-        problems = []
-        for key in ("ssl_certfile", "ssl_keyfile"):
-            path = getattr(self, key)
-            if path and not os.access(path, os.R_OK):
-                problems.append(f"{who}: `{key}` {path!r} does not exist or is not readable on this node; put "
-                                f"the file on every node that runs this source, or fix `{key}`")
-        if problems:
-            return None, problems
-        try:
-            return tls_server_context(self.ssl_certfile, self.ssl_keyfile), []
-        except (OSError, ssl.SSLError) as exc:
-            return None, [f"{who}: cannot load the TLS certificate/key ({exc}); give a PEM certificate in "
-                          f"`ssl_certfile` and its key in `ssl_keyfile`"]
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        return tls_server_context(self.ssl_certfile, self.ssl_keyfile) if self.ssl else None
-
-    def tls_loader(self, name: str):
-        """None without ``ssl``; else a function that loads the certificate and key where it is
-        called (the source calls it at start, on its node) and raises :class:`TlsUnavailable`
-        naming source ``name``, the key and what to do when it cannot."""
-        if not self.ssl:
-            return None
-
-        def load() -> ssl.SSLContext:
-            ctx, problems = self._load_tls(f"{self.type_name or 'network'} source '{name}'")
-            if problems:
-                raise TlsUnavailable("; ".join(problems))
-            return ctx
-
-        return load
-
-
-class TlsUnavailable(RayflumeError):
-    """A TLS source's certificate or key cannot be loaded on its node."""
-
-
-def resolve_tls(tls):
-    """A source's ``tls`` argument as an SSLContext (or None): a loader from
-    :meth:`TlsConfig.tls_loader` is called here, so call this at start, on the source's node."""
-    return tls() if callable(tls) else tls
-
-
-def tls_server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
-    """A server-side TLS context (TLS 1.2 or newer) from PEM certificate and key files."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(certfile, keyfile)
-    return ctx
+    @field_validator("allowed_clients")
+    @classmethod
+    def _allowed(cls, v):
+        parse_networks(v, f"{cls.type_name or 'network'} source")
+        return v
 
 
 def is_loopback(bind: str) -> bool:
@@ -376,75 +308,6 @@ def family_of(bind: str) -> int:
 
 # -- TCP servers with a connection limit -----------------------------------------------------------
 
-class ConnectionTracker:
-    """Counts and remembers open connections, enforcing ``max_connections``. Thread-safe."""
-
-    REFUSAL_SLOTS = 8
-
-    def __init__(self, max_connections: int, counters: Counters | None):
-        self.max_connections = max_connections
-        self.counters = counters
-        self._lock = threading.Lock()
-        self._open: set = set()
-        self._reserved = 0
-        self._refusing = 0
-
-    def reserve_refusal(self) -> bool:
-        """A slot to answer a refused client politely (a few at a time; beyond: just close)."""
-        with self._lock:
-            if self._refusing >= self.REFUSAL_SLOTS:
-                return False
-            self._refusing += 1
-            return True
-
-    def release_refusal(self) -> None:
-        with self._lock:
-            self._refusing -= 1
-
-    def reserve(self) -> bool:
-        with self._lock:
-            if self._reserved >= self.max_connections:
-                return False
-            self._reserved += 1
-        if self.counters:
-            self.counters.count("ConnectionAcceptedCount")
-        return True
-
-    def opened(self, sock) -> None:
-        with self._lock:
-            self._open.add(sock)
-            n = len(self._open)
-        if self.counters:
-            self.counters.set("OpenConnectionCount", n)
-
-    def replace(self, old, new) -> None:
-        """``old`` was wrapped (TLS) into ``new``: remember the wrapper, which owns the socket now."""
-        with self._lock:
-            self._open.discard(old)
-            self._open.add(new)
-
-    def closed(self, sock) -> None:
-        with self._lock:
-            self._open.discard(sock)
-            self._reserved -= 1
-            n = len(self._open)
-        if self.counters:
-            self.counters.set("OpenConnectionCount", n)
-
-    def close_all(self) -> None:
-        with self._lock:
-            socks = list(self._open)
-        for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    @property
-    def open_count(self) -> int:
-        return len(self._open)
-
-
 class LimitedServerMixin:
     """For ``socketserver`` threading servers: refuses connections over the limit in the accept
     thread (without blocking it) and does the TLS handshake in the connection's own thread.
@@ -462,7 +325,9 @@ class LimitedServerMixin:
     counters: Counters | None = None
 
     def process_request(self, request, client_address):
-        if not self.tracker.reserve():
+        refused = self.tracker.reserve(client_address[0])
+        if refused:
+            log.debug("connection from %s refused: %s", client_address, refused)
             if self.counters:
                 self.counters.count("ConnectionRejectedCount")
             if self.refusal and self.tls is None and self.tracker.reserve_refusal():
@@ -474,7 +339,7 @@ class LimitedServerMixin:
         try:
             super().process_request(request, client_address)
         except Exception:
-            self.tracker.closed(request)
+            self.tracker.unreserve(client_address[0])
             raise
 
     def _refuse(self, request) -> None:
@@ -500,7 +365,7 @@ class LimitedServerMixin:
 
     def process_request_thread(self, request, client_address):
         conn = request
-        self.tracker.opened(request)
+        self.tracker.opened(request, client_address[0])
         try:
             if self.tls is not None:
                 request.settimeout(HANDSHAKE_TIMEOUT_S)
@@ -512,6 +377,12 @@ class LimitedServerMixin:
                     log.info("TLS handshake with %s failed: %s", client_address, exc)
                     return
                 self.tracker.replace(request, conn)
+                refused = peer_problem(conn)
+                if refused:
+                    if self.counters:
+                        self.counters.count("TlsClientRefusedCount")
+                    log.info("TLS client %s refused: %s", client_address, refused)
+                    return
                 conn.settimeout(None)
             self.finish_request(conn, client_address)
         except Exception:
@@ -526,7 +397,8 @@ class LimitedServerMixin:
 
 class _ConnectionHandler(socketserver.BaseRequestHandler):
     def handle(self):
-        self.server.on_connection(self.request, self.client_address)
+        watch = self.server.tracker.watch_of(self.request) or Watch(self.client_address[0])
+        self.server.on_connection(self.request, self.client_address, watch)
 
 
 class _TcpServer(LimitedServerMixin, socketserver.ThreadingTCPServer):
@@ -537,14 +409,14 @@ class _TcpServer6(_TcpServer):
     address_family = socket.AF_INET6
 
 
-def make_tcp_server(bind: str, port: int, on_connection: Callable[[socket.socket, tuple], None],
-                    max_connections: int, tls: ssl.SSLContext | None, counters: Counters | None):
-    """A started-but-not-serving threaded TCP server: ``on_connection(sock, address)`` runs in a
-    thread per connection (after the TLS handshake when ``tls``). Serve with
-    :class:`ServerThread`."""
+def make_tcp_server(bind: str, port: int, on_connection: Callable[[socket.socket, tuple, Watch], None],
+                    limits: ConnectionLimits | int, tls: ssl.SSLContext | None, counters: Counters | None):
+    """A started-but-not-serving threaded TCP server: ``on_connection(sock, address, watch)`` runs
+    in a thread per connection (after the TLS handshake when ``tls``) and reports its activity on
+    ``watch``. Serve with :class:`ServerThread`."""
     cls = _TcpServer6 if family_of(bind) == socket.AF_INET6 else _TcpServer
     server = cls((bind, port), _ConnectionHandler, bind_and_activate=False)
-    server.tracker = ConnectionTracker(max_connections, counters)
+    server.tracker = ConnectionTracker(limits, counters)
     server.tls = tls
     server.counters = counters
     server.on_connection = on_connection
@@ -577,6 +449,9 @@ class ServerThread:
 
     def start(self) -> "ServerThread":
         self.thread.start()
+        tracker = getattr(self.server, "tracker", None)
+        if tracker is not None:
+            tracker.start_reaper(self.thread.name)
         return self
 
     def stop(self) -> None:
@@ -599,8 +474,13 @@ class UdpReceiver:
     without waiting until the socket is empty or ``burst`` datagrams were read."""
 
     def __init__(self, bind: str, port: int, on_datagrams: Callable[[list], None], name: str,
-                 burst: int = 1000, recv_buffer_bytes: int = 4 << 20):
+                 burst: int = 1000, recv_buffer_bytes: int = 4 << 20, allowed: tuple = (),
+                 counters: Counters | None = None):
         self.on_datagrams = on_datagrams
+        self.allowed = ConnectionLimits(allowed=allowed)  # datagrams from elsewhere are dropped and counted
+        self.counters = counters
+        if counters and allowed:
+            counters.create(("ClientNotAllowedCount",))
         self.burst = burst
         self.sock = socket.socket(family_of(bind), socket.SOCK_DGRAM)
         try:
@@ -637,6 +517,11 @@ class UdpReceiver:
                 if self._stop.is_set():
                     return
                 log.warning("UDP receive failed", exc_info=True)
+            if got and self.allowed.allowed:
+                kept = [d for d in got if self.allowed.refusal(d[1][0]) is None]
+                if len(kept) < len(got) and self.counters:
+                    self.counters.count("ClientNotAllowedCount", len(got) - len(kept))
+                got = kept
             if got:
                 try:
                     self.on_datagrams(got)

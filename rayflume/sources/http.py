@@ -9,12 +9,13 @@ Every request is answered only once its fate is known:
       one (compared in constant time with ``hmac.compare_digest``)
 405   any method but POST
 411   no Content-Length (chunked uploads are not supported)
-413   the request is longer than ``max_request_bytes``, an event body is longer than
+413   the request is longer than ``max_request_bytes``, parsing it would take more than
+      ``max_parse_bytes``, an event body is longer than
       ``max_event_size_bytes``, or the request holds more events than the channel's
       ``transaction_capacity``
 415   the Content-Type names a charset Python does not know
 503   a required channel is full or unreachable (nothing of the request was committed), the
-      source's queue is full, the source is stopping, or the commit did not finish within
+      source's queue or ``memory_budget_bytes`` is full, the source is stopping, or the commit did not finish within
       ``commit_timeout_s``; ``Retry-After`` is set. Only in the last case may the events still
       be committed later (the message says so), so a retry can duplicate them.
 ===== ====================================================================================
@@ -26,11 +27,16 @@ converted, as Gson does in Flume). ``blob`` (Flume's BlobHandler): the raw reque
 event; with ``blob_query_headers`` the query parameters become headers (first value of each).
 
 Requests are served by ``http.server.ThreadingHTTPServer`` (HTTP/1.1 keep-alive), one thread per
-connection, at most ``max_connections`` connections (more get a 503 and are closed). A request is
-handed to the runner through a bounded queue; several queued requests may be committed in one
-channel put (each is still all-or-nothing). Reads time out after ``request_timeout_s``, so a
-slow or idle client cannot hold a thread for ever. Optional TLS (``ssl``, ``ssl_certfile``,
-``ssl_keyfile``); the handshake runs in the connection's thread.
+connection, at most ``max_connections`` connections (more get a 503 and are closed), and the
+client limits of :mod:`rayflume.sources._limits` (``allowed_clients``,
+``max_connections_per_client``, ``idle_timeout_s`` between requests, and ``request_timeout_s``
+for a whole request, head and body, from its first byte). A request is handed to the runner
+through a bounded queue; several queued requests may be committed in one channel put (each is
+still all-or-nothing). Memory: a body's length is reserved from ``memory_budget_bytes`` (shared by
+all connections) before it is read, and its estimated parse cost before it is parsed; a body
+whose parse would take more than ``max_parse_bytes`` (many tiny events) gets 413, a full budget
+503. Optional TLS (``ssl``, ``ssl_certfile``, ``ssl_keyfile``); the handshake runs in the
+connection's thread.
 
 Delivery: at least once for a client that retries until it gets 200: a 200 is sent only after
 the commit; a crash before it loses nothing the client was told was accepted.
@@ -38,12 +44,14 @@ the commit; a crash before it loses nothing the client was told was accepted.
 Metrics beyond the runner's: ``BoundPort``, ``OpenConnectionCount``, ``ConnectionAcceptedCount``,
 ``ConnectionRejectedCount``, ``TlsHandshakeFailCount``, ``EventRejectedCount`` (events of
 well-formed requests refused because the queue was full or the source stopping; the runner adds
-those refused by a full channel) and one ``HttpNNNCount`` per status code answered.
+those refused by a full channel), one ``HttpNNNCount`` per status code answered, and the
+client-limit counters of :mod:`rayflume.sources._limits`.
 """
 from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -61,14 +69,19 @@ from pydantic import Field, SecretStr, model_validator
 from rayflume.errors import ChannelFull, RayflumeError, TransactionTooLarge
 from rayflume.event import HEADERS_TYPE, EventBatch
 from rayflume.registry import register
+from rayflume.sources._limits import ByteBudget
 from rayflume.sources._server import (
-    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, Completion, ConnectionTracker, Item, LimitedServerMixin,
+    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, Completion, ConnectionLimits,
+    ConnectionTracker, Item, LimitedServerMixin, Watch,
     NetworkSourceConfig, QueuedSource, ServerThread, TlsConfig, batch_of, bind_or_close, family_of,
     headers_from_columns, is_loopback, resolve_tls)
 
 log = logging.getLogger("rayflume.source.http")
 
 STOP_GRACE_S = 2.0
+DEFAULT_MAX_PARSE_BYTES = 256 << 20
+DEFAULT_MEMORY_BUDGET_BYTES = 512 << 20
+JSON_OBJECT_COST = 512  # bytes of Python objects per parsed JSON object, rounded up from measurement
 STATUS_CODES = (200, 400, 401, 404, 405, 408, 411, 413, 415, 500, 503)
 HTTP_COUNTERS = CONNECTION_COUNTERS + ("BoundPort",) + tuple(f"Http{c}Count" for c in STATUS_CODES)
 
@@ -202,14 +215,42 @@ class _HttpServer6(_HttpServer):
     address_family = socket.AF_INET6
 
 
+class _WatchedReads(io.RawIOBase):
+    """A connection's reads, reported to its :class:`Watch`: any byte of a request starts the
+    request's deadline (a client sending its head a byte at a time is closed by the reaper)."""
+
+    def __init__(self, sock, watch: Watch):
+        self._sock, self._watch = sock, watch
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self._sock.recv_into(buf)
+        if n:
+            self._watch.received()
+            self._watch.pending(True)
+        return n
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "rayflume"
     sys_version = ""
 
     def setup(self):
-        self.timeout = self.server.source.request_timeout_s
+        # The tracker's reaper closes idle connections and requests over their deadline (counted);
+        # a socket timeout beyond both is only a backstop.
+        limits = self.server.tracker.limits
+        self.timeout = None if limits.idle_timeout_s is None else (
+            limits.idle_timeout_s + (limits.request_timeout_s or 0) + 5)
         super().setup()
+        self.watch = self.server.tracker.watch_of(self.request) or Watch(self.client_address[0])
+        self.rfile = io.BufferedReader(_WatchedReads(self.connection, self.watch), 1 << 16)
+
+    def handle_one_request(self):
+        super().handle_one_request()
+        self.watch.pending(False)  # answered: the time until the next request is idle time
 
     def log_message(self, format, *args):  # noqa: A002 - http.server's signature
         log.debug("http source %s: " + format, self.address_string(), *args)
@@ -267,20 +308,44 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(413, f"the request of {length} bytes is longer than max_request_bytes="
                                f"{source.max_request_bytes}", close=True)
             return
-        try:
-            body = self.rfile.read(length)
-        except OSError:  # timeout or reset while reading
-            self._respond(408, f"the request body did not arrive within {source.request_timeout_s}s", close=True)
+        # Memory is reserved before the body is read and before it is parsed, from a budget shared
+        # by all connections: a flood of large or expanding bodies gets 503/413, not the actor's RAM.
+        if not source.memory.try_reserve(length):
+            self._respond(503, f"the source is reading {source.memory.used} bytes of other requests "
+                               f"(memory_budget_bytes={source.memory.max_bytes}); retry", close=True,
+                          headers={"Retry-After": "1"})
             return
-        if len(body) < length:
-            self.close_connection = True
-            return  # the client went away
-        query = urllib.parse.urlsplit(self.path).query
+        reserved = length
         try:
-            batch = source.parse(body, self.headers.get("Content-Type"), query)
-        except HttpError as exc:
-            self._respond(exc.status, exc.message)
-            return
+            try:
+                body = self.rfile.read(length)
+            except OSError:  # reset, or (TLS) reading shut for the deadline
+                body = b""
+            if len(body) < length:
+                if self.watch.closed_for == "RequestTimeoutCount":
+                    self._respond(408, f"the request did not arrive within request_timeout_s="
+                                       f"{source.request_timeout_s}s", close=True)
+                self.close_connection = True
+                return  # the client went away, or was too slow
+            cost = source.parse_cost(body)
+            if cost > source.max_parse_bytes:
+                self._respond(413, f"parsing this request would take about {cost} bytes of memory, more than "
+                                   f"max_parse_bytes={source.max_parse_bytes}; send fewer events per request")
+                return
+            if not source.memory.try_reserve(cost - reserved):
+                self._respond(503, f"the source is parsing other requests (memory_budget_bytes="
+                                   f"{source.memory.max_bytes}); retry", close=True, headers={"Retry-After": "1"})
+                return
+            reserved = cost
+            query = urllib.parse.urlsplit(self.path).query
+            try:
+                batch = source.parse(body, self.headers.get("Content-Type"), query)
+            except HttpError as exc:
+                self._respond(exc.status, exc.message)
+                return
+            del body
+        finally:
+            source.memory.release(reserved)
         with source.in_flight():
             status, message, headers = source.submit(batch)
             self._respond(status, message, headers=headers)
@@ -296,7 +361,9 @@ class HttpSource(QueuedSource):
                  max_event_size_bytes: int = 1 << 20, max_request_bytes: int = 16 << 20,
                  auth_token: str | None = None, tls=None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  commit_timeout_s: float = 30.0, request_timeout_s: float = 30.0,
-                 blob_query_headers: bool = True, buffer_bytes: int = 64 << 20):
+                 blob_query_headers: bool = True, buffer_bytes: int = 64 << 20,
+                 limits: ConnectionLimits | None = None, max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES,
+                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES):
         super().__init__(name, batch_size, buffer_bytes)
         self.bind = bind
         self.port = port
@@ -307,9 +374,12 @@ class HttpSource(QueuedSource):
         self._auth_token = auth_token
         self._token: bytes | None = None
         self.tls = tls
-        self.max_connections = max_connections
+        self.limits = limits or ConnectionLimits(max_connections=max_connections, request_timeout_s=request_timeout_s)
+        self.max_connections = self.limits.max_connections
         self.commit_timeout_s = commit_timeout_s
         self.request_timeout_s = request_timeout_s
+        self.max_parse_bytes = max_parse_bytes
+        self.memory = ByteBudget(memory_budget_bytes)
         self.blob_query_headers = blob_query_headers
         self.bound_port: int | None = None
         self._server: ServerThread | None = None
@@ -325,7 +395,7 @@ class HttpSource(QueuedSource):
         cls = _HttpServer6 if family_of(self.bind) == socket.AF_INET6 else _HttpServer
         server = cls((self.bind, self.port), _Handler, bind_and_activate=False)
         server.source = self
-        server.tracker = ConnectionTracker(self.max_connections, self.counters)
+        server.tracker = ConnectionTracker(self.limits, self.counters)
         server.tls = tls
         server.counters = self.counters
         self._server = ServerThread(bind_or_close(server), f"http-{self.name}").start()
@@ -364,6 +434,13 @@ class HttpSource(QueuedSource):
         if scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(token.strip().encode("utf-8", "replace"), self._token)
+
+    def parse_cost(self, body: bytes) -> int:
+        """Bytes parsing ``body`` may take at its peak (measured: twice the body, plus up to about
+        450 bytes per JSON object; counting every ``{`` overestimates, never under)."""
+        if self.handler == "blob":
+            return 2 * len(body)
+        return 2 * len(body) + JSON_OBJECT_COST * body.count(b"{")
 
     def parse(self, body: bytes, content_type: str | None, query: str) -> EventBatch:
         if self.handler == "blob":
@@ -423,7 +500,7 @@ class TokenUnavailable(RayflumeError):
 
 
 @register("source", "http")
-class HttpSourceConfig(NetworkSourceConfig, TlsConfig):
+class HttpSourceConfig(NetworkSourceConfig, TlsConfig, ClientLimitsConfig):
     """``http`` (Flume's HTTP source). Binds 127.0.0.1 unless ``bind`` says otherwise."""
 
     handler: Literal["json", "blob"] = Field("json", description="json: Flume's JSONHandler; blob: the raw "
@@ -435,10 +512,15 @@ class HttpSourceConfig(NetworkSourceConfig, TlsConfig):
                                                            "otherwise). Prefer auth_token_file.")
     auth_token_file: str | None = Field(None, description="File holding the bearer token (surrounding "
                                                           "whitespace ignored).")
-    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, gt=0,
-                                 description="Most simultaneous connections; more get 503 and are closed.")
     commit_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the channel commit before 503.")
-    request_timeout_s: float = Field(30.0, gt=0, description="Socket read timeout (slow or idle clients).")
+    request_timeout_s: float = Field(30.0, gt=0, description="Longest time a whole request (head and body) may "
+                                                             "take to arrive; a slower client is closed.")
+    max_parse_bytes: int = Field(DEFAULT_MAX_PARSE_BYTES, gt=0,
+                                 description="Most memory one request may take to parse (estimated before "
+                                             "parsing: a body of many tiny events expands most); more: 413.")
+    memory_budget_bytes: int = Field(DEFAULT_MEMORY_BUDGET_BYTES, gt=0,
+                                     description="Most memory all requests being read and parsed may hold at "
+                                                 "once; more: 503 with Retry-After.")
     buffer_bytes: int = Field(64 << 20, gt=0, description="Most bytes of requests queued for the channel; "
                                                           "more: 503.")
 
@@ -500,4 +582,5 @@ class HttpSourceConfig(NetworkSourceConfig, TlsConfig):
     def build(self, name: str) -> HttpSource:
         return HttpSource(name, self.bind, self.port, self.handler, self.batch_size, self.max_event_size_bytes,
                           self.max_request_bytes, self.token_loader(name), self.tls_loader(name), self.max_connections,
-                          self.commit_timeout_s, self.request_timeout_s, self.blob_query_headers, self.buffer_bytes)
+                          self.commit_timeout_s, self.request_timeout_s, self.blob_query_headers, self.buffer_bytes,
+                          self.limits(self.request_timeout_s), self.max_parse_bytes, self.memory_budget_bytes)

@@ -37,9 +37,10 @@ from pydantic import Field, field_validator
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._server import (
-    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, Completion, Item, NetworkSourceConfig, QueuedSource,
-    ServerThread, UdpReceiver, batch_of, empty_headers, gather_ranges, headers_from_columns, make_tcp_server,
+    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, Completion, ConnectionLimits, Item,
+    NetworkSourceConfig, QueuedSource, ServerThread, UdpReceiver, Watch, batch_of, empty_headers, gather_ranges, headers_from_columns, make_tcp_server,
     split_lines, strip_cr)
+from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S
 
 READ_BYTES = 1 << 16
 OK = b"OK\n"
@@ -88,6 +89,11 @@ class LineSplitter:
             starts, ends = starts[ok], ends[ok]
         ends = strip_cr(arr, starts, ends)
         return gather_ranges(arr, starts, ends), rejected_after
+
+    @property
+    def mid_line(self) -> bool:
+        """A line has started and not ended."""
+        return bool(self._tail) or self._discarding
 
     def flush(self) -> tuple[pa.BinaryArray, list[int]]:
         """End of stream: the unterminated last line (or the rejection of an over-long one)."""
@@ -147,14 +153,15 @@ class NetcatSource(QueuedSource):
     def __init__(self, name: str, bind: str, port: int, protocol: str = "tcp", batch_size: int = 1000,
                  max_line_length_bytes: int = 512, ack_every_event: bool = True,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, remote_address_header: str | None = None,
-                 buffer_bytes: int = 16 << 20):
+                 buffer_bytes: int = 16 << 20, limits: ConnectionLimits | None = None):
         super().__init__(name, batch_size, buffer_bytes)
         self.bind = bind
         self.port = port
         self.protocol = protocol
         self.max_line_length_bytes = max_line_length_bytes
         self.ack_every_event = ack_every_event
-        self.max_connections = max_connections
+        self.limits = limits or ConnectionLimits(max_connections=max_connections)
+        self.max_connections = self.limits.max_connections
         self.remote_address_header = remote_address_header
         self.failed_reply = failed_message(max_line_length_bytes)
         self.bound_port: int | None = None
@@ -164,10 +171,11 @@ class NetcatSource(QueuedSource):
     def open(self) -> None:
         if self.protocol == "udp":
             self._receiver = UdpReceiver(self.bind, self.port, self._on_datagrams, f"netcat-udp-{self.name}",
-                                         burst=min(self.batch_size, 1000)).start()
+                                         burst=min(self.batch_size, 1000), allowed=self.limits.allowed,
+                                         counters=self.counters).start()
             self.set_bound_port(self._receiver.port)
         else:
-            server = make_tcp_server(self.bind, self.port, self._serve, self.max_connections, None, self.counters)
+            server = make_tcp_server(self.bind, self.port, self._serve, self.limits, None, self.counters)
             self._server = ServerThread(server, f"netcat-{self.name}").start()
             self.set_bound_port(self._server.port)
         self.context.logger.info("netcat source '%s' listening on %s %s:%d", self.name, self.protocol, self.bind,
@@ -180,19 +188,23 @@ class NetcatSource(QueuedSource):
             self._receiver.stop()
 
     # -- TCP --------------------------------------------------------------------------------------
-    def _serve(self, sock: socket.socket, address) -> None:
+    def _serve(self, sock: socket.socket, address, watch: Watch) -> None:
         splitter = LineSplitter(self.max_line_length_bytes)
         ip = address[0]
         while True:
             try:
                 data = sock.recv(READ_BYTES)
             except OSError:
-                return  # reset or stopped: what was not acknowledged is the client's to resend
+                return  # reset, stopped or over a time limit: what was not acknowledged is the client's to resend
             if not data:
+                if watch.closed_for:
+                    return  # closed for a time limit: an incomplete line is not an event
                 lines, rejected = splitter.flush()
                 self._deliver(sock, lines, rejected, ip)
                 return
+            watch.received()
             lines, rejected = splitter.feed(data)
+            watch.pending(splitter.mid_line)
             if not self._deliver(sock, lines, rejected, ip):
                 return
 
@@ -273,7 +285,7 @@ class NetcatSource(QueuedSource):
 
 
 @register("source", "netcat")
-class NetcatSourceConfig(NetworkSourceConfig):
+class NetcatSourceConfig(NetworkSourceConfig, ClientLimitsConfig):
     """``netcat`` (Flume's ``netcat``, and ``netcatudp`` with ``protocol: udp``)."""
 
     protocol: Literal["tcp", "udp"] = Field("tcp", description="tcp (Flume's netcat) or udp (netcatudp).")
@@ -281,8 +293,9 @@ class NetcatSourceConfig(NetworkSourceConfig):
                                                               "(Flume's max-line-length); longer: FAILED.")
     ack_every_event: bool = Field(True, description="TCP: reply OK per event once committed (Flume's "
                                                     "ack-every-event).")
-    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, gt=0,
-                                 description="TCP: most simultaneous connections; more are refused and counted.")
+    line_timeout_s: float | None = Field(
+        DEFAULT_REQUEST_TIMEOUT_S, gt=0, description="TCP: a connection that keeps a line incomplete for this long "
+                                                     "(a client sending a byte at a time) is closed (null: never).")
     remote_address_header: str | None = Field(None, description="Header that receives the client's IP "
                                                                 "address (Flume's remoteAddressHeader).")
 
@@ -296,4 +309,4 @@ class NetcatSourceConfig(NetworkSourceConfig):
     def build(self, name: str) -> NetcatSource:
         return NetcatSource(name, self.bind, self.port, self.protocol, self.batch_size, self.max_line_length_bytes,
                             self.ack_every_event, self.max_connections, self.remote_address_header,
-                            self.buffer_bytes)
+                            self.buffer_bytes, self.limits(self.line_timeout_s))

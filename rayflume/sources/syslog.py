@@ -25,7 +25,9 @@ Within a running source nothing received is dropped (TCP) and order is kept per 
 Metrics beyond the runner's: ``BoundPort`` (the port actually bound, useful with ``port: 0``),
 ``OpenConnectionCount``, ``ConnectionAcceptedCount``, ``ConnectionRejectedCount``,
 ``TlsHandshakeFailCount``, ``InvalidEventCount``, ``IncompleteEventCount``,
-``DatagramDroppedCount`` (UDP).
+``DatagramDroppedCount`` (UDP), and the client-limit counters of :mod:`rayflume.sources._limits`
+(``ClientNotAllowedCount``, ``ClientLimitRejectedCount``, ``IdleTimeoutCount``,
+``RequestTimeoutCount``; ``TlsClientRefusedCount``).
 """
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ from pydantic import Field, field_validator
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._server import (
-    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, HostnameCache, Item, NetworkSourceConfig, QueuedSource,
-    ServerThread, TlsConfig, UdpReceiver, make_tcp_server, resolve_tls)
+    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, ConnectionLimits, HostnameCache, Item,
+    NetworkSourceConfig, QueuedSource, ServerThread, TlsConfig, UdpReceiver, Watch, make_tcp_server, resolve_tls)
+from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S, parse_networks
 from rayflume.sources.syslog_parser import (
     HEAD, NONE, StreamFramer, parse_keep_fields, parse_messages, raw_invalid, strip_trailers)
 
@@ -120,16 +123,18 @@ class SyslogTcpSource(_SyslogSource):
 
     def __init__(self, name: str, bind: str, port: int, batch_size: int = 1000, max_event_size_bytes: int = 2500,
                  keep_fields=NONE, client_ip_header: str | None = None, client_hostname_header: str | None = None,
-                 tls=None, max_connections: int = DEFAULT_MAX_CONNECTIONS, buffer_bytes: int = 16 << 20):
+                 tls=None, max_connections: int = DEFAULT_MAX_CONNECTIONS, buffer_bytes: int = 16 << 20,
+                 limits: ConnectionLimits | None = None):
         super().__init__(name, bind, port, batch_size, max_event_size_bytes, keep_fields, client_ip_header,
                          client_hostname_header, buffer_bytes)
         self.tls = tls
-        self.max_connections = max_connections
+        self.limits = limits or ConnectionLimits(max_connections=max_connections)
+        self.max_connections = self.limits.max_connections
         self._server: ServerThread | None = None
 
     def open(self) -> None:
         tls = resolve_tls(self.tls)  # a loader reads the certificate here, on the source's node, at each start
-        server = make_tcp_server(self.bind, self.port, self._serve, self.max_connections, tls, self.counters)
+        server = make_tcp_server(self.bind, self.port, self._serve, self.limits, tls, self.counters)
         self._server = ServerThread(server, f"syslog-tcp-{self.name}").start()
         self.set_bound_port(self._server.port)
         self.context.logger.info("syslog_tcp source '%s' listening on %s:%d%s", self.name, self.bind,
@@ -139,7 +144,7 @@ class SyslogTcpSource(_SyslogSource):
         if self._server is not None:
             self._server.stop()
 
-    def _serve(self, sock: socket.socket, address) -> None:
+    def _serve(self, sock: socket.socket, address, watch: Watch) -> None:
         ip = address[0]
         host = self._client_host(ip)
         framer = StreamFramer(self.max_event_size_bytes)
@@ -147,11 +152,14 @@ class SyslogTcpSource(_SyslogSource):
             try:
                 data = sock.recv(READ_BYTES)
             except OSError:
-                data = b""  # reset, or closed by stop(): deliver what was framed so far
+                data = b""  # reset, or closed by stop() or a time limit: deliver what was framed so far
             if not data:
-                self._queue(*framer.flush(), ip, host)
+                if not watch.closed_for:  # closed for a time limit: an incomplete message is not an event
+                    self._queue(*framer.flush(), ip, host)
                 return
+            watch.received()
             frames, status = framer.feed(data)
+            watch.pending(framer.mid_message)
             if not self._queue(frames, status, ip, host):
                 return
 
@@ -174,14 +182,17 @@ class SyslogUdpSource(_SyslogSource):
 
     def __init__(self, name: str, bind: str, port: int, batch_size: int = 1000,
                  max_event_size_bytes: int = 65535, keep_fields=NONE, client_ip_header: str | None = None,
-                 client_hostname_header: str | None = None, buffer_bytes: int = 16 << 20):
+                 client_hostname_header: str | None = None, buffer_bytes: int = 16 << 20,
+                 allowed_clients: tuple = ()):
         super().__init__(name, bind, port, batch_size, max_event_size_bytes, keep_fields, client_ip_header,
                          client_hostname_header, buffer_bytes)
+        self.allowed_clients = allowed_clients
         self._receiver: UdpReceiver | None = None
 
     def open(self) -> None:
         self._receiver = UdpReceiver(self.bind, self.port, self._on_datagrams, f"syslog-udp-{self.name}",
-                                     burst=min(self.batch_size, 1000)).start()
+                                     burst=min(self.batch_size, 1000), allowed=self.allowed_clients,
+                                     counters=self.counters).start()
         self.set_bound_port(self._receiver.port)
         self.context.logger.info("syslog_udp source '%s' listening on %s:%d", self.name, self.bind,
                                  self.bound_port)
@@ -238,14 +249,15 @@ class _SyslogConfig(NetworkSourceConfig):
 
 
 @register("source", "syslog_tcp")
-class SyslogTcpSourceConfig(_SyslogConfig, TlsConfig):
+class SyslogTcpSourceConfig(_SyslogConfig, TlsConfig, ClientLimitsConfig):
     """``syslog_tcp`` (Flume's ``syslogtcp``; Flume's ``host`` is ``bind`` here, and defaults to
     127.0.0.1)."""
 
     max_event_size_bytes: int = Field(2500, gt=0, description="Longest message kept whole (Flume's eventSize); "
                                                               "longer ones are kept in pieces marked Incomplete.")
-    max_connections: int = Field(DEFAULT_MAX_CONNECTIONS, gt=0,
-                                 description="Most simultaneous connections; more are refused and counted.")
+    frame_timeout_s: float | None = Field(
+        DEFAULT_REQUEST_TIMEOUT_S, gt=0, description="A connection that keeps a message incomplete for this long "
+                                                     "(a client sending a byte at a time) is closed (null: never).")
 
     def check(self) -> list[str]:
         """Whether this machine can load the TLS files; the source loads them on its node at start."""
@@ -255,7 +267,7 @@ class SyslogTcpSourceConfig(_SyslogConfig, TlsConfig):
         return SyslogTcpSource(name, self.bind, self.port, self.batch_size, self.max_event_size_bytes,
                                parse_keep_fields(self.keep_fields), self.client_ip_header,
                                self.client_hostname_header, self.tls_loader(name), self.max_connections,
-                               self.buffer_bytes)
+                               self.buffer_bytes, self.limits(self.frame_timeout_s))
 
 
 @register("source", "syslog_udp")
@@ -269,4 +281,4 @@ class SyslogUdpSourceConfig(_SyslogConfig):
     def build(self, name: str) -> SyslogUdpSource:
         return SyslogUdpSource(name, self.bind, self.port, self.batch_size, self.max_event_size_bytes,
                                parse_keep_fields(self.keep_fields), self.client_ip_header,
-                               self.client_hostname_header, self.buffer_bytes)
+                               self.client_hostname_header, self.buffer_bytes, parse_networks(self.allowed_clients))

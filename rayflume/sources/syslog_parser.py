@@ -157,6 +157,11 @@ class StreamFramer:
     def pending_bytes(self) -> int:
         return len(self._tail)
 
+    @property
+    def mid_message(self) -> bool:
+        """A message has started and not ended (bytes kept, or the rest of a long one to come)."""
+        return bool(self._tail) or self._cont_line or self._cont_octets > 0
+
     def feed(self, data: bytes) -> tuple[pa.BinaryArray, np.ndarray | None]:
         """The frames completed by ``data``: ``(frames, status)``, status None when all complete."""
         buf = self._tail + data if self._tail else bytes(data)
