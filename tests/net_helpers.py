@@ -19,6 +19,7 @@ from rayflume.channels.memory import MemoryChannel
 from rayflume.interceptors.base import InterceptorChain
 from rayflume.selectors.replicating import ReplicatingChannelSelector
 from rayflume.sources.base import SourceContext
+from tests.channel_contract import wait_until
 
 OPENSSL = shutil.which("openssl")
 
@@ -92,3 +93,20 @@ def cert(tmp_path_factory):
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
                    check=True, capture_output=True, timeout=60)
     return str(certfile), str(keyfile)
+
+
+class CollectingPipeline(SourcePipeline):
+    """A started source driven by the real SourceRunner (in a thread) into a memory channel, with
+    a wait for what was committed."""
+
+    @property
+    def port(self) -> int:
+        return self.source.bound_port
+
+    def collect(self, n: int, timeout_s: float = 10.0):
+        """Wait until ``n`` events in total were committed; all of them, in commit order."""
+        def enough():
+            self.events.extend(self.take_committed())
+            return len(self.events) >= n
+        wait_until(enough, timeout_s, what=f"{n} events (have {len(self.events)})")
+        return self.events

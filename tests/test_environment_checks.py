@@ -68,7 +68,7 @@ def test_a_source_is_built_without_its_files_and_its_start_names_what_is_missing
     token.write_text("s3cret\n")
     source.start(SourceContext("web"))
     try:
-        assert source._token == b"s3cret"
+        assert source._tokens == {"default": b"s3cret"}
     finally:
         source.stop()
 

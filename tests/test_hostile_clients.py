@@ -7,6 +7,7 @@ runs in this process, driven by the real SourceRunner into a memory channel (no 
 from __future__ import annotations
 
 import json
+import ssl
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 from rayflume.registry import lookup
 from rayflume.sources._limits import ConnectionLimits, ConnectionTracker, parse_networks
 from tests.channel_contract import closing_factory, wait_until
-from tests.net_helpers import SourcePipeline
+from tests.net_helpers import SourcePipeline, cert  # noqa: F401  (cert: the fixture)
 
 HOSTILE = "127.0.0.2"
 GOOD_EVENTS = 10_000
@@ -262,3 +263,73 @@ def test_udp_allow_list_drops_datagrams_from_elsewhere_and_counts(pipelines, kin
     wait_until(lambda: p.committed() == 1 and p.counters.get("ClientNotAllowedCount") == 1, 5,
                what="one datagram kept, one dropped and counted")
     assert b"inside" in p.events[0].body
+
+
+def test_a_flood_of_malformed_syslog_does_not_starve_a_good_client(pipelines):
+    p = pipelines("syslog_tcp", max_event_size_bytes=200)
+    garbage = b"".join(b"\x00\xffnot syslog %d " % i + b"x" * (i % 500) + b"\n" for i in range(20_000))
+    flood = threading.Thread(target=lambda: [send_garbage(p.source.bound_port, garbage) for _ in range(3)],
+                             daemon=True)
+    flood.start()
+    send_good_stream(p.source.bound_port, GOOD_EVENTS)
+    flood.join(60)
+    assert not flood.is_alive()
+    wait_until(lambda: p.committed() >= GOOD_EVENTS + 3 * 20_000, 60, what="every message, good and bad")
+    good = sorted(e.body for e in p.events if e.body.startswith(b"good "))
+    assert good == sorted(b"good %d" % i for i in range(GOOD_EVENTS))
+    # kept and flagged (Invalid, or Incomplete when longer than max_event_size_bytes), as Flume does
+    assert p.counters["InvalidEventCount"] + p.counters["IncompleteEventCount"] >= 3 * 20_000
+    print(f"malformed flood: {p.counters['InvalidEventCount']} invalid, "
+          f"{p.counters['IncompleteEventCount']} incomplete, {len(good)} good")
+
+
+def send_garbage(port: int, data: bytes) -> None:
+    with connect(port, HOSTILE) as sock:
+        sock.sendall(data)
+
+
+def test_half_open_tls_handshakes_are_closed_and_do_not_lock_out(pipelines, cert):
+    certfile, keyfile = cert
+    p = pipelines("syslog_tcp", ssl=True, ssl_certfile=certfile, ssl_keyfile=keyfile, max_connections=4,
+                  max_connections_per_client=2, frame_timeout_s=1.0)
+    port = p.source.bound_port
+    half_open = [connect(port, HOSTILE) for _ in range(3)]  # never send a ClientHello
+    try:
+        context = ssl.create_default_context(cafile=certfile)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(good_lines(1000))
+        assert all(closed_by_server(s, 5) for s in half_open[:2])
+    finally:
+        for s in half_open:
+            s.close()
+    wait_until(lambda: p.committed() == 1000, 10, what="the TLS client's events")
+    assert p.counters["ClientLimitRejectedCount"] == 1
+    wait_until(lambda: p.counters["TlsHandshakeFailCount"] == 2, 5, what="two handshakes timed out")
+
+
+@pytest.mark.parametrize("kind", ["netcat", "syslog_tcp"])
+def test_a_thousand_idle_connections_cost_no_threads(pipelines, kind):
+    p = pipelines(kind, max_connections=2000)
+    server = p.source._server.server
+    server.park_after_s = 0.2  # park sooner than the default 2 s, to keep the test short
+    port = p.source.bound_port
+    threads_before = threading.active_count()
+    conns = [connect(port) for _ in range(1000)]
+    try:
+        wait_until(lambda: p.counters["OpenConnectionCount"] == 1000, 30, what="a thousand connections open")
+        wait_until(lambda: server.parking.parked == 1000, 30, what="every idle connection parked")
+        wait_until(lambda: threading.active_count() <= threads_before + 5, 10, what="their threads gone")
+        # a parked connection that speaks again is served, its partial line kept across parkings
+        conns[7].sendall(b"<13>hel")
+        wait_until(lambda: server.parking.parked == 1000, 10, what="parked again after the first half")
+        conns[7].sendall(b"lo\n")
+        send_good_stream(port, 1000)
+        wait_until(lambda: p.committed() == 1001, 10, what="the good client's events and the resumed line")
+        assert b"hello" in [e.body.split(b">")[-1] for e in p.events]
+        print(f"{kind}: 1000 idle connections, {threading.active_count() - threads_before} extra threads")
+    finally:
+        for s in conns:
+            s.close()
+    wait_until(lambda: p.counters["OpenConnectionCount"] == 0 and server.parking.parked == 0, 30,
+               what="every connection closed and unparked")

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from rayflume import testing
 from rayflume.registry import lookup
-from rayflume.sources.http import HttpError, HttpSource, blob_event, parse_json_events
+from rayflume.sources.base import SourceContext
+from rayflume.sources.http import HttpError, HttpSource, TokenUnavailable, blob_event, parse_json_events
 from tests.channel_contract import closing_factory, wait_until
 from tests.net_helpers import SourcePipeline, cert  # noqa: F401  (cert: the fixture)
 
@@ -97,6 +98,49 @@ def test_400_on_a_bad_body(pipelines, body, fragment):
     assert status == 400
     assert fragment in message
     assert p.drain() == []
+
+
+def test_named_tokens_from_env_and_files_each_counted_and_revocable(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYFLUME_TEST_TOKEN_B", "token-of-b")
+    (tmp_path / "c").write_text("token-of-c\n")
+    config = lookup("source", "http")
+    doc = {"type": "http", "channels": ["mem"], "port": 0,
+           "auth_tokens": {"team-a": "token-of-a", "team-b": "${env:RAYFLUME_TEST_TOKEN_B}",
+                           "team-c": "${file:%s}" % (tmp_path / "c")}}
+    assert "token-of" not in repr(config.model_validate(doc))  # secrets are not printed
+    p = Pipeline(config.model_validate(doc).build("web")).run()
+    try:
+        for token in ("token-of-a", "token-of-b", "token-of-b", "token-of-c"):
+            assert post(p.url, events_json(token), {"Authorization": f"Bearer {token}"})[0] == 200
+        assert post(p.url, events_json("x"), {"Authorization": "Bearer ${env:RAYFLUME_TEST_TOKEN_B}"})[0] == 401
+        counts = {k: v for k, v in p.counters.items() if k.startswith("AuthTokenUseCount.")}
+        assert counts == {"AuthTokenUseCount.team-a": 1, "AuthTokenUseCount.team-b": 2,
+                          "AuthTokenUseCount.team-c": 1}
+    finally:
+        p.close()
+    # revoked by a config change: team-b's token no longer opens the source that replaced it
+    del doc["auth_tokens"]["team-b"]
+    p = Pipeline(config.model_validate(doc).build("web")).run()
+    try:
+        assert post(p.url, events_json("x"), {"Authorization": "Bearer token-of-b"})[0] == 401
+        assert post(p.url, events_json("y"), {"Authorization": "Bearer token-of-a"})[0] == 200
+    finally:
+        p.close()
+
+
+def test_a_token_that_cannot_be_read_names_the_key_and_never_the_secret(monkeypatch):
+    monkeypatch.delenv("RAYFLUME_TEST_NO_SUCH", raising=False)
+    config = lookup("source", "http").model_validate(
+        {"type": "http", "channels": ["mem"], "port": 0,
+         "auth_tokens": {"ok": "visible-secret", "missing": "${env:RAYFLUME_TEST_NO_SUCH}"}})
+    source = config.build("web")
+    with pytest.raises(TokenUnavailable, match=r"'web': `auth_tokens.missing`: the environment variable "
+                                               r"RAYFLUME_TEST_NO_SUCH is not set") as err:
+        source.start(SourceContext("web", counters={}))
+    assert "visible-secret" not in str(err.value)
+    with pytest.raises(ValidationError, match="auth_tokens.bad"):
+        lookup("source", "http").model_validate({"type": "http", "channels": ["m"], "port": 0,
+                                                 "auth_tokens": {"bad": "${vault:x}"}})
 
 
 def test_401_on_missing_or_wrong_token(pipelines, tmp_path):

@@ -18,7 +18,7 @@ from rayflume.sinks.base import SinkContext
 from rayflume.sinks.http import HttpSinkConfig, TlsUnavailable as SinkTlsUnavailable
 from rayflume.sources._tls import TlsUnavailable, certificate_names, peer_problem, tls_server_context
 from tests.channel_contract import closing_factory, wait_until
-from tests.net_helpers import OPENSSL, SourcePipeline
+from tests.net_helpers import OPENSSL, CollectingPipeline
 
 ALLOWED = ["good-client", "SAN-Client.example"]
 WAIT_S = 10
@@ -78,18 +78,7 @@ def source_config(pki, type_="syslog_tcp", **extra):
 
 # -- harness -----------------------------------------------------------------------------------------
 
-class Pipeline(SourcePipeline):
-    @property
-    def port(self) -> int:
-        return self.source.bound_port
-
-    def collect(self, n: int, timeout_s: float = WAIT_S):
-        """Wait until ``n`` events in total were committed; all of them, in commit order."""
-        def enough():
-            self.events.extend(self.take_committed())
-            return len(self.events) >= n
-        wait_until(enough, timeout_s, what=f"{n} events (have {len(self.events)})")
-        return self.events
+Pipeline = CollectingPipeline
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from rayflume.sources.syslog_parser import (
     ALL, CONTINUATION, HEAD, INCOMPLETE, INVALID, NONE, STATUS_HEADER, StreamFramer, bsd_ms, parse_keep_fields,
     parse_messages)
 from tests.channel_contract import closing_factory, wait_until
-from tests.net_helpers import SourcePipeline, cert  # noqa: F401  (cert: the fixture)
+from tests.net_helpers import CollectingPipeline, cert  # noqa: F401  (cert: the fixture)
 
 LOGGER = shutil.which("logger")
 BOM = b"\xef\xbb\xbf"
@@ -36,20 +36,7 @@ BOM = b"\xef\xbb\xbf"
 
 # -- harness ---------------------------------------------------------------------------------------
 
-class Pipeline(SourcePipeline):
-    """A started source driven by the real SourceRunner (in a thread) into a memory channel."""
-
-    @property
-    def port(self) -> int:
-        return self.source.bound_port
-
-    def collect(self, n: int, timeout_s: float = 10.0):
-        """Wait until ``n`` events in total were committed; all of them, in commit order."""
-        def enough():
-            self.events.extend(self.take_committed())
-            return len(self.events) >= n
-        wait_until(enough, timeout_s, what=f"{n} events (have {len(self.events)})")
-        return self.events
+Pipeline = CollectingPipeline
 
 
 @pytest.fixture

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import re
 import socket
 import ssl
@@ -61,6 +60,7 @@ from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sinks.base import Sink, SinkContext
 from rayflume.sinks.serializers import TextSerializer, values_buffer
+from rayflume.sources._tls import unreadable_files
 
 log = logging.getLogger("rayflume.sink.http")
 
@@ -166,11 +166,7 @@ def client_tls_problems(who: str, certfile: str | None, keyfile: str | None,
                         cafile: str | None) -> tuple[ssl.SSLContext | None, list[str]]:
     """(the client context, []) or (None, why it cannot be made here). Messages name the files by
     path, never their contents."""
-    problems = []
-    for key, path in zip(_TLS_FILE_KEYS, (certfile, keyfile, cafile)):
-        if path and not os.access(path, os.R_OK):
-            problems.append(f"{who}: `{key}` {path!r} does not exist or is not readable on this node; put the "
-                            f"file on every node that runs this sink, or fix `{key}`")
+    problems = unreadable_files(who, dict(zip(_TLS_FILE_KEYS, (certfile, keyfile, cafile))), "sink")
     if problems:
         return None, problems
     try:

@@ -1,7 +1,9 @@
-"""Plumbing shared by the network sources (``syslog_tcp``, ``syslog_udp``, ``http``, ``netcat``).
+"""The core shared by the network sources (``syslog_tcp``, ``syslog_udp``, ``http``, ``netcat``).
 
-An event-driven source runs its own server threads (one per TCP connection, one for a UDP
-socket). They hand what they received to the runner's ``poll()`` through a bounded
+A TCP connection is served by a thread while it has something to read; a stream connection
+(syslog_tcp, netcat) idle for ``PARK_AFTER_S`` is parked (:mod:`rayflume.sources._parking`) and
+resumed in a new thread when it is readable again, so idle connections cost no thread. A UDP
+socket has one thread. They hand what they received to the runner's ``poll()`` through a bounded
 :class:`HandOff` queue of :class:`Item` objects, each optionally carrying a :class:`Completion`
 that the source completes in ``ack()`` (the batch is committed to every required channel) or with
 a failure in ``on_put_failure()`` / ``stop()``. A server thread that must answer its client after
@@ -11,16 +13,16 @@ Backpressure: the queue is bounded in bytes. A TCP reader blocks in :meth:`HandO
 is full, so it stops reading and the client's TCP window closes; a UDP reader or an HTTP request
 uses a non-blocking put and drops (UDP, counted) or answers 503 (HTTP).
 
-Also here: :class:`NetworkSourceConfig` (``bind`` 127.0.0.1, ``port``, ``buffer_bytes``), a
-threaded TCP server that enforces the client limits of :mod:`rayflume.sources._limits` and does
-TLS handshakes (:mod:`rayflume.sources._tls`) in the connection's own thread
-(:func:`make_tcp_server`), a UDP receive loop (:class:`UdpReceiver`), thread-safe counters,
-vectorised line framing (:func:`split_lines`, :func:`gather_ranges`) and
-:func:`headers_from_columns`, which builds a batch's header map from per-key value arrays in one
-pass.
+Also here: :class:`NetworkSourceConfig` (``bind`` 127.0.0.1, ``port``, ``allowed_clients``,
+``buffer_bytes``), the TCP server (:func:`make_tcp_server`, :class:`StreamSession`), which
+enforces the client limits of :mod:`rayflume.sources._limits` and does TLS handshakes
+(:mod:`rayflume.sources._tls`) in the connection's thread, the UDP receive loop
+(:class:`UdpReceiver`) and thread-safe counters. Framing helpers are in
+:mod:`rayflume.sources._framing`.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import select
@@ -33,15 +35,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import numpy as np
-import pyarrow as pa
 from pydantic import Field, field_validator
 
 from rayflume.config_base import SourceConfig
 from rayflume.event import EventBatch
 from rayflume.sources.base import Source, SourceContext
+from rayflume.sources._framing import (  # noqa: F401 (re-exported)
+    batch_of, binary_from, empty_headers, gather_ranges, headers_from_columns, split_lines, strip_cr)
 from rayflume.sources._limits import (  # noqa: F401 (re-exported)
     DEFAULT_MAX_CONNECTIONS, LIMIT_COUNTERS, ClientLimitsConfig, ConnectionLimits, ConnectionTracker, Watch, parse_networks)
+from rayflume.sources._parking import Parking
 from rayflume.sources._tls import TlsConfig, TlsUnavailable, peer_problem, resolve_tls, tls_server_context  # noqa: F401 (re-exported)
 
 log = logging.getLogger("rayflume.source.server")
@@ -49,6 +52,8 @@ log = logging.getLogger("rayflume.source.server")
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_BUFFER_BYTES = 16 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
+PARK_AFTER_S = 2.0  # a stream connection with nothing to read for this long gives up its thread
+READ_BYTES = 1 << 16
 POLL_WAIT_S = 0.1
 
 # Counters every network source reports (created at start so server threads never grow the dict
@@ -317,6 +322,7 @@ class LimitedServerMixin:
     """
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of connections waits here, not in SYN retries
     block_on_close = False
     allow_reuse_address = True
     refusal: bytes = b""
@@ -365,10 +371,11 @@ class LimitedServerMixin:
 
     def process_request_thread(self, request, client_address):
         conn = request
+        parked = False
         self.tracker.opened(request, client_address[0])
         try:
             if self.tls is not None:
-                request.settimeout(HANDSHAKE_TIMEOUT_S)
+                request.settimeout(min(HANDSHAKE_TIMEOUT_S, self.tracker.limits.request_timeout_s or HANDSHAKE_TIMEOUT_S))
                 try:
                     conn = self.tls.wrap_socket(request, server_side=True)
                 except (ssl.SSLError, OSError) as exc:
@@ -384,42 +391,103 @@ class LimitedServerMixin:
                     log.info("TLS client %s refused: %s", client_address, refused)
                     return
                 conn.settimeout(None)
-            self.finish_request(conn, client_address)
+            parked = bool(self.finish_request(conn, client_address))
         except Exception:
             self.handle_error(conn, client_address)
         finally:
-            self.shutdown_request(conn)
-            self.tracker.closed(conn)
+            if not parked:  # a parked connection is closed by the thread that resumes it
+                self.shutdown_request(conn)
+                self.tracker.closed(conn)
 
     def handle_error(self, request, client_address):
         log.warning("connection from %s failed", client_address, exc_info=True)
 
 
-class _ConnectionHandler(socketserver.BaseRequestHandler):
-    def handle(self):
-        watch = self.server.tracker.watch_of(self.request) or Watch(self.client_address[0])
-        self.server.on_connection(self.request, self.client_address, watch)
+class StreamSession:
+    """One connection of a stream source (syslog_tcp, netcat), fed by the server core: bytes as
+    they arrive, then the end. Called from one thread at a time, though not always the same one
+    (a connection parked while idle resumes in a new thread)."""
+
+    def received(self, data: bytes) -> bool:
+        """Handle ``data``; False ends the connection."""
+        raise NotImplementedError
+
+    def ended(self, eof: bool, by_limit: bool) -> None:
+        """The connection ended: ``eof`` (the client closed it; else a reset or a shut socket);
+        ``by_limit``: closed for a time limit (an incomplete message should be dropped)."""
 
 
 class _TcpServer(LimitedServerMixin, socketserver.ThreadingTCPServer):
-    on_connection: Callable
+    """The core of the stream sources: accept and limits (the mixin), then :meth:`_pump` reads
+    each connection into its :class:`StreamSession` and parks it while idle (see
+    :mod:`rayflume.sources._parking`)."""
+
+    new_session: Callable[[socket.socket, tuple, Watch], StreamSession]
+    parking: Parking | None = None
+    park_after_s: float = PARK_AFTER_S
+
+    def finish_request(self, conn, client_address) -> bool:
+        watch = self.tracker.watch_of(conn) or Watch(client_address[0])
+        return self._pump(conn, client_address, self.new_session(conn, client_address, watch), watch)
+
+    def _pump(self, conn, client_address, session: StreamSession, watch: Watch) -> bool:
+        """Serve ``conn`` until it ends (False) or is parked, idle (True)."""
+        while True:
+            if not (isinstance(conn, ssl.SSLSocket) and conn.pending()) and not _readable(conn, self.park_after_s):
+                resume = functools.partial(self._resume, conn, client_address, session, watch)
+                if self.parking is not None and self.parking.park(conn, resume):
+                    return True
+                continue
+            try:
+                data = conn.recv(READ_BYTES)
+                eof = True
+            except OSError:
+                data, eof = b"", False  # reset, or shut by stop() or the reaper
+            if not data:
+                session.ended(eof, watch.closed_for is not None)
+                return False
+            watch.received()
+            if not session.received(data):
+                return False
+
+    def _resume(self, conn, client_address, session: StreamSession, watch: Watch) -> None:
+        parked = False
+        try:
+            parked = self._pump(conn, client_address, session, watch)
+        except Exception:
+            self.handle_error(conn, client_address)
+        finally:
+            if not parked:
+                self.shutdown_request(conn)
+                self.tracker.closed(conn)
+
+
+def _readable(sock, timeout_s: float) -> bool:
+    # poll, not select: descriptors of a source with thousands of connections exceed FD_SETSIZE
+    poller = select.poll()
+    try:
+        poller.register(sock, select.POLLIN)
+    except (OSError, ValueError):
+        return True  # closed: the read says so
+    return bool(poller.poll(timeout_s * 1000))
 
 
 class _TcpServer6(_TcpServer):
     address_family = socket.AF_INET6
 
 
-def make_tcp_server(bind: str, port: int, on_connection: Callable[[socket.socket, tuple, Watch], None],
+def make_tcp_server(bind: str, port: int, new_session: Callable[[socket.socket, tuple, Watch], StreamSession],
                     limits: ConnectionLimits | int, tls: ssl.SSLContext | None, counters: Counters | None):
-    """A started-but-not-serving threaded TCP server: ``on_connection(sock, address, watch)`` runs
-    in a thread per connection (after the TLS handshake when ``tls``) and reports its activity on
-    ``watch``. Serve with :class:`ServerThread`."""
+    """A started-but-not-serving TCP server for a stream source: ``new_session(sock, address,
+    watch)`` makes each connection's :class:`StreamSession` (after the TLS handshake when ``tls``);
+    the session may send on ``sock`` and reports message boundaries on ``watch``. Serve with
+    :class:`ServerThread`, which also parks idle connections."""
     cls = _TcpServer6 if family_of(bind) == socket.AF_INET6 else _TcpServer
-    server = cls((bind, port), _ConnectionHandler, bind_and_activate=False)
+    server = cls((bind, port), socketserver.BaseRequestHandler, bind_and_activate=False)
     server.tracker = ConnectionTracker(limits, counters)
     server.tls = tls
     server.counters = counters
-    server.on_connection = on_connection
+    server.new_session = new_session
     return bind_or_close(server)
 
 
@@ -448,6 +516,8 @@ class ServerThread:
         return self.server.server_address[1]
 
     def start(self) -> "ServerThread":
+        if isinstance(self.server, _TcpServer):
+            self.server.parking = Parking(self.thread.name)
         self.thread.start()
         tracker = getattr(self.server, "tracker", None)
         if tracker is not None:
@@ -461,6 +531,9 @@ class ServerThread:
         tracker = getattr(self.server, "tracker", None)
         if tracker is not None:
             tracker.close_all()
+        parking = getattr(self.server, "parking", None)
+        if parking is not None:
+            parking.close()  # parked connections wake up to their shut sockets and end
 
 
 # -- UDP -------------------------------------------------------------------------------------------
@@ -563,115 +636,6 @@ class HostnameCache:
                 self._names.clear()
             self._names[ip] = name
         return name
-
-
-# -- vectorised framing and header building --------------------------------------------------------
-
-def binary_from(data: np.ndarray | bytes, offsets: np.ndarray) -> pa.BinaryArray:
-    """A binary array over ``data`` with int32 ``offsets`` (len = n + 1, starting at 0)."""
-    buf = pa.py_buffer(data if isinstance(data, (bytes, bytearray)) else np.ascontiguousarray(data))
-    return pa.BinaryArray.from_buffers(pa.binary(), len(offsets) - 1,
-                                       [None, pa.py_buffer(np.ascontiguousarray(offsets, dtype=np.int32)), buf])
-
-
-def gather_ranges(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.BinaryArray:
-    """The byte ranges ``arr[starts[i]:ends[i]]`` (ascending, non-overlapping) as a binary array,
-    copied once with a boolean mask (no per-range Python)."""
-    n = len(starts)
-    lengths = (ends - starts).astype(np.int64)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] >= 2**31:
-        raise ValueError("more than 2 GiB of frames in one array; read smaller chunks")
-    if n == 0:
-        return pa.array([], pa.binary())
-    if offsets[-1] == len(arr) and n == 1:
-        return binary_from(arr, offsets.astype(np.int32))
-    # +1 at each start, -1 at each end: the running sum is 1 inside a range. Starts are distinct
-    # among non-empty ranges, and so are ends, so plain fancy-index assignment is exact.
-    delta = np.zeros(len(arr) + 1, dtype=np.int8)
-    nonempty = lengths > 0
-    delta[starts[nonempty]] += 1
-    delta[ends[nonempty]] -= 1
-    keep = np.cumsum(delta[:-1], dtype=np.int8).view(bool)
-    return binary_from(arr[keep], offsets.astype(np.int32))
-
-
-def split_lines(arr: np.ndarray, delimiters: tuple[int, ...] = (10,)):
-    """Positions of complete lines in ``arr``: ``(starts, ends, consumed)`` where line i is
-    ``arr[starts[i]:ends[i]]`` without its delimiter and ``consumed`` is the index after the last
-    delimiter (the unterminated tail starts there)."""
-    hit = arr == delimiters[0]
-    for d in delimiters[1:]:
-        hit |= arr == d
-    ends = np.flatnonzero(hit)
-    if ends.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-    starts = np.empty(ends.size, dtype=np.int64)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    return starts, ends.astype(np.int64), int(ends[-1]) + 1
-
-
-def strip_cr(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """``ends`` moved back over one ``\\r`` before the delimiter, where there is one."""
-    ends = ends.copy()
-    nonempty = ends > starts
-    cr = np.zeros(len(ends), dtype=bool)
-    cr[nonempty] = arr[ends[nonempty] - 1] == 13
-    ends[cr] -= 1
-    return ends
-
-
-def empty_headers(n: int) -> pa.MapArray:
-    offsets = pa.array(np.zeros(n + 1, dtype=np.int32))
-    return pa.MapArray.from_arrays(offsets, pa.array([], pa.string()), pa.array([], pa.string()))
-
-
-def headers_from_columns(n: int, columns: list[tuple[str, pa.Array | None]]) -> pa.MapArray:
-    """A ``map<string, string>`` of ``n`` events from ``[(key, values)]``: ``values`` is a string
-    array of length ``n`` (null: the event does not get that key) or None (no event does).
-
-    Keys keep the order of ``columns`` within each event. One concatenation and two ``take``s
-    for the whole batch, whatever the number of keys.
-    """
-    cols = [(k, v) for k, v in columns if v is not None]
-    if n == 0 or not cols:
-        return empty_headers(n)
-    arrays = []
-    for key, values in cols:
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        if values.type != pa.string():
-            values = values.cast(pa.string())
-        if len(values) != n:
-            raise ValueError(f"header {key!r}: {len(values)} values for {n} events")
-        arrays.append(values)
-    k = len(arrays)
-    values = pa.concat_arrays(arrays)
-    if values.null_count:
-        valid = np.asarray(values.is_valid(), dtype=bool)
-    else:
-        valid = np.ones(k * n, dtype=bool)
-    # Event-major order of the key-major concatenation: entry (i, j) is values[j * n + i].
-    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
-    live = valid[order]
-    selected = order[live]
-    counts = live.reshape(n, k).sum(axis=1)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    if offsets[-1] >= 2**31:
-        raise ValueError("too many header entries for one batch")
-    keys = pa.array([key for key, _ in cols], pa.string()).take(pa.array(selected // n))
-    items = values.take(pa.array(selected))
-    return pa.MapArray.from_arrays(pa.array(offsets.astype(np.int32)), keys, items)
-
-
-def batch_of(headers: pa.MapArray, body: pa.Array) -> EventBatch:
-    from rayflume.event import SCHEMA
-    if body.type != pa.binary():
-        body = body.cast(pa.binary())
-    return EventBatch(pa.RecordBatch.from_arrays([headers, body], schema=SCHEMA))
 
 
 # -- the event-driven source base ------------------------------------------------------------------

@@ -82,12 +82,7 @@ class TlsConfig(SourceConfig):
         if not self.ssl:
             return None, []
         who = who or f"{self.type_name or 'network'} source"
-        problems = []
-        for key in _FILE_KEYS:
-            path = getattr(self, key)
-            if path and not os.access(path, os.R_OK):
-                problems.append(f"{who}: `{key}` {path!r} does not exist or is not readable on this node; put "
-                                f"the file on every node that runs this source, or fix `{key}`")
+        problems = unreadable_files(who, {key: getattr(self, key) for key in _FILE_KEYS}, "source")
         if problems:
             return None, problems
         try:
@@ -199,3 +194,11 @@ def peer_problem(conn: ssl.SSLSocket) -> str | None:
         return None
     shown = ", ".join(repr(n) for n in names[:5]) or "none"
     return f"its certificate's names ({shown}) are not in ssl_allowed_client_names"
+
+
+def unreadable_files(who: str, paths: dict, runs: str) -> list[str]:
+    """A message for each of ``paths`` (key -> path or None) that cannot be read on this node;
+    ``runs`` names what the node runs ("source", "sink")."""
+    return [f"{who}: `{key}` {path!r} does not exist or is not readable on this node; put the file on every "
+            f"node that runs this {runs}, or fix `{key}`"
+            for key, path in paths.items() if path and not os.access(path, os.R_OK)]

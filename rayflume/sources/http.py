@@ -5,8 +5,9 @@ Every request is answered only once its fate is known:
 ===== ====================================================================================
 200   every event of the request was committed to every required channel (after ``ack``)
 400   the body cannot be turned into events (bad JSON, wrong shape); the message says why
-401   ``auth_token`` is set and the request has no ``Authorization: Bearer <token>`` or a wrong
-      one (compared in constant time with ``hmac.compare_digest``)
+401   a token is required (``auth_token``, ``auth_token_file`` or the named ``auth_tokens``) and
+      the request has no ``Authorization: Bearer <token>`` or none of them (compared in constant
+      time with ``hmac.compare_digest``)
 405   any method but POST
 411   no Content-Length (chunked uploads are not supported)
 413   the request is longer than ``max_request_bytes``, parsing it would take more than
@@ -55,6 +56,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import threading
@@ -81,6 +83,9 @@ log = logging.getLogger("rayflume.source.http")
 STOP_GRACE_S = 2.0
 DEFAULT_MAX_PARSE_BYTES = 256 << 20
 DEFAULT_MEMORY_BUDGET_BYTES = 512 << 20
+DEFAULT_TOKEN_NAME = "default"
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SECRET_REF = re.compile(r"^\$\{(env|file):([^}]+)\}$")
 JSON_OBJECT_COST = 512  # bytes of Python objects per parsed JSON object, rounded up from measurement
 STATUS_CODES = (200, 400, 401, 404, 405, 408, 411, 413, 415, 500, 503)
 HTTP_COUNTERS = CONNECTION_COUNTERS + ("BoundPort",) + tuple(f"Http{c}Count" for c in STATUS_CODES)
@@ -372,7 +377,7 @@ class HttpSource(QueuedSource):
         self.max_request_bytes = max_request_bytes
         # a token, or a function reading it (from auth_token_file) at start, on the source's node
         self._auth_token = auth_token
-        self._token: bytes | None = None
+        self._tokens: dict[str, bytes] = {}  # token name -> token
         self.tls = tls
         self.limits = limits or ConnectionLimits(max_connections=max_connections, request_timeout_s=request_timeout_s)
         self.max_connections = self.limits.max_connections
@@ -389,9 +394,12 @@ class HttpSource(QueuedSource):
     # -- server side ------------------------------------------------------------------------------
     def open(self) -> None:
         # Token file and certificate are read here, on the source's node, at each start.
-        token = self._auth_token() if callable(self._auth_token) else self._auth_token
+        tokens = self._auth_token() if callable(self._auth_token) else self._auth_token
+        if isinstance(tokens, str):
+            tokens = {DEFAULT_TOKEN_NAME: tokens}
         tls = resolve_tls(self.tls)
-        self._token = token.encode("utf-8") if token else None
+        self._tokens = {name: t.encode("utf-8") for name, t in (tokens or {}).items() if t}
+        self.counters.create(f"AuthTokenUseCount.{name}" for name in self._tokens)
         cls = _HttpServer6 if family_of(self.bind) == socket.AF_INET6 else _HttpServer
         server = cls((self.bind, self.port), _Handler, bind_and_activate=False)
         server.source = self
@@ -400,7 +408,7 @@ class HttpSource(QueuedSource):
         server.counters = self.counters
         self._server = ServerThread(bind_or_close(server), f"http-{self.name}").start()
         self.set_bound_port(self._server.port)
-        if self._token and self.tls is None and not is_loopback(self.bind):
+        if self._tokens and self.tls is None and not is_loopback(self.bind):
             self.context.logger.warning("http source '%s': auth_token is sent in clear text on %s; set ssl: true",
                                         self.name, self.bind)
         self.context.logger.info("http source '%s' listening on %s:%d%s", self.name, self.bind, self.bound_port,
@@ -426,14 +434,21 @@ class HttpSource(QueuedSource):
                 self._busy -= 1
 
     def authorized(self, header: str | None) -> bool:
-        if self._token is None:
+        """Whether ``header`` (Authorization) carries one of the tokens, when any is required; each
+        use is counted under the token's name."""
+        if not self._tokens:
             return True
         if not header:
             return False
-        scheme, _, token = header.strip().partition(" ")
+        scheme, _, given = header.strip().partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(token.strip().encode("utf-8", "replace"), self._token)
+        given_bytes = given.strip().encode("utf-8", "replace")
+        # every token is compared (in constant time), so the time taken does not say which matched
+        matched = [name for name, token in self._tokens.items() if hmac.compare_digest(given_bytes, token)]
+        if matched:
+            self.counters.count(f"AuthTokenUseCount.{matched[0]}")
+        return bool(matched)
 
     def parse_cost(self, body: bytes) -> int:
         """Bytes parsing ``body`` may take at its peak (measured: twice the body, plus up to about
@@ -495,8 +510,34 @@ class HttpSource(QueuedSource):
 
 # -- configuration ---------------------------------------------------------------------------------
 
+def resolve_secret(value: str, what: str) -> str:
+    """``value`` itself, or what ``${env:NAME}`` / ``${file:/path}`` refers to, read here.
+    Raises :class:`TokenUnavailable` (``what`` names the component and key) without the secret."""
+    value = value.strip()
+    ref = SECRET_REF.match(value)
+    if not ref:
+        return value
+    kind, target = ref.groups()
+    if kind == "env":
+        secret = os.environ.get(target, "").strip()
+        if not secret:
+            raise TokenUnavailable(f"{what}: the environment variable {target} is not set or empty on this node; "
+                                   f"set it in the environment of the Ray node that runs the source")
+        return secret
+    try:
+        with open(target, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except (OSError, ValueError) as exc:
+        raise TokenUnavailable(f"{what}: cannot read {target!r} on this node "
+                               f"({getattr(exc, 'strerror', None) or type(exc).__name__}); put the file there "
+                               f"or fix the path") from None
+    if not secret:
+        raise TokenUnavailable(f"{what}: {target!r} is empty; write the token into it")
+    return secret
+
+
 class TokenUnavailable(RayflumeError):
-    """The http source's ``auth_token_file`` cannot be read on its node."""
+    """A token of the http source (a file, an environment variable) cannot be read on its node."""
 
 
 @register("source", "http")
@@ -512,6 +553,11 @@ class HttpSourceConfig(NetworkSourceConfig, TlsConfig, ClientLimitsConfig):
                                                            "otherwise). Prefer auth_token_file.")
     auth_token_file: str | None = Field(None, description="File holding the bearer token (surrounding "
                                                           "whitespace ignored).")
+    auth_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Named bearer tokens, any of which is accepted (uses counted per name "
+                                          "as AuthTokenUseCount.<name>); remove one and redeploy to revoke it. "
+                                          "A value may be ${env:NAME} or ${file:/path}, read on the source's "
+                                          "node at start.")
     commit_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the channel commit before 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest time a whole request (head and body) may "
                                                              "take to arrive; a slower client is closed.")
@@ -530,6 +576,17 @@ class HttpSourceConfig(NetworkSourceConfig, TlsConfig, ClientLimitsConfig):
             raise ValueError("http source: give `auth_token` or `auth_token_file`, not both")
         if self.auth_token is not None and not self.auth_token.get_secret_value().strip():
             raise ValueError("http source: `auth_token` is empty; give a token or remove the key")
+        for name, value in self.auth_tokens.items():
+            if not TOKEN_NAME.match(name):
+                raise ValueError(f"http source: `auth_tokens` name {name!r} must be letters, digits, '-' or '_'")
+            if not value.get_secret_value().strip():
+                raise ValueError(f"http source: `auth_tokens.{name}` is empty; give a token or remove it")
+            if value.get_secret_value().strip().startswith("${") and not SECRET_REF.match(value.get_secret_value().strip()):
+                raise ValueError(f"http source: `auth_tokens.{name}` looks like a reference but is neither "
+                                 f"${{env:NAME}} nor ${{file:/path}}")
+        if (self.auth_token is not None or self.auth_token_file is not None) and DEFAULT_TOKEN_NAME in self.auth_tokens:
+            raise ValueError(f"http source: `auth_tokens` may not name a token {DEFAULT_TOKEN_NAME!r} beside "
+                             f"`auth_token`/`auth_token_file` (that is its name); rename it")
         if self.max_event_size_bytes > self.max_request_bytes:
             raise ValueError(f"http source: `max_event_size_bytes` ({self.max_event_size_bytes}) is larger than "
                              f"`max_request_bytes` ({self.max_request_bytes}); lower it or raise max_request_bytes")
@@ -553,20 +610,27 @@ class HttpSourceConfig(NetworkSourceConfig, TlsConfig, ClientLimitsConfig):
         return None
 
     def token_loader(self, name: str):
-        """The token (``auth_token``), None, or for ``auth_token_file`` a function that reads the file
-        where it is called (the source calls it at start, on its node) and raises
-        :class:`TokenUnavailable` naming the source, the key and what to do when it cannot."""
-        if self.auth_token is not None:
-            return self.auth_token.get_secret_value().strip()
-        if self.auth_token_file is None:
+        """None without tokens; else a function that returns the tokens by name (``auth_token`` or
+        ``auth_token_file`` under the name "default", and ``auth_tokens``), reading files and
+        environment variables where it is called (the source calls it at start, on its node). It
+        raises :class:`TokenUnavailable` naming the source, the key and what to do when it cannot."""
+        if self.auth_token is None and self.auth_token_file is None and not self.auth_tokens:
             return None
+        who = f"http source '{name}'"
 
-        def load() -> str:
-            problem = self._token_problem(f"http source '{name}'")
-            if problem:
-                raise TokenUnavailable(problem)
-            with open(self.auth_token_file, encoding="utf-8") as f:
-                return f.read().strip()
+        def load() -> dict[str, str]:
+            tokens = {}
+            if self.auth_token_file is not None:
+                problem = self._token_problem(who)
+                if problem:
+                    raise TokenUnavailable(problem)
+                with open(self.auth_token_file, encoding="utf-8") as f:
+                    tokens[DEFAULT_TOKEN_NAME] = f.read().strip()
+            if self.auth_token is not None:
+                tokens[DEFAULT_TOKEN_NAME] = resolve_secret(self.auth_token.get_secret_value(), f"{who}: `auth_token`")
+            for key, value in self.auth_tokens.items():
+                tokens[key] = resolve_secret(value.get_secret_value(), f"{who}: `auth_tokens.{key}`")
+            return tokens
 
         return load
 

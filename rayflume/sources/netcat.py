@@ -38,7 +38,7 @@ from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._server import (
     CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, Completion, ConnectionLimits, Item,
-    NetworkSourceConfig, QueuedSource, ServerThread, UdpReceiver, Watch, batch_of, empty_headers, gather_ranges, headers_from_columns, make_tcp_server,
+    NetworkSourceConfig, QueuedSource, ServerThread, StreamSession, UdpReceiver, Watch, batch_of, empty_headers, gather_ranges, headers_from_columns, make_tcp_server,
     split_lines, strip_cr)
 from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S
 
@@ -175,7 +175,7 @@ class NetcatSource(QueuedSource):
                                          counters=self.counters).start()
             self.set_bound_port(self._receiver.port)
         else:
-            server = make_tcp_server(self.bind, self.port, self._serve, self.limits, None, self.counters)
+            server = make_tcp_server(self.bind, self.port, self._session, self.limits, None, self.counters)
             self._server = ServerThread(server, f"netcat-{self.name}").start()
             self.set_bound_port(self._server.port)
         self.context.logger.info("netcat source '%s' listening on %s %s:%d", self.name, self.protocol, self.bind,
@@ -188,25 +188,8 @@ class NetcatSource(QueuedSource):
             self._receiver.stop()
 
     # -- TCP --------------------------------------------------------------------------------------
-    def _serve(self, sock: socket.socket, address, watch: Watch) -> None:
-        splitter = LineSplitter(self.max_line_length_bytes)
-        ip = address[0]
-        while True:
-            try:
-                data = sock.recv(READ_BYTES)
-            except OSError:
-                return  # reset, stopped or over a time limit: what was not acknowledged is the client's to resend
-            if not data:
-                if watch.closed_for:
-                    return  # closed for a time limit: an incomplete line is not an event
-                lines, rejected = splitter.flush()
-                self._deliver(sock, lines, rejected, ip)
-                return
-            watch.received()
-            lines, rejected = splitter.feed(data)
-            watch.pending(splitter.mid_line)
-            if not self._deliver(sock, lines, rejected, ip):
-                return
+    def _session(self, sock: socket.socket, address, watch: Watch) -> "_NetcatSession":
+        return _NetcatSession(self, sock, address[0], watch)
 
     def _deliver(self, sock: socket.socket, lines: pa.BinaryArray, rejected_after: list[int], ip: str) -> bool:
         """Queue ``lines`` in items of at most ``batch_size``; with ``ack_every_event`` wait for
@@ -282,6 +265,26 @@ class NetcatSource(QueuedSource):
                 columns.append(pa.array(address, pa.string()))
         values = columns[0] if len(columns) == 1 else pa.concat_arrays(columns)
         return batch_of(headers_from_columns(len(body), [(self.remote_address_header, values)]), body)
+
+
+class _NetcatSession(StreamSession):
+    """One netcat TCP connection: splits lines, queues them and (``ack_every_event``) replies."""
+
+    def __init__(self, source: NetcatSource, sock: socket.socket, ip: str, watch: Watch):
+        self.source, self.sock, self.ip, self.watch = source, sock, ip, watch
+        self.splitter = LineSplitter(source.max_line_length_bytes)
+
+    def received(self, data: bytes) -> bool:
+        lines, rejected = self.splitter.feed(data)
+        self.watch.pending(self.splitter.mid_line)
+        return self.source._deliver(self.sock, lines, rejected, self.ip)
+
+    def ended(self, eof: bool, by_limit: bool) -> None:
+        # after a reset what was not acknowledged is the client's to resend; an incomplete line cut
+        # by a time limit is not an event
+        if eof and not by_limit:
+            lines, rejected = self.splitter.flush()
+            self.source._deliver(self.sock, lines, rejected, self.ip)
 
 
 @register("source", "netcat")

@@ -42,7 +42,8 @@ from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._server import (
     CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, ConnectionLimits, HostnameCache, Item,
-    NetworkSourceConfig, QueuedSource, ServerThread, TlsConfig, UdpReceiver, Watch, make_tcp_server, resolve_tls)
+    NetworkSourceConfig, QueuedSource, ServerThread, StreamSession, TlsConfig, UdpReceiver, Watch, make_tcp_server,
+    resolve_tls)
 from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S, parse_networks
 from rayflume.sources.syslog_parser import (
     HEAD, NONE, StreamFramer, parse_keep_fields, parse_messages, raw_invalid, strip_trailers)
@@ -134,7 +135,7 @@ class SyslogTcpSource(_SyslogSource):
 
     def open(self) -> None:
         tls = resolve_tls(self.tls)  # a loader reads the certificate here, on the source's node, at each start
-        server = make_tcp_server(self.bind, self.port, self._serve, self.limits, tls, self.counters)
+        server = make_tcp_server(self.bind, self.port, self._session, self.limits, tls, self.counters)
         self._server = ServerThread(server, f"syslog-tcp-{self.name}").start()
         self.set_bound_port(self._server.port)
         self.context.logger.info("syslog_tcp source '%s' listening on %s:%d%s", self.name, self.bind,
@@ -144,24 +145,8 @@ class SyslogTcpSource(_SyslogSource):
         if self._server is not None:
             self._server.stop()
 
-    def _serve(self, sock: socket.socket, address, watch: Watch) -> None:
-        ip = address[0]
-        host = self._client_host(ip)
-        framer = StreamFramer(self.max_event_size_bytes)
-        while True:
-            try:
-                data = sock.recv(READ_BYTES)
-            except OSError:
-                data = b""  # reset, or closed by stop() or a time limit: deliver what was framed so far
-            if not data:
-                if not watch.closed_for:  # closed for a time limit: an incomplete message is not an event
-                    self._queue(*framer.flush(), ip, host)
-                return
-            watch.received()
-            frames, status = framer.feed(data)
-            watch.pending(framer.mid_message)
-            if not self._queue(frames, status, ip, host):
-                return
+    def _session(self, sock: socket.socket, address, watch: Watch) -> "_SyslogSession":
+        return _SyslogSession(self, address[0], watch)
 
     def _queue(self, frames: pa.BinaryArray, status, ip: str, host: str | None) -> bool:
         """Queue frames in items of at most ``batch_size``, blocking while the queue is full
@@ -175,6 +160,25 @@ class SyslogTcpSource(_SyslogSource):
             if not self.handoff.put(item, block=True):
                 return False
         return True
+
+
+class _SyslogSession(StreamSession):
+    """One syslog TCP connection: frames what arrives and queues it (blocking while the queue is
+    full, which is the backpressure)."""
+
+    def __init__(self, source: SyslogTcpSource, ip: str, watch: Watch):
+        self.source, self.ip, self.watch = source, ip, watch
+        self.host = source._client_host(ip)
+        self.framer = StreamFramer(source.max_event_size_bytes)
+
+    def received(self, data: bytes) -> bool:
+        frames, status = self.framer.feed(data)
+        self.watch.pending(self.framer.mid_message)
+        return self.source._queue(frames, status, self.ip, self.host)
+
+    def ended(self, eof: bool, by_limit: bool) -> None:
+        if not by_limit:  # closed for a time limit: an incomplete message is not an event
+            self.source._queue(*self.framer.flush(), self.ip, self.host)
 
 
 class SyslogUdpSource(_SyslogSource):
