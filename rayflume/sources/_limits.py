@@ -263,7 +263,7 @@ def _shutdown(sock, how: int) -> None:
     try:
         socket.socket.shutdown(sock, how)
     except OSError:
-        pass
+        pass  # already closed or reset by the client: there is nothing left to shut
 
 
 class ByteBudget:

@@ -69,7 +69,7 @@ class Parking:
                 if key.data is None:
                     try:
                         while self._wake_r.recv(4096):
-                            pass
+                            pass  # drain every wake-up byte: one select pass handles them all
                     except (BlockingIOError, OSError):
                         pass
                     continue

@@ -22,6 +22,7 @@ enforces the client limits of :mod:`rayflume.sources._limits` and does TLS hands
 """
 from __future__ import annotations
 
+import abc
 import functools
 import ipaddress
 import logging
@@ -403,14 +404,14 @@ class LimitedServerMixin:
         log.warning("connection from %s failed", client_address, exc_info=True)
 
 
-class StreamSession:
+class StreamSession(abc.ABC):
     """One connection of a stream source (syslog_tcp, netcat), fed by the server core: bytes as
     they arrive, then the end. Called from one thread at a time, though not always the same one
     (a connection parked while idle resumes in a new thread)."""
 
+    @abc.abstractmethod
     def received(self, data: bytes) -> bool:
         """Handle ``data``; False ends the connection."""
-        raise NotImplementedError
 
     def ended(self, eof: bool, by_limit: bool) -> None:
         """The connection ended: ``eof`` (the client closed it; else a reset or a shut socket);
