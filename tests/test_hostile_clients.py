@@ -333,3 +333,40 @@ def test_a_thousand_idle_connections_cost_no_threads(pipelines, kind):
             s.close()
     wait_until(lambda: p.counters["OpenConnectionCount"] == 0 and server.parking.parked == 0, 30,
                what="every connection closed and unparked")
+
+
+def test_a_thousand_idle_keep_alive_http_connections_cost_no_threads(pipelines):
+    p = pipelines("http", max_connections=2000)
+    server = p.source._server.server
+    server.park_after_s = 0.2
+    port = p.source.bound_port
+    threads_before = threading.active_count()
+    conns = [connect(port) for _ in range(1000)]
+    try:
+        wait_until(lambda: p.counters["OpenConnectionCount"] == 1000, 30, what="a thousand connections open")
+        wait_until(lambda: server.parking.parked == 1000, 30, what="every idle connection parked")
+        wait_until(lambda: threading.active_count() <= threads_before + 5, 10, what="their threads gone")
+        # a parked keep-alive connection is served request after request, parked in between
+        for i in range(3):
+            status, _ = http_request(conns[7], json.dumps([{"body": f"resumed {i}"}]).encode())
+            assert status == 200
+            wait_until(lambda: server.parking.parked == 1000, 10, what="parked again after the request")
+        # two requests in one write: the second is read from the handler's buffer, not the socket,
+        # so the connection must not be parked in between
+        one = json.dumps([{"body": "pipelined"}]).encode()
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(one)
+        conns[8].sendall((head + one) * 2)
+        replies = b""
+        conns[8].settimeout(10)
+        while replies.count(b"HTTP/1.1 200") < 2:
+            chunk = conns[8].recv(65536)
+            assert chunk, f"closed after {replies!r}"
+            replies += chunk
+        send_good_http(port, 1000)
+        wait_until(lambda: p.committed() == 1005, 10, what="every request's events")
+        print(f"http: 1000 idle connections, {threading.active_count() - threads_before} extra threads")
+    finally:
+        for s in conns:
+            s.close()
+    wait_until(lambda: p.counters["OpenConnectionCount"] == 0 and server.parking.parked == 0, 30,
+               what="every connection closed and unparked")

@@ -169,6 +169,31 @@ def test_without_allowed_names_any_client_of_the_ca_is_served(pki, pipelines):
     wait_until(lambda: p.counters["TlsHandshakeFailCount"] == 1, WAIT_S, what="the failed handshake")
 
 
+# -- netcat -------------------------------------------------------------------------------------------
+
+def test_netcat_over_mtls_acknowledges_a_valid_client_and_refuses_the_others(pki, pipelines):
+    p = pipelines(source_config(pki, "netcat", ssl_allowed_client_names=ALLOWED).build("nc"))
+    with socket.create_connection(("127.0.0.1", p.port), timeout=WAIT_S) as raw:
+        with client_context(pki, pki.good).wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"one\ntwo\n")
+            replies = b""
+            while replies.count(b"OK\n") < 2:
+                chunk = s.recv(64)
+                assert chunk, f"the source closed the connection after {replies!r}"
+                replies += chunk
+    assert replies == b"OK\nOK\n"
+    send_refused(pki, p.port, b"anonymous\n")
+    send_refused(pki, p.port, b"other\n", pki.other)
+    wait_until(lambda: (p.counters["TlsHandshakeFailCount"], p.counters["TlsClientRefusedCount"]) == (1, 1),
+               WAIT_S, what="one failed handshake and one refused client")
+    assert [e.body for e in p.collect(2)] == [b"one", b"two"]
+
+
+def test_netcat_tls_needs_tcp(pki):
+    with pytest.raises(ValidationError, match="netcat source: `ssl` needs protocol: tcp"):
+        source_config(pki, "netcat", protocol="udp")
+
+
 # -- http source and http sink ----------------------------------------------------------------------
 
 def http_sink(pki, port: int, client=None, **kw):

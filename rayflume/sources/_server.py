@@ -1,7 +1,7 @@
 """The core shared by the network sources (``syslog_tcp``, ``syslog_udp``, ``http``, ``netcat``).
 
-A TCP connection is served by a thread while it has something to read; a stream connection
-(syslog_tcp, netcat) idle for ``PARK_AFTER_S`` is parked (:mod:`rayflume.sources._parking`) and
+A TCP connection is served by a thread while it has something to read; a connection idle for
+``PARK_AFTER_S`` (between messages or HTTP requests) is parked (:mod:`rayflume.sources._parking`) and
 resumed in a new thread when it is readable again, so idle connections cost no thread. A UDP
 socket has one thread. They hand what they received to the runner's ``poll()`` through a bounded
 :class:`HandOff` queue of :class:`Item` objects, each optionally carrying a :class:`Completion`
@@ -53,7 +53,7 @@ log = logging.getLogger("rayflume.source.server")
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_BUFFER_BYTES = 16 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
-PARK_AFTER_S = 2.0  # a stream connection with nothing to read for this long gives up its thread
+PARK_AFTER_S = 2.0  # a connection with nothing to read for this long gives up its thread
 READ_BYTES = 1 << 16
 POLL_WAIT_S = 0.1
 
@@ -316,7 +316,11 @@ def family_of(bind: str) -> int:
 
 class LimitedServerMixin:
     """For ``socketserver`` threading servers: refuses connections over the limit in the accept
-    thread (without blocking it) and does the TLS handshake in the connection's own thread.
+    thread (without blocking it), does the TLS handshake in the connection's own thread, and parks
+    connections that wait idle (:meth:`wait_or_park`) so that they hold no thread.
+
+    ``finish_request`` returns True when it parked the connection (its thread then ends without
+    closing it).
 
     Set on the instance: ``tracker`` (:class:`ConnectionTracker`), ``tls`` (an SSLContext or
     None), ``counters`` and optionally ``refusal`` (bytes sent to a refused client).
@@ -330,6 +334,8 @@ class LimitedServerMixin:
     tls: ssl.SSLContext | None = None
     tracker: ConnectionTracker
     counters: Counters | None = None
+    parking: Parking | None = None  # set by ServerThread.start
+    park_after_s: float = PARK_AFTER_S
 
     def process_request(self, request, client_address):
         refused = self.tracker.reserve(client_address[0])
@@ -403,6 +409,29 @@ class LimitedServerMixin:
     def handle_error(self, request, client_address):
         log.warning("connection from %s failed", client_address, exc_info=True)
 
+    def wait_or_park(self, conn, resume: Callable[[], bool], buffered: bool = False) -> bool:
+        """Wait until ``conn`` has something to read (or ``buffered`` says the caller still holds
+        unread bytes): False. True: it stayed idle for ``park_after_s`` and is parked instead; the
+        caller's thread must let go of it, and ``resume()`` serves it again in a new thread once it
+        is readable, returning whether it parked again."""
+        while not buffered and not (isinstance(conn, ssl.SSLSocket) and conn.pending()) \
+                and not _readable(conn, self.park_after_s):
+            if self.parking is not None and self.parking.park(
+                    conn, functools.partial(self._resumed, conn, resume)):
+                return True
+        return False
+
+    def _resumed(self, conn, resume: Callable[[], bool]) -> None:
+        parked = False
+        try:
+            parked = resume()
+        except Exception:
+            self.handle_error(conn, "a resumed connection")
+        finally:
+            if not parked:
+                self.shutdown_request(conn)
+                self.tracker.closed(conn)
+
 
 class StreamSession(abc.ABC):
     """One connection of a stream source (syslog_tcp, netcat), fed by the server core: bytes as
@@ -424,8 +453,6 @@ class _TcpServer(LimitedServerMixin, socketserver.ThreadingTCPServer):
     :mod:`rayflume.sources._parking`)."""
 
     new_session: Callable[[socket.socket, tuple, Watch], StreamSession]
-    parking: Parking | None = None
-    park_after_s: float = PARK_AFTER_S
 
     def finish_request(self, conn, client_address) -> bool:
         watch = self.tracker.watch_of(conn) or Watch(client_address[0])
@@ -433,12 +460,10 @@ class _TcpServer(LimitedServerMixin, socketserver.ThreadingTCPServer):
 
     def _pump(self, conn, client_address, session: StreamSession, watch: Watch) -> bool:
         """Serve ``conn`` until it ends (False) or is parked, idle (True)."""
+        resume = functools.partial(self._pump, conn, client_address, session, watch)
         while True:
-            if not (isinstance(conn, ssl.SSLSocket) and conn.pending()) and not _readable(conn, self.park_after_s):
-                resume = functools.partial(self._resume, conn, client_address, session, watch)
-                if self.parking is not None and self.parking.park(conn, resume):
-                    return True
-                continue
+            if self.wait_or_park(conn, resume):
+                return True
             try:
                 data = conn.recv(READ_BYTES)
                 eof = True
@@ -450,17 +475,6 @@ class _TcpServer(LimitedServerMixin, socketserver.ThreadingTCPServer):
             watch.received()
             if not session.received(data):
                 return False
-
-    def _resume(self, conn, client_address, session: StreamSession, watch: Watch) -> None:
-        parked = False
-        try:
-            parked = self._pump(conn, client_address, session, watch)
-        except Exception:
-            self.handle_error(conn, client_address)
-        finally:
-            if not parked:
-                self.shutdown_request(conn)
-                self.tracker.closed(conn)
 
 
 def _readable(sock, timeout_s: float) -> bool:
@@ -517,7 +531,7 @@ class ServerThread:
         return self.server.server_address[1]
 
     def start(self) -> "ServerThread":
-        if isinstance(self.server, _TcpServer):
+        if isinstance(self.server, LimitedServerMixin):
             self.server.parking = Parking(self.thread.name)
         self.thread.start()
         tracker = getattr(self.server, "tracker", None)

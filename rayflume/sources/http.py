@@ -27,8 +27,9 @@ Handlers: ``json`` (Flume's JSONHandler): the body is a JSON array of ``{"header
 converted, as Gson does in Flume). ``blob`` (Flume's BlobHandler): the raw request body is one
 event; with ``blob_query_headers`` the query parameters become headers (first value of each).
 
-Requests are served by ``http.server.ThreadingHTTPServer`` (HTTP/1.1 keep-alive), one thread per
-connection, at most ``max_connections`` connections (more get a 503 and are closed), and the
+Requests are served by ``http.server.ThreadingHTTPServer`` (HTTP/1.1 keep-alive) on the shared
+server core: a thread per connection while a request is being served; a keep-alive connection idle
+between requests is parked and holds no thread. At most ``max_connections`` connections (more get a 503 and are closed), and the
 client limits of :mod:`rayflume.sources._limits` (``allowed_clients``,
 ``max_connections_per_client``, ``idle_timeout_s`` between requests, and ``request_timeout_s``
 for a whole request, head and body, from its first byte). A request is handed to the runner
@@ -207,6 +208,9 @@ class _HttpServer(LimitedServerMixin, ThreadingHTTPServer):
     source: "HttpSource"
     refusal = REFUSAL
 
+    def finish_request(self, request, client_address) -> bool:
+        return self.RequestHandlerClass(request, client_address, self).parked
+
     def server_bind(self):
         # HTTPServer.server_bind resolves the bind address's FQDN, which can stall on DNS; the
         # name is only used in CGI environments.
@@ -226,6 +230,7 @@ class _WatchedReads(io.RawIOBase):
 
     def __init__(self, sock, watch: Watch):
         self._sock, self._watch = sock, watch
+        self.total = 0
 
     def readable(self) -> bool:
         return True
@@ -233,15 +238,45 @@ class _WatchedReads(io.RawIOBase):
     def readinto(self, buf) -> int:
         n = self._sock.recv_into(buf)
         if n:
+            self.total += n
             self._watch.received()
             self._watch.pending(True)
         return n
 
 
+class _RequestReads(io.BufferedReader):
+    """The handler's buffered reads (``readline`` and ``read``, all that http.server uses), which
+    know how many bytes they hold unread: a connection is parked only when nothing is buffered."""
+
+    def __init__(self, raw: _WatchedReads):
+        super().__init__(raw, 1 << 16)
+        self._raw = raw
+        self._consumed = 0
+
+    @property
+    def buffered(self) -> int:
+        return self._raw.total - self._consumed
+
+    def readline(self, size=-1):
+        line = super().readline(size)
+        self._consumed += len(line)
+        return line
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self._consumed += len(data)
+        return data
+
+
 class _Handler(BaseHTTPRequestHandler):
+    """Serves one keep-alive connection's requests. Between requests an idle connection is parked
+    by the server (:meth:`LimitedServerMixin.wait_or_park`) and resumed in a new thread when its
+    next request arrives, so idle keep-alive clients hold no thread."""
+
     protocol_version = "HTTP/1.1"
     server_version = "rayflume"
     sys_version = ""
+    parked = False
 
     def setup(self):
         # The tracker's reaper closes idle connections and requests over their deadline (counted);
@@ -251,7 +286,30 @@ class _Handler(BaseHTTPRequestHandler):
             limits.idle_timeout_s + (limits.request_timeout_s or 0) + 5)
         super().setup()
         self.watch = self.server.tracker.watch_of(self.request) or Watch(self.client_address[0])
-        self.rfile = io.BufferedReader(_WatchedReads(self.connection, self.watch), 1 << 16)
+        self.rfile = _RequestReads(_WatchedReads(self.connection, self.watch))
+
+    def handle(self):
+        self.close_connection = True
+        self.parked = self._serve()
+
+    def _serve(self) -> bool:
+        """Serve requests until the connection ends (False) or is parked while idle (True)."""
+        while True:
+            if self.server.wait_or_park(self.connection, self._resume, self.rfile.buffered > 0):
+                return True
+            self.handle_one_request()
+            if self.close_connection:
+                return False
+
+    def _resume(self) -> bool:
+        self.parked = self._serve()
+        if not self.parked:
+            super().finish()
+        return self.parked
+
+    def finish(self):
+        if not self.parked:  # a parked connection's files stay open for the thread that resumes it
+            super().finish()
 
     def handle_one_request(self):
         super().handle_one_request()

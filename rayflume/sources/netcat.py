@@ -19,7 +19,8 @@ is full whole datagrams are dropped and counted in ``DatagramDroppedCount`` (UDP
 backpressure).
 
 ``remote_address_header`` (Flume's ``remoteAddressHeader``) puts the client's IP address into
-that header.
+that header. TCP may be served over TLS, optionally mutual (the ``ssl*`` keys, as on
+``syslog_tcp``; Flume's netcat has no TLS).
 
 Delivery: with ``ack_every_event`` over TCP, at least once for a client that resends what was not
 acknowledged; otherwise at most once, like Flume (lines read live in this process until their
@@ -32,14 +33,14 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._server import (
     CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, Completion, ConnectionLimits, Item,
-    NetworkSourceConfig, QueuedSource, ServerThread, StreamSession, UdpReceiver, Watch, batch_of, empty_headers, gather_ranges, headers_from_columns, make_tcp_server,
-    split_lines, strip_cr)
+    NetworkSourceConfig, QueuedSource, ServerThread, StreamSession, TlsConfig, UdpReceiver, Watch, batch_of,
+    empty_headers, gather_ranges, headers_from_columns, make_tcp_server, resolve_tls, split_lines, strip_cr)
 from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S
 
 READ_BYTES = 1 << 16
@@ -153,8 +154,9 @@ class NetcatSource(QueuedSource):
     def __init__(self, name: str, bind: str, port: int, protocol: str = "tcp", batch_size: int = 1000,
                  max_line_length_bytes: int = 512, ack_every_event: bool = True,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, remote_address_header: str | None = None,
-                 buffer_bytes: int = 16 << 20, limits: ConnectionLimits | None = None):
+                 buffer_bytes: int = 16 << 20, limits: ConnectionLimits | None = None, tls=None):
         super().__init__(name, batch_size, buffer_bytes)
+        self.tls = tls
         self.bind = bind
         self.port = port
         self.protocol = protocol
@@ -175,11 +177,12 @@ class NetcatSource(QueuedSource):
                                          counters=self.counters).start()
             self.set_bound_port(self._receiver.port)
         else:
-            server = make_tcp_server(self.bind, self.port, self._session, self.limits, None, self.counters)
+            tls = resolve_tls(self.tls)  # a loader reads the certificate here, on the source's node
+            server = make_tcp_server(self.bind, self.port, self._session, self.limits, tls, self.counters)
             self._server = ServerThread(server, f"netcat-{self.name}").start()
             self.set_bound_port(self._server.port)
-        self.context.logger.info("netcat source '%s' listening on %s %s:%d", self.name, self.protocol, self.bind,
-                                 self.bound_port)
+        self.context.logger.info("netcat source '%s' listening on %s %s:%d%s", self.name, self.protocol, self.bind,
+                                 self.bound_port, " (TLS)" if self.tls else "")
 
     def close(self) -> None:
         if self._server is not None:
@@ -288,7 +291,7 @@ class _NetcatSession(StreamSession):
 
 
 @register("source", "netcat")
-class NetcatSourceConfig(NetworkSourceConfig, ClientLimitsConfig):
+class NetcatSourceConfig(NetworkSourceConfig, TlsConfig, ClientLimitsConfig):
     """``netcat`` (Flume's ``netcat``, and ``netcatudp`` with ``protocol: udp``)."""
 
     protocol: Literal["tcp", "udp"] = Field("tcp", description="tcp (Flume's netcat) or udp (netcatudp).")
@@ -309,7 +312,18 @@ class NetcatSourceConfig(NetworkSourceConfig, ClientLimitsConfig):
             raise ValueError("netcat source: `remote_address_header` must be a header name, or left out")
         return v
 
+    @model_validator(mode="after")
+    def _tls_over_tcp(self):
+        if self.ssl and self.protocol == "udp":
+            raise ValueError("netcat source: `ssl` needs protocol: tcp (there is no TLS over UDP here); "
+                             "remove the ssl keys or use TCP")
+        return self
+
+    def check(self) -> list[str]:
+        """Whether this machine can load the TLS files; the source loads them on its node at start."""
+        return self.tls_problems()
+
     def build(self, name: str) -> NetcatSource:
         return NetcatSource(name, self.bind, self.port, self.protocol, self.batch_size, self.max_line_length_bytes,
                             self.ack_every_event, self.max_connections, self.remote_address_header,
-                            self.buffer_bytes, self.limits(self.line_timeout_s))
+                            self.buffer_bytes, self.limits(self.line_timeout_s), self.tls_loader(name))
