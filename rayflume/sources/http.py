@@ -72,12 +72,13 @@ from pydantic import Field, SecretStr, model_validator
 from rayflume.errors import ChannelFull, RayflumeError, TransactionTooLarge
 from rayflume.event import HEADERS_TYPE, EventBatch
 from rayflume.registry import register
-from rayflume.sources._limits import ByteBudget
-from rayflume.sources._server import (
-    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, Completion, ConnectionLimits,
-    ConnectionTracker, Item, LimitedServerMixin, Watch,
-    NetworkSourceConfig, QueuedSource, ServerThread, TlsConfig, batch_of, bind_or_close, family_of,
-    headers_from_columns, is_loopback, resolve_tls)
+from rayflume.sources._framing import batch_of, headers_from_columns
+from rayflume.sources._limits import (
+    DEFAULT_MAX_CONNECTIONS, ByteBudget, ClientLimitsConfig, ConnectionLimits, ConnectionTracker, Watch)
+from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig, family_of, is_loopback
+from rayflume.sources._queued import Completion, Item, QueuedSource
+from rayflume.sources._server import LimitedServerMixin, ServerThread, bind_or_close
+from rayflume.sources._tls import TlsConfig, resolve_tls
 
 log = logging.getLogger("rayflume.source.http")
 

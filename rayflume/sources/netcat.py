@@ -37,11 +37,15 @@ from pydantic import Field, field_validator, model_validator
 
 from rayflume.event import EventBatch
 from rayflume.registry import register
-from rayflume.sources._server import (
-    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, Completion, ConnectionLimits, Item,
-    NetworkSourceConfig, QueuedSource, ServerThread, StreamSession, TlsConfig, UdpReceiver, Watch, batch_of,
-    empty_headers, gather_ranges, headers_from_columns, make_tcp_server, resolve_tls, split_lines, strip_cr)
-from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S
+from rayflume.sources._framing import (
+    batch_of, empty_headers, gather_ranges, headers_from_columns, split_lines, strip_cr)
+from rayflume.sources._limits import (
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, ClientLimitsConfig, ConnectionLimits, Watch)
+from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig
+from rayflume.sources._queued import Completion, Item, QueuedSource
+from rayflume.sources._server import ServerThread, StreamSession, make_tcp_server
+from rayflume.sources._tls import TlsConfig, resolve_tls
+from rayflume.sources._udp import UdpReceiver
 
 READ_BYTES = 1 << 16
 OK = b"OK\n"

@@ -40,11 +40,13 @@ from pydantic import Field, field_validator
 
 from rayflume.event import EventBatch
 from rayflume.registry import register
-from rayflume.sources._server import (
-    CONNECTION_COUNTERS, DEFAULT_MAX_CONNECTIONS, ClientLimitsConfig, ConnectionLimits, HostnameCache, Item,
-    NetworkSourceConfig, QueuedSource, ServerThread, StreamSession, TlsConfig, UdpReceiver, Watch, make_tcp_server,
-    resolve_tls)
-from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S, parse_networks
+from rayflume.sources._limits import (
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, ClientLimitsConfig, ConnectionLimits, Watch, parse_networks)
+from rayflume.sources._network import CONNECTION_COUNTERS, HostnameCache, NetworkSourceConfig
+from rayflume.sources._queued import Item, QueuedSource
+from rayflume.sources._server import ServerThread, StreamSession, make_tcp_server
+from rayflume.sources._tls import TlsConfig, resolve_tls
+from rayflume.sources._udp import UdpReceiver
 from rayflume.sources.syslog_parser import (
     HEAD, NONE, StreamFramer, parse_keep_fields, parse_messages, raw_invalid, strip_trailers)
 

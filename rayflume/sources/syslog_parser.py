@@ -3,7 +3,7 @@
 Parsing works on a whole batch of raw messages (an Arrow binary array) with
 ``pyarrow.compute.extract_regex`` (RE2, byte semantics on binary input): one regex pass for
 RFC 5424 over the batch, a second only over the messages that did not match, and so on. Header
-arrays are built once per batch (:func:`rayflume.sources._server.headers_from_columns`).
+arrays are built once per batch (:func:`rayflume.sources._framing.headers_from_columns`).
 Timestamps are converted with Arrow's ISO-8601 cast (RFC 5424), or once per distinct value
 (RFC 3164, whose timestamps have no year or zone and repeat within a batch).
 
@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayflume.event import EventBatch
-from rayflume.sources._server import batch_of, headers_from_columns
+from rayflume.sources._framing import batch_of, headers_from_columns
 
 STATUS_HEADER = "flume.syslog.status"
 INVALID = "Invalid"
@@ -203,7 +203,7 @@ class StreamFramer:
         return _combine(None, frames, status)
 
     def _fast(self, buf: bytes) -> tuple[pa.BinaryArray | None, int]:
-        from rayflume.sources._server import gather_ranges, split_lines, strip_cr
+        from rayflume.sources._framing import gather_ranges, split_lines, strip_cr
 
         arr = np.frombuffer(buf, dtype=np.uint8)
         starts, ends, consumed = split_lines(arr, (10, 0))
