@@ -3,11 +3,12 @@
 
     python scripts/bench.py memory            # sequence -> memory -> null, 200-byte bodies
     python scripts/bench.py file --seconds 20
+    python scripts/bench.py avro-hop          # Flume's Avro RPC as the hop, against the Ray hop (two-tier)
     python scripts/bench.py taildir | syslog | hdfs-local | parquet | kafka-sink
     python scripts/bench.py all               # every pipeline above, one after the other
     python scripts/bench.py all --quick       # a short smoke run of each (2 s windows, small file)
 
-The built-in pipelines (memory, file, spillable, two-tier) run an unbounded ``sequence`` source;
+The built-in pipelines (memory, file, spillable, two-tier, avro-hop) run an unbounded ``sequence`` source;
 after a warm-up the sink's EventDrainSuccessCount is sampled over a window (steady state, start-up
 excluded). The baseline, measured in the same run, is the bare Ray cost the pipeline cannot beat
 by much: one driver putting the same batches into a plain queue actor and taking them back.
@@ -102,8 +103,23 @@ def pipeline_two_tier(tmp):
                       "sinks": {"out": {"type": "null", "channel": "mem", "batch_size": HOP_BATCH}}}}}
 
 
+def pipeline_avro_hop(tmp):
+    """The two-tier pipeline with Flume's Avro RPC as the hop: avro sink => avro source on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    topo = pipeline_two_tier(tmp)
+    topo["tiers"]["agent"]["sinks"]["fwd"] = {"type": "avro", "channel": "mem", "hostname": "127.0.0.1",
+                                              "port": port, "batch_size": HOP_BATCH}
+    topo["tiers"]["collector"]["sources"]["in"] = {"type": "avro", "port": port, "channels": ["mem"],
+                                                   "batch_size": HOP_BATCH}
+    return topo
+
+
 PIPELINES = {"memory": pipeline_memory, "file": pipeline_file, "spillable": pipeline_spillable,
-             "two-tier": pipeline_two_tier}
+             "two-tier": pipeline_two_tier, "avro-hop": pipeline_avro_hop}
 
 
 @ray.remote(num_cpus=0)
@@ -251,6 +267,8 @@ def parse_args(argv) -> list[Step]:
     args = build_parser().parse_args(argv)
     if args.pipeline != "all":
         names = [args.pipeline]
+        if "avro-hop" in names:
+            names.insert(0, "two-tier")  # the Avro hop is judged against the Ray hop, same run
         if "two-tier" in names:
             names.insert(0, "memory")  # two-tier is judged against the single-tier pipeline, same run
         return [Step(names, None, args)]
@@ -279,11 +297,14 @@ def run_builtin(names: list[str], args) -> list[dict]:
             r["ratio_to_baseline"] = round(r["events_per_s"] / base, 3)
             if name == "two-tier" and "memory" in by_name:
                 r["ratio_to_memory"] = round(r["events_per_s"] / max(by_name["memory"]["events_per_s"], 1), 3)
+            if name == "avro-hop" and "two-tier" in by_name:
+                r["ratio_to_two_tier"] = round(r["events_per_s"] / max(by_name["two-tier"]["events_per_s"], 1), 3)
             by_name[name] = r
             results.append(r)
             print(f"{name:>10}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s  "
                   f"x{r['ratio_to_baseline']} of baseline"
-                  + (f", x{r['ratio_to_memory']} of single-tier memory" if "ratio_to_memory" in r else ""),
+                  + (f", x{r['ratio_to_memory']} of single-tier memory" if "ratio_to_memory" in r else "")
+                  + (f", x{r['ratio_to_two_tier']} of the Ray hop" if "ratio_to_two_tier" in r else ""),
                   file=sys.stderr)
     finally:
         ray.shutdown()

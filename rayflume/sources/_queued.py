@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from rayflume.errors import ChannelFull, TransactionTooLarge
 from rayflume.event import EventBatch
 from rayflume.sources.base import Source, SourceContext
 from rayflume.sources._network import CONNECTION_COUNTERS
@@ -313,3 +314,62 @@ class QueuedSource(Source):
             self.abandon(503, "the source is stopping")
         finally:
             self.close()
+
+
+class ReplyingSource(QueuedSource):
+    """A source whose clients wait for an answer per request (``http``, ``avro``): a request's
+    events are queued as one item, all-or-nothing, and :meth:`submit` waits for their commit.
+
+    Failures are reported with HTTP-style statuses (413: more events than a channel's transaction
+    takes, 503: retry later), which other protocols map to their own failure answer. A failed put
+    is never retried by the runner: the client was told to retry, so the source moves on.
+    Set ``commit_timeout_s`` on the instance.
+    """
+
+    commit_timeout_s: float = 30.0
+
+    def submit(self, batch: EventBatch) -> tuple[int, str, dict | None]:
+        """Queue a request's events and wait for their commit: ``(status, message, headers)``,
+        200 when committed."""
+        n = len(batch)
+        if n == 0:
+            return 200, "", None
+        retry = {"Retry-After": "1"}
+        completion = Completion()
+        if not self.handoff.put(Item(batch, n, batch.nbytes, completion), block=False):
+            self.counters.count("EventRejectedCount", n)
+            reason = "the source is stopping" if self.handoff.closed else "the source's queue is full"
+            return 503, f"{reason}; retry later", retry
+        if not completion.wait(self.commit_timeout_s):
+            if completion.cancel():
+                return 503, (f"not accepted: the channel did not take the events within {self.commit_timeout_s}s; "
+                             f"retry later"), retry
+            return 503, (f"timed out after {self.commit_timeout_s}s waiting for the commit; the events may still "
+                         f"be committed, so a retry may duplicate them"), retry
+        if completion.succeeded:
+            return 200, "", None
+        status = completion.status or 503
+        return status, completion.reason, (retry if status == 503 else None)
+
+    # -- runner side ------------------------------------------------------------------------------
+    def assemble(self, items: list[Item]) -> EventBatch:
+        return EventBatch.concat([item.payload for item in items])
+
+    def on_put_failure(self, errors: dict[str, BaseException]) -> bool:
+        items = self.pending_items
+        too_large = [ch for ch, exc in errors.items() if isinstance(exc, TransactionTooLarge)]
+        if too_large:
+            if len(items) > 1:
+                self.requeue_pending_solo()  # merged requests too large together: retry them one by one
+                return False
+            n = items[0].events if items else 0
+            self.abandon(413, f"the request holds {n} events, more than the transaction_capacity of channel "
+                              f"'{too_large[0]}'; send fewer events per request")
+            return False
+        full = [ch for ch, exc in errors.items() if isinstance(exc, ChannelFull)]
+        if full:
+            self.abandon(503, f"channel '{full[0]}' is full; retry later")
+        else:
+            ch, exc = next(iter(errors.items()))
+            self.abandon(503, f"channel '{ch}' is unavailable ({type(exc).__name__}); retry later")
+        return False

@@ -69,14 +69,14 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, SecretStr, model_validator
 
-from rayflume.errors import ChannelFull, RayflumeError, TransactionTooLarge
+from rayflume.errors import RayflumeError
 from rayflume.event import HEADERS_TYPE, EventBatch
 from rayflume.registry import register
 from rayflume.sources._framing import batch_of, headers_from_columns
 from rayflume.sources._limits import (
     DEFAULT_MAX_CONNECTIONS, ByteBudget, ClientLimitsConfig, ConnectionLimits, ConnectionTracker, Watch)
 from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig, family_of, is_loopback
-from rayflume.sources._queued import Completion, Item, QueuedSource
+from rayflume.sources._queued import ReplyingSource
 from rayflume.sources._server import LimitedServerMixin, ServerThread, bind_or_close
 from rayflume.sources._tls import TlsConfig, resolve_tls
 
@@ -415,7 +415,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(status, message, headers=headers)
 
 
-class HttpSource(QueuedSource):
+class HttpSource(ReplyingSource):
     """The HTTP source. Request threads parse, queue and wait; ``poll``/``ack``/``on_put_failure``
     run on the runner's thread. See the module docstring for statuses and delivery."""
 
@@ -520,52 +520,6 @@ class HttpSource(QueuedSource):
         if self.handler == "blob":
             return blob_event(body, query, self.blob_query_headers, self.max_event_size_bytes)
         return parse_json_events(body, content_type, self.max_event_size_bytes)
-
-    def submit(self, batch: EventBatch) -> tuple[int, str, dict | None]:
-        """Queue a request's events and wait for their commit: ``(status, message, headers)``."""
-        n = len(batch)
-        if n == 0:
-            return 200, "", None
-        retry = {"Retry-After": "1"}
-        completion = Completion()
-        if not self.handoff.put(Item(batch, n, batch.nbytes, completion), block=False):
-            self.counters.count("EventRejectedCount", n)
-            reason = "the source is stopping" if self.handoff.closed else "the source's queue is full"
-            return 503, f"{reason}; retry later", retry
-        if not completion.wait(self.commit_timeout_s):
-            if completion.cancel():
-                return 503, (f"not accepted: the channel did not take the events within {self.commit_timeout_s}s; "
-                             f"retry later"), retry
-            return 503, (f"timed out after {self.commit_timeout_s}s waiting for the commit; the events may still "
-                         f"be committed, so a retry may duplicate them"), retry
-        if completion.succeeded:
-            return 200, "", None
-        status = completion.status or 503
-        return status, completion.reason, (retry if status == 503 else None)
-
-    # -- runner side ------------------------------------------------------------------------------
-    def assemble(self, items: list[Item]) -> EventBatch:
-        return EventBatch.concat([item.payload for item in items])
-
-    def on_put_failure(self, errors: dict[str, BaseException]) -> bool:
-        items = self.pending_items
-        too_large = [ch for ch, exc in errors.items() if isinstance(exc, TransactionTooLarge)]
-        if too_large:
-            if len(items) > 1:
-                self.requeue_pending_solo()  # merged requests too large together: retry them one by one
-                return False
-            n = items[0].events if items else 0
-            self.abandon(413, f"the request holds {n} events, more than the transaction_capacity of channel "
-                              f"'{too_large[0]}'; send fewer events per request")
-            return False
-        full = [ch for ch, exc in errors.items() if isinstance(exc, ChannelFull)]
-        if full:
-            self.abandon(503, f"channel '{full[0]}' is full; retry later")
-        else:
-            ch, exc = next(iter(errors.items()))
-            self.abandon(503, f"channel '{ch}' is unavailable ({type(exc).__name__}); retry later")
-        return False
-
 
 # -- configuration ---------------------------------------------------------------------------------
 
