@@ -22,7 +22,21 @@ than silently overwritten. The loader also records the line of every mapping key
 so each problem in a file or text names its line (``sources.tail.channels: ... (line 7)``).
 Messages are written for a Flume user's first mistakes: unknown keys suggest the declared key
 meant (``transactionCapacity`` -> ``transaction_capacity``), type errors say what was expected and
-what was given, and a Flume properties file is recognised and refused with directions.
+what was given.
+
+What a Flume user brings along is accepted as it is:
+
+- a Flume properties file, given the agent to run (``load_topology(path, agent="a1")``, Flume's
+  ``-n a1``), is converted by :mod:`rayflume.flume_conf.convert`; without an agent it is refused
+  with directions naming the agents in the file;
+- Flume's type names (``TAILDIR``, ``seq``, ``org.apache.flume.sink.hdfs.HDFSEventSink``) stand for
+  rayflume's (see :mod:`rayflume.registry`); a component's config carries rayflume's name;
+- name lists may be written Flume's way, space-separated (``channels: c1 c2``), in a source's
+  ``channels``, a selector's channel lists and a sink group's ``sinks``;
+- ``${env:NAME}`` and ``${file:PATH}`` in any value are substituted when a file or text is loaded
+  (:func:`substitute_references`), except in the keys a component reads itself on its node (the http
+  source's tokens, ``metrics.token``): those stay as written, so a secret never enters the stored
+  topology.
 """
 from __future__ import annotations
 
@@ -218,16 +232,116 @@ def looks_like_flume_properties(text: str) -> bool:
     return 2 * len(props) > len(lines) and any(_AGENT_PROPERTY.match(ln) for ln in props)
 
 
-def _flume_properties_error(source: str) -> ConfigError:
-    return ConfigError([
-        f"{source}: this is a Flume agent configuration (a properties file: `a1.sources = r1`), not a "
-        f"rayflume topology, which is YAML. Write the topology as YAML: the agent's sources, channels and "
-        f"sinks become mappings under `sources:`, `channels:` and `sinks:`, keyed by their names, with each "
-        f"property in snake_case and lists written as lists (`a1.channels.c1.transactionCapacity = 100` -> "
-        f"`channels: {{c1: {{type: memory, transaction_capacity: 100}}}}`; `a1.sources.r1.channels = c1` -> "
-        f"`channels: [c1]` under `sources: {{r1: ...}}`). The README's \"A topology\" section shows a "
-        f"complete file. (A `rayflume convert` command that does this for you is planned; it does not "
-        f"exist yet.)"])
+def is_flume_properties(text: str, source: str = "") -> bool:
+    """Whether a topology file is a Flume properties file: by its ``.properties`` name or its text."""
+    return source.lower().endswith(".properties") or looks_like_flume_properties(text)
+
+
+def _from_flume_properties(text: str, source: str, agent: str | None, warnings: list[str] | None,
+                           base_dir: str | None) -> dict:
+    """Agent ``agent`` of a Flume properties file as a topology mapping (references unsubstituted).
+    Raises ConfigError for a missing agent and for every conversion error; the properties not
+    carried over go to ``warnings`` (one line each)."""
+    from rayflume.flume_conf.convert import convert_text
+
+    conversion = convert_text(text, agent, source=source, base_dir=base_dir)
+    if conversion.errors:
+        raise ConfigError(conversion.error_lines(), topology=agent)
+    if warnings is not None:
+        warnings.extend(conversion.warning_lines())
+        warnings.extend(f"note: {line}" for line in conversion.note_lines())
+    return conversion.data
+
+
+# -- ${env:NAME} and ${file:PATH} -------------------------------------------------------------------
+REFERENCE_RE = re.compile(r"\$\{(env|file):([^}]*)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _resolve_reference(kind: str, target: str, base_dir: str | None) -> str:
+    """The text ``${kind:target}`` stands for, read here. Raises ValueError saying what to do."""
+    if kind == "env":
+        if not _ENV_NAME.match(target):
+            raise ValueError(f"${{env:{target}}}: {target!r} is not an environment variable name (letters, digits "
+                             f"and '_', not starting with a digit)")
+        if target not in os.environ:
+            raise ValueError(f"${{env:{target}}}: the environment variable {target} is not set where the topology "
+                             f"is loaded; export it, or write the value itself")
+        return os.environ[target]
+    path = os.path.expanduser(target.strip())
+    if base_dir and not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"${{file:{target}}}: cannot read {path!r} "
+                         f"({getattr(exc, 'strerror', None) or type(exc).__name__}); create the file or fix the "
+                         f"path (a relative path is relative to the topology file)") from None
+
+
+def substitute_references(data, base_dir: str | None = None, errors: list[str] | None = None):
+    """A copy of a topology mapping with every ``${env:NAME}`` and ``${file:PATH}`` (anywhere in a
+    string value) replaced by what it refers to on this machine, except in the keys a component
+    resolves itself on its node (:func:`rayflume.registry.self_resolved_keys`, and
+    ``metrics.token``), which stay as written. A ``${file:}`` path is relative to ``base_dir``.
+
+    Problems are added to ``errors`` as ``path: message``; without ``errors``, they raise
+    ConfigError. ``data`` is not modified."""
+    problems: list[str] = [] if errors is None else errors
+
+    def resolve(value, path):
+        if isinstance(value, str):
+            if "${" not in value:
+                return value
+
+            def one(m):
+                try:
+                    return _resolve_reference(m.group(1), m.group(2), base_dir)
+                except ValueError as exc:
+                    problems.append(f"{path}: {exc}")
+                    return m.group(0)
+
+            return REFERENCE_RE.sub(one, value)
+        if isinstance(value, dict):
+            return {k: resolve(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    def component(kind, raw, path):
+        if not isinstance(raw, dict):
+            return resolve(raw, path)
+        kept = set(registry.self_resolved_keys(kind, raw.get("type"))) if isinstance(raw.get("type"), str) else set()
+        return {k: (v if k in kept else resolve(v, f"{path}.{k}")) for k, v in raw.items()}
+
+    def tier(tier_data, prefix):
+        if not isinstance(tier_data, dict):
+            return resolve(tier_data, prefix.rstrip("."))
+        out = {}
+        for key, value in tier_data.items():
+            kind = SECTIONS.get(key)
+            if kind and isinstance(value, dict):
+                out[key] = {n: component(kind, raw, f"{prefix}{key}.{n}") for n, raw in value.items()}
+            else:
+                out[key] = resolve(value, f"{prefix}{key}")
+        return out
+
+    if not isinstance(data, dict):
+        return data
+    out = tier({k: v for k, v in data.items() if k not in ("tiers", "metrics")}, "")
+    if isinstance(data.get("tiers"), dict):
+        out["tiers"] = {t: tier(d, f"tiers.{t}.") for t, d in data["tiers"].items()}
+    elif "tiers" in data:
+        out["tiers"] = data["tiers"]
+    if "metrics" in data:
+        metrics = data["metrics"]
+        out["metrics"] = ({k: (v if k == "token" else resolve(v, f"metrics.{k}")) for k, v in metrics.items()}
+                          if isinstance(metrics, dict) else metrics)
+    out = {k: out[k] for k in data}  # the user's order
+    if problems and errors is None:
+        raise ConfigError(problems)
+    return out
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
@@ -247,11 +361,15 @@ def parse_yaml_with_lines(text: str, source: str = "<topology>") -> tuple[dict, 
     """Parse topology text with ``yaml.safe_load`` semantics.
 
     Returns the mapping and ``{path: line}`` for its keys and list items (see :func:`format_path`).
-    Raises ConfigError with a single problem for a Flume properties file, invalid YAML (with line
-    and column), duplicate keys (one problem each), or a document that is not a mapping.
+    Raises ConfigError with a single problem for a Flume properties file (see
+    :func:`load_topology` for those), invalid YAML (with line and column), duplicate keys (one
+    problem each), or a document that is not a mapping.
     """
-    if source.lower().endswith(".properties") or looks_like_flume_properties(text):
-        raise _flume_properties_error(source)
+    if is_flume_properties(text, source):
+        from rayflume.flume_conf.convert import no_agent_error
+        from rayflume.flume_conf.properties import parse_properties
+
+        raise no_agent_error(source, parse_properties(text))
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -275,23 +393,42 @@ def parse_yaml(text: str, source: str = "<topology>") -> dict:
     return parse_yaml_with_lines(text, source)[0]
 
 
-def load_topology(path: str | os.PathLike) -> Topology:
-    """Read and validate a topology file. Raises ConfigError listing every problem, each with
-    its line in the file where the path can be found there."""
+def load_topology(path: str | os.PathLike, agent: str | None = None, warnings: list[str] | None = None) -> Topology:
+    """Read and validate a topology file: YAML, or agent ``agent`` of a Flume properties file
+    (converted; the properties it could not carry over are appended to ``warnings``). References
+    (``${env:NAME}``, ``${file:PATH}``, relative to the file's directory) are substituted here, on
+    this machine. Raises ConfigError listing every problem, each with its line in the file where
+    the path can be found there."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the topology file: {exc.strerror}"]) from None
-    data, lines = parse_yaml_with_lines(text, source=path)
-    return validate(data, source=path, lines=lines)
+    return _load_text(text, path, agent, warnings, os.path.dirname(os.path.abspath(path)))
 
 
-def loads_topology(text: str) -> Topology:
-    """Validate topology text; problems name their line in ``text``."""
-    data, lines = parse_yaml_with_lines(text)
-    return validate(data, lines=lines)
+def loads_topology(text: str, agent: str | None = None, warnings: list[str] | None = None) -> Topology:
+    """Validate topology text (YAML, or with ``agent`` a Flume properties text); problems name
+    their line in ``text``. See :func:`load_topology`."""
+    return _load_text(text, "<topology>", agent, warnings, None)
+
+
+def _load_text(text: str, source: str, agent: str | None, warnings: list[str] | None,
+               base_dir: str | None) -> Topology:
+    if agent is not None and is_flume_properties(text, source):
+        data, lines = _from_flume_properties(text, source, agent, warnings, base_dir), {}
+    else:
+        if agent is not None:
+            raise ConfigError([f"{source}: --agent names an agent of a Flume properties file, and this is a "
+                               f"rayflume topology (YAML); remove --agent"])
+        data, lines = parse_yaml_with_lines(text, source=source)
+    errors: list[str] = []
+    data = substitute_references(data, base_dir=base_dir, errors=errors)
+    if errors:
+        name = data.get("name") if isinstance(data.get("name"), str) else None
+        raise ConfigError([_with_line(e, lines) for e in errors], topology=name or source)
+    return validate(data, source=source, lines=lines)
 
 
 # -- messages --------------------------------------------------------------------------------------
@@ -477,6 +614,11 @@ def build_config(kind: str, raw: dict, path: str, errors: list[str]):
         errors.append(f"{path}: {what}; known {kind} types: {', '.join(registry.known_types(kind))}")
         return None
     cls = registry.lookup(kind, type_name)
+    if cls is not None:
+        # Flume's name (TAILDIR, org.apache.flume...): the config carries rayflume's, plus the keys
+        # the Flume type implies (netcatudp: protocol udp) unless written.
+        canonical, implied = registry.canonical_type(kind, type_name)
+        raw = {**implied, **raw, "type": canonical}
     try:
         if cls is not None:
             config = cls(**raw)
@@ -488,7 +630,11 @@ def build_config(kind: str, raw: dict, path: str, errors: list[str]):
         else:
             hint = " or a Python import path 'module:callable'" if kind == "interceptor" else ""
             known = registry.known_types(kind)
-            errors.append(f"{path}.type: unknown {kind} type '{type_name}'; known types: {', '.join(known)}"
+            from rayflume.flume_conf.mapping import unsupported_reason
+
+            flume = unsupported_reason(kind, type_name)
+            flume = f"; Flume's {type_name} has no rayflume equivalent: {flume}" if flume else ""
+            errors.append(f"{path}.type: unknown {kind} type '{type_name}'{flume}; known types: {', '.join(known)}"
                           f"{hint}{_did_you_mean(type_name, known)}")
             return None
     except ValidationError as exc:
@@ -558,6 +704,7 @@ def validate(data: dict, source: str = "<topology>", lines: dict[str, int] | Non
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             errors.append(f"{key}: {unknown_key(key, TOP_LEVEL_KEYS, 'a topology has')}")
+    data = _split_name_lists(data)
     topo = Topology(name=name, raw=data)
     if "tiers" in data:
         for key in sorted(TIER_KEYS & set(data)):
@@ -591,6 +738,50 @@ def validate(data: dict, source: str = "<topology>", lines: dict[str, int] | Non
     if errors:
         raise ConfigError([_with_line(e, lines or {}) for e in errors], topology=name or source)
     return topo
+
+
+def _names(value):
+    """Flume's space-separated names (``c1 c2``) as a list; anything else as it is."""
+    return value.split() if isinstance(value, str) else value
+
+
+def _split_tier_lists(tier: dict) -> dict:
+    if not isinstance(tier, dict):
+        return tier
+    out = dict(tier)
+    sources = tier.get("sources")
+    if isinstance(sources, dict):
+        out["sources"] = {}
+        for name, raw in sources.items():
+            if isinstance(raw, dict):
+                raw = dict(raw)
+                if "channels" in raw:
+                    raw["channels"] = _names(raw["channels"])
+                selector = raw.get("selector")
+                if isinstance(selector, dict):
+                    selector = dict(selector)
+                    for key in ("default", "optional", "mapping"):
+                        value = selector.get(key)
+                        if isinstance(value, dict):
+                            selector[key] = {k: _names(v) for k, v in value.items()}
+                        elif key in selector:
+                            selector[key] = _names(value)
+                    raw["selector"] = selector
+            out["sources"][name] = raw
+    groups = tier.get("sink_groups")
+    if isinstance(groups, dict):
+        out["sink_groups"] = {g: ({**raw, "sinks": _names(raw["sinks"])} if isinstance(raw, dict) and "sinks" in raw
+                                  else raw) for g, raw in groups.items()}
+    return out
+
+
+def _split_name_lists(data: dict) -> dict:
+    """A copy of ``data`` with Flume's space-separated name lists written as lists: a source's
+    ``channels``, its selector's ``default``/``optional``/``mapping`` channel lists, a sink group's
+    ``sinks``. Component names cannot contain spaces, so nothing else is meant by them."""
+    if "tiers" in data and isinstance(data.get("tiers"), dict):
+        return {**data, "tiers": {t: _split_tier_lists(d) for t, d in data["tiers"].items()}}
+    return _split_tier_lists(data)
 
 
 def _validate_tier(tier_name: str, data: dict, prefix: str, errors: list[str]) -> Tier:

@@ -471,8 +471,10 @@ def test_validate_warns_about_what_this_machine_lacks_but_accepts_it(tmp_path):
      "channels.mem.transactionCapacity: unknown key; did you mean `transaction_capacity`? (line 5)"),
     ("name: x\nsources:\n  gen: {type: sequence, chanels: [mem]}\nchannels:\n  mem: {type: memory}\n"
      "sinks:\n  out: {type: null, channel: mem}\n", "t.yaml", "did you mean `channels`?"),
-    ("name: x\nsources:\n  gen: {type: sequence, channels: mem}\nchannels:\n  mem: {type: memory}\n"
-     "sinks:\n  out: {type: null, channel: mem}\n", "t.yaml", "expected a list, e.g. [mem]; got the string 'mem'"),
+    # (`channels: mem` is Flume's space-separated list, accepted: a scalar for another list is the mistake)
+    ("name: x\nsources:\n  gen: {type: sequence, channels: [mem], interceptors: timestamp}\nchannels:\n"
+     "  mem: {type: memory}\nsinks:\n  out: {type: null, channel: mem}\n", "t.yaml",
+     "expected a list, e.g. [timestamp]; got the string 'timestamp'"),
     ("a1.sources = r1\na1.channels = c1\na1.sources.r1.type = netcat\n", "flume.properties",
      "Flume agent configuration"),
     ("name: x\nsources: {gen: [\n", "t.yaml", "line"),

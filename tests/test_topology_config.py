@@ -86,14 +86,14 @@ def test_error_message_names_topology_and_what_to_do():
 def test_missing_keys_and_wrong_types():
     errors = errors_of("""
         sources:
-          gen: {type: sequence, channels: mem, batch_size: lots}
+          gen: {type: sequence, channels: 5, batch_size: lots}
         channels:
           mem: {capacity: 10}
         sinks:
           out: {type: null}
         """)
     assert "name: required key is missing; give the topology a name" in errors
-    assert "sources.gen.channels: expected a list, e.g. [mem]; got the string 'mem'" in errors
+    assert "sources.gen.channels: expected a list, e.g. [5]; got the number 5" in errors
     assert "sources.gen.batch_size: expected a whole number, e.g. 100; got the string 'lots'" in errors
     assert any(e.startswith("channels.mem: missing required key `type`; known channel types:") for e in errors)
     assert "sinks.out: missing required key `channel`: the channel this sink drains" in errors
