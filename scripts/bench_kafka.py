@@ -5,6 +5,7 @@
     python scripts/bench.py kafka-sink                 # the same, through scripts/bench.py
     python scripts/bench_kafka.py --bootstrap host:9092 --seconds 20
     python scripts/bench_kafka.py --quick              # a short smoke run (2 s window)
+    python scripts/bench_kafka.py --flume-event-format # the sink writes Avro AvroFlumeEvents
 
 ``pipeline_kafka_sink(tmp)`` is the topology (minus name and metrics) in the style of
 ``scripts/bench.py``; it starts a local tansu broker on 127.0.0.1 (in-memory storage, from the
@@ -131,7 +132,7 @@ def stop_broker() -> None:
     _broker.pop("bootstrap", None)
 
 
-def pipeline_kafka_sink(tmp):
+def pipeline_kafka_sink(tmp, use_flume_event_format: bool = False):
     from rayflume._private.kafka_common import ensure_topic
 
     bootstrap = ensure_broker()
@@ -140,7 +141,7 @@ def pipeline_kafka_sink(tmp):
     return {"sources": {"gen": {"type": "sequence", "batch_size": BATCH, "body_size": BODY, "channels": ["mem"]}},
             "channels": {"mem": {"type": "memory", "capacity": 200_000, "transaction_capacity": BATCH}},
             "sinks": {"out": {"type": "kafka", "channel": "mem", "bootstrap_servers": bootstrap, "topic": topic,
-                              "batch_size": BATCH}}}
+                              "batch_size": BATCH, "use_flume_event_format": use_flume_event_format}}}
 
 
 def baseline(bootstrap: str, seconds: float) -> float:
@@ -180,11 +181,12 @@ def drained(handle) -> int:
     return sum(int(v.get("EventDrainSuccessCount", 0)) for k, v in m.items() if k.startswith("SINK."))
 
 
-def run(seconds: float, warmup_s: float) -> dict:
+def run(seconds: float, warmup_s: float, use_flume_event_format: bool = False) -> dict:
     import rayflume
 
     with tempfile.TemporaryDirectory(prefix="bench-kafka-sink-") as tmp:
-        topo = {"name": "bench-kafka-sink", "metrics": {"port": None}, **pipeline_kafka_sink(tmp)}
+        topo = {"name": "bench-kafka-sink", "metrics": {"port": None},
+                **pipeline_kafka_sink(tmp, use_flume_event_format)}
         handle = rayflume.deploy(topo)
         try:
             time.sleep(warmup_s)
@@ -197,7 +199,7 @@ def run(seconds: float, warmup_s: float) -> dict:
     events = e1 - e0
     return {"pipeline": "kafka-sink", "events": events, "seconds": round(dt, 3),
             "events_per_s": round(events / dt), "mb_per_s": round(events * BODY / dt / 1e6, 1),
-            "rollbacks": int(sink.get("RollbackCount", 0)),
+            "rollbacks": int(sink.get("RollbackCount", 0)), "use_flume_event_format": use_flume_event_format,
             "target_events_per_s": TARGET_EVENTS_PER_S}
 
 
@@ -210,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-s", type=float, default=None,
                         help=f"warm-up before it (default {WARMUP_S:g}; {QUICK_WARMUP_S:g} with --quick)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run, not a measurement")
+    parser.add_argument("--flume-event-format", action="store_true",
+                        help="the sink writes each record as an Avro AvroFlumeEvent (use_flume_event_format)")
     parser.add_argument("--bootstrap", help="use this broker (host:port) instead of starting tansu; "
                                             f"{' or '.join(ENV_BROKERS)} do the same")
     return parser
@@ -232,7 +236,7 @@ def measure(args) -> list[dict]:
         ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume",
                  logging_level="WARNING", log_to_driver=False)
         try:
-            r = run(seconds, warmup_s)
+            r = run(seconds, warmup_s, args.flume_event_format)
         finally:
             ray.shutdown()
     finally:

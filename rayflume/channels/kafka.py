@@ -18,7 +18,42 @@ Record format (``format``):
   put that fails half way may have written a prefix of its events (retried: duplicates).
 
 A take accepts both formats whatever ``format`` says: a record without the ``arrow-ipc`` marker
-is one event (value as body, Kafka headers as headers), so records from any producer drain.
+is one event (value as body, Kafka headers as headers; with ``parse_as_flume_event`` a Flume
+event, below), so records from any producer drain. Records a Flume agent writes with
+``parseAsFlumeEvent: false`` (or Flume's Kafka sink without ``useFlumeEventFormat``) are raw
+bodies: read them without ``parse_as_flume_event``.
+
+Sharing the topic with Flume (a Flume agent's Kafka channel, sink or source on the same topic,
+e.g. during a migration). Flume's Kafka channel reads and writes with one switch,
+``parseAsFlumeEvent`` (default true): each record value is one Avro-encoded ``AvroFlumeEvent``
+(headers and body; false: the raw body, headers lost, and a take gives the body with no
+headers). Here the two directions are separate keys:
+
+* ``parse_as_flume_event`` (take side; default: the value of ``use_flume_event_format``): a
+  record without the ``arrow-ipc`` marker is decoded as one ``AvroFlumeEvent``: the event gets its
+  headers and body; the record key, when there is one, becomes header ``key`` (as in Flume's
+  channel, whose put keys each record by that header); Kafka headers are added where no header
+  has their name. Records of this channel's own ``arrow`` puts are still recognised by their
+  marker, so ``format: arrow`` with ``parse_as_flume_event: true`` drains a topic that Flume
+  agents fill while keeping rayflume's own cheap format for its own puts (only rayflume reads
+  those). A record that does not decode (a raw body from a producer without the Flume format, a
+  tombstone, corrupt bytes) is delivered, not dropped: raw value as body, Kafka headers as
+  headers, plus header ``rayflume.decode_error`` with the reason; it is counted in
+  ``EventDecodeFailCount`` and logged with its offset. (An unreadable ``arrow`` record is a broken
+  batch of several events with no usable body; it is skipped and counted in
+  ``EventTakeErrorCount``, as before. An undecodable Flume record is one event whose value is most
+  likely a raw body, so delivering it loses nothing; Flume's own channel throws on it, logs
+  "Ensure the setting for parseAsFlumeEvent is correct", and does not deliver it.)
+* ``use_flume_event_format`` (put side): each event is written as one record whose value is the
+  Avro-encoded ``AvroFlumeEvent`` (every header and the body) and whose key is the event's
+  ``key`` header (none without it), exactly what Flume's Kafka channel writes with
+  ``parseAsFlumeEvent: true``, so a Flume agent's Kafka channel or its Kafka source with
+  ``useFlumeEventFormat`` can take them. It replaces ``format`` (set one of the two) and needs the
+  take side to parse what it wrote, so ``parse_as_flume_event`` may not be false. Guarantees are
+  those of ``events``: a failed put may have written a prefix of its events (retried: duplicates),
+  no transaction id survives a restart, and on a topic with several partitions the events of one
+  put spread by key. A header with a null value is written with an empty value (Avro's map has no
+  null). Header values stay strings; a Flume reader sees the same map.
 
 How the contract maps onto Kafka:
 
@@ -59,8 +94,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from rayflume._private.kafka_common import (RESERVED_CONSUMER, RESERVED_PRODUCER, check_producer_overrides,
-                                            consumer_config, ensure_topic, event_header_lists,
+from rayflume._private.kafka_common import (DECODE_ERROR_HEADER, RESERVED_CONSUMER, RESERVED_PRODUCER,
+                                            check_producer_overrides, consumer_config, ensure_topic,
+                                            event_header_lists, flume_event_values, flume_messages_to_batch,
                                             kafka_error_text, messages_to_batch, partitions_of,
                                             producer_config, validate_client_options)
 from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now,
@@ -151,13 +187,21 @@ class KafkaChannel(Channel):
                  format: str = "arrow", capacity: int | None = None, transaction_capacity: int = 10_000,
                  lease_timeout_s: float = 60.0, auto_offset_reset: str = "earliest", poll_timeout_s: float = 0.5,
                  call_timeout_s: float = 30.0, create_topic: bool = True, partitions: int = 1,
-                 replication_factor: int = -1, producer: dict | None = None, consumer: dict | None = None):
+                 replication_factor: int = -1, producer: dict | None = None, consumer: dict | None = None,
+                 use_flume_event_format: bool = False, parse_as_flume_event: bool | None = None):
         super().__init__(name, capacity or UNBOUNDED, transaction_capacity, None, lease_timeout_s)
+        if parse_as_flume_event is None:
+            parse_as_flume_event = use_flume_event_format
+        if use_flume_event_format and not parse_as_flume_event:
+            raise ValueError(f"channel '{name}': use_flume_event_format writes Flume events that this channel must "
+                             f"read back; leave parse_as_flume_event unset or set it to true")
         self.bounded = capacity is not None
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.group_id = group_id
         self.format = format
+        self.use_flume_event_format = use_flume_event_format
+        self.parse_as_flume_event = parse_as_flume_event
         self.poll_timeout_s = poll_timeout_s
         self.call_timeout_s = call_timeout_s
         self._fetch_lock = threading.Lock()
@@ -175,6 +219,8 @@ class KafkaChannel(Channel):
         self._parts: dict[int, _PartitionState] = {}
         self.counters.extra.update(KafkaCommitFailCount=0, KafkaEventSendTimer=0, KafkaEventGetTimer=0,
                                    KafkaCommitTimer=0)
+        if parse_as_flume_event:
+            self.counters.extra["EventDecodeFailCount"] = 0
 
         try:
             import confluent_kafka  # noqa: F401
@@ -294,7 +340,21 @@ class KafkaChannel(Channel):
         done = threading.Event()
         reports: list = []
         errors: list = []
-        if self.format == "arrow":
+        if self.use_flume_event_format:
+            expected = len(batch)
+            per_event = max(1, batch.nbytes // max(1, len(batch)))
+            # Flume's channel keys each record by the event's `key` header (and its take turns the
+            # record key back into that header); an event without one has no key.
+            records = list(zip(flume_event_values(batch), batch.header("key").to_pylist(), [None] * expected))
+
+            def on_delivery(err, msg):
+                if err is not None:
+                    errors.append(err)
+                else:
+                    reports.append((msg.partition(), msg.offset(), 1, per_event))
+                if len(reports) + len(errors) >= expected:
+                    done.set()
+        elif self.format == "arrow":
             expected = 1
             payload = batch.to_ipc()
             sizes = [len(batch)]
@@ -306,13 +366,13 @@ class KafkaChannel(Channel):
                     reports.append((msg.partition(), msg.offset(), sizes[0], batch.nbytes))
                 done.set()
 
-            records = [(payload, [(FORMAT_HEADER, ARROW_FORMAT), (TXN_HEADER, txn_id),
-                                  (EVENTS_HEADER, str(len(batch)))])]
+            records = [(payload, key, [(FORMAT_HEADER, ARROW_FORMAT), (TXN_HEADER, txn_id),
+                                       (EVENTS_HEADER, str(len(batch)))])]
         else:
             expected = len(batch)
             per_event = max(1, batch.nbytes // max(1, len(batch)))
             headers = event_header_lists(batch)
-            records = list(zip(batch.body.to_pylist(), headers))
+            records = [(body, key, hdrs) for body, hdrs in zip(batch.body.to_pylist(), headers)]
 
             def on_delivery(err, msg):
                 # Callbacks may run in any thread that polls the producer: list appends are atomic.
@@ -325,10 +385,10 @@ class KafkaChannel(Channel):
 
         deadline = time.monotonic() + self.call_timeout_s
         try:
-            for value, hdrs in records:
+            for value, record_key, hdrs in records:
                 while True:
                     try:
-                        self._producer.produce(self.topic, value, key, on_delivery=on_delivery, headers=hdrs)
+                        self._producer.produce(self.topic, value, record_key, on_delivery=on_delivery, headers=hdrs)
                         break
                     except BufferError:
                         if time.monotonic() >= deadline:
@@ -409,7 +469,10 @@ class KafkaChannel(Channel):
         def flush_run():
             if not run:
                 return
-            batch = messages_to_batch(run, meta=False, copy_headers=True)
+            if self.parse_as_flume_event:
+                batch = self._flume_events(run)
+            else:
+                batch = messages_to_batch(run, meta=False, copy_headers=True)
             offs = [m.offset() for m in run]
             rec = _Record(run[0].partition(), offs[0], offs[-1] + 1, len(run), offsets=offs)
             pieces.append(_Piece(rec, 0, batch))
@@ -487,6 +550,21 @@ class KafkaChannel(Channel):
                     self._held_bytes += piece.batch.nbytes
             # Records with nothing to deliver (duplicates, unreadable) may let the offset move on.
             self._advance_offsets()
+
+    def _flume_events(self, run: list) -> EventBatch:
+        """Records of a run (no arrow marker) decoded as Flume events; undecodable ones kept raw."""
+        batch, failed = flume_messages_to_batch(run, meta=False, topic_header=None, copy_headers=True)
+        if failed:
+            with self._lock:
+                self.counters.extra["EventDecodeFailCount"] += failed
+            reasons = batch.header(DECODE_ERROR_HEADER).to_pylist()
+            first = next(i for i, r in enumerate(reasons) if r is not None)
+            log.warning("kafka channel '%s': %d of %d records are not Avro-encoded Flume events (first: %s[%d]@%d: "
+                        "%s); delivered with their raw value as body and header '%s'. If producers write raw "
+                        "bodies to this topic, set parse_as_flume_event: false", self.name, failed, len(run),
+                        self.topic, run[first].partition(), run[first].offset(), reasons[first],
+                        DECODE_ERROR_HEADER)
+        return batch
 
     def _lease(self, max_events: int, holder: str):
         taken: list[_Piece] = []
@@ -668,7 +746,17 @@ class KafkaChannelConfig(ChannelConfig):
     topic: str = Field("flume-channel", min_length=1, description="The topic that stores the channel.")
     group_id: str = Field("flume", min_length=1, description="Consumer group whose offsets the channel commits.")
     format: Literal["arrow", "events"] = Field("arrow", description="arrow: one record per put (Arrow IPC); "
-                                                                    "events: one record per event.")
+                                                                    "events: one record per event (raw body, "
+                                                                    "headers as Kafka headers).")
+    use_flume_event_format: bool = Field(
+        False, description="Put each event as one record whose value is an Avro-encoded AvroFlumeEvent (headers "
+                           "and body) keyed by its `key` header, as Flume's Kafka channel writes with "
+                           "parseAsFlumeEvent, so Flume agents can take them. Replaces `format`.")
+    parse_as_flume_event: bool | None = Field(
+        None, description="Take records without rayflume's arrow marker as Avro-encoded AvroFlumeEvents (what Flume's "
+                          "Kafka channel and, with useFlumeEventFormat, its Kafka sink write); one that does not "
+                          "decode is delivered raw with header rayflume.decode_error and counted in "
+                          "EventDecodeFailCount. Unset: the value of use_flume_event_format.")
     capacity: int | None = Field(None, gt=0, description="Most events in the channel; None: unbounded "
                                                          "(Kafka's retention is the bound).")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
@@ -696,6 +784,17 @@ class KafkaChannelConfig(ChannelConfig):
         validate_client_options(who, "consumer", self.consumer, RESERVED_CONSUMER)
         if self.replication_factor == 0 or self.replication_factor < -1:
             raise ValueError(f"{who}: `replication_factor` must be -1 (broker default) or at least 1")
+        if self.use_flume_event_format:
+            if "format" in self.model_fields_set:
+                raise ValueError(f"{who}: `format` and `use_flume_event_format` both choose how puts are written; "
+                                 f"remove `format` (use_flume_event_format writes one Flume event per record)")
+            if self.parse_as_flume_event is False:
+                raise ValueError(f"{who}: `use_flume_event_format` writes Flume events that the channel itself must "
+                                 f"read back; remove `parse_as_flume_event: false`")
+        elif self.parse_as_flume_event and self.format == "events":
+            raise ValueError(f"{who}: `format: events` writes raw bodies, which `parse_as_flume_event` cannot decode; "
+                             f"set `use_flume_event_format: true` (instead of format) to write Flume events, or "
+                             f"use `format: arrow`")
         return self
 
     def check(self) -> list[str]:
@@ -709,4 +808,6 @@ class KafkaChannelConfig(ChannelConfig):
         return KafkaChannel(name, self.bootstrap_servers, self.topic, self.group_id, self.format, self.capacity,
                             self.transaction_capacity, self.lease_timeout_s, self.auto_offset_reset,
                             self.poll_timeout_s, self.call_timeout_s, self.create_topic, self.partitions,
-                            self.replication_factor, self.producer, self.consumer)
+                            self.replication_factor, self.producer, self.consumer,
+                            use_flume_event_format=self.use_flume_event_format,
+                            parse_as_flume_event=self.parse_as_flume_event)

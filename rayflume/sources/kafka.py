@@ -6,6 +6,21 @@ record value is the body; headers ``topic`` (``topic_header``, when ``set_topic_
 ``partition``, ``offset``, ``timestamp`` (the record timestamp in ms) and ``key`` (when the record
 has one), then the record's Kafka headers (with ``copy_kafka_headers``).
 
+Flume's event format (``parse_as_flume_event``, Flume's ``useFlumeEventFormat`` of its Kafka
+source): each record value is read as one Avro-encoded ``AvroFlumeEvent`` (what Flume's Kafka sink
+writes with ``useFlumeEventFormat`` and Flume's Kafka channel with ``parseAsFlumeEvent``): the
+event gets the decoded body and headers. As in Flume, the decoded headers win: ``topic``,
+``partition``, ``offset`` and ``timestamp`` are added only where the Flume event lacks them (so an
+event keeps the ``timestamp`` it had before it crossed Kafka), the record key always becomes
+``key``, and Kafka headers (with ``copy_kafka_headers``) are added where no header has their name.
+
+A record that is not one valid ``AvroFlumeEvent`` (written without the Flume format, a tombstone,
+corrupt) is neither dropped nor fatal: it becomes an event with the raw value as body, the usual
+metadata headers and header ``rayflume.decode_error`` giving the reason, and is counted in
+``EventDecodeFailCount`` (with a warning naming topic, partition and offset). Flume's source logs
+an error on such a record and does not deliver it; here nothing is lost, and a selector or
+interceptor can route such events by that header.
+
 Delivery: auto commit is off. ``ack()``, which the runner calls only after every required channel
 committed the batch, commits the batch's offsets synchronously. So a record is acknowledged to
 Kafka only once it is in the channels: **at-least-once**. Duplicates are possible, as in Flume
@@ -31,8 +46,9 @@ import time
 
 from pydantic import Field, field_validator, model_validator
 
-from rayflume._private.kafka_common import (RESERVED_CONSUMER, consumer_config, kafka_error_text,
-                                            messages_to_batch, validate_client_options)
+from rayflume._private.kafka_common import (DECODE_ERROR_HEADER, RESERVED_CONSUMER, consumer_config,
+                                            flume_messages_to_batch, kafka_error_text, messages_to_batch,
+                                            validate_client_options)
 from rayflume.config_base import SourceConfig
 from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch
@@ -48,7 +64,8 @@ class KafkaSource(Source):
     def __init__(self, name: str, bootstrap_servers: str, topics: list[str] | None = None,
                  topics_regex: str | None = None, group_id: str = "flume", batch_size: int = 1000,
                  batch_duration_s: float = 1.0, auto_offset_reset: str = "latest", set_topic_header: bool = True,
-                 topic_header: str = "topic", copy_kafka_headers: bool = True, consumer: dict | None = None):
+                 topic_header: str = "topic", copy_kafka_headers: bool = True, consumer: dict | None = None,
+                 parse_as_flume_event: bool = False):
         if not topics and not topics_regex:
             raise ValueError(f"kafka source '{name}': set `topics` or `topics_regex`")
         self.name = name
@@ -61,6 +78,7 @@ class KafkaSource(Source):
         self.auto_offset_reset = auto_offset_reset
         self.topic_header = topic_header if set_topic_header else None
         self.copy_kafka_headers = copy_kafka_headers
+        self.parse_as_flume_event = parse_as_flume_event
         self.overrides = dict(consumer or {})
         self.context = SourceContext(name=name)
         self._consumer = None
@@ -164,9 +182,26 @@ class KafkaSource(Source):
             if off > offsets.get(tp, -1):
                 offsets[tp] = off
         self._pending_offsets = offsets
-        self._pending = messages_to_batch(records, meta=True, topic_header=self.topic_header,
-                                          copy_headers=self.copy_kafka_headers)
+        if self.parse_as_flume_event:
+            self._pending = self._flume_events(records)
+        else:
+            self._pending = messages_to_batch(records, meta=True, topic_header=self.topic_header,
+                                              copy_headers=self.copy_kafka_headers)
         return self._pending
+
+    def _flume_events(self, records: list) -> EventBatch:
+        batch, failed = flume_messages_to_batch(records, meta=True, topic_header=self.topic_header,
+                                                copy_headers=self.copy_kafka_headers)
+        if failed:
+            self.context.count("EventDecodeFailCount", failed)
+            reasons = batch.header(DECODE_ERROR_HEADER).to_pylist()
+            first = next(i for i, reason in enumerate(reasons) if reason is not None)
+            m = records[first]
+            log.warning("kafka source '%s': %d of %d records are not Avro-encoded Flume events (first: %s[%d]@%d: "
+                        "%s); delivered with their raw value as body and header '%s'. If the topic holds raw "
+                        "bodies, set parse_as_flume_event: false", self.name, failed, len(records), m.topic(),
+                        m.partition(), m.offset(), reasons[first], DECODE_ERROR_HEADER)
+        return batch
 
     def ack(self) -> None:
         if self._pending is None:
@@ -210,6 +245,11 @@ class KafkaSourceConfig(SourceConfig):
     set_topic_header: bool = Field(True, description="Put the record's topic in header `topic_header`.")
     topic_header: str = Field("topic", min_length=1)
     copy_kafka_headers: bool = Field(True, description="Copy the records' Kafka headers into event headers.")
+    parse_as_flume_event: bool = Field(
+        False, description="Read each record value as one Avro-encoded AvroFlumeEvent (Flume's useFlumeEventFormat "
+                           "of its Kafka source): the event gets its headers and body. A record that does not "
+                           "decode is kept with its raw value as body and header rayflume.decode_error, and "
+                           "counted in EventDecodeFailCount. False: the value is the body.")
     consumer: dict = Field(default_factory=dict, description="librdkafka consumer properties passed through "
                                                              "(Flume's kafka.consumer.*).")
 
@@ -242,4 +282,5 @@ class KafkaSourceConfig(SourceConfig):
     def build(self, name: str) -> KafkaSource:
         return KafkaSource(name, self.bootstrap_servers, self.topics, self.topics_regex, self.group_id,
                            self.batch_size, self.batch_duration_s, self.auto_offset_reset, self.set_topic_header,
-                           self.topic_header, self.copy_kafka_headers, consumer=self.consumer)
+                           self.topic_header, self.copy_kafka_headers, consumer=self.consumer,
+                           parse_as_flume_event=self.parse_as_flume_event)
