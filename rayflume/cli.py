@@ -1,4 +1,9 @@
-"""The ``rayflume`` command line: validate, deploy, status, logs, stop.
+"""The ``rayflume`` command line: validate, deploy, status, logs, stop, convert, send, types.
+
+``validate`` and ``deploy`` take a rayflume topology (YAML) or, with ``--agent NAME`` (Flume's
+``-n``), a Flume agent configuration (a properties file), converted on the fly; ``convert`` writes
+that conversion as YAML. The Flume properties that cannot be carried over are printed as warnings,
+one line each.
 
 Every command exits 2 on bad input (an invalid topology, an unreachable cluster, an unknown
 topology name) with one message saying what is wrong and what to do, never a traceback; 130
@@ -60,10 +65,22 @@ def _describe_tier(tier, tiered: bool) -> list[str]:
     return lines
 
 
-def cmd_validate(args) -> int:
-    from rayflume.topology import load_topology, local_environment_warnings
+def _load(args):
+    """The topology of ``args.file`` (with ``args.agent`` for a Flume file), its conversion
+    warnings printed to stderr."""
+    from rayflume.topology import load_topology
 
-    topo = load_topology(args.file)
+    warnings: list[str] = []
+    topo = load_topology(args.file, agent=args.agent, warnings=warnings)
+    for warning in warnings:
+        print(warning if warning.startswith("note: ") else f"warning: {warning}", file=sys.stderr)
+    return topo
+
+
+def cmd_validate(args) -> int:
+    from rayflume.topology import local_environment_warnings
+
+    topo = _load(args)
     tiers = list(topo.tiers.values())
     count = {kind: sum(len(getattr(t, kind)) for t in tiers)
              for kind in ("sources", "channels", "sinks", "sink_groups")}
@@ -78,6 +95,40 @@ def cmd_validate(args) -> int:
     for warning in local_environment_warnings(topo):
         print(f"warning (on this machine): {warning}", file=sys.stderr)
     return 0
+
+
+def cmd_convert(args) -> int:
+    """Write agent ``--agent`` of a Flume properties file as a rayflume topology, after validating
+    it; every property not carried over is a warning on stderr and a comment in the output."""
+    from rayflume.flume_conf.convert import convert_file, to_yaml
+
+    conversion = convert_file(args.file, args.agent)
+    for warning in conversion.warning_lines():
+        print(f"warning: {warning}", file=sys.stderr)
+    for note in conversion.note_lines():
+        print(f"note: {note}", file=sys.stderr)
+    if conversion.errors:
+        raise ConfigError(conversion.error_lines(), topology=args.agent)
+    text = to_yaml(conversion)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    carried = "every property carried over" if not conversion.warnings else \
+        f"{len(conversion.warnings)} propert{'y' if len(conversion.warnings) == 1 else 'ies'} not carried over (above)"
+    print(f"wrote {args.output}: agent '{args.agent}' as topology '{conversion.data['name']}' (valid; {carried})")
+    print(f"  rayflume deploy {args.output}")
+    return 0
+
+
+def _add_agent(p) -> None:
+    p.add_argument("--agent", "-n", metavar="NAME",
+                   help="with a Flume properties file: the agent to run (Flume's -n); the file is converted on "
+                        "the fly and the properties it cannot carry over are printed as warnings")
 
 
 def _sum(metrics: dict, prefix: str, key: str) -> int:
@@ -104,9 +155,8 @@ def cmd_deploy(args) -> int:
         # switch when it is imported, so it must be set before that.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from rayflume import api
-    from rayflume.topology import load_topology
 
-    topo = load_topology(args.file)
+    topo = _load(args)
     if args.address is not None:
         _connect(args.address, args.connect_timeout_s)
         handle = api.deploy(topo, log_level=args.log_level)
@@ -330,6 +380,61 @@ def cmd_stop(args) -> int:
     return 0
 
 
+def cmd_send(args) -> int:
+    from rayflume.client import AvroClient, ThriftClient, send_file
+
+    kind, target = ("avro", args.avro) if args.avro else ("thrift", args.thrift)
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--{kind} wants HOST:PORT (e.g. collector.example:4545), got {target!r}")
+    headers = {}
+    for item in args.header or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--header wants KEY=VALUE, got {item!r}")
+        headers[key] = value
+    options = dict(connect_timeout_s=args.connect_timeout_s, request_timeout_s=args.request_timeout_s,
+                   ssl=args.ssl, ssl_ca_file=args.ssl_ca_file, trust_all_certs=args.trust_all_certs)
+    if kind == "avro":
+        client = AvroClient(host, int(port), compression_type=args.compression_type, **options)
+    else:
+        client = ThriftClient(host, int(port), protocol=args.protocol, **options)
+    try:
+        with client, (sys.stdin.buffer if args.file == "-" else _open_input(args.file)) as lines:
+            sent = send_file(client, lines, args.batch_size, headers)
+    except RayflumeError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"sent {sent} events to {target} ({kind})", file=sys.stderr)
+    return 0
+
+
+def _open_input(path: str):
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path!r}: {exc.strerror}") from None
+
+
+def cmd_types(args) -> int:
+    from rayflume._private import describe
+
+    if args.json_schema:
+        print(json.dumps(describe.topology_schema(), indent=2))
+        return 0
+    if args.type:
+        try:
+            print(describe.describe(args.type, args.kind))
+        except LookupError as exc:
+            raise UsageError(str(exc)) from None
+        return 0
+    kind_width = max(len(k) for k, _, _ in describe.types_table())
+    type_width = max(len(t) for _, t, _ in describe.types_table())
+    for kind, name, text in describe.types_table():
+        if args.kind in (None, kind):
+            print(f"{kind.ljust(kind_width)}  {name.ljust(type_width)}  {text}")
+    return 0
+
+
 def _leftovers(stop_result: dict) -> str:
     """What a stop could not drain: events left in live channels, and channels it could not reach."""
     left = {k: v for k, v in (stop_result.get("undrained") or {}).items() if v}
@@ -368,21 +473,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rayflume", description="Flume-style log pipelines on Ray.",
         epilog="examples:\n  rayflume validate topologies/quickstart.yaml\n"
                "  rayflume deploy topologies/quickstart.yaml\n  rayflume status --address 127.0.0.1:6379\n"
+               "  rayflume deploy conf/flume.conf --agent a1    # a Flume agent configuration\n"
                "\n`rayflume COMMAND --help` describes each command.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rayflume {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _subparser(sub, "validate", "check a topology file and report every problem",
-                   "  rayflume validate topologies/two-tier.yaml   # exits 0 when valid, 2 with every problem")
-    p.add_argument("file", help="a topology YAML file")
+                   "  rayflume validate topologies/two-tier.yaml   # exits 0 when valid, 2 with every problem\n"
+                   "  rayflume validate conf/flume.conf --agent a1 # a Flume agent, as `flume-ng agent -n a1` runs it")
+    p.add_argument("file", help="a topology YAML file, or a Flume properties file with --agent")
+    _add_agent(p)
     p.set_defaults(func=cmd_validate)
 
     p = _subparser(sub, "deploy", "run a topology (embedded Ray in the foreground, or on --address)",
                    "  rayflume deploy topologies/quickstart.yaml                   # foreground; Ctrl-C stops\n"
                    "  rayflume deploy topologies/two-tier.yaml --address HEAD:6379  # deploy to a cluster and return\n"
-                   "  rayflume deploy t.yaml --log-level DEBUG")
-    p.add_argument("file", help="a topology YAML file")
+                   "  rayflume deploy t.yaml --log-level DEBUG\n"
+                   "  rayflume deploy conf/flume.conf --agent a1   # like flume-ng agent -n a1 -f conf/flume.conf")
+    p.add_argument("file", help="a topology YAML file, or a Flume properties file with --agent")
+    _add_agent(p)
     p.add_argument("--address", metavar="HOST:PORT",
                    help="deploy to this Ray cluster and return (`auto`: the cluster this machine runs); omit it "
                         "to run an embedded Ray in the foreground until the pipeline finishes or Ctrl-C")
@@ -424,6 +534,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout-s", type=float, default=30.0, metavar="S",
                    help="wait at most S seconds for the channels to drain (default 30)")
     p.set_defaults(func=cmd_stop)
+
+    p = _subparser(sub, "convert", "convert a Flume agent configuration into a rayflume topology (YAML)",
+                   "  rayflume convert conf/flume.conf --agent a1                  # the topology on stdout\n"
+                   "  rayflume convert conf/flume.conf --agent a1 -o a1.yaml       # written to a1.yaml\n"
+                   "\nEvery property is carried over or reported on stderr (and as a comment in the output):\n"
+                   "the property, why it has no equivalent, what to do. The output is validated before it is\n"
+                   "written; nothing is written when a property cannot be converted (exit 2).\n"
+                   "docs/flume-properties.md lists each Flume property and its rayflume key.")
+    p.add_argument("file", help="a Flume properties file (flume-ng's -f)")
+    p.add_argument("--agent", "-n", metavar="NAME",
+                   help="the agent to convert (flume-ng's -n); without it, the agents in the file are listed")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the topology here (default: stdout)")
+    p.set_defaults(func=cmd_convert)
+
+    p = _subparser(sub, "send", "send a file's lines to an avro or thrift source, like flume-ng avro-client",
+                   "  rayflume send --avro collector.example:4545 /var/log/app.log\n"
+                   "  tail -n 1000 app.log | rayflume send --avro 127.0.0.1:4545 - --header host=web1\n"
+                   "  rayflume send --thrift 127.0.0.1:4546 app.log --protocol binary\n"
+                   "\nEach line is an event (without its newline), --batch-size per call; exits 0 once every\n"
+                   "call was answered OK, 2 at the first that was not (the lines before it were delivered).")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--avro", metavar="HOST:PORT", help="an Avro RPC source (Flume's avro source)")
+    target.add_argument("--thrift", metavar="HOST:PORT", help="a Thrift RPC source (Flume's thrift source)")
+    p.add_argument("file", help="the file to send, one event per line; - reads stdin")
+    p.add_argument("--header", action="append", metavar="KEY=VALUE", help="a header on every event (repeatable)")
+    p.add_argument("--batch-size", type=int, default=100, metavar="N", help="events per call (default 100, as "
+                                                                             "flume-ng avro-client)")
+    p.add_argument("--compression-type", choices=["none", "deflate"], default="none", help="avro: as the source")
+    p.add_argument("--protocol", choices=["compact", "binary"], default="compact", help="thrift: as the source")
+    p.add_argument("--ssl", action="store_true", help="connect with TLS")
+    p.add_argument("--ssl-ca-file", metavar="PEM", help="CA bundle that verifies the source (default: the system's)")
+    p.add_argument("--trust-all-certs", action="store_true", help="do not verify the source's certificate")
+    p.add_argument("--connect-timeout-s", type=float, default=20.0, metavar="S")
+    p.add_argument("--request-timeout-s", type=float, default=20.0, metavar="S")
+    p.set_defaults(func=cmd_send)
+
+    p = _subparser(sub, "types", "list component types, or one type's keys with defaults and descriptions",
+                   "  rayflume types                  # every source, channel, sink... type\n"
+                   "  rayflume types avro             # the avro source's and sink's keys\n"
+                   "  rayflume types file --kind channel\n"
+                   "  rayflume types --json-schema > rayflume.schema.json   # for editors (YAML language servers)")
+    p.add_argument("type", nargs="?", help="a component type (rayflume's or Flume's name)")
+    p.add_argument("--kind", choices=["source", "channel", "sink", "interceptor", "selector", "processor"])
+    p.add_argument("--json-schema", action="store_true", help="print a JSON Schema of topology files")
+    p.set_defaults(func=cmd_types)
     return parser
 
 
