@@ -133,15 +133,16 @@ SAMPLES = [
     (b"<14>hello from python", {"Facility": "1", "Severity": "6"}, b"hello from python"),
     (b"<0>x", {"Facility": "0", "Severity": "0"}, b"x"),
     (b"<191>x", {"Facility": "23", "Severity": "7"}, b"x"),
-    (b"<13>1 - h a p m [unclosed x", {"Facility": "1", "Severity": "5"}, b"1 - h a p m [unclosed x"),
-    # malformed: kept raw, marked Invalid
-    (b"<192>x", {STATUS_HEADER: INVALID}, b"<192>x"),
-    (b"<1234>x", {STATUS_HEADER: INVALID}, b"<1234>x"),
-    (b"no pri at all", {STATUS_HEADER: INVALID}, b"no pri at all"),
-    (b"<abc>1 - - - - - -", {STATUS_HEADER: INVALID}, b"<abc>1 - - - - - -"),
-    (b"<13", {STATUS_HEADER: INVALID}, b"<13"),
-    (b"", {STATUS_HEADER: INVALID}, b""),
-    (b"\xff\x00\xfe", {STATUS_HEADER: INVALID}, b"\xff\x00\xfe"),
+    # not complete RFC 5424, but Flume's loose form: version, nil timestamp, host, then the body
+    (b"<13>1 - h a p m [unclosed x", {"Facility": "1", "Severity": "5", "host": "h"}, b"a p m [unclosed x"),
+    # malformed: kept raw, marked Invalid, Facility and Severity 0 (as Flume)
+    (b"<192>x", {"Facility": "0", "Severity": "0", STATUS_HEADER: INVALID}, b"<192>x"),
+    (b"<1234>x", {"Facility": "0", "Severity": "0", STATUS_HEADER: INVALID}, b"<1234>x"),
+    (b"no pri at all", {"Facility": "0", "Severity": "0", STATUS_HEADER: INVALID}, b"no pri at all"),
+    (b"<abc>1 - - - - - -", {"Facility": "0", "Severity": "0", STATUS_HEADER: INVALID}, b"<abc>1 - - - - - -"),
+    (b"<13", {"Facility": "0", "Severity": "0", STATUS_HEADER: INVALID}, b"<13"),
+    (b"", {"Facility": "0", "Severity": "0", STATUS_HEADER: INVALID}, b""),
+    (b"\xff\x00\xfe", {"Facility": "0", "Severity": "0", STATUS_HEADER: INVALID}, b"\xff\x00\xfe"),
 ]
 
 
@@ -389,7 +390,8 @@ def test_tcp_invalid_and_oversized_messages_are_kept_and_counted(pipelines):
     long_msg = b"<13>1 - h a - - - " + b"y" * 30
     send_tcp(p.port, b"garbage line\n" + long_msg + b"\n<13>ok\n")
     events = p.collect(5)
-    assert events[0].body == b"garbage line" and events[0].headers == {STATUS_HEADER: INVALID}
+    assert events[0].body == b"garbage line"
+    assert events[0].headers == {"Facility": "0", "Severity": "0", STATUS_HEADER: INVALID}
     head, tail1, tail2, ok = events[1:]
     assert head.headers[STATUS_HEADER] == INCOMPLETE and head.headers["Facility"] == "1"
     assert tail1.headers == {STATUS_HEADER: INCOMPLETE} and tail2.headers == {STATUS_HEADER: INCOMPLETE}

@@ -4,27 +4,41 @@ Parsing works on a whole batch of raw messages (an Arrow binary array) with
 ``pyarrow.compute.extract_regex`` (RE2, byte semantics on binary input): one regex pass for
 RFC 5424 over the batch, a second only over the messages that did not match, and so on. Header
 arrays are built once per batch (:func:`rayflume.sources._framing.headers_from_columns`).
-Timestamps are converted with Arrow's ISO-8601 cast (RFC 5424), or once per distinct value
-(RFC 3164, whose timestamps have no year or zone and repeat within a batch).
+RFC 3339 timestamps are converted with Arrow's ISO-8601 cast, RFC 3164 dates (no year, no zone,
+repeated within a batch) once per distinct value.
 
 Each message falls in the first class it matches:
 
 1. **RFC 5424** ``<PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA [MSG]``.
-2. **RFC 3164** ``<PRI>TIMESTAMP [HOSTNAME] [TAG[\\[PID\\]]:] MSG``; the timestamp is ``Mmm dd
-   hh:mm:ss`` in the agent's local time zone, in the latest year that puts it at most a day ahead
-   of now (an RFC 3339 timestamp is accepted too). The TAG becomes the app name, PID the proc id.
-   The format is ambiguous without a host: the first word is taken as the host unless it ends in
-   ``:`` or holds ``[`` (``su[12]: ...``), then it is the tag.
+   A timestamp without a zone offset is accepted here too (read in the agent's zone, below).
+2. **Loose header** (counted as ``rfc3164``): ``<PRI>[VERSION][ ]TIMESTAMP [HOSTNAME] [TAG[\\[PID\\]]:]
+   MSG``. This covers RFC 3164 and every loose form Flume's SyslogUtils accepts: a version with
+   a timestamp and host but no APP-NAME .. STRUCTURED-DATA (``<10>1 2012-04-13T11:11:11Z host
+   some msg``), no version (``<10>2012-04-13T11:11:11+08:00 host some msg``), a version before an
+   RFC 3164 date, ``-`` for the timestamp or the host (absent, no header). The timestamp is
+   ``Mmm d hh:mm:ss`` (RFC 3164) or RFC 3339, ``-`` or a zone-less ``yyyy-mm-ddThh:mm:ss[.f]``.
+   The TAG becomes the app name, PID the proc id. The format is ambiguous without a host: the
+   first word is taken as the host unless it ends in ``:`` or holds ``[`` (``su[12]: ...``), then
+   it is the tag.
 3. **PRI only**: a valid ``<PRI>`` followed by anything (what Python's ``SysLogHandler`` sends).
-   Facility and severity are set; the rest is the body (as Flume does).
-4. **Invalid**: anything else (no or bad PRI, PRI above 191). The body is the raw message and
-   the header ``flume.syslog.status`` is ``Invalid`` (Flume's name); nothing is dropped.
+   Facility and severity are set; the rest is the body. Difference from Flume: Flume keeps the
+   ``<PRI>`` in the body of a message it cannot parse further.
+4. **Invalid**: anything else (no, empty, non-numeric or over-long PRI, PRI above 191). The body
+   is the raw message, ``flume.syslog.status`` is ``Invalid`` and ``Facility`` and ``Severity``
+   are ``0``, as in Flume; nothing is dropped.
 
-Headers (Flume's names where Flume sets them): ``Facility``, ``Severity``, ``timestamp`` (epoch
-milliseconds), ``host``, and, beyond Flume, ``AppName``, ``ProcId``, ``MsgId`` and
-``StructuredData`` (the SD text as sent, e.g. ``[id@1 a="b"]``). RFC 5424's nil value ``-`` sets
-no header. ``flume.syslog.status`` is ``Invalid`` or ``Incomplete`` (a message longer than the
-maximum event size: see :class:`StreamFramer`).
+Timestamps (the ``timestamp`` header, epoch milliseconds): fractions of a second are cut (not
+rounded) to milliseconds; a timestamp without a zone offset, and an RFC 3164 date, are in the
+agent's local time zone; an RFC 3164 date has no year, so it gets the latest year that puts it
+at most one calendar month after now (Flume's rule: a 12-month window reaching a month ahead,
+for senders whose clocks run ahead and for Dec 31 read on Jan 1). An impossible date (Feb 30,
+month 13) sets no timestamp, the rest of the message is parsed as usual.
+
+Headers (Flume's names where Flume sets them): ``Facility``, ``Severity``, ``timestamp``, ``host``,
+and, beyond Flume, ``AppName``, ``ProcId``, ``MsgId`` and ``StructuredData`` (the SD text as
+sent, e.g. ``[id@1 a="b"]``). The nil value ``-`` sets no header. ``flume.syslog.status`` is
+``Invalid`` or ``Incomplete`` (a message longer than the maximum event size: see
+:class:`StreamFramer`).
 
 ``keep_fields`` decides what stays in the body, as Flume's ``keepFields``: ``none`` (the body is
 MSG alone), ``all`` (the raw message), or a list of ``priority``, ``version``, ``timestamp``,
@@ -71,7 +85,10 @@ NONE: frozenset = frozenset()
 COMPLETE, HEAD, CONTINUATION = 0, 1, 2
 
 _PRI = r"(?P<p_pri><(?P<pri>1[0-8][0-9]|19[01]|0?[0-9]{1,2})>)"
-_TS3339 = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+# The zone offset is optional: Flume reads a zone-less timestamp in the agent's zone, and senders
+# that omit it are common enough that rejecting them would lose the whole header.
+_ZONE = r"(?:Z|[+-][0-9]{2}:[0-9]{2})"
+_TS3339 = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?" + _ZONE + "?"
 _SDNAME = r'[!#-<>-\\^-~]+'  # PRINTUSASCII except '=', SP, ']' and '"'
 _SD = r'(?:\[' + _SDNAME + r'(?: ' + _SDNAME + r'="(?:[^"\\]|\\.)*")*\])+'
 # Counted repetitions ({1,255}) multiply RE2's NFA states and made extraction 2.5x slower, so
@@ -86,9 +103,14 @@ RFC5424 = (r"(?s)^" + _PRI
            + r"(?P<p_sd>(?P<sd>-|" + _SD + r"))"
            + r"(?:(?P<p_sep> )(?:\xef\xbb\xbf)?(?P<msg>.*))?$")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_TSBSD = r"(?:" + "|".join(_MONTHS) + r") [ 0-3]?[0-9] [0-9]{2}:[0-9]{2}:[0-9]{2}"
+# One or two spaces before a one- or two-digit day, as Flume accepts ("Oct  1", "Oct 11", "Oct  11").
+_TSBSD = r"(?:" + "|".join(_MONTHS) + r") {1,2}[0-9]{1,2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
+# The loose header class (see the module docstring). The optional one-digit version and the
+# optional space after it are Flume's: its patterns put ``(\d?)\s?`` between PRI and timestamp,
+# so "<10>1 2012-...", "<10>2012-...", "<10> Oct 11 ..." and "<10>1 Oct 11 ..." all parse.
 RFC3164 = (r"(?s)^" + _PRI
-           + r"(?P<p_ts>(?P<ts>" + _TSBSD + r"|" + _TS3339 + r")(?: |$))"
+           + r"(?P<p_ver>[0-9]? ?)"
+           + r"(?P<p_ts>(?P<ts>" + _TSBSD + r"|" + _TS3339 + r"|-)(?: |$))"
            # printable ASCII except '[' ']', not ending in ':' (a tag-only message has no host)
            + r"(?P<p_host>(?P<host>[!-Z\\^-~]*[!-9;-Z\\^-~]) )?"
            + r"(?P<p_tag>(?P<tag>[!-9;-Z\\^-~]+)(?:\[(?P<pid>[!-\\^-~]+)\])?: ?)?"
@@ -366,6 +388,8 @@ def _text(arr: pa.Array) -> pa.Array:
 
 
 def _rfc3339_ms_one(text: str) -> int | None:
+    """Epoch ms of one RFC 3339 timestamp with a zone offset (None if impossible): the slow path
+    for what Arrow's cast rejects (a leap second, month 13, a year outside 1678-2261)."""
     m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})", text)
     if m is None:
         return None
@@ -383,16 +407,67 @@ def _rfc3339_ms_one(text: str) -> int | None:
     return int(calendar.timegm(base.timetuple()) - offset) * 1000 + int(frac)
 
 
-def rfc3339_ms(values: pa.Array) -> pa.Array:
-    """Epoch milliseconds (int64, null where absent or invalid) of RFC 3339 timestamps."""
-    text = values if values.type == pa.string() else values.cast(pa.string())
+def _ns_to_ms(ts: pa.Array) -> pa.Array:
+    ns = ts.cast(pa.int64())
+    # floor, not truncation toward zero: before 1970 too the fraction's digits beyond ms are cut
+    ms = np.floor_divide(np.asarray(ns.fill_null(0), dtype=np.int64), 1_000_000)
+    return pa.array(ms, pa.int64(), mask=np.asarray(ns.is_null(), dtype=bool) if ns.null_count else None)
+
+
+def _values_and_validity(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """An int64 array as (writable values with 0 for null, validity mask)."""
+    values = np.array(arr.fill_null(0), dtype=np.int64)
+    valid = np.asarray(arr.is_valid(), dtype=bool) if arr.null_count else np.ones(len(arr), dtype=bool)
+    return values, valid
+
+
+def _zoned_ms(text: pa.Array) -> pa.Array:
     try:
-        ns = text.cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
-        data = np.asarray(ns.fill_null(0), dtype=np.int64)
-        ms = np.floor_divide(data, 1_000_000)
-        return pa.array(ms, pa.int64(), mask=np.asarray(ns.is_null(), dtype=bool) if ns.null_count else None)
+        return _ns_to_ms(text.cast(pa.timestamp("ns", tz="UTC")))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return _per_distinct(text, _rfc3339_ms_one)
+
+
+def rfc3339_ms(values: pa.Array) -> pa.Array:
+    """Epoch milliseconds (int64, null where absent or invalid) of RFC 3339 timestamps, the
+    fraction cut to milliseconds. One without a zone offset is in the agent's local time zone."""
+    text = values if values.type == pa.string() else values.cast(pa.string())
+    try:
+        return _ns_to_ms(text.cast(pa.timestamp("ns", tz="UTC")))  # the usual case: all zoned and valid
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _mixed_zone_ms(text)
+
+
+def _mixed_zone_ms(text: pa.Array) -> pa.Array:
+    """:func:`rfc3339_ms` for timestamps with or without a zone offset. Sorting them out first is
+    cheaper than a failed cast: Arrow's cast error costs about as much as a whole cast."""
+    zoneless = np.asarray(pc.invert(pc.match_substring_regex(text, _ZONE + "$")).fill_null(False), dtype=bool)
+    if not zoneless.any():
+        return _zoned_ms(text)
+    # Read the zone-less ones as UTC wall-clock time first, then move them by the local offset.
+    marked = pc.if_else(pa.array(zoneless), pc.binary_join_element_wise(text, "Z", ""), text)
+    ms, valid = _values_and_validity(_zoned_ms(marked))
+    rows = np.flatnonzero(zoneless & valid)
+    ms[rows], valid[rows] = _local_wall_clock_ms(ms[rows])
+    return pa.array(ms, pa.int64(), mask=~valid)
+
+
+def _local_wall_clock_ms(wall_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch ms of local wall-clock times given as if they were UTC, and which could be converted.
+
+    The zone's UTC offset is looked up once per distinct minute (zone offsets change on minute
+    boundaries), so a batch costs a few ``mktime`` calls, not one per message. A wall-clock time
+    that does not exist or exists twice (a DST change) is resolved as ``mktime`` does."""
+    minutes, inverse = np.unique(np.floor_divide(wall_ms, 60_000), return_inverse=True)
+    offsets_s = np.zeros(len(minutes), dtype=np.int64)
+    ok = np.ones(len(minutes), dtype=bool)
+    for i, minute in enumerate(minutes.tolist()):
+        try:
+            fields = time.gmtime(minute * 60)
+            offsets_s[i] = minute * 60 - int(time.mktime(tuple(fields[:8]) + (-1,)))
+        except (OverflowError, ValueError, OSError):
+            ok[i] = False
+    return wall_ms - offsets_s[inverse] * 1000, ok[inverse]
 
 
 def _per_distinct(text: pa.Array, convert) -> pa.Array:
@@ -402,8 +477,11 @@ def _per_distinct(text: pa.Array, convert) -> pa.Array:
 
 
 def bsd_ms(text: str, now_s: float) -> int | None:
-    """Epoch ms of an RFC 3164 ``Mmm dd hh:mm:ss`` in local time: the latest year that puts it
-    at most a day after ``now_s`` (None for an impossible date such as Feb 30)."""
+    """Epoch ms of an RFC 3164 ``Mmm d hh:mm:ss`` in local time, in the latest year that puts it
+    at most one calendar month after ``now_s`` (None for an impossible date such as Feb 30).
+
+    This is Flume's window: a log line is about the recent past (Dec 31 read on Jan 1 is last
+    year's), but a sender's clock may run ahead, and Flume accepts up to a month of that."""
     parts = text.split()
     if len(parts) != 3:
         return None
@@ -417,24 +495,36 @@ def bsd_ms(text: str, now_s: float) -> int | None:
         return None
     if not (0 <= h < 24 and 0 <= mi < 60 and 0 <= s <= 60):
         return None
+    s = min(s, 59)
     year = time.localtime(now_s).tm_year
-    best = None
-    # The latest year that does not put the message more than a day in the future: a log line
-    # is about the recent past (Dec 31 read on Jan 1 is last year's), with some clock skew.
-    for y in (year - 1, year, year + 1):
+    for y in (year + 1, year, year - 1):
         try:
             _dt.date(y, month, day)
         except ValueError:
             continue
-        t = time.mktime((y, month, day, h, mi, min(s, 59), 0, 0, -1))
-        if t <= now_s + 86400 and (best is None or t > best):
-            best = t
-    return None if best is None else int(best) * 1000
+        # One calendar month before the date, the day clamped to that month (Mar 31 -> Feb 28).
+        earlier_y, earlier_m = (y, month - 1) if month > 1 else (y - 1, 12)
+        earlier_d = min(day, calendar.monthrange(earlier_y, earlier_m)[1])
+        if time.mktime((earlier_y, earlier_m, earlier_d, h, mi, s, 0, 0, -1)) <= now_s:
+            return int(time.mktime((y, month, day, h, mi, s, 0, 0, -1))) * 1000
+    return None
 
 
 def _timestamps_3164(ts: pa.Array, now_s: float) -> pa.Array:
-    text = ts.cast(pa.string())
-    return _per_distinct(text, lambda v: _rfc3339_ms_one(v) if v[:1].isdigit() else bsd_ms(v, now_s))
+    """Epoch ms of the loose class's timestamps: RFC 3339 (vectorised), RFC 3164 dates (once per
+    distinct value: they have no fraction and repeat within a batch) or ``-`` (null)."""
+    text = _nullify(ts, b"-").cast(pa.string())
+    iso = np.asarray(pc.match_substring_regex(text, "^[0-9]").fill_null(False), dtype=bool)
+    if iso.all():
+        return _mixed_zone_ms(text)  # zone-less timestamps are common here: no cast attempt first
+    if not iso.any():
+        return _per_distinct(text, lambda v: bsd_ms(v, now_s))
+    ms = np.zeros(len(text), dtype=np.int64)
+    valid = np.zeros(len(text), dtype=bool)
+    for rows, convert in ((np.flatnonzero(iso), _mixed_zone_ms),
+                          (np.flatnonzero(~iso), lambda t: _per_distinct(t, lambda v: bsd_ms(v, now_s)))):
+        ms[rows], valid[rows] = _values_and_validity(convert(text.take(pa.array(rows))))
+    return pa.array(ms, pa.int64(), mask=~valid)
 
 
 def _join(parts: list[pa.Array]) -> pa.Array:
@@ -489,11 +579,12 @@ def _rfc5424(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray
 
 
 def _rfc3164(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray, now_s: float) -> _Class:
-    f = {name: m.field(name) for name in ("p_pri", "pri", "p_ts", "ts", "p_host", "host", "p_tag", "tag",
-                                          "pid", "msg")}
+    f = {name: m.field(name) for name in ("p_pri", "pri", "p_ver", "p_ts", "ts", "p_host", "host", "p_tag",
+                                          "tag", "pid", "msg")}
     headers = _pri_headers(f["pri"])
     headers[H_TIMESTAMP] = _ms_text(_timestamps_3164(f["ts"], now_s))
-    headers[H_HOST] = _ascii(_nullify(f["host"], b""))
+    # b"": the optional host group did not take part; b"-": the nil host of Flume's loose RFC 5424 form
+    headers[H_HOST] = _ascii(_nullify(f["host"], b"", b"-"))
     headers[H_APP] = _ascii(_nullify(f["tag"], b""))
     headers[H_PROC] = _ascii(_nullify(f["pid"], b""))
     if keep == ALL:
@@ -501,7 +592,7 @@ def _rfc3164(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray
     elif not keep:
         body = f["msg"]
     else:
-        order = (("priority", "p_pri"), ("timestamp", "p_ts"), ("hostname", "p_host"))
+        order = (("priority", "p_pri"), ("version", "p_ver"), ("timestamp", "p_ts"), ("hostname", "p_host"))
         parts = [f[col] for name, col in order if name in keep]
         if "app_name" in keep or "proc_id" in keep:
             parts.append(f["p_tag"])
@@ -573,7 +664,10 @@ def parse_messages(frames, keep_fields: frozenset = NONE, status: np.ndarray | N
 
     status_text = np.full(n, None, dtype=object)
     if len(todo):
-        classes.append(_Class(todo, subset(todo), {}))
+        # Flume gives every event Facility and Severity, 0 when the priority cannot be read, so a
+        # selector or interceptor keyed on them still sees a value.
+        zeros = pa.repeat(pa.scalar("0", pa.string()), len(todo))
+        classes.append(_Class(todo, subset(todo), {H_FACILITY: zeros, H_SEVERITY: zeros}))
         counts["invalid"] = len(todo)
         status_text[todo] = INVALID
     if len(continuation):
@@ -616,5 +710,7 @@ def raw_invalid(frames, extra_headers=None) -> EventBatch:
     if not isinstance(frames, pa.Array):
         frames = pa.array(list(frames), pa.binary())
     n = len(frames)
-    columns = list(extra_headers or []) + [(STATUS_HEADER, pa.repeat(pa.scalar(INVALID, pa.string()), n))]
+    zeros = pa.repeat(pa.scalar("0", pa.string()), n)
+    columns = ([(H_FACILITY, zeros), (H_SEVERITY, zeros)] + list(extra_headers or [])
+               + [(STATUS_HEADER, pa.repeat(pa.scalar(INVALID, pa.string()), n))])
     return batch_of(headers_from_columns(n, columns), frames.fill_null(b"") if frames.null_count else frames)
