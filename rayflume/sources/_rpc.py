@@ -20,8 +20,8 @@ from pydantic import Field, model_validator
 from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S, ByteBudget, ClientLimitsConfig, ConnectionLimits, Watch
 from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig
 from rayflume.sources._queued import ReplyingSource
-from rayflume.sources._server import ServerThread, StreamSession, make_tcp_server
-from rayflume.sources._tls import TlsConfig, resolve_tls
+from rayflume.sources._server import ServerThread, StreamSession, start_stream_server
+from rayflume.sources._tls import TlsConfig
 
 log = logging.getLogger("rayflume.source.rpc")
 
@@ -55,12 +55,7 @@ class RpcSource(ReplyingSource):
         self._server: ServerThread | None = None
 
     def open(self) -> None:
-        tls = resolve_tls(self.tls)  # a loader reads the certificate here, on the source's node, at each start
-        server = make_tcp_server(self.bind, self.port, self.session, self.limits, tls, self.counters)
-        self._server = ServerThread(server, f"{self.protocol_name}-{self.name}").start()
-        self.set_bound_port(self._server.port)
-        self.context.logger.info("%s source '%s' listening on %s:%d%s", self.protocol_name, self.name, self.bind,
-                                 self.bound_port, " (TLS)" if self.tls else "")
+        self._server = start_stream_server(self, self.protocol_name, self.session)
 
     def close(self) -> None:
         if self._server is not None:

@@ -25,7 +25,7 @@ from rayflume.sources._limits import ConnectionLimits, ConnectionTracker, Watch
 from rayflume.sources._network import family_of
 from rayflume.sources._parking import Parking
 from rayflume.sources._queued import Counters
-from rayflume.sources._tls import peer_problem
+from rayflume.sources._tls import peer_problem, resolve_tls
 
 log = logging.getLogger("rayflume.source.server")
 
@@ -224,6 +224,19 @@ def make_tcp_server(bind: str, port: int, new_session: Callable[[socket.socket, 
     server.counters = counters
     server.new_session = new_session
     return bind_or_close(server)
+
+
+def start_stream_server(source, what: str, new_session) -> "ServerThread":
+    """Start the TCP server of a stream ``source`` (one with ``bind``, ``port``, ``limits``, ``tls``,
+    ``counters``, ``context``, ``set_bound_port``): its TLS files are read here, on the source's
+    node, at each start; the bound port is reported and the start logged as ``what``."""
+    tls = resolve_tls(source.tls)
+    server = make_tcp_server(source.bind, source.port, new_session, source.limits, tls, source.counters)
+    thread = ServerThread(server, f"{what.replace('_', '-')}-{source.name}").start()
+    source.set_bound_port(thread.port)
+    source.context.logger.info("%s source '%s' listening on %s:%d%s", what, source.name, source.bind, thread.port,
+                               " (TLS)" if tls is not None else "")
+    return thread
 
 
 def bind_or_close(server):

@@ -43,8 +43,8 @@ from rayflume.sources._limits import (
     DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, ClientLimitsConfig, ConnectionLimits, Watch)
 from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig
 from rayflume.sources._queued import Completion, Item, QueuedSource
-from rayflume.sources._server import ServerThread, StreamSession, make_tcp_server
-from rayflume.sources._tls import TlsConfig, resolve_tls
+from rayflume.sources._server import ServerThread, StreamSession, start_stream_server
+from rayflume.sources._tls import TlsConfig
 from rayflume.sources._udp import UdpReceiver
 
 READ_BYTES = 1 << 16
@@ -175,18 +175,14 @@ class NetcatSource(QueuedSource):
         self._receiver: UdpReceiver | None = None
 
     def open(self) -> None:
-        if self.protocol == "udp":
-            self._receiver = UdpReceiver(self.bind, self.port, self._on_datagrams, f"netcat-udp-{self.name}",
-                                         burst=min(self.batch_size, 1000), allowed=self.limits.allowed,
-                                         counters=self.counters).start()
-            self.set_bound_port(self._receiver.port)
-        else:
-            tls = resolve_tls(self.tls)  # a loader reads the certificate here, on the source's node
-            server = make_tcp_server(self.bind, self.port, self._session, self.limits, tls, self.counters)
-            self._server = ServerThread(server, f"netcat-{self.name}").start()
-            self.set_bound_port(self._server.port)
-        self.context.logger.info("netcat source '%s' listening on %s %s:%d%s", self.name, self.protocol, self.bind,
-                                 self.bound_port, " (TLS)" if self.tls else "")
+        if self.protocol == "tcp":
+            self._server = start_stream_server(self, "netcat", self._session)
+            return
+        self._receiver = UdpReceiver(self.bind, self.port, self._on_datagrams, f"netcat-udp-{self.name}",
+                                     burst=min(self.batch_size, 1000), allowed=self.limits.allowed,
+                                     counters=self.counters).start()
+        self.set_bound_port(self._receiver.port)
+        self.context.logger.info("netcat source '%s' listening on udp %s:%d", self.name, self.bind, self.bound_port)
 
     def close(self) -> None:
         if self._server is not None:

@@ -44,8 +44,8 @@ from rayflume.sources._limits import (
     DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, ClientLimitsConfig, ConnectionLimits, Watch, parse_networks)
 from rayflume.sources._network import CONNECTION_COUNTERS, HostnameCache, NetworkSourceConfig
 from rayflume.sources._queued import Item, QueuedSource
-from rayflume.sources._server import ServerThread, StreamSession, make_tcp_server
-from rayflume.sources._tls import TlsConfig, resolve_tls
+from rayflume.sources._server import ServerThread, StreamSession, start_stream_server
+from rayflume.sources._tls import TlsConfig
 from rayflume.sources._udp import UdpReceiver
 from rayflume.sources.syslog_parser import (
     HEAD, NONE, StreamFramer, parse_keep_fields, parse_messages, raw_invalid, strip_trailers)
@@ -136,12 +136,7 @@ class SyslogTcpSource(_SyslogSource):
         self._server: ServerThread | None = None
 
     def open(self) -> None:
-        tls = resolve_tls(self.tls)  # a loader reads the certificate here, on the source's node, at each start
-        server = make_tcp_server(self.bind, self.port, self._session, self.limits, tls, self.counters)
-        self._server = ServerThread(server, f"syslog-tcp-{self.name}").start()
-        self.set_bound_port(self._server.port)
-        self.context.logger.info("syslog_tcp source '%s' listening on %s:%d%s", self.name, self.bind,
-                                 self.bound_port, " (TLS)" if self.tls else "")
+        self._server = start_stream_server(self, "syslog_tcp", self._session)
 
     def close(self) -> None:
         if self._server is not None:
