@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from rayflume.errors import RayflumeError
 from rayflume.event import HEADERS_TYPE, EventBatch
+from rayflume.sources._framing import take_ranges
 
 NAMESPACE = "org.apache.flume.source.avro"
 
@@ -227,10 +228,10 @@ def _scan_event_array(data: bytes, pos: int, reserve: Callable[[int], bool] | No
         raise FlumeEventError(f"not a valid Avro-encoded Flume event: it claims {pos - size} bytes more than "
                               f"it has")
     buffer = pa.py_buffer(data)
-    body = _gather(buffer, bodies, 0, 2)
+    body = take_ranges(buffer, bodies, 0, 2)
     if not entries:
         return EventBatch.from_bodies(body), pos
-    keys, values = _gather(buffer, strings, 0, 4), _gather(buffer, strings, 2, 4)
+    keys, values = take_ranges(buffer, strings, 0, 4), take_ranges(buffer, strings, 2, 4)
     try:
         keys, values = keys.view(pa.string()), values.view(pa.string())
         keys.validate(full=True)
@@ -239,18 +240,6 @@ def _scan_event_array(data: bytes, pos: int, reserve: Callable[[int], bool] | No
         raise FlumeEventError(f"not a valid Avro-encoded Flume event: a header is not UTF-8 ({exc})") from None
     headers = pa.MapArray.from_arrays(pa.array(map_offsets, pa.int32()), keys, values)
     return EventBatch.from_bodies(body, headers), pos
-
-
-def _gather(buffer: pa.Buffer, bounds: list[int], first: int, stride: int) -> pa.BinaryArray:
-    """The byte ranges ``bounds[first + k*stride]`` to ``bounds[first + k*stride + 1]`` of
-    ``buffer`` (ascending, not overlapping) as a binary array. ``bounds`` itself, read as the
-    offsets of one array over ``buffer``, makes every range (and every gap) an element: a ``take``
-    of the wanted elements copies their bytes in one C++ pass."""
-    if not bounds:
-        return pa.array([], pa.binary())
-    offsets = np.asarray(bounds, dtype=np.int32)
-    every = pa.BinaryArray.from_buffers(pa.binary(), len(offsets) - 1, [None, pa.py_buffer(offsets), buffer])
-    return pc.take(every, pa.array(np.arange(first, len(offsets) - 1, stride, dtype=np.int64))).cast(pa.binary())
 
 
 def _long(data: bytes, pos: int) -> tuple[int, int]:
