@@ -6,8 +6,27 @@ Each component module declares its typed config class and registers it next to t
     class SequenceSourceConfig(SourceConfig): ...
 
 Built-in components are imported lazily the first time a kind is looked up, so importing
-``rayflume`` stays cheap. An interceptor's type may also be a Python import path
-(``package.module:function``), resolved by :mod:`rayflume.interceptors.callable`.
+``rayflume`` stays cheap.
+
+Components of one's own (as Flume takes a class name) come in three ways, all resolved by
+:func:`lookup`; what they name is always a *config class*, exactly like a built-in one:
+
+- an import path ``package.module:ConfigClass`` as the ``type`` (any kind; for interceptors a path
+  to a plain function or class is still a callable interceptor, see
+  :mod:`rayflume.interceptors.callable`);
+- the name of an entry point of the group ``rayflume.components`` (:data:`ENTRY_POINT_GROUP`) of an
+  installed distribution, whose value is ``module:ConfigClass``;
+- from Python, the config class itself as the ``type`` of a component mapping.
+
+The config class must subclass the kind's base in :mod:`rayflume.config_base` (``SourceConfig``,
+``SinkConfig``, ``ChannelConfig``, ``SelectorConfig``, ``ProcessorConfig``,
+``InterceptorConfig``) and implement ``build()``, which returns the running component (a
+:class:`~rayflume.sources.base.Source`, :class:`~rayflume.sinks.base.Sink`, ...). Its pydantic
+fields are the component's keys, validated as a built-in's are. It must not redeclare ``type``:
+the config carries the type as written (the import path, the entry point's name, or
+``module:QualifiedName`` for a class object). A type naming user code that cannot be used (module
+or attribute missing, wrong base class, no ``build()``) is a :class:`ComponentTypeError` saying
+what to do.
 
 Flume's names for the same components are accepted too: its aliases (``TAILDIR``, ``seq``,
 ``syslogtcp``, ``SPILLABLEMEMORY``; case-insensitive, as in Flume) and its class names
@@ -18,9 +37,17 @@ shown to users (:func:`known_types`) keep rayflume's own names.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import difflib
 import importlib
+import importlib.metadata
+import inspect
+import sys
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
+
+from rayflume import config_base
 
 KINDS = ("source", "channel", "sink", "interceptor", "selector", "processor")
 
@@ -76,16 +103,244 @@ def _load_builtins(kind: str) -> None:
                 raise
 
 
-def lookup(kind: str, type_name: str) -> type | None:
-    """The config class registered for ``type_name`` (a rayflume type, or Flume's alias or class
-    name for it), or None when there is none."""
+def lookup(kind: str, type_name, strict: bool = False) -> type | None:
+    """The config class of ``kind`` components of type ``type_name``, or None when there is none.
+
+    ``type_name`` is a rayflume type, Flume's alias or class name for one, an import path
+    ``package.module:ConfigClass``, the name of a ``rayflume.components`` entry point, or a config
+    class itself. With ``strict``, a type naming user code that cannot be used raises
+    :class:`ComponentTypeError` saying why and what to do; otherwise it is None, like an unknown
+    name. An interceptor's import path that names no config class is None (it is a callable
+    interceptor's, see :mod:`rayflume.interceptors.callable`)."""
+    try:
+        return _resolve(kind, type_name)
+    except ComponentTypeError:
+        if strict:
+            raise
+        return None
+
+
+def _resolve(kind: str, type_name) -> type | None:
     _load_builtins(kind)
+    if isinstance(type_name, type):
+        return check_config_class(kind, type_name, f"{kind} type {type_label(type_name)!r}")
+    if not isinstance(type_name, str):
+        return None
     cls = _registry[kind].get(type_name)
-    if cls is None and isinstance(type_name, str):
+    if cls is None:
         flume = flume_type(kind, type_name)
         if flume is not None:
             cls = _registry[kind].get(flume.rayflume_type)
+    if cls is not None:
+        return cls
+    if ":" in type_name:
+        return _from_import_path(kind, type_name)
+    return _from_entry_point(kind, type_name)
+
+
+class ComponentTypeError(ValueError):
+    """A component type naming user code (an import path, an entry point, a class) that cannot be
+    used as a component of its kind; the message names the type and says what to do."""
+
+
+CONFIG_BASES: dict[str, type] = {
+    "source": config_base.SourceConfig, "channel": config_base.ChannelConfig, "sink": config_base.SinkConfig,
+    "interceptor": config_base.InterceptorConfig, "selector": config_base.SelectorConfig,
+    "processor": config_base.ProcessorConfig,
+}
+# What each kind's build() takes and returns, for messages.
+_BUILD = {"source": ("build(name)", "rayflume.sources.base.Source"),
+          "channel": ("build(name)", "rayflume.channels.base.Channel"),
+          "sink": ("build(name)", "rayflume.sinks.base.Sink"),
+          "interceptor": ("build()", "rayflume.interceptors.base.Interceptor"),
+          "selector": ("build(channels)", "rayflume.selectors.base.ChannelSelector"),
+          "processor": ("build(sinks)", "rayflume.processors.base.SinkProcessor")}
+_SECTIONS = {"source": "sources", "channel": "channels", "sink": "sinks", "interceptor": "a source's interceptors",
+             "selector": "a source's selector", "processor": "a sink group's processor"}
+_RUNTIME_MODULES = {"source": "rayflume.sources.base", "channel": "rayflume.channels.base",
+                    "sink": "rayflume.sinks.base", "interceptor": "rayflume.interceptors.base",
+                    "selector": "rayflume.selectors.base", "processor": "rayflume.processors.base"}
+
+
+def type_label(type_name) -> str:
+    """How messages and a component's config name a type: a class object as
+    ``module:QualifiedName``, anything else as written."""
+    if isinstance(type_name, type):
+        return f"{type_name.__module__}:{type_name.__qualname__}"
+    return str(type_name)
+
+
+def _contract(kind: str) -> str:
+    build, returns = _BUILD[kind]
+    base = CONFIG_BASES[kind].__name__
+    return (f"a {kind} type names a subclass of rayflume.config_base.{base} whose fields are the {kind}'s keys "
+            f"and whose {build} returns the running {kind} (a {returns})")
+
+
+def check_config_class(kind: str, cls, what: str) -> type:
+    """``cls`` if it is a usable config class of ``kind``; else ComponentTypeError naming ``what``."""
+    base = CONFIG_BASES[kind]
+    if not isinstance(cls, type) or not issubclass(cls, base):
+        raise ComponentTypeError(f"{what}: {_what_it_is(kind, cls)}; {_contract(kind)}")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ()))) or "build"
+        raise ComponentTypeError(f"{what}: {cls.__qualname__} does not implement {missing}; define "
+                                 f"{_BUILD[kind][0]} returning the running {kind} (a {_BUILD[kind][1]})")
     return cls
+
+
+def _what_it_is(kind: str, obj) -> str:
+    """What a wrong target is, in words that point at the usual mistake."""
+    if isinstance(obj, type):
+        for other, base in CONFIG_BASES.items():
+            if issubclass(obj, base):
+                return (f"{obj.__qualname__} is a {other} config class, not a {kind} one; use it under "
+                        f"{_SECTIONS[other]}")
+        runtime = sys.modules.get(_RUNTIME_MODULES[kind])
+        runtime_base = getattr(runtime, _BUILD[kind][1].rsplit(".", 1)[1], None) if runtime else None
+        if isinstance(runtime_base, type) and issubclass(obj, runtime_base):
+            return (f"{obj.__qualname__} is the running {kind} itself; name its config class, whose "
+                    f"{_BUILD[kind][0]} returns it")
+        return f"{obj.__qualname__} is not a rayflume config class"
+    return f"it is a {type(obj).__name__}, not a class"
+
+
+# -- user code: import paths and the directories of a topology's runtime_env -------------------------
+_code_dirs: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("rayflume_code_dirs", default=())
+
+
+@contextlib.contextmanager
+def code_dirs(dirs) -> Iterator[None]:
+    """While inside, a module an import path names that is not importable as is is also looked for
+    in ``dirs`` (the local directories a topology ships in its runtime_env), so a topology is
+    validated on the machine that deploys it as it will run on the cluster."""
+    token = _code_dirs.set(tuple(dirs))
+    try:
+        yield
+    finally:
+        _code_dirs.reset(token)
+
+
+def import_module(module_name: str):
+    """``importlib.import_module``, retried with :func:`code_dirs` on ``sys.path`` when the module
+    itself (not something it imports) is missing. A module found there stays imported."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        dirs = [d for d in _code_dirs.get() if d not in sys.path]
+        missing_own = exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + "."))
+        if not dirs or not missing_own:
+            raise
+    sys.path[:0] = dirs
+    try:
+        importlib.invalidate_caches()
+        return importlib.import_module(module_name)
+    finally:
+        for d in dirs:
+            if d in sys.path:
+                sys.path.remove(d)
+
+
+_SHIP_IT = ("put its directory on PYTHONPATH where the topology is validated, and ship it to the cluster with "
+            "the topology's `runtime_env: {py_modules: [package dir]}` or `runtime_env: {working_dir: dir}` "
+            "(or install its package on every node)")
+
+
+def _from_import_path(kind: str, path: str) -> type | None:
+    """The config class ``package.module:ConfigClass`` names (``ConfigClass`` may be dotted)."""
+    what = f"{kind} type {path!r}"
+    module_name, _, attr_path = (part.strip() for part in path.partition(":"))
+    if path.count(":") != 1 or not module_name or not attr_path:
+        if kind == "interceptor":
+            return None  # the callable interceptor says what is wrong with it
+        raise ComponentTypeError(f"{what}: an import path has the form 'package.module:ConfigClass'")
+    try:
+        module = import_module(module_name)
+    except Exception as exc:
+        if kind == "interceptor":
+            return None
+        if isinstance(exc, ModuleNotFoundError) and exc.name and (
+                module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ComponentTypeError(f"{what}: cannot import module {module_name!r} ({exc}); {_SHIP_IT}") from None
+        raise ComponentTypeError(f"{what}: importing module {module_name!r} failed with {type(exc).__name__}: "
+                                 f"{exc}; fix the module (a package it needs goes in runtime_env.pip)") from None
+    target = module
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            if kind == "interceptor":
+                return None
+            candidates = _config_classes_in(kind, module)
+            hint = difflib.get_close_matches(part, candidates, n=1, cutoff=0.6)
+            listed = (f"; {kind} config classes in it: {', '.join(candidates)}" if candidates
+                      else f"; it defines no {kind} config class")
+            raise ComponentTypeError(f"{what}: module {module_name!r} has no attribute {attr_path!r}"
+                                     f"{f' (did you mean {hint[0]!r}?)' if hint else ''}{listed}. Check the name, "
+                                     f"and that the module found ({getattr(module, '__file__', '?')}) is the "
+                                     f"version that defines it")
+        target = getattr(target, part)
+    if kind == "interceptor" and not (isinstance(target, type) and issubclass(target, config_base.ComponentConfig)):
+        return None  # a function or a plain class: a callable interceptor
+    return check_config_class(kind, target, what)
+
+
+def _config_classes_in(kind: str, module) -> list[str]:
+    base = CONFIG_BASES[kind]
+    return sorted(n for n, v in vars(module).items()
+                  if isinstance(v, type) and issubclass(v, base) and v is not base and not inspect.isabstract(v))
+
+
+# -- installed distributions: entry points -----------------------------------------------------------
+ENTRY_POINT_GROUP = "rayflume.components"
+
+
+def _distribution_of(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"distribution {dist.metadata['Name']!r}" if dist is not None else "an installed distribution"
+
+
+def _from_entry_point(kind: str, name: str) -> type | None:
+    """The config class of the ``rayflume.components`` entry point ``name`` of this kind, or None
+    when no installed distribution declares one. Entry points of the same name for other kinds
+    (a ``numbered`` source and a ``numbered`` sink) are told apart by their base class."""
+    found = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        return None
+    fitting, others = [], []
+    for ep in found:
+        what = f"{kind} type {name!r} (entry point {ep.value!r} of {_distribution_of(ep)})"
+        try:
+            target = ep.load()
+        except Exception as exc:
+            raise ComponentTypeError(f"{what}: loading it failed with {type(exc).__name__}: {exc}; reinstall "
+                                     f"the distribution where the topology is validated and on every node, "
+                                     f"or fix its entry point") from None
+        if isinstance(target, type) and issubclass(target, CONFIG_BASES[kind]):
+            fitting.append((ep, check_config_class(kind, target, what)))
+        else:
+            others.append((what, target))
+    if len(fitting) > 1:
+        raise ComponentTypeError(f"{kind} type {name!r} is declared by several entry points "
+                                 f"({', '.join(f'{ep.value} of {_distribution_of(ep)}' for ep, _ in fitting)}); "
+                                 f"uninstall one, or write the import path of the one meant as the type")
+    if fitting:
+        return fitting[0][1]
+    # the name is declared, but not for this kind: say what it is (a sink used as a source, say)
+    what, target = others[0]
+    raise ComponentTypeError(f"{what}: {_what_it_is(kind, target)}; {_contract(kind)}")
+
+
+def entry_point_types(kind: str) -> list[str]:
+    """Names of the installed ``rayflume.components`` entry points that load as ``kind`` config
+    classes (for lists of known types in messages); one that fails to load is left out."""
+    out = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            target = ep.load()
+        except Exception:
+            continue
+        if isinstance(target, type) and issubclass(target, CONFIG_BASES[kind]) and ep.name not in out:
+            out.append(ep.name)
+    return sorted(out)
 
 
 def canonical_type(kind: str, type_name: str) -> tuple[str, dict]:
@@ -93,7 +348,9 @@ def canonical_type(kind: str, type_name: str) -> tuple[str, dict]:
     ``TAILDIR``, ``("netcat", {"protocol": "udp"})`` for ``netcatudp``; a name that is no Flume
     name comes back as it is, with no implied keys."""
     _load_builtins(kind)
-    if type_name in _registry[kind]:
+    if isinstance(type_name, type):
+        return type_label(type_name), {}
+    if not isinstance(type_name, str) or type_name in _registry[kind]:
         return type_name, {}
     flume = flume_type(kind, type_name)
     if flume is None:
@@ -201,7 +458,7 @@ SELF_RESOLVED_KEYS: dict[tuple[str, str], tuple[str, ...]] = {
 
 def self_resolved_keys(kind: str, type_name: str) -> tuple[str, ...]:
     """The keys of a ``kind`` component of type ``type_name`` that it resolves itself at start."""
-    canonical, _ = canonical_type(kind, type_name) if isinstance(type_name, str) else (type_name, {})
-    cls = lookup(kind, canonical) if isinstance(canonical, str) else None
+    canonical, _ = canonical_type(kind, type_name)
+    cls = lookup(kind, type_name)
     declared = tuple(getattr(cls, "resolves_references", ()) or ())
     return SELF_RESOLVED_KEYS.get((kind, canonical), ()) + declared

@@ -33,6 +33,14 @@ What a Flume user brings along is accepted as it is:
   rayflume's (see :mod:`rayflume.registry`); a component's config carries rayflume's name;
 - name lists may be written Flume's way, space-separated (``channels: c1 c2``), in a source's
   ``channels``, a selector's channel lists and a sink group's ``sinks``;
+- a component of one's own is named like a Flume class name, by import path
+  (``type: my_components:NumberedSourceConfig``), by a ``rayflume.components`` entry point of an
+  installed distribution, or (from Python) by the config class itself; see
+  :mod:`rayflume.registry` for what the class must be. Its module reaches the cluster through the
+  topology's ``runtime_env`` (``working_dir``, ``py_modules``, ``pip``, ``env_vars``; relative
+  paths are relative to the topology file), applied to its controller and every component actor;
+  when validating, a module not importable as is is also looked for in the runtime_env's local
+  directories, so a topology validates where it is deployed from as it will run;
 - ``${env:NAME}`` and ``${file:PATH}`` in any value are substituted when a file or text is loaded
   (:func:`substitute_references`), except in the keys a component reads itself on its node (the http
   source's tokens, ``metrics.token``): those stay as written, so a secret never enters the stored
@@ -56,7 +64,9 @@ from rayflume.errors import ConfigError
 
 SECTIONS = {"sources": "source", "channels": "channel", "sinks": "sink"}
 TIER_KEYS = {"sources", "channels", "sinks", "sink_groups"}
-TOP_LEVEL_KEYS = {"name", "metrics", "tiers"} | TIER_KEYS
+TOP_LEVEL_KEYS = {"name", "metrics", "tiers", "runtime_env"} | TIER_KEYS
+# The fields of Ray's runtime environment a topology may set for its actors (see _validate_runtime_env).
+RUNTIME_ENV_KEYS = ("working_dir", "py_modules", "pip", "env_vars")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_METRICS_PORT = 41414
 LABEL_KEY = "tier"  # `label: agent` means the node label tier=agent
@@ -139,6 +149,9 @@ class Topology:
     # controller on its node (see rayflume._private.metrics.resolve_token); never in a repr
     metrics_token: str | None = field(default=None, repr=False)
     metrics_token_file: str | None = None
+    # Ray's runtime environment for the controller and every component actor (user code shipped
+    # with working_dir / py_modules, pip packages, env_vars); None: Ray's default environment
+    runtime_env: dict | None = None
     raw: dict = field(default_factory=dict)
 
     @property
@@ -312,7 +325,8 @@ def substitute_references(data, base_dir: str | None = None, errors: list[str] |
     def component(kind, raw, path):
         if not isinstance(raw, dict):
             return resolve(raw, path)
-        kept = set(registry.self_resolved_keys(kind, raw.get("type"))) if isinstance(raw.get("type"), str) else set()
+        type_name = raw.get("type")
+        kept = set(registry.self_resolved_keys(kind, type_name)) if isinstance(type_name, (str, type)) else set()
         return {k: (v if k in kept else resolve(v, f"{path}.{k}")) for k, v in raw.items()}
 
     def tier(tier_data, prefix):
@@ -424,7 +438,9 @@ def _load_text(text: str, source: str, agent: str | None, warnings: list[str] | 
                                f"rayflume topology (YAML); remove --agent"])
         data, lines = parse_yaml_with_lines(text, source=source)
     errors: list[str] = []
-    data = substitute_references(data, base_dir=base_dir, errors=errors)
+    data = _code_paths_from(data, base_dir)
+    with registry.code_dirs(runtime_env_code_dirs(data.get("runtime_env"))):
+        data = substitute_references(data, base_dir=base_dir, errors=errors)
     if errors:
         name = data.get("name") if isinstance(data.get("name"), str) else None
         raise ConfigError([_with_line(e, lines) for e in errors], topology=name or source)
@@ -608,15 +624,22 @@ def build_config(kind: str, raw: dict, path: str, errors: list[str]):
         # YAML reads `type: null` as None; the only sensible meaning is the `null` component.
         raw = {**raw, "type": "null"}
     type_name = raw.get("type")
-    if not isinstance(type_name, str):
+    if not isinstance(type_name, (str, type)):
         what = (f"missing required key `type`" if type_name is None
-                else f"`type` must be a string, got {describe_value(type_name)}")
+                else f"`type` must be a string (or, from Python, a {kind} config class), got "
+                     f"{describe_value(type_name)}")
         errors.append(f"{path}: {what}; known {kind} types: {', '.join(registry.known_types(kind))}")
         return None
-    cls = registry.lookup(kind, type_name)
+    try:
+        # a built-in or Flume name, an import path, an entry point's name, or a config class
+        cls = registry.lookup(kind, type_name, strict=True)
+    except registry.ComponentTypeError as exc:
+        errors.append(f"{path}.type: {exc}")
+        return None
     if cls is not None:
         # Flume's name (TAILDIR, org.apache.flume...): the config carries rayflume's, plus the keys
-        # the Flume type implies (netcatudp: protocol udp) unless written.
+        # the Flume type implies (netcatudp: protocol udp) unless written. A class object: the
+        # config carries its name, module:QualifiedName.
         canonical, implied = registry.canonical_type(kind, type_name)
         raw = {**implied, **raw, "type": canonical}
     try:
@@ -628,8 +651,10 @@ def build_config(kind: str, raw: dict, path: str, errors: list[str]):
             cls = CallableInterceptorConfig
             config = resolve_callable_interceptor(raw)
         else:
-            hint = " or a Python import path 'module:callable'" if kind == "interceptor" else ""
-            known = registry.known_types(kind)
+            hint = (" or a Python import path 'module:callable'" if kind == "interceptor" else
+                    f", or a Python import path 'package.module:ConfigClass' naming your own {kind} config class")
+            installed = registry.entry_point_types(kind)
+            known = registry.known_types(kind) + [t for t in installed if t not in registry.known_types(kind)]
             from rayflume.flume_conf.mapping import unsupported_reason
 
             flume = unsupported_reason(kind, type_name)
@@ -667,7 +692,7 @@ def local_environment_warnings(topo: Topology) -> list[str]:
     components run them again on their own nodes at start, and a topology whose paths exist only
     on those nodes is valid. Reads the local file system and environment; changes nothing.
     """
-    out: list[str] = []
+    out: list[str] = runtime_env_warnings(topo.runtime_env)
     for tier_name, tier in topo.tiers.items():
         prefix = f"tiers.{tier_name}." if tier_name else ""
         for section in ("sources", "channels", "sinks"):
@@ -706,6 +731,17 @@ def validate(data: dict, source: str = "<topology>", lines: dict[str, int] | Non
             errors.append(f"{key}: {unknown_key(key, TOP_LEVEL_KEYS, 'a topology has')}")
     data = _split_name_lists(data)
     topo = Topology(name=name, raw=data)
+    with registry.code_dirs(runtime_env_code_dirs(data.get("runtime_env"))):
+        _validate_components(data, topo, errors)
+    _validate_metrics(data, topo, errors)
+    _validate_runtime_env(data, topo, errors)
+    if errors:
+        raise ConfigError([_with_line(e, lines or {}) for e in errors], topology=name or source)
+    return topo
+
+
+def _validate_components(data: dict, topo: Topology, errors: list[str]) -> None:
+    """Every tier's components and graph, and the hops between tiers, into ``topo``."""
     if "tiers" in data:
         for key in sorted(TIER_KEYS & set(data)):
             errors.append(f"{key}: with tiers, components go under a tier (tiers.<tier>.{key})")
@@ -734,10 +770,6 @@ def validate(data: dict, source: str = "<topology>", lines: dict[str, int] | Non
             if getattr(cfg, "tier", None):
                 errors.append(f"sinks.{tier_sink}.tier: a rayflume sink sends to another tier; it needs a "
                               f"topology with tiers")
-    _validate_metrics(data, topo, errors)
-    if errors:
-        raise ConfigError([_with_line(e, lines or {}) for e in errors], topology=name or source)
-    return topo
 
 
 def _names(value):
@@ -1020,6 +1052,139 @@ def _validate_metrics(data: dict, topo: Topology, errors: list[str]) -> None:
                           f"reads it on its node, from a working directory of Ray's choosing)")
         else:
             topo.metrics_token_file = token_file.strip()
+
+
+def _is_local_path(value) -> bool:
+    """Whether a runtime_env entry is a path on this machine (not a URI such as s3://b/code.zip)."""
+    return isinstance(value, str) and bool(value.strip()) and "://" not in value
+
+
+def runtime_env_code_dirs(runtime_env) -> list[str]:
+    """The directories of this machine from which a topology's runtime_env ships Python code, as
+    ``sys.path`` entries: ``working_dir`` itself, and the parent of each ``py_modules`` package
+    directory or ``.py`` file. Entries that are URIs or that do not exist here are left out."""
+    if not isinstance(runtime_env, dict):
+        return []
+    out = []
+    working_dir = runtime_env.get("working_dir")
+    if _is_local_path(working_dir) and os.path.isdir(os.path.expanduser(working_dir)):
+        out.append(os.path.abspath(os.path.expanduser(working_dir)))
+    modules = runtime_env.get("py_modules")
+    for entry in modules if isinstance(modules, list) else []:
+        if not _is_local_path(entry):
+            continue
+        local = os.path.abspath(os.path.expanduser(entry)).rstrip(os.sep)
+        if os.path.isdir(local) or (local.endswith(".py") and os.path.isfile(local)):
+            out.append(os.path.dirname(local))
+    return list(dict.fromkeys(out))
+
+
+def _code_paths_from(data, base_dir: str | None):
+    """A copy of a topology mapping read from a file whose runtime_env ``working_dir`` and
+    ``py_modules`` local paths, when relative, are made relative to the file's directory (Ray would
+    take them relative to wherever the deploying process runs)."""
+    env = data.get("runtime_env") if isinstance(data, dict) else None
+    if not base_dir or not isinstance(env, dict):
+        return data
+
+    def anchored(value):
+        if not _is_local_path(value):
+            return value
+        value = os.path.expanduser(value)
+        return value if os.path.isabs(value) else os.path.normpath(os.path.join(base_dir, value))
+
+    env = dict(env)
+    if "working_dir" in env:
+        env["working_dir"] = anchored(env["working_dir"])
+    if isinstance(env.get("py_modules"), list):
+        env["py_modules"] = [anchored(m) for m in env["py_modules"]]
+    return {**data, "runtime_env": env}
+
+
+def _validate_runtime_env(data: dict, topo: Topology, errors: list[str]) -> None:
+    """``runtime_env: {working_dir, py_modules, pip, env_vars}``: Ray's runtime environment for the
+    topology's controller and every component actor; how one's own components reach the nodes.
+    Schema only: whether the paths exist is checked where the topology is deployed (the deploying
+    process uploads them) and by :func:`local_environment_warnings`."""
+    env = data.get("runtime_env")
+    if env is None:
+        return
+    what_for = ("Ray's runtime environment for the topology's actors: working_dir (a directory of your code), "
+                "py_modules (a list of package directories), pip (a list of packages) or env_vars (a mapping)")
+    if not isinstance(env, dict):
+        errors.append(f"runtime_env: expected a mapping with {what_for}; got {describe_value(env)}")
+        return
+    ok = True
+    for key in sorted(set(env) - set(RUNTIME_ENV_KEYS), key=str):
+        errors.append(f"runtime_env.{key}: {unknown_key(key, RUNTIME_ENV_KEYS, 'runtime_env has')}")
+        ok = False
+    working_dir = env.get("working_dir")
+    if "working_dir" in env and (not isinstance(working_dir, str) or not working_dir.strip()):
+        errors.append(f"runtime_env.working_dir: expected the path of a directory holding your modules (relative "
+                      f"to the topology file), or a URI such as s3://bucket/code.zip; got "
+                      f"{describe_value(working_dir)}")
+        ok = False
+    modules = env.get("py_modules")
+    if "py_modules" in env:
+        if not isinstance(modules, list) or not modules:
+            example = modules if isinstance(modules, str) and modules.strip() else "./my_components"
+            errors.append(f"runtime_env.py_modules: expected a non-empty list of package directories, .py files "
+                          f"or URIs, e.g. [{example}]; got {describe_value(modules)}")
+            ok = False
+        else:
+            for i, entry in enumerate(modules):
+                if not isinstance(entry, str) or not entry.strip():
+                    errors.append(f"runtime_env.py_modules[{i}]: expected the path of a package directory, a .py "
+                                  f"file or a URI; got {describe_value(entry)}")
+                    ok = False
+    pip = env.get("pip")
+    if "pip" in env:
+        if isinstance(pip, list):
+            for i, package in enumerate(pip):
+                if not isinstance(package, str) or not package.strip():
+                    errors.append(f"runtime_env.pip[{i}]: expected a requirement such as 'requests>=2'; got "
+                                  f"{describe_value(package)}")
+                    ok = False
+        elif not (isinstance(pip, str) and pip.strip()) and not (isinstance(pip, dict) and "packages" in pip):
+            errors.append(f"runtime_env.pip: expected a list of requirements, e.g. [requests>=2], the path of a "
+                          f"requirements.txt, or a mapping with `packages`; got {describe_value(pip)}")
+            ok = False
+    env_vars = env.get("env_vars")
+    if "env_vars" in env:
+        if not isinstance(env_vars, dict):
+            errors.append(f"runtime_env.env_vars: expected a mapping of variable names to string values, e.g. "
+                          f"{{MY_SETTING: '1'}}; got {describe_value(env_vars)}")
+            ok = False
+        else:
+            for var, value in env_vars.items():
+                if not isinstance(var, str) or not _ENV_NAME.match(var):
+                    errors.append(f"runtime_env.env_vars.{var}: not an environment variable name (letters, "
+                                  f"digits and '_', not starting with a digit)")
+                    ok = False
+                elif not isinstance(value, str):
+                    errors.append(f"runtime_env.env_vars.{var}: Ray takes string values only; quote it "
+                                  f"({var}: \"{value}\"); got {describe_value(value)}")
+                    ok = False
+    if ok:
+        topo.runtime_env = dict(env)
+
+
+def runtime_env_warnings(runtime_env) -> list[str]:
+    """Local paths of a topology's runtime_env that do not exist on this machine, from which the
+    deploying process uploads them, as ``path: problem`` messages."""
+    if not isinstance(runtime_env, dict):
+        return []
+    out = []
+    working_dir = runtime_env.get("working_dir")
+    if _is_local_path(working_dir) and not os.path.isdir(os.path.expanduser(working_dir)):
+        out.append(f"runtime_env.working_dir: {working_dir!r} is not a directory on this machine; deploying from "
+                   f"here would fail to upload it")
+    modules = runtime_env.get("py_modules")
+    for i, entry in enumerate(modules if isinstance(modules, list) else []):
+        if _is_local_path(entry) and not os.path.exists(os.path.expanduser(entry)):
+            out.append(f"runtime_env.py_modules[{i}]: {entry!r} does not exist on this machine; deploying from "
+                       f"here would fail to upload it")
+    return out
 
 
 def _validate_graph(data: dict, topo: Tier, prefix: str, errors: list[str]) -> None:

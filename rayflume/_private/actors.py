@@ -103,6 +103,10 @@ class ChannelDirectory:
 
 
 def _typed(kind: str, raw: dict, path: str):
+    """The typed config of a component from its mapping, as the topology validated it. A user
+    component's ``type`` (an import path, an entry point's name, or a config class object that
+    arrived pickled with the arguments) resolves here from the actor's runtime environment: the
+    controller's, inherited, which carries the topology's ``runtime_env``."""
     from rayflume.topology import _with_nested, build_config
 
     errors: list[str] = []
