@@ -2,8 +2,9 @@
 
 Every component reports a flat dict of counters. ``flume_shape`` turns a topology's reports
 into Flume's JSON (``{"SOURCE.r1": {"EventReceivedCount": "10", "Type": "SOURCE", ...}}``, every
-value a string). ``RayExporter`` mirrors the counters into ``ray.util.metrics`` gauges so they
-reach Prometheus and the Ray dashboard.
+value a string). ``RayExporter`` mirrors the counters into ``ray.util.metrics`` so they reach
+Prometheus and the Ray dashboard: running totals (``...Count``, ``...Fail``) as Ray Counters, so
+that Prometheus' ``rate()`` works on them, and levels (sizes, fills, ports) as Gauges.
 
 ``MetricsServer`` is the controller's HTTP endpoint: ``/metrics`` (Flume's JSON, or Prometheus' text
 format with ``?format=prometheus``) and ``/health``, built to survive hostile or careless clients
@@ -46,36 +47,106 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-class RayExporter:
-    """Mirrors numeric counters into Ray gauges ``rayflume_<counter>`` tagged by component."""
+# Flume counters named ...Count that are levels, going down as well as up: gauges, not counters
+_GAUGE_COUNTS = frozenset({"OpenConnectionCount", "ObjectCount", "SegmentCount"})
 
-    def __init__(self, topology: str, kind: str, name: str):
+
+def is_running_total(key: str) -> bool:
+    """Whether the counter ``key`` only ever grows while its component runs (Flume's ``...Count``
+    counters and its ``...Fail`` tallies such as ``ChannelWriteFail``), as opposed to a level such
+    as ``ChannelSize``, ``ChannelFillPercentage``, ``BoundPort`` or ``OpenConnectionCount``."""
+    return (key.endswith("Count") and key not in _GAUGE_COUNTS) or key.endswith("Fail")
+
+
+class RunningTotals:
+    """Turns successive readings of running totals into the increments a Prometheus counter takes.
+
+    ``increment(key, value)`` returns how much ``key`` grew since its previous reading, and is never
+    negative. A reading below the previous one (the component re-read its total from a durable
+    record, or started counting again after a restart) re-bases: it returns 0 and counts on from the
+    new reading. A drop is not taken as a reset to zero, because totals here are mostly restored
+    from the channels' ledgers rather than restarted, and counting the restored total again would
+    count the same events twice; what a true reset counted before the next reading is left out.
+
+    The first reading of a key counts from zero, unless ``restored``: a restarted component reloads
+    totals that its previous process exported already, so its first readings are only baselines.
+    """
+
+    def __init__(self, restored: bool = False):
+        self.restored = restored
+        self._last: dict[str, float] = {}
+
+    def increment(self, key: str, value: float) -> float:
+        previous = self._last.get(key)
+        self._last[key] = value
+        if previous is None:
+            return 0 if self.restored or value <= 0 else value
+        return value - previous if value > previous else 0
+
+
+def _restarted_actor() -> bool:
+    """Whether this process is a Ray actor restarted after its process died (False elsewhere)."""
+    try:
+        import warnings
+
+        import ray
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray's accessor is deprecated; the warning is noise
+            return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not in an actor, or Ray not initialised: nothing was exported before
+        return False
+
+
+class RayExporter:
+    """Mirrors a component's numeric counters into Ray metrics ``rayflume_<counter in snake_case>``
+    tagged with topology, kind and component.
+
+    Running totals (:func:`is_running_total`) become ``ray.util.metrics.Counter`` s, increased by
+    what they grew since the last export (see :class:`RunningTotals`: never decreased); every other
+    number becomes a ``Gauge`` set to its value. ``restored`` (default: whether this is a restarted
+    Ray actor) makes the first export a baseline only. Outside a Ray worker nothing is exported.
+    """
+
+    def __init__(self, topology: str, kind: str, name: str, restored: bool | None = None):
         self.tags = {"topology": topology, "kind": kind, "component": name}
-        self._gauges: dict[str, object] = {}
+        self._metrics: dict[str, object] = {}
+        self._totals = RunningTotals(_restarted_actor() if restored is None else restored)
+
+    def metric_types(self) -> dict[str, str]:
+        """``{counter: "counter" | "gauge"}``: the Ray metric type each exported counter got."""
+        from ray.util.metrics import Counter
+
+        return {key: "counter" if isinstance(metric, Counter) else "gauge" for key, metric in self._metrics.items()}
 
     def export(self, counters: dict) -> None:
         try:
-            from ray.util.metrics import Gauge
+            from ray.util.metrics import Counter, Gauge
         except ImportError:  # pragma: no cover - ray always ships it
             return
         for key, value in counters.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 continue
-            gauge = self._gauges.get(key)
-            if gauge is None:
+            total = is_running_total(key)
+            metric = self._metrics.get(key)
+            if metric is None:
+                kind_of = Counter if total else Gauge
                 try:
-                    gauge = Gauge(f"rayflume_{_snake(key)}", description=f"Flume counter {key}",
-                                  tag_keys=tuple(self.tags))
+                    metric = kind_of(prometheus_name(key), description=f"Flume's {key}",
+                                     tag_keys=tuple(self.tags))
                 except Exception:  # metrics unavailable (e.g. outside a Ray worker)
                     return
-                self._gauges[key] = gauge
-            gauge.set(value, tags=self.tags)
+                self._metrics[key] = metric
+            if total:
+                grown = self._totals.increment(key, value)
+                if grown > 0:  # Ray refuses an increment of 0
+                    metric.inc(grown, tags=self.tags)
+            else:
+                metric.set(value, tags=self.tags)
 
 
 # -- Prometheus text exposition -------------------------------------------------------------------
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Flume counters named ...Count that go down as well as up: gauges, not counters
-_GAUGE_COUNTS = frozenset({"OpenConnectionCount"})
 _NUMBER = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
 
 
@@ -111,8 +182,9 @@ def prometheus_text(metrics: dict, labels: dict | None = None) -> str:
 
     Every numeric value becomes a sample ``rayflume_<counter in snake_case>{component="SOURCE.r1",
     kind="SOURCE", <labels>} <value>``; non-numeric values (``Type``, empty strings) are left out.
-    Samples are grouped per metric, each group after its ``# TYPE`` line: ``counter`` for Flume's
-    ``...Count`` counters, ``gauge`` for the rest (``ChannelSize``, ``StartTime``, ``Restarts``...).
+    Samples are grouped per metric, each group after its ``# TYPE`` line: ``counter`` for running
+    totals (:func:`is_running_total`: Flume's ``...Count`` and ``...Fail`` counters), ``gauge`` for
+    the rest (``ChannelSize``, ``OpenConnectionCount``, ``StartTime``, ``Restarts``...).
     """
     families: dict[str, tuple[str, str, list[str]]] = {}
     for component, counters in sorted(metrics.items()):
@@ -126,7 +198,7 @@ def prometheus_text(metrics: dict, labels: dict | None = None) -> str:
             if number is None or key == "Type":
                 continue
             name = prometheus_name(str(key))
-            kind_of = "counter" if str(key).endswith("Count") and key not in _GAUGE_COUNTS else "gauge"
+            kind_of = "counter" if is_running_total(str(key)) else "gauge"
             family = families.setdefault(name, (kind_of, str(key), []))
             family[2].append(f"{name}{{{label_text}}} {number}")
     lines = []
