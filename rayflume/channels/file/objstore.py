@@ -148,6 +148,8 @@ class ObjectStore:
 
 
 LOCK_KEY = "lock"
+LOCK_READ_ATTEMPTS = 4  # reads of an unparseable lock object before it counts as damaged
+LOCK_REREAD_S = 0.05    # pause before the next read, growing with each attempt (0.3 s in all)
 # The owner trusts its lock for this fraction of the TTL after the start of its last renewal;
 # a contender only takes over after a full TTL without a renewal (see ObjectLock).
 VALID_FRACTION = 0.75
@@ -315,19 +317,26 @@ class ObjectLock:
 
     # -- the object ----------------------------------------------------------------------------
     def _read(self) -> dict | None:
-        try:
-            data = self.store.get(LOCK_KEY)
-        except FileNotFoundError:
-            return None
-        try:
-            value = json.loads(data)
-            if not isinstance(value, dict):
-                raise ValueError("not an object")
-            return value
-        except ValueError:
-            log.warning("file channel '%s': the lock object %s is unreadable; treating it as "
-                        "released", self.channel, self.store.uri_of(LOCK_KEY))
-            return None
+        # A read can see a torn object while its owner renews it (the size read before the
+        # bytes, each from a different version): only a lock that stays unreadable over several
+        # reads is damaged for good and treated as released. Taking one torn read for a release
+        # would let two instances own the channel.
+        for attempt in range(LOCK_READ_ATTEMPTS):
+            try:
+                data = self.store.get(LOCK_KEY)
+            except FileNotFoundError:
+                return None
+            try:
+                value = json.loads(data)
+                if not isinstance(value, dict):
+                    raise ValueError("not an object")
+                return value
+            except ValueError:
+                if attempt + 1 < LOCK_READ_ATTEMPTS:
+                    time.sleep(LOCK_REREAD_S * (attempt + 1))
+        log.warning("file channel '%s': the lock object %s is unreadable (%d reads); treating it as "
+                    "released", self.channel, self.store.uri_of(LOCK_KEY), LOCK_READ_ATTEMPTS)
+        return None
 
     def _write(self, released: bool) -> None:
         with self._write_lock:
