@@ -195,11 +195,13 @@ def test_a_take_with_fill_returns_what_is_there_after_its_fill_time(channel):
 
 def test_takers_waiting_to_fill_do_not_hold_up_puts(channel):
     ch = channel()
-    waiting = [ch.take_lease_and_batch.remote(100, f"sink{i}", 0.0, 5.0) for i in range(20)]  # more than the actor's threads
-    started = time.monotonic()
+    # more takers than the actor has threads, each willing to wait 20 s to fill its batch
+    waiting = [ch.take_lease_and_batch.remote(100, f"sink{i}", 0.0, 20.0) for i in range(20)]
     ray.get(ch.put.remote(numbered(0, 10), "t1"), timeout=30)
-    assert time.monotonic() - started < 2.5, "the put waited behind takers filling their batches"
-    del waiting
+    # a put queued behind them would return only once their waits ran out: they must still wait
+    firsts = [refs[0] for refs in waiting]  # the call returns (lease, batch) as two refs
+    ready, _ = ray.wait(firsts, num_returns=len(firsts), timeout=0)
+    assert not ready, "the put waited behind takers filling their batches"
 
 
 def test_a_batch_the_receiver_stored_before_dying_is_not_stored_twice_when_regrouped(ray_local):
