@@ -176,14 +176,15 @@ def _scan_event_array(data: bytes, pos: int, reserve: Callable[[int], bool] | No
     """Decode the array starting at ``data[pos]``: one pass records where every key, value and
     body lies; their bytes are then gathered column by column. Returns the batch and the end.
 
-    The pass is the hot loop of the avro source, hence inlined one-byte numbers (every count and
-    most lengths below 64) and no calls for them."""
+    The pass is the hot loop of the avro source, hence inlined numbers where they are short
+    (headers' lengths below 64, bodies' below 8 KiB) and a map offset written only for events
+    that have headers."""
     size = len(data)
     bodies: list[int] = []        # start, end, start, end...
     strings: list[int] = []       # key start, key end, value start, value end...
-    map_offsets = [0]
-    entries = 0
-    add_body, add_string = bodies.extend, strings.extend
+    with_headers: list[int] = []  # event index, entries up to and including it, ... (events with headers)
+    entries = events = 0
+    mark, add_string = bodies.append, strings.extend
     try:
         while True:
             count, pos = _long(data, pos)
@@ -195,13 +196,13 @@ def _scan_event_array(data: bytes, pos: int, reserve: Callable[[int], bool] | No
             if reserve is not None and not reserve(count):
                 raise FlumeEventError(f"an array of {count} events, more than the memory set aside for "
                                       f"decoding allows")
-            for _ in range(count):
-                b = data[pos]
-                if b == 0:  # no headers: the common case
+            for index in range(events, events + count):
+                if data[pos] == 0:  # no headers: the common case
                     pos += 1
                 else:
                     while True:
-                        pairs, pos = _long(data, pos)
+                        b = data[pos]
+                        pairs, pos = (b >> 1, pos + 1) if b < 0x80 and not b & 1 else _long(data, pos)
                         if pairs == 0:
                             break
                         if pairs < 0:
@@ -217,11 +218,22 @@ def _scan_event_array(data: bytes, pos: int, reserve: Callable[[int], bool] | No
                             add_string((key, key + key_length, pos, pos + length))
                             pos += length
                         entries += pairs
-                map_offsets.append(entries)
+                    with_headers.append(index)
+                    with_headers.append(entries)
+                # the body's length: one or two bytes for bodies under 8 KiB, inlined
                 b = data[pos]
-                length, pos = (b >> 1, pos + 1) if b < 0x80 and not b & 1 else _length(data, pos)
-                add_body((pos, pos + length))
-                pos += length
+                if b < 0x80:
+                    value, pos = b, pos + 1
+                else:
+                    c = data[pos + 1]
+                    value, pos = ((b & 0x7F) | (c << 7), pos + 2) if c < 0x80 else _raw_varint(data, pos)
+                if value & 1:
+                    raise FlumeEventError(f"not a valid Avro-encoded Flume event: a negative length "
+                                          f"({-(value + 1) >> 1})")
+                mark(pos)
+                pos += value >> 1
+                mark(pos)
+            events += count
     except IndexError:
         raise FlumeEventError("not a valid Avro-encoded Flume event: the data ends inside an event") from None
     if pos > size:
@@ -238,19 +250,30 @@ def _scan_event_array(data: bytes, pos: int, reserve: Callable[[int], bool] | No
         values.validate(full=True)
     except pa.ArrowInvalid as exc:
         raise FlumeEventError(f"not a valid Avro-encoded Flume event: a header is not UTF-8 ({exc})") from None
-    headers = pa.MapArray.from_arrays(pa.array(map_offsets, pa.int32()), keys, values)
+    # entries before each event: set after each event with headers, carried over the others
+    map_offsets = np.zeros(events + 1, dtype=np.int32)
+    marks = np.array(with_headers, dtype=np.int64).reshape(-1, 2)
+    map_offsets[marks[:, 0] + 1] = marks[:, 1]
+    np.maximum.accumulate(map_offsets, out=map_offsets)
+    headers = pa.MapArray.from_arrays(pa.array(map_offsets), keys, values)
     return EventBatch.from_bodies(body, headers), pos
 
 
 def _long(data: bytes, pos: int) -> tuple[int, int]:
     """The zig-zag varint at ``data[pos]`` and the position after it."""
+    raw, pos = _raw_varint(data, pos)
+    return (raw >> 1) ^ -(raw & 1), pos
+
+
+def _raw_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``data[pos]`` before zig-zag decoding, and the position after it."""
     shift = result = 0
     while True:
         b = data[pos]
         pos += 1
         result |= (b & 0x7F) << shift
         if b < 0x80:
-            return (result >> 1) ^ -(result & 1), pos
+            return result, pos
         shift += 7
         if shift > 63:
             raise FlumeEventError("not a valid Avro-encoded Flume event: a number longer than 10 bytes")
