@@ -4,7 +4,8 @@ Collect, aggregate and move log and event data with sources, channels and sinks 
 supervised Ray actors and move Arrow event batches.
 """
 from rayflume.event import Event, EventBatch
-from rayflume.errors import ChannelFull, ClusterUnavailable, ConfigError, DeliveryError, RayflumeError
+from rayflume.errors import (ChannelFull, ClusterUnavailable, ConfigError, DeliveryError, RayflumeError,
+                             TopologyNotRunning)
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,5 @@ def __getattr__(name):
 
 
 __all__ = ["Event", "EventBatch", "ChannelFull", "ClusterUnavailable", "ConfigError", "DeliveryError",
-           "RayflumeError", "deploy", "load", "loads", "get", "list_deployed", "TopologyHandle", "component_logs"]
+           "RayflumeError", "TopologyNotRunning", "deploy", "load", "loads", "get", "list_deployed", "TopologyHandle",
+           "component_logs"]

@@ -5,28 +5,38 @@
     handle = rayflume.deploy("topologies/quickstart.yaml")
     handle.wait_finished(timeout_s=60)           # finite sources only
     print(handle.metrics()["SINK.out"]["EventDrainSuccessCount"])
+    handle.metrics_frame()                       # one typed row per component, with rates
     handle.stop()
 
-``deploy`` starts a local Ray when none is connected. Topologies run in detached actors: they
-outlive the Python process that deployed them until ``stop()``.
+In a notebook the handle displays itself as a table of its components with live rates and channel
+fill. Only ``deploy`` connects to (or starts) a Ray when none is connected, and it logs where; every
+other call raises :class:`~rayflume.errors.ClusterUnavailable` instead of starting one, and a handle
+of a topology that was stopped raises :class:`~rayflume.errors.TopologyNotRunning`. Topologies run
+in detached actors: they outlive the Python process that deployed them until ``stop()``.
 """
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 import os
+import re
 import socket
 import threading
 import time
 from typing import Any
 
+import pyarrow as pa
 import ray
 
 from rayflume._private import logs
 from rayflume._private.actors import NAMESPACE
 from rayflume._private.controller import RemoteController, controller_name, controller_options
-from rayflume.errors import ClusterUnavailable
+from rayflume._private.metrics import _GAUGE_COUNTS
+from rayflume.errors import ClusterUnavailable, TopologyNotRunning
 from rayflume.topology import Topology, load_topology, loads_topology, validate
+
+logger = logging.getLogger("rayflume.api")
 
 
 def load(path: str | os.PathLike) -> Topology:
@@ -162,39 +172,217 @@ def _use_token_auth_if_available() -> None:
 
 
 CONTROLLER_RESTART_WAIT_S = 120.0
+DISPLAY_TIMEOUT_S = 5.0  # a repr waits no longer than this for the controller
+# Rates are measured over at least this long: two looks a moment apart (metrics_frame() and then the
+# handle's display, say) would give rates of a few events over a few milliseconds.
+MIN_RATE_INTERVAL_S = 1.0
+
+
+def _require_connected(what: str) -> None:
+    """Raise ClusterUnavailable unless this process is connected to Ray.
+
+    Checked before every call that reaches Ray: Ray's own functions would start a new local Ray
+    here (and then find no topology in it), hiding that the connection is gone.
+    """
+    if ray.is_initialized():
+        return
+    raise ClusterUnavailable(
+        f"{what}: this Python process is not connected to Ray (ray.shutdown() was called, or the "
+        f"connection to the cluster was lost), and rayflume does not start a new Ray behind your back. "
+        f"If the cluster still runs, connect again with ray.init(address='auto') (or its address) and "
+        f"retry; a local Ray that this process started ended with it, and so did its topologies: "
+        f"deploy them again with rayflume.deploy(...)")
+
+
+def _job_id() -> str:
+    """The current connection to Ray: it changes with every ray.init, and actor handles obtained
+    through an earlier connection do not work through a new one."""
+    return ray.get_runtime_context().get_job_id()
 
 
 class TopologyHandle:
-    """A deployed topology, reached through its controller actor. Safe to pickle and share."""
+    """A deployed topology, reached through its controller actor. Safe to pickle and share.
+
+    A handle names the topology, not one deployment of it: when the topology is stopped and
+    deployed again, or this process connects to Ray anew, the handle finds the new controller by
+    name. Every method first checks that this process is connected to Ray and raises
+    :class:`~rayflume.errors.ClusterUnavailable` otherwise (no Ray is started for it); a topology
+    that is not deployed any more raises :class:`~rayflume.errors.TopologyNotRunning`.
+    """
 
     def __init__(self, name: str, controller=None):
         self.name = name
         self.last_update: dict | None = None  # {"kept": n, "replaced": m} after a redeploy
-        self._controller = controller or ray.get_actor(controller_name(name), namespace=NAMESPACE)
+        if controller is None:
+            _require_connected(f"topology '{name}'")
+            controller = ray.get_actor(controller_name(name), namespace=NAMESPACE)
+        self._controller = controller
+        self._controller_job = _job_id()
+        # Earlier samples of the counters, oldest first, for rates: (time.monotonic(), {row key:
+        # {counter: int}}). Only the newest one at least MIN_RATE_INTERVAL_S old and those after it
+        # are kept.
+        self._samples: list[tuple[float, dict]] = []
+        # (version, Topology or None) of the deployed spec, for the components' types
+        self._topology_cache: tuple[int, Topology | None] | None = None
 
-    def __repr__(self) -> str:
-        return f"TopologyHandle({self.name!r})"
+    # -- reaching the controller ------------------------------------------------------------------
+    def _not_running(self) -> TopologyNotRunning:
+        return TopologyNotRunning(
+            f"topology '{self.name}' is not running on the connected Ray cluster: it was stopped (by "
+            f"stop(), `rayflume stop` or a lost cluster) or never deployed there. Deploy it again with "
+            f"rayflume.deploy(...) (a collector it names starts from zero); rayflume.list_deployed() "
+            f"names the topologies that run")
+
+    def _find_controller(self):
+        """The controller actor registered under this topology's name, or None."""
+        try:
+            return ray.get_actor(controller_name(self.name), namespace=NAMESPACE)
+        except ValueError:
+            return None
+
+    def _current_controller(self):
+        """The controller to call: looked up again by name after a reconnection to Ray."""
+        _require_connected(f"topology '{self.name}'")
+        job = _job_id()
+        if job != self._controller_job:
+            found = self._find_controller()
+            if found is None:
+                raise self._not_running()
+            if found._actor_id != self._controller._actor_id:
+                self._forget_samples()
+            self._controller, self._controller_job = found, job
+        return self._controller
+
+    def _forget_samples(self) -> None:
+        """Drop what the handle remembers of a deployment: the next rates start afresh."""
+        self._samples = []
+        self._topology_cache = None
 
     def _call(self, method: str, *args, timeout_s: float = 60.0):
-        """Call the controller, waiting out a restart of it (it re-attaches to its components)."""
+        """Call the controller, waiting out a restart of it (it re-attaches to its components).
+
+        A controller that died for good was stopped; if the topology was deployed again since,
+        the call goes to its new controller, else TopologyNotRunning is raised.
+        """
+        controller = self._current_controller()
         deadline = time.monotonic() + CONTROLLER_RESTART_WAIT_S
+        looked_up_again = False
         while True:
             try:
-                return ray.get(getattr(self._controller, method).remote(*args), timeout=timeout_s)
+                return ray.get(getattr(controller, method).remote(*args), timeout=timeout_s)
             except ray.exceptions.ActorUnavailableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+            except ray.exceptions.ActorDiedError:
+                # Gone for good (a restarting controller raises ActorUnavailableError): stopped,
+                # and maybe deployed again under a new controller since.
+                replacement = None if looked_up_again else self._find_controller()
+                if replacement is None or replacement._actor_id == controller._actor_id:
+                    raise self._not_running() from None
+                looked_up_again = True
+                controller = self._controller = replacement
+                self._forget_samples()  # a new deployment: its counters started from zero
 
+    # -- state and counters -----------------------------------------------------------------------
     def status(self) -> dict:
         """State, tiers, components (state, restarts, counters, errors) and recent controller events."""
         return self._call("status")
 
     def metrics(self) -> dict:
-        """Flume-shaped counters: ``{"SOURCE.gen": {"EventAcceptedCount": "10", ...}, ...}``."""
+        """Flume-shaped counters, every value a string as in Flume's JSON:
+        ``{"SOURCE.gen": {"EventAcceptedCount": "10", ...}, ...}``; in a tiered topology the key is
+        ``KIND.<tier>.<instance>.<component>``. :meth:`metrics_frame` gives them typed."""
         return self._call("metrics")
 
+    def metrics_frame(self):
+        """The counters of every component as a table, one row per component (a sink group gives
+        one row per sink), typed, with rates.
+
+        Returns a pandas DataFrame when pandas can be imported (``pip install rayflume[notebook]``),
+        else a pyarrow Table with the same columns:
+
+        * ``topology``; ``tier`` (None in a topology without tiers) and ``instance`` (``main``
+          there); ``kind`` (SOURCE, CHANNEL or SINK); ``component``; ``type`` (the configured
+          type, e.g. ``memory``; None if unknown); ``node`` (the Ray node id; None while unknown);
+          ``state`` (as ``status()`` says: ALIVE, FINISHED, RESTARTING, LOST...);
+        * then every counter any component reports, in alphabetical order, as Flume names it:
+          whole numbers (``...Count``, ``ChannelSize``, ``Restarts``) as 64-bit integers (pandas'
+          nullable ``Int64``), times (``StartTime``, ``StopTime``: Flume's epoch milliseconds) as
+          UTC timestamps in milliseconds, other numbers as floats, the rest as text. A value a
+          component does not report is null (NA/NaN/NaT); so is a time of 0 (not started, or not
+          stopped yet);
+        * then, for every monotonic counter ``<Name>Count``, ``<Name>PerSecond``: its increase per
+          second since the latest earlier sample of this handle (taken by this method or by
+          displaying the handle) that is at least ``MIN_RATE_INTERVAL_S`` (1 s) old. Null (NaN)
+          when there is none: on the first call of a handle, on calls less than a second after
+          it, after the topology was deployed anew, and for components new since that sample.
+          Never negative: a counter that went down (its component restarted from zero) counts its
+          new value as the increase.
+        """
+        return _as_frame(self._sample().table)
+
+    def _sample(self) -> "_Sample":
+        """One status call, turned into rows and rates (see metrics_frame); kept for later rates."""
+        status = self._call("status")
+        taken = time.monotonic()
+        topology = self._topology(status)
+        rows = _component_rows(self.name, status, topology)
+        earlier = [s for s in self._samples if taken - s[0] >= MIN_RATE_INTERVAL_S]
+        reference = earlier[-1] if earlier else None
+        interval = taken - reference[0] if reference is not None else None
+        sample = _Sample(status, rows, interval, reference[1] if reference is not None else {})
+        kept = [s for s in self._samples if reference is None or s[0] >= reference[0]]
+        self._samples = kept + [(taken, sample.counts)]
+        return sample
+
+    def _topology(self, status: dict) -> Topology | None:
+        """The deployed topology (for the components' types), fetched again when its version
+        changes; None if it cannot be read (types are then unknown)."""
+        cached = self._topology_cache
+        version = status.get("version")
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            topology = validate(self._call("raw_topology"))
+        except (TopologyNotRunning, ClusterUnavailable):
+            raise
+        except Exception as exc:  # a spec this version of rayflume cannot read: types stay unknown
+            logger.debug("topology '%s': cannot read its spec for component types: %s", self.name, exc)
+            topology = None
+        self._topology_cache = (version, topology)
+        return topology
+
+    # -- display ----------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        """Name and state; asks the controller (for at most DISPLAY_TIMEOUT_S), never raises."""
+        return f"TopologyHandle({self.name!r}, state={self._display_state()})"
+
+    def _display_state(self) -> str:
+        if not ray.is_initialized():
+            return "unknown: not connected to Ray"
+        try:
+            controller = self._current_controller()
+            return str(ray.get(controller.ping.remote(), timeout=DISPLAY_TIMEOUT_S))
+        except TopologyNotRunning:
+            return "NOT RUNNING"
+        except ray.exceptions.ActorDiedError:
+            return "NOT RUNNING"
+        except Exception as exc:  # a repr must not raise: say why the state is unknown
+            return f"unknown: {type(exc).__name__}"
+
+    def _repr_html_(self) -> str:
+        """The notebook view: state, tiers, and each component's state, rates and channel fill.
+        Every string from the topology is escaped. Never raises: a topology that cannot be asked
+        shows why."""
+        try:
+            return _html_view(self.name, self._sample())
+        except Exception as exc:  # shown instead of a traceback in the notebook's output
+            return (f"<div><b>rayflume topology</b> <code>{html.escape(self.name)}</code>: "
+                    f"<b>{html.escape(type(exc).__name__)}</b><br>{html.escape(str(exc))}</div>")
+
     def metrics_url(self) -> str | None:
+        """Where the controller serves the metrics over HTTP, or None when it serves none."""
         return self._call("metrics_url")
 
     def finished(self) -> bool:
@@ -210,10 +398,259 @@ class TopologyHandle:
             time.sleep(poll_s)
 
     def stop(self, drain_timeout_s: float = 30.0) -> dict:
-        """Stop sources, drain channels (up to ``drain_timeout_s``), stop sinks, remove all actors."""
+        """Stop sources, drain channels (up to ``drain_timeout_s``), stop sinks, remove all actors.
+        Raises TopologyNotRunning when it is not running (stopped already)."""
         result = self._call("stop", drain_timeout_s, timeout_s=drain_timeout_s + 180)
         ray.kill(self._controller, no_restart=True)
+        self._forget_samples()
         return result
+
+
+# -- metrics as a table -----------------------------------------------------------------------------
+IDENTITY_COLUMNS = ("topology", "tier", "instance", "kind", "component", "type", "node", "state")
+_INTEGER = re.compile(r"^-?\d+$")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_TIMESTAMP = pa.timestamp("ms", tz="UTC")
+
+
+def _is_time(counter: str) -> bool:
+    """Flume's times (StartTime, StopTime) are epoch milliseconds named ``...Time``."""
+    return counter.endswith("Time")
+
+
+def _is_monotonic(counter: str) -> bool:
+    """Flume's ``...Count`` counters only grow (while their component runs), except gauges named
+    like counters (OpenConnectionCount)."""
+    return counter.endswith("Count") and counter not in _GAUGE_COUNTS
+
+
+def rate_column(counter: str) -> str:
+    """``EventAcceptedCount`` -> ``EventAcceptedPerSecond``: the rate column of a counter."""
+    return f"{counter[:-len('Count')]}PerSecond"
+
+
+def _parse(value):
+    """A counter as Flume's JSON spells it (a string) -> int, float, bool, str, or None for ''."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = str(value).strip()
+    if not text:
+        return None
+    if _INTEGER.match(text):
+        return int(text)
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _config_type(topology: Topology | None, tier: str, kind: str, name: str) -> str | None:
+    tier_spec = topology.tiers.get(tier) if topology is not None else None
+    if tier_spec is None:
+        return None
+    section = {"SOURCE": tier_spec.sources, "CHANNEL": tier_spec.channels, "SINK": tier_spec.sinks}.get(kind, {})
+    cfg = section.get(name)
+    return getattr(cfg, "type", None)
+
+
+def _component_rows(topology_name: str, status: dict, topology: Topology | None) -> list[dict]:
+    """One row per component of ``status()`` (a sink group: one per sink): identity columns and
+    ``counters`` (parsed values, ``Type`` left out: it is the ``kind``)."""
+    rows = []
+    for entry in status.get("components", []):
+        tier = entry.get("tier") or ""
+        kind = entry["kind"]
+        if kind == "SINK":
+            members = list((entry.get("sinks") or {}).items())
+        else:
+            members = [(entry["name"], entry.get("counters") or {})]
+        for component, counters in members:
+            rows.append({
+                "topology": topology_name, "tier": tier or None, "instance": entry.get("instance") or None,
+                "kind": kind, "component": component, "type": _config_type(topology, tier, kind, component),
+                "node": entry.get("node_id"), "state": entry.get("state"), "error": entry.get("error"),
+                "counters": {k: _parse(v) for k, v in counters.items() if k != "Type"}})
+    return rows
+
+
+def _row_key(row: dict) -> tuple:
+    return row["tier"], row["instance"], row["kind"], row["component"]
+
+
+class _Sample:
+    """One look at a topology: its status, its rows, and the rates since an earlier look.
+
+    ``interval_s`` is the time since the earlier sample whose ``previous_counts`` are given (None:
+    no earlier sample, no rates); ``rates`` maps a row key to ``{counter: increase per second}``
+    for the monotonic counters both samples have; ``counts`` are this sample's, for later rates.
+    """
+
+    def __init__(self, status: dict, rows: list[dict], interval_s: float | None, previous_counts: dict):
+        self.status = status
+        self.rows = rows
+        self.interval_s = interval_s
+        self.counts = {_row_key(r): {k: v for k, v in r["counters"].items()
+                                     if _is_monotonic(k) and isinstance(v, int) and not isinstance(v, bool)}
+                       for r in rows}
+        self.rates: dict[tuple, dict[str, float]] = {}
+        if interval_s is not None and interval_s > 0:
+            for key, counts in self.counts.items():
+                before = previous_counts.get(key)
+                if before is None:
+                    continue
+                self.rates[key] = {
+                    # A counter that went down restarted from zero with its component: all of
+                    # its new value is the increase (as Prometheus' rate() takes a reset).
+                    counter: (now - before[counter] if now >= before[counter] else now) / interval_s
+                    for counter, now in counts.items() if counter in before}
+
+    @property
+    def table(self) -> pa.Table:
+        counters = sorted({k for r in self.rows for k in r["counters"]})
+        columns: dict[str, pa.Array] = {
+            name: pa.array([r[name] for r in self.rows], pa.string()) for name in IDENTITY_COLUMNS}
+        monotonic = []
+        for counter in counters:
+            column = _typed_column([r["counters"].get(counter) for r in self.rows], _is_time(counter))
+            columns[counter] = column
+            if _is_monotonic(counter) and pa.types.is_integer(column.type):
+                monotonic.append(counter)
+        for counter in monotonic:
+            columns[rate_column(counter)] = pa.array(
+                [self.rates.get(_row_key(r), {}).get(counter) for r in self.rows], pa.float64())
+        return pa.table(columns)
+
+
+def _typed_column(values: list, is_time: bool) -> pa.Array:
+    """The narrowest Arrow type that holds every value: timestamp (for a time column of whole
+    numbers; 0 and below are null), bool, int64, float64, else string."""
+    present = [v for v in values if v is not None]
+    bools = all(isinstance(v, bool) for v in present)
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in present)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    if present and ints and not all(_INT64[0] <= v <= _INT64[1] for v in present):
+        ints = False  # beyond 64 bits: not a counter any component keeps; kept as float
+    if is_time and ints:
+        return pa.array([v if v is not None and v > 0 else None for v in values], _TIMESTAMP)
+    if present and bools:
+        return pa.array(values, pa.bool_())
+    if ints:
+        return pa.array(values, pa.int64())
+    if numbers:
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def _optional_pandas():
+    """The pandas module, or None when it is not installed (it is optional: the `notebook` extra)."""
+    try:
+        import pandas
+    except ImportError:
+        return None
+    return pandas
+
+
+def _as_frame(table: pa.Table):
+    """A pandas DataFrame of ``table`` when pandas can be imported, else ``table`` itself.
+    Integers and booleans keep their type with nulls (pandas' nullable dtypes)."""
+    pandas = _optional_pandas()
+    if pandas is None:
+        return table
+    nullable = {pa.int64(): pandas.Int64Dtype(), pa.bool_(): pandas.BooleanDtype()}
+    return table.to_pandas(types_mapper=nullable.get)
+
+
+# -- the notebook view ------------------------------------------------------------------------------
+# Per kind: the counters whose rates the view shows, with their labels.
+_VIEW_RATES = {"SOURCE": (("EventAcceptedCount", "accepted"),),
+               "CHANNEL": (("EventPutSuccessCount", "in"), ("EventTakeSuccessCount", "out")),
+               "SINK": (("EventDrainSuccessCount", "delivered"),)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _format_rate(value: float) -> str:
+    return f"{value:,.0f}/s" if value >= 10 else f"{value:,.1f}/s"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ERROR_SHOWN_CHARS = 200
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line, shortened: an error from an actor ends in its own message, after
+    Ray's traceback."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= ERROR_SHOWN_CHARS else line[:ERROR_SHOWN_CHARS - 1] + "…"
+
+
+def _html_view(name: str, sample: _Sample) -> str:
+    esc = html.escape
+    status = sample.status
+    head = (f"<b>rayflume topology</b> <code>{esc(name)}</code>: <b>{esc(str(status.get('state')))}</b>, "
+            f"version {esc(str(status.get('version')))}")
+    if status.get("finished"):
+        head += ", finished"
+    if status.get("metrics_url"):
+        head += f", metrics at <code>{esc(str(status['metrics_url']))}</code>"
+    parts = [f"<div class=\"rayflume-topology\"><p>{head}</p>"]
+    tier_lines = []
+    for tier_name, tier in (status.get("tiers") or {}).items():
+        placement = tier.get("placement") or ""
+        line = (f"<li><code>{esc(tier_name or name)}</code>: {esc(str(placement))} on "
+                f"{esc(str(tier.get('selector')))}, {len(tier.get('instances') or {})} instance(s)")
+        if tier.get("waiting"):
+            line += f"; <b>waiting</b>: {esc(str(tier['waiting']))}"
+        for channel, why in (tier.get("lost") or {}).items():
+            line += f"; <b>LOST</b> {esc(str(channel))}: {esc(str(why))}"
+        tier_lines.append(line + "</li>")
+    if tier_lines:
+        parts.append("<p>tiers:</p><ul>" + "".join(tier_lines) + "</ul>")
+    header = ("tier", "instance", "kind", "component", "type", "state", "rates", "channel fill", "restarts")
+    parts.append("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>")
+    for row in sample.rows:
+        counters = row["counters"]
+        rates = sample.rates.get(_row_key(row))
+        shown = []
+        for counter, label in _VIEW_RATES.get(row["kind"], ()):
+            if rates is not None and counter in rates:
+                shown.append(f"{label} {_format_rate(rates[counter])}")
+            elif counter in counters:  # reported now, not in the earlier sample: measurable next look
+                shown.append(f"{label} …")
+        fill = ""
+        percent, size, capacity = (counters.get(k) for k in ("ChannelFillPercentage", "ChannelSize",
+                                                              "ChannelCapacity"))
+        if row["kind"] == "CHANNEL" and _is_number(percent):
+            fill = f"{float(percent):.1f}%"
+            if _is_number(size) and _is_number(capacity) and capacity:
+                fill += f" ({size:,} of {capacity:,})"
+        state = esc(str(row["state"]))
+        if row.get("error"):
+            full = _ANSI.sub("", str(row["error"]))
+            state += f"<br><small title=\"{esc(full)}\">{esc(_last_line(full))}</small>"
+        cells = (esc(str(row["tier"] or "")), esc(str(row["instance"] or "")), esc(str(row["kind"])),
+                 f"<code>{esc(str(row['component']))}</code>", esc(str(row["type"] or "")), state,
+                 esc(", ".join(shown)), esc(fill), esc(str(counters.get("Restarts", ""))))
+        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</tbody></table>")
+    if sample.interval_s is None:
+        note = (f"rates (…) appear from the next look at least {MIN_RATE_INTERVAL_S:g} s after this one: "
+                f"they are measured between two samples (display the handle again, or call metrics_frame())")
+    else:
+        note = f"rates over the last {sample.interval_s:.1f} s (since the previous look)"
+    parts.append(f"<p><small>{esc(note)}</small></p>")
+    events = (status.get("events") or [])[-5:]
+    if events:
+        items = "".join(f"<li>{esc(time.strftime('%H:%M:%S', time.localtime(e.get('time', 0))))} "
+                        f"{esc(str(e.get('component')))}: {esc(str(e.get('message')))}</li>" for e in events)
+        parts.append(f"<details><summary>recent events</summary><ul>{items}</ul></details>")
+    parts.append("</div>")
+    return "".join(parts)
 
 
 def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None = None,
@@ -224,17 +661,29 @@ def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None
     change keep running; changed ones are replaced; an identical configuration changes nothing.
     ``log_level`` (DEBUG, INFO, WARNING, ERROR; INFO when None) applies to every actor of a newly
     deployed topology; a redeploy keeps the level the topology was first deployed with.
+
+    When this process is not connected to Ray, ``deploy`` connects to ``address`` (None: as
+    ``ray.init()`` does, to the Ray this machine runs, else a new local one; ``local``: a new
+    local one) and logs where (a warning when it started or picked a Ray by itself). It is the only
+    call of the API that does.
+
+    A fresh deploy (no topology of that name running) empties the ``rayflume.testing`` collectors
+    the topology's sinks name, so that a re-run counts from zero; an update of a running topology
+    keeps them.
     """
     topo = _as_topology(topology)
     level = (log_level or logs.DEFAULT_LEVEL).upper()
     if level not in logs.LEVELS:
         raise ValueError(f"log_level {log_level!r} is not one of {', '.join(logs.LEVELS)}")
-    ensure_ray(address)
+    if not ray.is_initialized():
+        ensure_ray(address)
+        _say_where_ray_is(address)
     existing = get(topo.name)
     if existing is not None:
         if existing._call("raw_topology") != topo.raw:
             existing.last_update = existing._call("update", topo.raw, timeout_s=600)
         return existing
+    _clear_collectors_of(topo)
     # Actors inherit the runtime environment of the actor that creates them: the controller's
     # reaches every component of the topology. Only a level other than the default sets one, since
     # actors with a runtime environment of their own cannot use Ray's pre-started workers (each
@@ -247,8 +696,38 @@ def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None
     return TopologyHandle(topo.name, controller)
 
 
+def _say_where_ray_is(address: str | None) -> None:
+    """Log which Ray ``deploy`` connected this process to, having found none connected."""
+    where = cluster_address()
+    # Ray's private record of this process's node: its ``head`` is true when ray.init started it
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    started = address == "local" or bool(getattr(node, "head", False))
+    if started:
+        logger.warning("rayflume.deploy: no Ray was connected; started a local Ray at %s. It ends with "
+                       "ray.shutdown() or with this Python process, and the topologies deployed on it with it. "
+                       "Call ray.init(address=...) before deploy() to use a cluster", where)
+    elif not address:
+        logger.warning("rayflume.deploy: no Ray was connected; connected to the Ray running at %s. Call "
+                       "ray.init(address=...) before deploy() to choose another", where)
+    else:
+        logger.info("rayflume.deploy: connected to the Ray cluster at %s", where)
+
+
+def _clear_collectors_of(topology: Topology) -> None:
+    """Empty the test collectors a topology about to start afresh writes into (see rayflume.testing)."""
+    from rayflume import testing  # only topologies with test sinks need it
+
+    names = testing.collectors_named_in(topology)
+    if names:
+        cleared = testing.clear_collectors(names)
+        if cleared:
+            logger.info("topology '%s': emptied collector(s) %s for the new run", topology.name, ", ".join(cleared))
+
+
 def get(name: str) -> TopologyHandle | None:
-    """The handle of the running topology ``name``, or None."""
+    """The handle of the running topology ``name``, or None. Raises ClusterUnavailable when this
+    process is not connected to Ray."""
+    _require_connected(f"get('{name}')")
     try:
         return TopologyHandle(name)
     except ValueError:
@@ -256,7 +735,9 @@ def get(name: str) -> TopologyHandle | None:
 
 
 def list_deployed() -> list[str]:
-    """Names of the topologies deployed on the connected cluster."""
+    """Names of the topologies deployed on the connected cluster (ClusterUnavailable when none is
+    connected)."""
+    _require_connected("list_deployed()")
     names = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry.get("namespace") == NAMESPACE and entry["name"].endswith("/controller"):
@@ -271,8 +752,10 @@ def component_logs(name: str, component: str | None = None, lines: int = 100,
     ``component`` picks actors whose label (``source/gen``, ``agent/r0/channel/disk``) is it or
     ends with ``/<component>``; None takes all. An actor that does not answer maps to a string
     saying why. Lines come from each actor's memory (the last 1,000 since its last restart); the
-    whole logs are Ray's worker logs on the actor's node.
+    whole logs are Ray's worker logs on the actor's node. Raises ClusterUnavailable when this
+    process is not connected to Ray.
     """
+    _require_connected(f"component_logs('{name}')")
     prefix = f"{name}/"
     labels = sorted(e["name"][len(prefix):] for e in ray.util.list_named_actors(all_namespaces=True)
                     if e.get("namespace") == NAMESPACE and e["name"].startswith(prefix))
@@ -293,4 +776,5 @@ def component_logs(name: str, component: str | None = None, lines: int = 100,
 
 
 __all__: list[Any] = ["load", "loads", "deploy", "get", "list_deployed", "TopologyHandle", "ensure_ray",
-                      "ClusterUnavailable", "component_logs"]
+                      "ClusterUnavailable", "TopologyNotRunning", "component_logs", "IDENTITY_COLUMNS",
+                      "rate_column"]

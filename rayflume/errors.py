@@ -43,3 +43,8 @@ class ConfigError(RayflumeError):
 
 class ClusterUnavailable(RayflumeError, ConnectionError):
     """No Ray cluster answered at the given address within the deadline; says what to try."""
+
+
+class TopologyNotRunning(RayflumeError):
+    """The topology a handle names is not deployed on the connected cluster (it was stopped, or
+    never deployed there); the message says how to deploy it again."""

@@ -9,6 +9,12 @@ that the ``testing_sink`` writes into and the test or notebook reads::
     collector.wait_for(1000)
     bodies = collector.bodies()
 
+A collector is scoped to a run of the topologies that name it: ``rayflume.deploy`` empties every
+collector a topology's ``testing_sink``/``flaky_sink`` names when it deploys that topology afresh
+(none of that name is running), so re-running a notebook cell counts from zero. Updating a running
+topology (deploying it again while it runs) keeps what was collected, and so does ``stop()``: the
+results stay readable after it.
+
 Components:
 
 * source ``testing_source``: a fixed list of bodies (or ``count`` numbered bodies), finite.
@@ -21,8 +27,9 @@ Components:
 """
 from __future__ import annotations
 
+import logging
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pyarrow as pa
 import ray
@@ -35,7 +42,12 @@ from rayflume.registry import register
 from rayflume.sinks.base import Sink
 from rayflume.sources.base import Source
 
+if TYPE_CHECKING:
+    from rayflume.topology import Topology
+
 NAMESPACE = "rayflume"
+COLLECTOR_CLEAR_TIMEOUT_S = 30.0
+logger = logging.getLogger("rayflume.testing")
 
 
 # -- collector and feed actors ---------------------------------------------------------------------
@@ -107,8 +119,40 @@ class EventCollector:
 
 def collector(name: str, **actor_options) -> EventCollector:
     """Get or create the named collector; ``actor_options`` (e.g. a scheduling strategy) apply
-    when it is created."""
+    when it is created. Its contents are emptied when a topology naming it is deployed afresh (see
+    the module's docstring)."""
     return EventCollector(name, **actor_options)
+
+
+def collectors_named_in(topology: "Topology") -> set[str]:
+    """Names of the collectors the sinks of ``topology`` (every tier) write into."""
+    return {cfg.collector for tier in topology.tiers.values() for cfg in tier.sinks.values()
+            if isinstance(cfg, CollectSinkConfig)}
+
+
+def clear_collectors(names) -> list[str]:
+    """Empty the named collectors that exist, without creating the others (a sink creates its
+    collector when it starts). Returns the names emptied. A collector that does not answer within
+    ``COLLECTOR_CLEAR_TIMEOUT_S`` is left as it is, with a warning: a deploy is not refused for it."""
+    refs = {}
+    for name in sorted(set(names)):
+        try:
+            actor = ray.get_actor(f"collector/{name}", namespace=NAMESPACE)
+        except ValueError:  # none of that name: nothing to empty
+            continue
+        refs[name] = actor.clear.remote()
+    cleared = []
+    for name, ref in refs.items():
+        try:
+            ray.get(ref, timeout=COLLECTOR_CLEAR_TIMEOUT_S)
+            cleared.append(name)
+        except ray.exceptions.RayActorError:
+            # it died since the look-up: the next sink to start creates an empty one
+            continue
+        except ray.exceptions.GetTimeoutError:
+            logger.warning("collector '%s' did not answer within %g s; it keeps what an earlier run collected",
+                           name, COLLECTOR_CLEAR_TIMEOUT_S)
+    return cleared
 
 
 class _Feed:
