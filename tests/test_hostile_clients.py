@@ -15,6 +15,7 @@ import time
 import psutil
 import pytest
 
+from rayflume.client import AvroClient, ThriftClient
 from rayflume.registry import lookup
 from rayflume.sources._limits import ConnectionLimits, ConnectionTracker, parse_networks
 from tests.channel_contract import closing_factory, wait_until
@@ -101,11 +102,22 @@ def http_request(sock: socket.socket, body: bytes) -> tuple[int, bytes]:
     return int(head.split()[1]), rest
 
 
+def send_good_rpc(client_type):
+    def send(port: int, n: int, per_call: int = 1000) -> None:
+        with client_type("127.0.0.1", port) as client:
+            for start in range(0, n, per_call):
+                client.append_batch([b"good %d" % i for i in range(start, min(n, start + per_call))])
+    return send
+
+
 SOURCES = {
     # kind: (config keys for the request/frame deadline, the good client, a partial request)
     "syslog_tcp": ({"frame_timeout_s": 1.0}, send_good_stream, b"<13>partial"),
     "netcat": ({"line_timeout_s": 1.0}, send_good_stream, b"partial"),
     "http": ({"request_timeout_s": 1.0}, send_good_http, b"POST / HTTP/1.1\r\nHost: x\r\n"),
+    # a pack (avro) or frame (thrift) announcing 4 KiB that never arrive
+    "avro": ({"request_timeout_s": 1.0}, send_good_rpc(AvroClient), b"\0\0\0\1\0\0\0\1\0\0\x10\0partial"),
+    "thrift": ({"request_timeout_s": 1.0}, send_good_rpc(ThriftClient), b"\0\0\x10\0partial"),
 }
 
 
