@@ -17,22 +17,20 @@ in detached actors: they outlive the Python process that deployed them until ``s
 from __future__ import annotations
 
 import contextlib
-import html
 import logging
 import os
-import re
 import socket
 import threading
 import time
 from typing import Any
 
-import pyarrow as pa
 import ray
 
-from rayflume._private import logs
+from rayflume._private import frames, logs
 from rayflume._private.actors import NAMESPACE
 from rayflume._private.controller import RemoteController, controller_name, controller_options
-from rayflume._private.metrics import _GAUGE_COUNTS
+# public here: the notebook's frame columns and the shortest interval of its rates
+from rayflume._private.frames import IDENTITY_COLUMNS, MIN_RATE_INTERVAL_S, rate_column
 from rayflume.errors import ClusterUnavailable, TopologyNotRunning
 from rayflume.topology import Topology, load_topology, loads_topology, validate
 
@@ -173,9 +171,6 @@ def _use_token_auth_if_available() -> None:
 
 CONTROLLER_RESTART_WAIT_S = 120.0
 DISPLAY_TIMEOUT_S = 5.0  # a repr waits no longer than this for the controller
-# Rates are measured over at least this long: two looks a moment apart (metrics_frame() and then the
-# handle's display, say) would give rates of a few events over a few milliseconds.
-MIN_RATE_INTERVAL_S = 1.0
 
 
 def _require_connected(what: str) -> None:
@@ -218,10 +213,7 @@ class TopologyHandle:
             controller = ray.get_actor(controller_name(name), namespace=NAMESPACE)
         self._controller = controller
         self._controller_job = _job_id()
-        # Earlier samples of the counters, oldest first, for rates: (time.monotonic(), {row key:
-        # {counter: int}}). Only the newest one at least MIN_RATE_INTERVAL_S old and those after it
-        # are kept.
-        self._samples: list[tuple[float, dict]] = []
+        self._rate_history = frames.RateHistory()  # earlier samples of the counters, for rates
         # (version, Topology or None) of the deployed spec, for the components' types
         self._topology_cache: tuple[int, Topology | None] | None = None
 
@@ -255,7 +247,7 @@ class TopologyHandle:
 
     def _forget_samples(self) -> None:
         """Drop what the handle remembers of a deployment: the next rates start afresh."""
-        self._samples = []
+        self._rate_history.forget()
         self._topology_cache = None
 
     def _call(self, method: str, *args, timeout_s: float = 60.0):
@@ -320,21 +312,14 @@ class TopologyHandle:
           Never negative: a counter that went down (its component restarted from zero) counts its
           new value as the increase.
         """
-        return _as_frame(self._sample().table)
+        return frames.as_frame(self._sample().table)
 
-    def _sample(self) -> "_Sample":
+    def _sample(self) -> frames.Sample:
         """One status call, turned into rows and rates (see metrics_frame); kept for later rates."""
         status = self._call("status")
         taken = time.monotonic()
-        topology = self._topology(status)
-        rows = _component_rows(self.name, status, topology)
-        earlier = [s for s in self._samples if taken - s[0] >= MIN_RATE_INTERVAL_S]
-        reference = earlier[-1] if earlier else None
-        interval = taken - reference[0] if reference is not None else None
-        sample = _Sample(status, rows, interval, reference[1] if reference is not None else {})
-        kept = [s for s in self._samples if reference is None or s[0] >= reference[0]]
-        self._samples = kept + [(taken, sample.counts)]
-        return sample
+        rows = frames.component_rows(self.name, status, self._topology(status))
+        return self._rate_history.sample(status, rows, taken)
 
     def _topology(self, status: dict) -> Topology | None:
         """The deployed topology (for the components' types), fetched again when its version
@@ -376,10 +361,9 @@ class TopologyHandle:
         Every string from the topology is escaped. Never raises: a topology that cannot be asked
         shows why."""
         try:
-            return _html_view(self.name, self._sample())
+            return frames.html_view(self.name, self._sample())
         except Exception as exc:  # shown instead of a traceback in the notebook's output
-            return (f"<div><b>rayflume topology</b> <code>{html.escape(self.name)}</code>: "
-                    f"<b>{html.escape(type(exc).__name__)}</b><br>{html.escape(str(exc))}</div>")
+            return frames.html_failure(self.name, exc)
 
     def metrics_url(self) -> str | None:
         """Where the controller serves the metrics over HTTP, or None when it serves none."""
@@ -404,253 +388,6 @@ class TopologyHandle:
         ray.kill(self._controller, no_restart=True)
         self._forget_samples()
         return result
-
-
-# -- metrics as a table -----------------------------------------------------------------------------
-IDENTITY_COLUMNS = ("topology", "tier", "instance", "kind", "component", "type", "node", "state")
-_INTEGER = re.compile(r"^-?\d+$")
-_INT64 = (-(1 << 63), (1 << 63) - 1)
-_TIMESTAMP = pa.timestamp("ms", tz="UTC")
-
-
-def _is_time(counter: str) -> bool:
-    """Flume's times (StartTime, StopTime) are epoch milliseconds named ``...Time``."""
-    return counter.endswith("Time")
-
-
-def _is_monotonic(counter: str) -> bool:
-    """Flume's ``...Count`` counters only grow (while their component runs), except gauges named
-    like counters (OpenConnectionCount)."""
-    return counter.endswith("Count") and counter not in _GAUGE_COUNTS
-
-
-def rate_column(counter: str) -> str:
-    """``EventAcceptedCount`` -> ``EventAcceptedPerSecond``: the rate column of a counter."""
-    return f"{counter[:-len('Count')]}PerSecond"
-
-
-def _parse(value):
-    """A counter as Flume's JSON spells it (a string) -> int, float, bool, str, or None for ''."""
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    text = str(value).strip()
-    if not text:
-        return None
-    if _INTEGER.match(text):
-        return int(text)
-    if text in ("True", "False"):
-        return text == "True"
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _config_type(topology: Topology | None, tier: str, kind: str, name: str) -> str | None:
-    tier_spec = topology.tiers.get(tier) if topology is not None else None
-    if tier_spec is None:
-        return None
-    section = {"SOURCE": tier_spec.sources, "CHANNEL": tier_spec.channels, "SINK": tier_spec.sinks}.get(kind, {})
-    cfg = section.get(name)
-    return getattr(cfg, "type", None)
-
-
-def _component_rows(topology_name: str, status: dict, topology: Topology | None) -> list[dict]:
-    """One row per component of ``status()`` (a sink group: one per sink): identity columns and
-    ``counters`` (parsed values, ``Type`` left out: it is the ``kind``)."""
-    rows = []
-    for entry in status.get("components", []):
-        tier = entry.get("tier") or ""
-        kind = entry["kind"]
-        if kind == "SINK":
-            members = list((entry.get("sinks") or {}).items())
-        else:
-            members = [(entry["name"], entry.get("counters") or {})]
-        for component, counters in members:
-            rows.append({
-                "topology": topology_name, "tier": tier or None, "instance": entry.get("instance") or None,
-                "kind": kind, "component": component, "type": _config_type(topology, tier, kind, component),
-                "node": entry.get("node_id"), "state": entry.get("state"), "error": entry.get("error"),
-                "counters": {k: _parse(v) for k, v in counters.items() if k != "Type"}})
-    return rows
-
-
-def _row_key(row: dict) -> tuple:
-    return row["tier"], row["instance"], row["kind"], row["component"]
-
-
-class _Sample:
-    """One look at a topology: its status, its rows, and the rates since an earlier look.
-
-    ``interval_s`` is the time since the earlier sample whose ``previous_counts`` are given (None:
-    no earlier sample, no rates); ``rates`` maps a row key to ``{counter: increase per second}``
-    for the monotonic counters both samples have; ``counts`` are this sample's, for later rates.
-    """
-
-    def __init__(self, status: dict, rows: list[dict], interval_s: float | None, previous_counts: dict):
-        self.status = status
-        self.rows = rows
-        self.interval_s = interval_s
-        self.counts = {_row_key(r): {k: v for k, v in r["counters"].items()
-                                     if _is_monotonic(k) and isinstance(v, int) and not isinstance(v, bool)}
-                       for r in rows}
-        self.rates: dict[tuple, dict[str, float]] = {}
-        if interval_s is not None and interval_s > 0:
-            for key, counts in self.counts.items():
-                before = previous_counts.get(key)
-                if before is None:
-                    continue
-                self.rates[key] = {
-                    # A counter that went down restarted from zero with its component: all of
-                    # its new value is the increase (as Prometheus' rate() takes a reset).
-                    counter: (now - before[counter] if now >= before[counter] else now) / interval_s
-                    for counter, now in counts.items() if counter in before}
-
-    @property
-    def table(self) -> pa.Table:
-        counters = sorted({k for r in self.rows for k in r["counters"]})
-        columns: dict[str, pa.Array] = {
-            name: pa.array([r[name] for r in self.rows], pa.string()) for name in IDENTITY_COLUMNS}
-        monotonic = []
-        for counter in counters:
-            column = _typed_column([r["counters"].get(counter) for r in self.rows], _is_time(counter))
-            columns[counter] = column
-            if _is_monotonic(counter) and pa.types.is_integer(column.type):
-                monotonic.append(counter)
-        for counter in monotonic:
-            columns[rate_column(counter)] = pa.array(
-                [self.rates.get(_row_key(r), {}).get(counter) for r in self.rows], pa.float64())
-        return pa.table(columns)
-
-
-def _typed_column(values: list, is_time: bool) -> pa.Array:
-    """The narrowest Arrow type that holds every value: timestamp (for a time column of whole
-    numbers; 0 and below are null), bool, int64, float64, else string."""
-    present = [v for v in values if v is not None]
-    bools = all(isinstance(v, bool) for v in present)
-    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in present)
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
-    if present and ints and not all(_INT64[0] <= v <= _INT64[1] for v in present):
-        ints = False  # beyond 64 bits: not a counter any component keeps; kept as float
-    if is_time and ints:
-        return pa.array([v if v is not None and v > 0 else None for v in values], _TIMESTAMP)
-    if present and bools:
-        return pa.array(values, pa.bool_())
-    if ints:
-        return pa.array(values, pa.int64())
-    if numbers:
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    return pa.array([None if v is None else str(v) for v in values], pa.string())
-
-
-def _optional_pandas():
-    """The pandas module, or None when it is not installed (it is optional: the `notebook` extra)."""
-    try:
-        import pandas
-    except ImportError:
-        return None
-    return pandas
-
-
-def _as_frame(table: pa.Table):
-    """A pandas DataFrame of ``table`` when pandas can be imported, else ``table`` itself.
-    Integers and booleans keep their type with nulls (pandas' nullable dtypes)."""
-    pandas = _optional_pandas()
-    if pandas is None:
-        return table
-    nullable = {pa.int64(): pandas.Int64Dtype(), pa.bool_(): pandas.BooleanDtype()}
-    return table.to_pandas(types_mapper=nullable.get)
-
-
-# -- the notebook view ------------------------------------------------------------------------------
-# Per kind: the counters whose rates the view shows, with their labels.
-_VIEW_RATES = {"SOURCE": (("EventAcceptedCount", "accepted"),),
-               "CHANNEL": (("EventPutSuccessCount", "in"), ("EventTakeSuccessCount", "out")),
-               "SINK": (("EventDrainSuccessCount", "delivered"),)}
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _format_rate(value: float) -> str:
-    return f"{value:,.0f}/s" if value >= 10 else f"{value:,.1f}/s"
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-ERROR_SHOWN_CHARS = 200
-
-
-def _last_line(text: str) -> str:
-    """The last non-empty line, shortened: an error from an actor ends in its own message, after
-    Ray's traceback."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = lines[-1] if lines else ""
-    return line if len(line) <= ERROR_SHOWN_CHARS else line[:ERROR_SHOWN_CHARS - 1] + "…"
-
-
-def _html_view(name: str, sample: _Sample) -> str:
-    esc = html.escape
-    status = sample.status
-    head = (f"<b>rayflume topology</b> <code>{esc(name)}</code>: <b>{esc(str(status.get('state')))}</b>, "
-            f"version {esc(str(status.get('version')))}")
-    if status.get("finished"):
-        head += ", finished"
-    if status.get("metrics_url"):
-        head += f", metrics at <code>{esc(str(status['metrics_url']))}</code>"
-    parts = [f"<div class=\"rayflume-topology\"><p>{head}</p>"]
-    tier_lines = []
-    for tier_name, tier in (status.get("tiers") or {}).items():
-        placement = tier.get("placement") or ""
-        line = (f"<li><code>{esc(tier_name or name)}</code>: {esc(str(placement))} on "
-                f"{esc(str(tier.get('selector')))}, {len(tier.get('instances') or {})} instance(s)")
-        if tier.get("waiting"):
-            line += f"; <b>waiting</b>: {esc(str(tier['waiting']))}"
-        for channel, why in (tier.get("lost") or {}).items():
-            line += f"; <b>LOST</b> {esc(str(channel))}: {esc(str(why))}"
-        tier_lines.append(line + "</li>")
-    if tier_lines:
-        parts.append("<p>tiers:</p><ul>" + "".join(tier_lines) + "</ul>")
-    header = ("tier", "instance", "kind", "component", "type", "state", "rates", "channel fill", "restarts")
-    parts.append("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>")
-    for row in sample.rows:
-        counters = row["counters"]
-        rates = sample.rates.get(_row_key(row))
-        shown = []
-        for counter, label in _VIEW_RATES.get(row["kind"], ()):
-            if rates is not None and counter in rates:
-                shown.append(f"{label} {_format_rate(rates[counter])}")
-            elif counter in counters:  # reported now, not in the earlier sample: measurable next look
-                shown.append(f"{label} …")
-        fill = ""
-        percent, size, capacity = (counters.get(k) for k in ("ChannelFillPercentage", "ChannelSize",
-                                                              "ChannelCapacity"))
-        if row["kind"] == "CHANNEL" and _is_number(percent):
-            fill = f"{float(percent):.1f}%"
-            if _is_number(size) and _is_number(capacity) and capacity:
-                fill += f" ({size:,} of {capacity:,})"
-        state = esc(str(row["state"]))
-        if row.get("error"):
-            full = _ANSI.sub("", str(row["error"]))
-            state += f"<br><small title=\"{esc(full)}\">{esc(_last_line(full))}</small>"
-        cells = (esc(str(row["tier"] or "")), esc(str(row["instance"] or "")), esc(str(row["kind"])),
-                 f"<code>{esc(str(row['component']))}</code>", esc(str(row["type"] or "")), state,
-                 esc(", ".join(shown)), esc(fill), esc(str(counters.get("Restarts", ""))))
-        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    parts.append("</tbody></table>")
-    if sample.interval_s is None:
-        note = (f"rates (…) appear from the next look at least {MIN_RATE_INTERVAL_S:g} s after this one: "
-                f"they are measured between two samples (display the handle again, or call metrics_frame())")
-    else:
-        note = f"rates over the last {sample.interval_s:.1f} s (since the previous look)"
-    parts.append(f"<p><small>{esc(note)}</small></p>")
-    events = (status.get("events") or [])[-5:]
-    if events:
-        items = "".join(f"<li>{esc(time.strftime('%H:%M:%S', time.localtime(e.get('time', 0))))} "
-                        f"{esc(str(e.get('component')))}: {esc(str(e.get('message')))}</li>" for e in events)
-        parts.append(f"<details><summary>recent events</summary><ul>{items}</ul></details>")
-    parts.append("</div>")
-    return "".join(parts)
 
 
 def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None = None,

@@ -21,6 +21,7 @@ import ray
 
 import rayflume
 from rayflume import api, testing
+from rayflume._private import frames
 from rayflume.topology import validate
 from tests.channel_contract import wait_until
 
@@ -50,13 +51,13 @@ def finite(name, count, collector=None):
 def no_pandas(monkeypatch):
     """As if pandas were not installed. Only the API's import is patched: pyarrow imports pandas
     itself when it is installed, and would break without it for the rest of the process."""
-    monkeypatch.setattr(api, "_optional_pandas", lambda: None)
+    monkeypatch.setattr(frames, "optional_pandas", lambda: None)
 
 
 def test_pandas_counts_as_missing_when_its_import_fails(monkeypatch):
     with monkeypatch.context() as patched:
         patched.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
-        assert api._optional_pandas() is None
+        assert frames.optional_pandas() is None
 
 
 def delivered(handle) -> int:
@@ -149,13 +150,13 @@ def sample_status(counters_gen, counters_mem, name="t"):
 
 
 def test_rates_are_increases_per_second_and_never_negative():
-    before = api._component_rows("t", sample_status({"EventAcceptedCount": "100", "OpenConnectionCount": "5"},
-                                                    {"EventPutSuccessCount": "1000"}), None)
-    first = api._Sample(sample_status({}, {}), before, None, {})
+    before = frames.component_rows("t", sample_status({"EventAcceptedCount": "100", "OpenConnectionCount": "5"},
+                                                      {"EventPutSuccessCount": "1000"}), None)
+    first = frames.Sample(sample_status({}, {}), before, None, {})
     assert first.rates == {}
-    after = api._component_rows("t", sample_status({"EventAcceptedCount": "300", "OpenConnectionCount": "2"},
-                                                   {"EventPutSuccessCount": "40"}), None)
-    second = api._Sample(sample_status({}, {}), after, 2.0, first.counts)
+    after = frames.component_rows("t", sample_status({"EventAcceptedCount": "300", "OpenConnectionCount": "2"},
+                                                     {"EventPutSuccessCount": "40"}), None)
+    second = frames.Sample(sample_status({}, {}), after, 2.0, first.counts)
     gen, mem = (None, None, "SOURCE", "gen"), (None, None, "CHANNEL", "mem")
     assert second.rates[gen] == {"EventAcceptedCount": 100.0}, "a gauge named ...Count gets no rate"
     # the channel restarted and counts from zero again: its new value is the increase
@@ -166,11 +167,11 @@ def test_rates_are_increases_per_second_and_never_negative():
 
 
 def test_values_are_typed_and_unreadable_ones_kept_as_text():
-    rows = api._component_rows("t", sample_status(
+    rows = frames.component_rows("t", sample_status(
         {"StartTime": "1700000000000", "StopTime": "0", "Ratio": "0.5", "Note": "odd", "Flag": "True",
          "Empty": ""},
         {"StartTime": "1700000001000", "StopTime": "0", "Ratio": "2", "Note": "3", "Flag": "False"}), None)
-    table = api._Sample(sample_status({}, {}), rows, None, {}).table
+    table = frames.Sample(sample_status({}, {}), rows, None, {}).table
     assert table.schema.field("StartTime").type == pa.timestamp("ms", tz="UTC")
     assert table.column("StopTime").null_count == 2, "a time of 0 is no time"
     assert table.schema.field("Ratio").type == pa.float64()
@@ -212,13 +213,13 @@ def test_repr_html_escapes_every_string():
     status["tiers"] = {"": {"placement": "single", "selector": hostile, "instances": {}, "waiting": hostile,
                             "lost": {hostile: hostile}}}
     status["events"] = [{"time": 0, "component": hostile, "message": hostile}]
-    rows = api._component_rows(hostile, status, None)
-    view = api._html_view(hostile, api._Sample(status, rows, None, {}))
+    rows = frames.component_rows(hostile, status, None)
+    view = frames.html_view(hostile, frames.Sample(status, rows, None, {}))
     assert "<script>" not in view
     assert view.count("&lt;script&gt;") >= 8
     assert "12.5% (5 of 40)" in view
     status["components"][1]["counters"] = {"ChannelFillPercentage": "n/a", "ChannelSize": "5"}
-    odd = api._html_view("t", api._Sample(status, api._component_rows("t", status, None), None, {}))
+    odd = frames.html_view("t", frames.Sample(status, frames.component_rows("t", status, None), None, {}))
     assert "<code>&lt;script&gt;alert(1)&lt;/script&gt;</code>" in odd, "an unreadable fill is left out"
 
 

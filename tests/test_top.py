@@ -234,7 +234,7 @@ def test_prometheus_text_types_agree_with_the_exporter():
     assert "# TYPE rayflume_event_put_success_count counter" in text
     assert "# TYPE rayflume_event_write_fail counter" in text
     assert not is_running_total("ChannelSize") and is_running_total("EventAcceptedCount")
-    assert metrics_module._GAUGE_COUNTS >= {"OpenConnectionCount"}  # api.py reads it
+    assert metrics_module._GAUGE_COUNTS >= {"OpenConnectionCount"}  # levels named like totals
 
 
 # -- against a running topology ----------------------------------------------------------------------

@@ -15,6 +15,10 @@ Three layers, so that most of it is tested without a terminal or a cluster:
 * the terminal: :class:`KeyReader` (keys without Enter, the terminal restored on exit),
   :class:`Sampler` (reads the status in a thread of its own, so that a slow or restarting
   controller never holds up the keys), :func:`run_live` and :func:`print_once`.
+
+Reading the status (component entries, numeric counters, rates, error lines, rate formatting) is
+:mod:`rayflume._private.observe`'s, shared with the notebook view. Here a counter that went down
+between two readings (a restart) gives no rate for that reading (:attr:`CounterReset.NO_RATE`).
 """
 from __future__ import annotations
 
@@ -23,7 +27,6 @@ import json
 import math
 import os
 import queue
-import re
 import select
 import sys
 import threading
@@ -31,7 +34,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from rayflume._private.metrics import is_running_total
+from rayflume._private.observe import (ComponentEntry, CounterReset, component_entries, error_summary, format_rate,
+                                       is_running_total, plain_error, rate_per_second)
+# ``numeric`` is this module's name for it (rayflume top had it before observe.py did)
+from rayflume._private.observe import numeric_counters as numeric
 
 FLOW_ORDER = {"SOURCE": 0, "CHANNEL": 1, "SINK": 2}
 # What counts the events entering and leaving each kind of component.
@@ -48,21 +54,6 @@ def is_error_total(key: str) -> bool:
     """Whether counter ``key`` tallies failures (``ChannelWriteFail``, ``EventWriteFail``,
     ``ConnectionFailedCount``, ``ProtocolErrorCount``...)."""
     return is_running_total(key) and ("Fail" in key or "Error" in key)
-
-
-def numeric(counters: dict) -> dict[str, float]:
-    """The numeric counters of a component (Flume's JSON spells them as strings); the rest left out."""
-    out = {}
-    for key, value in (counters or {}).items():
-        if isinstance(value, bool) or value is None:
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number):
-            out[key] = number
-    return out
 
 
 @dataclass(frozen=True)
@@ -103,42 +94,15 @@ class Row:
         return f"{self.tier}/{self.instance}" if self.tier else ""
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def plain_error(text) -> str:
-    """A component's error without the terminal colours Ray puts into remote tracebacks."""
-    return _ANSI.sub("", str(text or "")).strip()
-
-
-def error_summary(error: str, limit: int = 160) -> str:
-    """One line of an error for the table: the exception's own line (the last of a traceback),
-    cut at ``limit`` characters."""
-    lines = [line.strip() for line in error.splitlines() if line.strip()]
-    line = lines[-1] if lines else ""
-    return line if len(line) <= limit else line[:limit - 1] + "…"
-
-
-def _rate(previous: dict | None, current: dict, keys, seconds: float) -> float | None:
-    """Growth per second of the sum of ``keys`` between two readings, None when unknowable."""
+def _summed_rate(previous: dict | None, current: dict, keys, seconds: float) -> float | None:
+    """Growth per second of the sum of counters ``keys`` between two readings (numeric counters of
+    one component); None when unknowable: no earlier reading, a counter missing from either, or a
+    sum that went down (a restart: no rate this once, :attr:`CounterReset.NO_RATE`)."""
     keys = [k for k in keys if k in current]
-    if previous is None or seconds <= 0 or not keys or any(k not in previous for k in keys):
+    if previous is None or not keys or any(k not in previous for k in keys):
         return None
-    grown = sum(current[k] for k in keys) - sum(previous[k] for k in keys)
-    return grown / seconds if grown >= 0 else None  # gone down: restarted, no rate this once
-
-
-def _entries(status: dict):
-    """``(key, component, counters)`` per row of a status: a sink group gives one per sink."""
-    for component in status.get("components", []):
-        tier, instance = component.get("tier") or "", component.get("instance") or ""
-        if component["kind"] == "SINK":
-            for sink, counters in (component.get("sinks") or {}).items():
-                name = sink if sink == component["name"] else f"{component['name']}/{sink}"
-                yield (tier, instance, "SINK", name), component, numeric(counters)
-        else:
-            yield (tier, instance, component["kind"], component["name"]), component, numeric(
-                component.get("counters"))
+    return rate_per_second(sum(previous[k] for k in keys), sum(current[k] for k in keys), seconds,
+                           CounterReset.NO_RATE)
 
 
 def _fill(counters: dict) -> tuple[float | None, float | None, float | None]:
@@ -161,28 +125,35 @@ def build_rows(previous: Snapshot | None, current: Snapshot, tier_order: list[st
     channels before sinks, each kind in the order of the topology.
     """
     seconds = current.taken_at - previous.taken_at if previous is not None else 0.0
-    before = {key: counters for key, _, counters in _entries(previous.status)} if previous else {}
+    before = {}
+    if previous is not None:
+        before = {_row_key(entry): numeric(entry.counters) for entry in component_entries(previous.status)}
     listed = list((current.status.get("tiers") or {}).keys())
     order = list(tier_order or []) + [t for t in listed if t not in (tier_order or [])]
     tier_rank = {t: i for i, t in enumerate(order)}
     staged = []
-    for position, (key, component, counters) in enumerate(_entries(current.status)):
-        tier, instance, kind, name = key
-        last = before.get(key)
+    for position, entry in enumerate(component_entries(current.status)):
+        kind, counters = entry.kind, numeric(entry.counters)
+        last = before.get(_row_key(entry))
         size, capacity, percent = _fill(counters) if kind == "CHANNEL" else (None, None, None)
-        node_id = component.get("node_id") or ""
-        row = Row(tier=tier, instance=instance, kind=kind, name=name, state=str(component.get("state", "?")),
-                  restarts=int(component.get("restarts") or 0),
-                  node=current.node_names.get(node_id) or node_id[:12],
-                  error=plain_error(component.get("error")),
-                  events_in_per_s=_rate(last, counters, [EVENTS_IN[kind]], seconds),
-                  events_out_per_s=_rate(last, counters, [EVENTS_OUT[kind]], seconds),
-                  bytes_per_s=_rate(last, counters, [k for k in counters if is_byte_total(k)], seconds),
+        node_id = entry.node_id or ""
+        state = entry.state if entry.state is not None else "?"
+        row = Row(tier=entry.tier, instance=entry.instance, kind=kind, name=entry.label, state=str(state),
+                  restarts=entry.restarts, node=current.node_names.get(node_id) or node_id[:12],
+                  error=plain_error(entry.error),
+                  events_in_per_s=_summed_rate(last, counters, [EVENTS_IN[kind]], seconds),
+                  events_out_per_s=_summed_rate(last, counters, [EVENTS_OUT[kind]], seconds),
+                  bytes_per_s=_summed_rate(last, counters, [k for k in counters if is_byte_total(k)], seconds),
                   errors=int(sum(v for k, v in counters.items() if is_error_total(k))),
                   channel_size=size, channel_capacity=capacity, fill_percent=percent, flow_position=0)
-        staged.append(((tier_rank.get(tier, len(order)), instance, FLOW_ORDER[kind], position), row))
+        staged.append(((tier_rank.get(entry.tier, len(order)), entry.instance, FLOW_ORDER[kind], position), row))
     staged.sort(key=lambda item: item[0])
     return [replace(row, flow_position=i) for i, (_, row) in enumerate(staged)]
+
+
+def _row_key(entry: ComponentEntry) -> tuple[str, str, str, str]:
+    """What identifies a row across readings: tier, instance, kind and shown name."""
+    return entry.tier, entry.instance, entry.kind, entry.label
 
 
 # (column name, what it sorts by, largest first). "flow" is the topology's own order.
@@ -213,13 +184,6 @@ def rows_as_json(rows: list[Row]) -> str:
 
 # -- rendering -----------------------------------------------------------------------------------
 FILL_BAR_WIDTH = 10
-
-
-def format_rate(value: float | None) -> str:
-    """Events per second for the table: ``-`` when unknown, one decimal below 10, else ``12,345``."""
-    if value is None:
-        return "-"
-    return f"{value:.1f}" if value < 10 else f"{value:,.0f}"
 
 
 BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
