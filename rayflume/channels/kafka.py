@@ -340,21 +340,7 @@ class KafkaChannel(Channel):
         done = threading.Event()
         reports: list = []
         errors: list = []
-        if self.use_flume_event_format:
-            expected = len(batch)
-            per_event = max(1, batch.nbytes // max(1, len(batch)))
-            # Flume's channel keys each record by the event's `key` header (and its take turns the
-            # record key back into that header); an event without one has no key.
-            records = list(zip(flume_event_values(batch), batch.header("key").to_pylist(), [None] * expected))
-
-            def on_delivery(err, msg):
-                if err is not None:
-                    errors.append(err)
-                else:
-                    reports.append((msg.partition(), msg.offset(), 1, per_event))
-                if len(reports) + len(errors) >= expected:
-                    done.set()
-        elif self.format == "arrow":
+        if self.format == "arrow" and not self.use_flume_event_format:
             expected = 1
             payload = batch.to_ipc()
             sizes = [len(batch)]
@@ -368,11 +354,16 @@ class KafkaChannel(Channel):
 
             records = [(payload, key, [(FORMAT_HEADER, ARROW_FORMAT), (TXN_HEADER, txn_id),
                                        (EVENTS_HEADER, str(len(batch)))])]
-        else:
+        else:  # a record per event
             expected = len(batch)
             per_event = max(1, batch.nbytes // max(1, len(batch)))
-            headers = event_header_lists(batch)
-            records = [(body, key, hdrs) for body, hdrs in zip(batch.body.to_pylist(), headers)]
+            if self.use_flume_event_format:
+                # Flume's channel keys each record by the event's `key` header (and its take turns
+                # the record key back into that header); an event without one has no key.
+                records = list(zip(flume_event_values(batch), batch.header("key").to_pylist(), [None] * expected))
+            else:
+                headers = event_header_lists(batch)
+                records = [(body, key, hdrs) for body, hdrs in zip(batch.body.to_pylist(), headers)]
 
             def on_delivery(err, msg):
                 # Callbacks may run in any thread that polls the producer: list appends are atomic.
