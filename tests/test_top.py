@@ -408,7 +408,7 @@ def test_live_view_renders_sorts_on_s_and_quits_on_q(flowing, terminal):
     term.type(b"s")
     term.wait_for(lambda text: "sort: in/s" in text[shown:], 15, "the sort to move to in/s")
     term.type(b"q")
-    assert term.wait_exit(15) == 0, term.text[-3000:]
+    assert term.wait_exit(60) == 0, term.text[-3000:]
     assert "\x1b[?1049l" in term.raw.decode(errors="replace")  # the screen given back
     assert term.line_settings_restored()
 
@@ -418,7 +418,7 @@ def test_live_view_quits_on_ctrl_c_and_restores_the_terminal(flowing, terminal):
     term = terminal("top", "top-flow", "--address", address)
     term.wait_for(_shows_every_row, 90, "the first view")
     term.type(b"\x03")  # Ctrl-C, through the terminal's line discipline
-    assert term.wait_exit(15) == 128 + signal.SIGINT, term.text[-3000:]
+    assert term.wait_exit(60) == 128 + signal.SIGINT, term.text[-3000:]
     assert "Traceback" not in term.text
     assert term.line_settings_restored()
 
