@@ -47,13 +47,6 @@ EXAMPLES = {
     "avro_collector.properties": "collector",
     "thrift_source.properties": "a1",
 }
-# examples that need the RPC components: (kind, type) each needs
-RPC_EXAMPLES = {"failover_avro.properties": [("source", "avro"), ("sink", "avro")],
-                "load_balance_avro.properties": [("sink", "avro")],
-                "avro_collector.properties": [("source", "avro")],
-                "thrift_source.properties": [("source", "thrift")]}
-
-
 def rayflume(*args, cwd=None, timeout=120, env=None):
     return subprocess.run([sys.executable, "-m", "rayflume.cli", *args], cwd=cwd, env={**ENV, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
@@ -65,21 +58,9 @@ def converted(name: str):
     return conversion
 
 
-def missing_components(name: str) -> list[str]:
-    return [f"rayflume/{kind}s/{type_name}.py" for kind, type_name in RPC_EXAMPLES.get(name, [])
-            if registry.lookup(kind, type_name) is None]
-
-
-def need_components(name: str) -> None:
-    missing = missing_components(name)
-    if missing:
-        pytest.skip(f"{name} needs {', '.join(missing)}, which is not importable in this checkout")
-
-
 # -- every example converts, validates, and reports what it does not carry over -----------------------
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_converts_to_a_valid_topology(name):
-    need_components(name)
     conversion = converted(name)
     text = to_yaml(conversion)
     # The written YAML is itself a valid topology, with the agent's components.
@@ -99,8 +80,6 @@ def test_every_property_is_carried_over_or_reported():
     """Each property of each example is either carried over or named by a warning or an error;
     none vanishes unnoticed, and none is both."""
     for name, agent in {**EXAMPLES, "made_up_property.properties": "a1", "hbase_sink.properties": "a1"}.items():
-        if missing_components(name):
-            continue
         conversion = convert_file(HERE / name, agent)
         reported = {p.key for p in conversion.warnings + conversion.errors}
         keys = {p.key for p in parse_properties((HERE / name).read_text()) if p.key.startswith(agent + ".")}
@@ -249,7 +228,6 @@ def test_java_interceptors_are_errors_and_python_ones_carry_over():
 @pytest.mark.parametrize("name", ["failover_avro.properties", "load_balance_avro.properties",
                                   "avro_collector.properties"])
 def test_sink_groups_and_avro(name):
-    need_components(name)
     data = converted(name).data
     if name == "failover_avro.properties":
         assert data["sink_groups"]["g1"] == {"sinks": ["k1", "k2"], "processor": {
@@ -351,8 +329,7 @@ def test_flume_type_names_are_aliases_in_yaml():
     assert not errors
     # User-facing type lists keep rayflume's names
     assert "TAILDIR" not in registry.known_types("source") and "taildir" in registry.known_types("source")
-    if registry.lookup("sink", "avro") is not None:
-        assert registry.lookup("sink", "org.apache.flume.sink.AvroSink") is registry.lookup("sink", "avro")
+    assert registry.lookup("sink", "org.apache.flume.sink.AvroSink") is registry.lookup("sink", "avro")
     with pytest.raises(ConfigError) as exc:
         loads_topology("name: t\nsources: {r: {type: jms, channels: [c]}}\nchannels: {c: {type: memory}}\n"
                        "sinks: {k: {type: logger, channel: c}}\n")

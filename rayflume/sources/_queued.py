@@ -11,6 +11,7 @@ uses a non-blocking put and drops (UDP, counted) or answers 503 (HTTP).
 """
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from collections import deque
@@ -246,8 +247,9 @@ class QueuedSource(Source):
     def close(self) -> None:
         """Stop the servers and close every connection (called by ``stop``)."""
 
+    @abc.abstractmethod
     def assemble(self, items: list[Item]) -> EventBatch:
-        raise NotImplementedError
+        """One batch of the events of ``items`` (called by ``poll``, on the runner's thread)."""
 
     # lifecycle -----------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
