@@ -382,6 +382,10 @@ def cmd_top(args) -> int:
     if once:
         top.print_once(handle, args.interval_s, as_json=args.json)
         return 0
+    # The live view is interactive: Ctrl-C on its terminal must stop it even when it was started
+    # from a process that ignores SIGINT (a shell's background job passes the ignoring on, and
+    # Python then installs no KeyboardInterrupt handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return top.run_live(handle, args.interval_s)
 
 
