@@ -80,8 +80,8 @@ def crash_run(deployed, tmp_path, name: str, kills: int, seed: int):
     return duplicates
 
 
-def test_sigkill_file_channel_actor_20_times(deployed, tmp_path):
-    crash_run(deployed, tmp_path, "fc-crash", kills=20, seed=1)
+def test_sigkill_file_channel_actor_10_times(deployed, tmp_path):
+    crash_run(deployed, tmp_path, "fc-crash", kills=10, seed=1)
 
 
 @pytest.mark.chaos

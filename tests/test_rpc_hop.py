@@ -120,7 +120,7 @@ def test_failover_group_moves_to_the_next_collector_when_the_first_goes(deployed
 
 
 def test_load_balance_group_spreads_over_both_collectors(deployed, tmp_path):
-    total = 20_000
+    total = 10_000
     first, second = free_port(), free_port()
     out = testing.collector("avro-lb")
     out.clear()
