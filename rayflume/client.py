@@ -132,7 +132,7 @@ class _RpcClient(abc.ABC):
             try:
                 self._sock.close()
             except OSError:
-                pass
+                pass  # already broken: closing is all that was wanted
         self._sock = self._reader = None
 
     # protocol --------------------------------------------------------------------------------------

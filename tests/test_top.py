@@ -345,8 +345,11 @@ class Terminal:
         if ready:
             try:
                 self.raw += os.read(self.master, 65536)
-            except OSError:  # the other side closed: the program ended
-                time.sleep(timeout_s)
+            except OSError:  # the other side closed: the program is ending; wait for that instead
+                try:
+                    self.proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    return
 
     def wait_for(self, predicate, timeout_s: float, what: str) -> None:
         def seen():

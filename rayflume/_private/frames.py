@@ -15,6 +15,7 @@ rates are never negative and never missing for a component that was seen before.
 from __future__ import annotations
 
 import html
+import importlib
 import time
 
 import pyarrow as pa
@@ -174,10 +175,10 @@ def _typed_column(values: list, is_time: bool) -> pa.Array:
 def optional_pandas():
     """The pandas module, or None when it is not installed (it is optional: the `notebook` extra)."""
     try:
-        import pandas
+        # imported by name: pandas is an optional extra, never a requirement of the package
+        return importlib.import_module("pandas")
     except ImportError:
         return None
-    return pandas
 
 
 def as_frame(table: pa.Table):

@@ -34,7 +34,7 @@ def _unescape(text: str) -> str:
                 i += 6
                 continue
             except ValueError:
-                pass
+                pass  # not four hex digits: Java's loader would refuse it; keep the "u" literally
         out.append(_ESCAPES.get(nxt, nxt))
         i += 2
     return "".join(out)

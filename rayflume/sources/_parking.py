@@ -71,7 +71,7 @@ class Parking:
                         while self._wake_r.recv(4096):
                             pass  # drain every wake-up byte: one select pass handles them all
                     except (BlockingIOError, OSError):
-                        pass
+                        pass  # nothing left to drain
                     continue
                 self._selector.unregister(key.fileobj)
                 _start(key.data)

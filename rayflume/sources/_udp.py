@@ -60,7 +60,7 @@ class UdpReceiver:
                 while len(got) < self.burst:
                     got.append(sock.recvfrom(MAX_DATAGRAM + 1))
             except (BlockingIOError, InterruptedError):
-                pass
+                pass  # the socket is empty: hand over what this burst read
             except OSError:
                 if self._stop.is_set():
                     return
