@@ -400,13 +400,18 @@ class Killer:
     def faults(self) -> int:
         return sum(self.kills.values())
 
-    def run(self, duration_s: float) -> None:
-        """Inject faults for ``duration_s`` (a fault under way is finished, its actor waited for)."""
+    def run(self, duration_s: float, rounds: int | None = None) -> None:
+        """Inject faults for ``duration_s`` (a fault under way is finished, its actor waited for),
+        or until ``rounds`` rounds (every kind once each) are done, whichever comes first."""
         self.t0 = time.monotonic()
         deadline = self.t0 + duration_s
         order: list[str] = []
+        started_rounds = 0
         while not self.stopping.is_set():
             if not order:
+                if rounds is not None and started_rounds == rounds:
+                    break
+                started_rounds += 1
                 order = list(self.kinds)
                 self.rng.shuffle(order)
             kind = order.pop()
@@ -540,8 +545,9 @@ def sink_duplicates(metrics: dict) -> int:
 def run_chaos(handle, topology: dict, base, duration_s: float, seed: int = 0, rate: float = 2000.0,
               rotate_every: int = 20_000, kinds=ACTOR_KINDS, cluster: ChaosCluster | None = None,
               warmup_timeout_s: float = 90.0, drain_timeout_s: float = 120.0, gap_s=(0.3, 2.5),
-              log=print) -> ChaosResult:
-    """Write, kill for ``duration_s``, stop writing, wait for every line, check the total queue."""
+              log=print, rounds: int | None = None) -> ChaosResult:
+    """Write, kill for ``duration_s`` (or ``rounds`` rounds of every kind, if sooner), stop
+    writing, wait for every line, check the total queue."""
     base = str(base)
     source = topology["tiers"]["agent"]["sources"]["tail"]
     out_dir = topology["tiers"]["collector"]["sinks"]["out"]["directory"]
@@ -559,7 +565,7 @@ def run_chaos(handle, topology: dict, base, duration_s: float, seed: int = 0, ra
                                      f"(writer error: {writer.error!r}); status: {handle.status()}")
             time.sleep(0.2)
         t0 = time.monotonic()
-        killer.run(duration_s)  # in this (the main) thread: Cluster.add_node needs it
+        killer.run(duration_s, rounds)  # in this (the main) thread: Cluster.add_node needs it
         duration = time.monotonic() - t0
     finally:
         writer.stop()
