@@ -324,13 +324,21 @@ def test_killed_controller_restarts_into_the_redeployed_version(cluster, tmp_pat
             cluster.remove_node(agent)
 
 
-def test_pipeline_flows_while_the_controller_is_killed_ten_times(cluster, tmp_path):
-    """Ten SIGKILLs of the controller while events cross a tier hop: each time, the events pushed
+def test_pipeline_flows_while_the_controller_is_killed_four_times(cluster, tmp_path):
+    flows_while_the_controller_is_killed(cluster, tmp_path, "cp-kill4", kills=4)
+
+
+@pytest.mark.chaos
+def test_pipeline_flows_while_the_controller_is_killed_twenty_times(cluster, tmp_path):
+    flows_while_the_controller_is_killed(cluster, tmp_path, "cp-kill20", kills=20)
+
+
+def flows_while_the_controller_is_killed(cluster, tmp_path, name: str, kills: int):
+    """SIGKILLs of the controller while events cross a tier hop: each time, the events pushed
     right after the kill arrive (the data path needs no controller), and at the end every
     acknowledged event has arrived, with duplicates at most a batch per kill."""
     from rayflume import testing
 
-    name = "cp-kill10"
     batch, per_kill = 200, 1000
     feed = testing.feed(name)
     out = head_collector(name)
@@ -357,7 +365,7 @@ def test_pipeline_flows_while_the_controller_is_killed_ten_times(cluster, tmp_pa
     })
     sent, pid = 0, None
     try:
-        for kill in range(10):
+        for _ in range(kills):
             pid = _controller_pid(handle, not_pid=pid)
             os.kill(pid, signal.SIGKILL)
             feed.push([str(i) for i in range(sent, sent + per_kill)])
@@ -368,10 +376,10 @@ def test_pipeline_flows_while_the_controller_is_killed_ten_times(cluster, tmp_pa
         handle.wait_finished(timeout_s=120)
         got = [int(b) for b in out.bodies()]
         missing = set(range(sent)) - set(got)
-        print(f"controller kills: 10, {sent} events, {len(missing)} lost, {len(got) - len(set(got))} duplicates")
+        print(f"controller kills: {kills}, {sent} events, {len(missing)} lost, {len(got) - len(set(got))} duplicates")
         assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:10]}"
         assert set(got) <= set(range(sent))
-        assert len(got) - len(set(got)) <= 10 * batch
+        assert len(got) - len(set(got)) <= kills * batch
         assert handle.status()["version"] == 1
     finally:
         handle.stop(drain_timeout_s=5)
