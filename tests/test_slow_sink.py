@@ -11,7 +11,7 @@ import pytest
 from rayflume import testing
 from tests.channel_contract import wait_until
 
-EVENTS = 3000
+EVENTS = 1500  # six writes, each outliving the lease timeout
 SINK_BATCH = 250
 LEASE_TIMEOUT_S = 1.0
 WRITE_DELAY_S = 1.3  # longer than the lease timeout: the injected fault
