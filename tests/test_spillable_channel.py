@@ -76,10 +76,10 @@ class TestSpillableAllOverflow(_SpillableContract):
     def split(self, capacity):
         return 0, (capacity or 100_000)
 
-    def test_capacity_in_bytes(self, make):
+    def test_capacity_in_bytes(self):
         # byte_capacity bounds the memory part only; the overflow is bounded in events.
         one = numbered(0, 10, size=100)
-        ch = make(byte_capacity=one.nbytes * 2 + 10)
+        ch = self.make(byte_capacity=one.nbytes * 2 + 10)
         for i in range(3):
             ch.put(numbered(i * 10, 10, size=100), f"t{i}")
         assert ch.metrics()["SpilledEventCount"] == 30
@@ -95,9 +95,9 @@ class TestSpillableMixed(_SpillableContract):
             return capacity, 0
         return capacity // 2, capacity - capacity // 2
 
-    def test_capacity_in_bytes(self, make):
+    def test_capacity_in_bytes(self):
         one = numbered(0, 10, size=100)
-        ch = make(byte_capacity=one.nbytes * 2 + 10, capacity=1000)
+        ch = self.make(byte_capacity=one.nbytes * 2 + 10, capacity=1000)
         for i in range(3):
             ch.put(numbered(i * 10, 10, size=100), f"t{i}")
         m = ch.metrics()
