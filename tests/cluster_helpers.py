@@ -18,6 +18,9 @@ def start_cluster(head_labels: dict):
     """A one-node cluster (1 CPU, no dashboard) with this process connected as its driver."""
     from ray.cluster_utils import Cluster
 
+    from tests.conftest import release_shared_ray
+
+    release_shared_ray()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "labels": head_labels,
                                                       "include_dashboard": False})
     ray.init(address=c.address, namespace="rayflume", logging_level="WARNING", log_to_driver=False)
