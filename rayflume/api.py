@@ -6,6 +6,10 @@
     handle.wait_finished(timeout_s=60)           # finite sources only
     print(handle.metrics()["SINK.out"]["EventDrainSuccessCount"])
     handle.metrics_frame()                       # one typed row per component, with rates
+    handle.history(window_s=300)                 # the same over time, sampled by the controller
+    handle.plot()                                # throughput and channel fill (matplotlib)
+    handle.tap("out", n=5)                       # events in flight, as an Arrow table
+    handle.pause("out"); handle.resume("out")    # stop a sink taking (events wait in its channel)
     handle.stop()
 
 In a notebook the handle displays itself as a table of its components with live rates and channel
@@ -32,7 +36,7 @@ from rayflume._private.controller import RemoteController, controller_name, cont
 # public here: the notebook's frame columns and the shortest interval of its rates
 from rayflume._private.frames import IDENTITY_COLUMNS, MIN_RATE_INTERVAL_S, rate_column
 from rayflume.errors import ClusterUnavailable, TopologyNotRunning
-from rayflume.topology import Topology, load_topology, loads_topology, validate
+from rayflume.topology import Topology, load_topology, loads_topology, validate, with_runtime_env
 
 logger = logging.getLogger("rayflume.api")
 
@@ -47,12 +51,14 @@ def loads(text: str) -> Topology:
     return loads_topology(text)
 
 
-def _as_topology(topology: Topology | dict | str | os.PathLike) -> Topology:
+def _as_topology(topology: Topology | dict | str | os.PathLike, runtime_env: dict | None = None) -> Topology:
+    """``topology`` validated, with ``runtime_env`` laid over its own (validated with it, so that
+    the import paths it ships are resolved against it)."""
     if isinstance(topology, Topology):
-        return topology
+        return validate(with_runtime_env(topology.raw, runtime_env)) if runtime_env else topology
     if isinstance(topology, dict):
-        return validate(topology)
-    return load_topology(topology)
+        return validate(with_runtime_env(topology, runtime_env))
+    return load_topology(topology, runtime_env=runtime_env)
 
 
 CONNECT_TIMEOUT_S = 15.0
@@ -338,6 +344,57 @@ class TopologyHandle:
         self._topology_cache = (version, topology)
         return topology
 
+    # -- history ----------------------------------------------------------------------------------
+    def history(self, window_s: float = 300.0):
+        """The counters of every component over the last ``window_s`` seconds, as the controller
+        sampled them: a long table, one row per (sample time, component), oldest first.
+
+        The controller samples every 2 s (``RAYFLUME_HISTORY_INTERVAL_S`` in its environment says
+        otherwise, e.g. through the topology's ``runtime_env: {env_vars: ...}``) and keeps at most
+        1,800 samples (an hour at 2 s) and 2,000,000 values in all, whatever the number of
+        components (a large topology keeps a shorter span). The history is in the controller's
+        memory: it starts anew when the controller restarts, and ends with ``stop()``. A
+        component that did not answer within a second is missing from that sample.
+
+        Returns a pandas DataFrame when pandas can be imported (``pip install rayflume[notebook]``),
+        else a pyarrow Table with the same columns:
+
+        * ``time`` (the sample's time, a UTC timestamp in ms), ``tier`` (None in a topology without
+          tiers), ``instance``, ``kind`` (SOURCE, CHANNEL or SINK), ``component`` (a sink group
+          gives one row per sink);
+        * every numeric counter, typed as in :meth:`metrics_frame` (whole numbers as nullable
+          ``Int64``, ``StartTime``/``StopTime`` as timestamps), ``Restarts`` included; null where
+          a component did not report it;
+        * for every monotonic counter ``<Name>Count``, ``<Name>PerSecond``: its increase per second
+          since the component's previous sample. Null for its first sample; never negative (a
+          counter that went down, its component restarted, counts from zero).
+
+        Raises ValueError for a ``window_s`` that is not a positive number; TopologyNotRunning
+        after ``stop()``.
+        """
+        return frames.as_frame(self._history_table(window_s))
+
+    def _history_table(self, window_s: float):
+        """:meth:`history` as the pyarrow Table the controller returns (pandas or not)."""
+        if isinstance(window_s, bool) or not isinstance(window_s, (int, float)) or not window_s > 0 \
+                or window_s == float("inf"):
+            raise ValueError(f"window_s must be a positive number of seconds, not {window_s!r}")
+        return self._call("history", float(window_s))
+
+    def plot(self, window_s: float = 300.0):
+        """A matplotlib Figure of the last ``window_s`` seconds of :meth:`history`: events per
+        second of each source (accepted) and sink (delivered) on the upper axes, each channel's
+        fill (%) on the lower, over time (UTC), labelled, with legends. A notebook shows it as the
+        cell's value; ``fig.savefig("pipeline.png")`` writes it (headless too).
+
+        Needs matplotlib (``pip install 'rayflume[notebook]'``; an ImportError says so), not
+        pandas. Lines start from the second sample (rates are measured between samples).
+        """
+        from rayflume._private import plot  # matplotlib is optional: imported only to plot
+
+        plot.require_matplotlib()  # before asking the controller: say what to install first
+        return plot.history_figure(self.name, self._history_table(window_s), window_s)
+
     # -- display ----------------------------------------------------------------------------------
     def __repr__(self) -> str:
         """Name and state; asks the controller (for at most DISPLAY_TIMEOUT_S), never raises."""
@@ -381,6 +438,67 @@ class TopologyHandle:
                 raise TimeoutError(f"topology '{self.name}' did not finish within {timeout_s}s")
             time.sleep(poll_s)
 
+    # -- events in flight -------------------------------------------------------------------------
+    def tap(self, component: str, n: int = 10, timeout_s: float = 10.0, sample: float = 1.0):
+        """Up to ``n`` of the events flowing through ``component`` now, as a pyarrow Table with
+        columns ``tier`` (None in a topology without tiers), ``instance`` (``main`` there),
+        ``component``, ``headers`` (map<string, string>) and ``body`` (binary).
+
+        A source shows the events it hands to its channels (after its interceptors), a sink those
+        its ``write`` delivered; from every instance of the component (every tier that has one of
+        that name). Returns once ``n`` events came, or after ``timeout_s`` with fewer (an empty
+        table when nothing flowed). Events that flowed before the call are not shown.
+
+        Taps take nothing from any channel: every event is delivered as if untapped. ``sample``
+        (in (0, 1]) keeps that fraction of the events, evenly spaced; each instance buffers at most
+        1,000 events (16 MiB) between reads, dropping the oldest, and stops keeping any about 5 s
+        after the last read, so an abandoned tap costs nothing.
+
+        Raises ValueError when ``component`` is not a source or sink of the topology (naming them),
+        TopologyNotRunning after ``stop()``.
+        """
+        from rayflume._private import tapping
+
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a whole number of events >= 0, not {n!r}")
+        if not timeout_s >= 0:
+            raise ValueError(f"timeout_s must be >= 0 seconds, not {timeout_s!r}")
+        parts = tapping.tap_stream(self, component, limit=n, idle_timeout_s=timeout_s, sample=sample,
+                                   timeout_s=timeout_s)
+        return tapping.events_table(parts)
+
+    # -- the pause switch ---------------------------------------------------------------------------
+    def pause(self, sink: str, tier: str | None = None) -> dict:
+        """Stop sink ``sink`` from taking, on every instance of its tier, until :meth:`resume`
+        (``rayflume pause``). ``tier`` is needed only when several tiers have a sink of that name.
+
+        The sink finishes (or rolls back) the batch in hand and returns its prefetched take;
+        nothing is lost or written twice. Its channel keeps accepting events until it is full, then
+        the sources back off as for any full channel (with a durable channel, everything accepted
+        waits on disk). In a sink group the processor skips the paused sink (failover: the next
+        sink by priority delivers; with every sink paused, nothing is taken). The pause is stored
+        by the controller: it holds across restarts of the controller and of the sink's actor, until
+        resumed or the topology is stopped. ``status()`` shows it with the channel's backlog, and
+        the sink's ``Paused`` counter is 1. Pausing a paused sink changes nothing.
+
+        Returns ``{"sink", "tiers", "paused", "changed", "channel", "instances"}``: ``instances``
+        maps each instance to ``confirmed`` or why its sink group has not confirmed yet (it is told
+        again every second and reads the pause when it starts). Raises ValueError naming the
+        sinks when ``sink`` is not one.
+        """
+        return self._set_paused(sink, True, tier)
+
+    def resume(self, sink: str, tier: str | None = None) -> dict:
+        """Undo :meth:`pause`: the sink takes again and drains its channel's backlog (``rayflume
+        resume``). Resuming a running sink changes nothing. Returns and raises as :meth:`pause`."""
+        return self._set_paused(sink, False, tier)
+
+    def _set_paused(self, sink: str, paused: bool, tier: str | None) -> dict:
+        try:
+            return self._call("set_paused", sink, paused, tier)
+        except ValueError as exc:  # raised in the controller: its message without the remote traceback
+            raise ValueError(str(getattr(exc, "cause", None) or exc)) from None
+
     def stop(self, drain_timeout_s: float = 30.0) -> dict:
         """Stop sources, drain channels (up to ``drain_timeout_s``), stop sinks, remove all actors.
         Raises TopologyNotRunning when it is not running (stopped already)."""
@@ -391,7 +509,7 @@ class TopologyHandle:
 
 
 def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None = None,
-           log_level: str | None = None) -> TopologyHandle:
+           log_level: str | None = None, runtime_env: dict | None = None) -> TopologyHandle:
     """Validate and deploy ``topology`` (a file path, YAML mapping or Topology) under its name.
 
     Deploying a name that is already running updates it: components whose configuration did not
@@ -407,8 +525,14 @@ def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None
     A fresh deploy (no topology of that name running) empties the ``rayflume.testing`` collectors
     the topology's sinks name, so that a re-run counts from zero; an update of a running topology
     keeps them.
+
+    ``runtime_env`` (Ray's ``working_dir``, ``py_modules``, ``pip``, ``env_vars``; local paths
+    relative to the current directory) is laid over the topology's own ``runtime_env:`` (the call's
+    ``env_vars`` win per variable, its other keys replace the topology's), validated with it, and
+    applied to the controller and every component actor: the way to ship code the topology's
+    components import.
     """
-    topo = _as_topology(topology)
+    topo = _as_topology(topology, runtime_env)
     level = (log_level or logs.DEFAULT_LEVEL).upper()
     if level not in logs.LEVELS:
         raise ValueError(f"log_level {log_level!r} is not one of {', '.join(logs.LEVELS)}")

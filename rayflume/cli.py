@@ -1,4 +1,5 @@
-"""The ``rayflume`` command line: validate, deploy, status, top, logs, stop, convert, send, types.
+"""The ``rayflume`` command line: validate, deploy, status, top, tap, logs, pause, resume,
+stop, convert, send, types.
 
 ``validate`` and ``deploy`` take a rayflume topology (YAML) or, with ``--agent NAME`` (Flume's
 ``-n``), a Flume agent configuration (a properties file), converted on the fly; ``convert`` writes
@@ -149,6 +150,17 @@ def status_line(name: str, metrics: dict, previous: dict | None, dt: float) -> s
             f"total in {accepted:,} out {drained:,}  channels {fills}")
 
 
+def _json_object(text: str) -> dict:
+    """An argument that must be a JSON object (argparse reports the ValueError's message)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): give an object such as '{{\"pip\": [\"requests\"]}}'")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed, not {type(value).__name__}")
+    return value
+
+
 def cmd_deploy(args) -> int:
     if args.address is None:
         # The embedded Ray serves this machine only: its processes bind loopback. Ray reads this
@@ -159,7 +171,7 @@ def cmd_deploy(args) -> int:
     topo = _load(args)
     if args.address is not None:
         _connect(args.address, args.connect_timeout_s)
-        handle = api.deploy(topo, log_level=args.log_level)
+        handle = api.deploy(topo, log_level=args.log_level, runtime_env=args.runtime_env_json)
         url = handle.metrics_url()
         print(f"deployed topology '{topo.name}' to {api.cluster_address()}"
               + (f"; metrics at {url}" if url else ""))
@@ -211,7 +223,7 @@ def _run_foreground(topo, args) -> int:
         # Deploying waits on the controller; this thread keeps answering Ctrl-C meanwhile.
         def deploy():
             try:
-                started["handle"] = api.deploy(topo, log_level=args.log_level)
+                started["handle"] = api.deploy(topo, log_level=args.log_level, runtime_env=args.runtime_env_json)
             except BaseException as exc:
                 started["error"] = exc
 
@@ -330,9 +342,18 @@ def format_status(status: dict) -> str:
         for name, counters in rows:
             shown = "  ".join(f"{k}={counters.get(k, '-')}" for k in STATUS_COUNTERS[c["kind"]])
             label = name if name == c["name"] else f"{c['name']}/{name}"
-            lines.append(f"  {c['kind']:<8} {place}{label:<16} {c['state']:<10} {c['restarts']:>8}  {shown}")
+            state = "PAUSED" if c["state"] == "ALIVE" and str(counters.get("Paused")) == "1" else c["state"]
+            lines.append(f"  {c['kind']:<8} {place}{label:<16} {state:<10} {c['restarts']:>8}  {shown}")
         if c.get("error"):
             lines.append(f"  {'':<8} {place}error: {c['error']}")
+    for p in status.get("paused") or []:
+        tier = f" (tier {p['tier']})" if p["tier"] else ""
+        lines.append(f"  paused: sink {p['sink']}{tier}; `rayflume resume {status['name']} {p['sink']}` drains its "
+                     f"channel {p['channel']}")
+        for label, inst in p["instances"].items():
+            backlog = "-" if inst["backlog"] is None else f"{inst['backlog']:,}"
+            applied = "" if inst["applied"] else "  (not applied yet: the sink is starting or unreachable)"
+            lines.append(f"    {label}: backlog {backlog} event(s){applied}")
     if status.get("events"):
         lines.append("  recent events:")
         for e in status["events"][-10:]:
@@ -389,6 +410,58 @@ def cmd_top(args) -> int:
     return top.run_live(handle, args.interval_s)
 
 
+def tap_lines(target, batch, fmt: str) -> list[str]:
+    """The lines ``rayflume tap`` prints for ``batch`` of ``target`` (a tapping.TapTarget):
+    ``text``, each body decoded as UTF-8 (undecodable bytes replaced); ``json``, one object per
+    event, the body as ``body`` when it is UTF-8, else as ``body_base64``."""
+    import base64
+
+    bodies = batch.bodies()
+    if fmt == "text":
+        return [b.decode("utf-8", errors="replace") for b in bodies]
+    lines = []
+    for headers, body in zip(batch.headers.to_pylist(), bodies):
+        event = {"component": target.component, "tier": target.tier or None, "instance": target.instance,
+                 "headers": dict(headers or [])}
+        try:
+            event["body"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            event["body_base64"] = base64.b64encode(body).decode("ascii")
+        lines.append(json.dumps(event, ensure_ascii=False))
+    return lines
+
+
+def cmd_tap(args) -> int:
+    """Print events flowing through a source or sink of a running topology (``rayflume._private.tapping``)."""
+    from rayflume._private import tapping
+
+    if args.limit < 0:
+        raise UsageError(f"--limit must be 0 (no limit) or more, got {args.limit}")
+    if not args.timeout_s > 0:
+        raise UsageError(f"--timeout-s must be more than 0, got {args.timeout_s:g}")
+    if not 0 < args.sample <= 1:
+        raise UsageError(f"--sample must be a fraction in (0, 1], got {args.sample:g}")
+    _connect(args.address or "auto", args.connect_timeout_s)
+    handle = _handle(args.name)
+    printed = 0
+    try:
+        for target, batch in tapping.tap_stream(handle, args.component, args.limit or None, args.timeout_s,
+                                                args.sample):
+            for line in tap_lines(target, batch, args.format):
+                print(line)
+            sys.stdout.flush()  # events as they come, through a pipe too
+            printed += len(batch)
+    except ValueError as exc:  # not a source or sink of the topology
+        raise UsageError(str(exc)) from None
+    except BrokenPipeError:  # the reader went away (`| head`): as many events as it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if not printed:
+        print(f"rayflume tap: no event flowed through '{args.component}' of topology '{args.name}' within "
+              f"{args.timeout_s:g} s", file=sys.stderr)
+    return 0
+
+
 def cmd_logs(args) -> int:
     from rayflume import api
 
@@ -401,6 +474,29 @@ def cmd_logs(args) -> int:
     for label, lines in found.items():
         print(f"==> {label} <==")
         print("\n".join(lines) if isinstance(lines, list) else f"({lines})")
+    return 0
+
+
+def cmd_pause(args) -> int:
+    """``rayflume pause`` / ``rayflume resume``: the sink pause switch (``handle.pause``/``resume``)."""
+    _connect(args.address or "auto", args.connect_timeout_s)
+    handle = _handle(args.name)
+    pausing = args.command == "pause"
+    try:
+        result = handle.pause(args.sink, tier=args.tier) if pausing else handle.resume(args.sink, tier=args.tier)
+    except ValueError as exc:  # not a sink of the topology: the message lists them
+        raise UsageError(str(exc)) from None
+    where = ", ".join(f"tier {t}" for t in result["tiers"] if t)
+    state = "paused" if pausing else "resumed"
+    if not result["changed"]:
+        state = "was already paused" if pausing else "was not paused"
+    print(f"sink '{args.sink}' of topology '{args.name}'{f' ({where}, every instance)' if where else ''}: {state}")
+    for label, outcome in result["instances"].items():
+        print(f"  {label}: {outcome}")
+    if pausing:
+        channels = ", ".join(sorted(set(result["channel"].values())))
+        print(f"its channel ({channels}) keeps accepting events until full; `rayflume status {args.name}` shows "
+              f"the backlog; `rayflume resume {args.name} {args.sink}` drains it")
     return 0
 
 
@@ -533,6 +629,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="level of every component's log (default INFO, which shows the logger sink's events)")
+    p.add_argument("--runtime-env-json", type=_json_object, default=None, metavar="JSON",
+                   help="Ray runtime_env for the topology's actors, laid over the topology's own `runtime_env:`, "
+                        "e.g. '{\"py_modules\": [\"./my_components\"]}' (working_dir, py_modules, pip, env_vars; "
+                        "local paths relative to the current directory)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--drain-timeout-s", type=float, default=30.0, metavar="S",
                    help="on stop, wait at most S seconds for the channels to drain (default 30)")
@@ -567,6 +667,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="like --once, but print the rows as JSON")
     p.set_defaults(func=cmd_top)
 
+    p = _subparser(sub, "tap", "print events flowing out of a source or into a sink of a running topology "
+                               "(like `vector tap`)",
+                   "  rayflume tap weblogs tail                        # 10 events the source `tail` hands to its channels\n"
+                   "  rayflume tap weblogs files --limit 100 --format text   # 100 bodies the sink `files` wrote\n"
+                   "  rayflume tap weblogs out --limit 0 --sample 0.01 | jq .headers   # 1% of events, until idle\n"
+                   "\nA source shows events after its interceptors, as its channels got them; a sink, the events\n"
+                   "its write delivered; every instance of the component (in every tier that has one of that\n"
+                   "name). Only events that flow after the tap starts are shown. Nothing is taken from any\n"
+                   "channel: the pipeline delivers every event as if untapped. Each instance keeps at most\n"
+                   "1,000 events between reads (the oldest are dropped) and stops keeping any about 5 s after\n"
+                   "the last read.\n"
+                   "\njson (the default) prints one object per line: component, tier (null without tiers),\n"
+                   "instance, headers, and body, or body_base64 when the body is not UTF-8. text prints each\n"
+                   "body as text (undecodable bytes replaced).\n"
+                   "\nExits 0 once --limit events were printed, or when --timeout-s passed without an event\n"
+                   "(having printed none, it says so on stderr); 2 for a topology or component that does not\n"
+                   "exist; 130 on Ctrl-C.")
+    p.add_argument("name", help="a topology's name")
+    p.add_argument("component", help="a source or sink of the topology")
+    _add_connection(p, env_address)
+    p.add_argument("--limit", "-n", type=int, default=10, metavar="N",
+                   help="exit after N events (default 10; 0: no limit, until --timeout-s without events)")
+    p.add_argument("--format", choices=["json", "text"], default="json", help="json lines (default) or bodies as text")
+    p.add_argument("--timeout-s", type=float, default=10.0, metavar="S",
+                   help="exit when no event came for S seconds (default 10)")
+    p.add_argument("--sample", type=float, default=1.0, metavar="F",
+                   help="show this fraction of the events, evenly spaced (default 1: every event, up to the "
+                        "buffer's 1,000 between reads)")
+    p.set_defaults(func=cmd_tap)
+
     p = _subparser(sub, "logs", "show recent log lines of a topology's components",
                    "  rayflume logs quickstart                 # every component\n"
                    "  rayflume logs weblogs forward -n 20      # components named `forward`, in every instance")
@@ -584,6 +714,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout-s", type=float, default=30.0, metavar="S",
                    help="wait at most S seconds for the channels to drain (default 30)")
     p.set_defaults(func=cmd_stop)
+
+    pause_notes = ("\nA paused sink finishes (or rolls back) the batch in hand and takes nothing more; nothing is\n"
+                   "lost or written twice. Its channel keeps accepting events until it is full, then the\n"
+                   "sources back off as for any full channel. In a tiered topology every instance of the\n"
+                   "sink's tier is paused (--tier picks the tier when several have a sink of that name); in a\n"
+                   "failover or load_balance group the other sinks deliver. The pause is kept by the\n"
+                   "controller: it survives restarts of the controller and of the sink, until resumed or the\n"
+                   "topology is stopped. Pausing twice, or resuming a running sink, changes nothing.\n"
+                   "Exits 2 for a sink that is not in the topology (the message lists them).")
+    for command, help_text, example in (
+            ("pause", "stop a sink taking events (e.g. for maintenance of what it writes to); they wait in its channel",
+             "  rayflume pause weblogs files --address HEAD:6379   # `rayflume status weblogs` shows the backlog\n"),
+            ("resume", "let a paused sink take again and drain its channel's backlog",
+             "  rayflume resume weblogs files --address HEAD:6379\n")):
+        p = _subparser(sub, command, help_text, example + pause_notes)
+        p.add_argument("name", help="a topology's name")
+        p.add_argument("sink", help="a sink of the topology (also one in a sink group)")
+        p.add_argument("--tier", default=None, help="the sink's tier, when several tiers have a sink of that name")
+        _add_connection(p, env_address)
+        p.set_defaults(func=cmd_pause)
 
     p = _subparser(sub, "convert", "convert a Flume agent configuration into a rayflume topology (YAML)",
                    "  rayflume convert conf/flume.conf --agent a1                  # the topology on stdout\n"

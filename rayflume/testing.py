@@ -23,7 +23,8 @@ Components:
 * sink ``testing_sink``: appends every batch to a collector.
 * sink ``flaky_sink``: like ``testing_sink`` but fails on purpose (the first ``fail_first``
   writes, then every ``fail_every``-th write), for failover and retry tests; ``write_delay_s``
-  makes every write that long (a slow sink).
+  makes every write that long (a slow sink), and ``write_delay_knob`` names a :func:`knob` whose
+  value, when set, replaces it while the sink runs (a sink that slows down and speeds up).
 """
 from __future__ import annotations
 
@@ -218,6 +219,42 @@ def feed(name: str) -> EventFeed:
     return EventFeed(name)
 
 
+class _Knob:
+    def __init__(self):
+        self.value = None
+
+    def set(self, value) -> None:
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
+class Knob:
+    """A handle on a named knob actor: a value a test sets while a topology runs, read by the
+    components that name the knob (``flaky_sink``'s ``write_delay_knob``). Unset (None) at first."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.actor = ray.remote(_Knob).options(
+            name=f"knob/{name}", namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
+            lifetime="detached").remote()
+
+    def set(self, value) -> None:
+        ray.get(self.actor.set.remote(value))
+
+    def get(self):
+        return ray.get(self.actor.get.remote())
+
+    def kill(self) -> None:
+        ray.kill(self.actor, no_restart=True)
+
+
+def knob(name: str) -> Knob:
+    """Get or create the named knob."""
+    return Knob(name)
+
+
 # -- sources ---------------------------------------------------------------------------------------
 class ListSource(Source):
     """Emits a fixed batch of bodies in ``batch_size`` slices, then finishes."""
@@ -338,19 +375,41 @@ class CollectSinkConfig(SinkConfig):
 
 class FlakySink(CollectSink):
     """Fails the first ``fail_first`` writes, then every ``fail_every``-th write (0: never); every
-    write first sleeps ``write_delay_s``."""
+    write first sleeps ``write_delay_s``, or the value of the knob ``write_delay_knob`` while it is
+    set (read at most every ``KNOB_READ_INTERVAL_S``, so the knob costs no call per write)."""
+
+    KNOB_READ_INTERVAL_S = 0.1
 
     def __init__(self, name, collector_name, batch_size, fail_first: int, fail_every: int,
-                 write_delay_s: float = 0.0):
+                 write_delay_s: float = 0.0, write_delay_knob: str | None = None):
         super().__init__(name, collector_name, batch_size)
         self.fail_first = fail_first
         self.fail_every = fail_every
         self.write_delay_s = write_delay_s
+        self.write_delay_knob = write_delay_knob
         self.writes = 0
+        self._knob_delay_s = write_delay_s
+        self._knob_read_at = float("-inf")
+
+    def start(self, context) -> None:
+        super().start(context)
+        if self.write_delay_knob is not None:
+            self.knob = Knob(self.write_delay_knob).actor
+
+    def _delay_s(self) -> float:
+        if self.write_delay_knob is None:
+            return self.write_delay_s
+        t = time.monotonic()
+        if t - self._knob_read_at >= self.KNOB_READ_INTERVAL_S:
+            value = ray.get(self.knob.get.remote())
+            self._knob_delay_s = self.write_delay_s if value is None else float(value)
+            self._knob_read_at = t
+        return self._knob_delay_s
 
     def write(self, batch: EventBatch) -> None:
-        if self.write_delay_s:
-            time.sleep(self.write_delay_s)
+        delay_s = self._delay_s()
+        if delay_s:
+            time.sleep(delay_s)
         self.writes += 1
         if self.writes <= self.fail_first or (self.fail_every and self.writes % self.fail_every == 0):
             self.context.count("InjectedFailureCount")
@@ -365,7 +424,10 @@ class FlakySinkConfig(CollectSinkConfig):
     fail_first: int = Field(0, ge=0)
     fail_every: int = Field(0, ge=0)
     write_delay_s: float = Field(0, ge=0)
+    write_delay_knob: str | None = Field(
+        None, description="Name of a rayflume.testing.knob: while it holds a number, every write "
+                          "sleeps that many seconds instead of write_delay_s.")
 
     def build(self, name: str) -> FlakySink:
         return FlakySink(name, self.collector, self.batch_size, self.fail_first, self.fail_every,
-                         self.write_delay_s)
+                         self.write_delay_s, self.write_delay_knob)

@@ -407,19 +407,21 @@ def parse_yaml(text: str, source: str = "<topology>") -> dict:
     return parse_yaml_with_lines(text, source)[0]
 
 
-def load_topology(path: str | os.PathLike, agent: str | None = None, warnings: list[str] | None = None) -> Topology:
+def load_topology(path: str | os.PathLike, agent: str | None = None, warnings: list[str] | None = None,
+                  runtime_env: dict | None = None) -> Topology:
     """Read and validate a topology file: YAML, or agent ``agent`` of a Flume properties file
     (converted; the properties it could not carry over are appended to ``warnings``). References
     (``${env:NAME}``, ``${file:PATH}``, relative to the file's directory) are substituted here, on
-    this machine. Raises ConfigError listing every problem, each with its line in the file where
-    the path can be found there."""
+    this machine. ``runtime_env`` is laid over the file's (see :func:`with_runtime_env`). Raises
+    ConfigError listing every problem, each with its line in the file where the path can be found
+    there."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the topology file: {exc.strerror}"]) from None
-    return _load_text(text, path, agent, warnings, os.path.dirname(os.path.abspath(path)))
+    return _load_text(text, path, agent, warnings, os.path.dirname(os.path.abspath(path)), runtime_env)
 
 
 def loads_topology(text: str, agent: str | None = None, warnings: list[str] | None = None) -> Topology:
@@ -429,7 +431,7 @@ def loads_topology(text: str, agent: str | None = None, warnings: list[str] | No
 
 
 def _load_text(text: str, source: str, agent: str | None, warnings: list[str] | None,
-               base_dir: str | None) -> Topology:
+               base_dir: str | None, runtime_env: dict | None = None) -> Topology:
     if agent is not None and is_flume_properties(text, source):
         data, lines = _from_flume_properties(text, source, agent, warnings, base_dir), {}
     else:
@@ -438,7 +440,7 @@ def _load_text(text: str, source: str, agent: str | None, warnings: list[str] | 
                                f"rayflume topology (YAML); remove --agent"])
         data, lines = parse_yaml_with_lines(text, source=source)
     errors: list[str] = []
-    data = _code_paths_from(data, base_dir)
+    data = with_runtime_env(code_paths_from(data, base_dir), runtime_env)
     with registry.code_dirs(runtime_env_code_dirs(data.get("runtime_env"))):
         data = substitute_references(data, base_dir=base_dir, errors=errors)
     if errors:
@@ -1059,6 +1061,27 @@ def _is_local_path(value) -> bool:
     return isinstance(value, str) and bool(value.strip()) and "://" not in value
 
 
+def merge_runtime_envs(topology_env: dict | None, deploy_env: dict | None) -> dict | None:
+    """A topology's runtime_env with the deploying call's settings on top (``env_vars`` merged per
+    variable, the call's winning; its other keys replace the topology's); None when neither has one."""
+    if not topology_env and not deploy_env:
+        return None
+    merged = dict(topology_env or {})
+    for key, value in (deploy_env or {}).items():
+        merged[key] = {**merged.get(key, {}), **value} if key == "env_vars" else value
+    return merged
+
+
+def with_runtime_env(data, runtime_env: dict | None, base_dir: str | None = None):
+    """A copy of the topology mapping ``data`` with ``runtime_env`` (a deploying call's, its local
+    paths relative to ``base_dir``, default the current directory) laid over its own (see
+    :func:`merge_runtime_envs`); ``data`` itself when ``runtime_env`` is empty."""
+    if not runtime_env or not isinstance(data, dict):
+        return data
+    call_env = code_paths_from({"runtime_env": runtime_env}, base_dir or os.getcwd())["runtime_env"]
+    return {**data, "runtime_env": merge_runtime_envs(data.get("runtime_env"), call_env)}
+
+
 def runtime_env_code_dirs(runtime_env) -> list[str]:
     """The directories of this machine from which a topology's runtime_env ships Python code, as
     ``sys.path`` entries: ``working_dir`` itself, and the parent of each ``py_modules`` package
@@ -1079,10 +1102,10 @@ def runtime_env_code_dirs(runtime_env) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _code_paths_from(data, base_dir: str | None):
-    """A copy of a topology mapping read from a file whose runtime_env ``working_dir`` and
-    ``py_modules`` local paths, when relative, are made relative to the file's directory (Ray would
-    take them relative to wherever the deploying process runs)."""
+def code_paths_from(data, base_dir: str | None):
+    """A copy of a topology mapping whose runtime_env ``working_dir`` and ``py_modules`` local
+    paths, when relative, are made relative to ``base_dir`` (the directory of the file it was read
+    from; Ray would take them relative to wherever the deploying process runs)."""
     env = data.get("runtime_env") if isinstance(data, dict) else None
     if not base_dir or not isinstance(env, dict):
         return data

@@ -5,6 +5,7 @@
     python scripts/bench.py file --seconds 20
     python scripts/bench.py avro-hop          # Flume's Avro RPC as the hop, against the Ray hop (two-tier)
     python scripts/bench.py taildir | syslog | hdfs-local | parquet | kafka-sink
+    python scripts/bench.py tap               # the memory pipeline untapped, after an idle tap, tapped
     python scripts/bench.py all               # every pipeline above, one after the other
     python scripts/bench.py all --quick       # a short smoke run of each (2 s windows, small file)
 
@@ -17,6 +18,11 @@ taildir, syslog, hdfs-local, parquet and kafka-sink need their own harness (a fi
 client, a broker: scripts/bench_files.py, bench_syslog.py, bench_hdfs.py, bench_kafka.py); this
 script hands them over with their own options (``bench.py NAME --help``). kafka-sink starts a
 local tansu broker on 127.0.0.1 unless RAYFLUME_BENCH_KAFKA or RAYFLUME_TEST_KAFKA names one.
+
+``tap`` runs the memory pipeline in one deployment three ways, a window each: never tapped, after
+a tap was read once and left to disarm itself (idle), and while two readers tap the source and the
+sink continuously (as two ``rayflume tap --limit 0`` would); it reports each against the untapped
+window, and what the hook costs per batch while nobody taps.
 
 The last lines printed are one JSON object per pipeline with ``pipeline, events, seconds,
 events_per_s, mb_per_s`` and the ratio to that pipeline's baseline.
@@ -202,13 +208,83 @@ def run(name: str, seconds: float, warmup_s: float) -> dict:
             "channel": channel_figures(c0, c1, dt)}
 
 
+def tap_hook_ns() -> float:
+    """Nanoseconds the runners' tap hook (``if tap.armed:``) costs per batch while nobody taps."""
+    import timeit
+
+    from rayflume._private.tap import TapPoint
+
+    tap, loops = TapPoint(), 2_000_000
+    hooked = min(timeit.repeat("if tap.armed: tap.offer(None)", globals={"tap": tap}, number=loops, repeat=5))
+    bare = min(timeit.repeat("pass", number=loops, repeat=5))
+    return max(0.0, hooked - bare) / loops * 1e9
+
+
+def run_tap(seconds: float, warmup_s: float) -> list[dict]:
+    """The memory pipeline in one deployment, a window each: never tapped, after an idle tap (read
+    once, then left until it disarmed itself), and tapped continuously at the source and the sink."""
+    import threading
+
+    import rayflume
+    from rayflume._private import tapping
+    from rayflume._private.tap import DEFAULT_IDLE_OFF_S
+
+    def window(way: str, extra: dict | None = None) -> dict:
+        e0, _ = sample(handle)
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        e1, _ = sample(handle)
+        dt = time.perf_counter() - t0
+        return {"pipeline": "tap", "way": way, "events": e1 - e0, "seconds": round(dt, 3),
+                "events_per_s": round((e1 - e0) / dt), "mb_per_s": round((e1 - e0) * BODY / dt / 1e6, 1),
+                **(extra or {})}
+
+    with tempfile.TemporaryDirectory(prefix="bench-tap-") as tmp:
+        handle = rayflume.deploy({"name": "bench-tap", "metrics": {"port": None}, **pipeline_memory(tmp)})
+        try:
+            time.sleep(warmup_s)
+            results = [window("never tapped")]
+            for component in ("gen", "out"):  # armed by one read each, then nobody reads
+                handle.tap(component, n=1, timeout_s=10)
+            time.sleep(DEFAULT_IDLE_OFF_S + 1)  # they disarm on the first batch after idle_off_s
+            results.append(window("idle tap"))
+            stop, tapped = threading.Event(), {"gen": 0, "out": 0}
+
+            def read(component):
+                for _, batch in tapping.tap_stream(handle, component, None, idle_timeout_s=3600):
+                    tapped[component] += len(batch)
+                    if stop.is_set():
+                        return
+
+            readers = [threading.Thread(target=read, args=(c,), daemon=True) for c in tapped]
+            for r in readers:
+                r.start()
+            reading = window("tap read", {})
+            stop.set()
+            for r in readers:
+                r.join(30)
+            reading["tapped_events_per_s"] = {c: round(n / reading["seconds"]) for c, n in tapped.items()}
+            results.append(reading)
+        finally:
+            handle.stop(drain_timeout_s=1)
+    untapped = max(results[0]["events_per_s"], 1)
+    for r in results:
+        r["ratio_to_untapped"] = round(r["events_per_s"] / untapped, 3)
+    hook_ns = tap_hook_ns()
+    results[0]["hook_ns_per_batch_untapped"] = round(hook_ns, 1)
+    # two hooks (source and sink) per batch, at the untapped rate: the share of one core they take
+    results[0]["hook_share_of_a_core"] = float(f"{2 * hook_ns * untapped / BATCH / 1e9:.2g}")
+    return results
+
+
 # Pipelines whose input needs its own harness (a file to write, a client, a broker) live in a
 # script of their area. Each such module has ``build_parser()`` (whose first, optional positional
 # is the pipeline name) and ``measure(args) -> list[dict]`` (runs on a Ray of its own, logs to stderr,
 # returns one result per pipeline); its ``main()`` prints them as JSON lines.
 HARNESSES = {"taildir": "bench_files", "syslog": "bench_syslog", "hdfs-local": "bench_hdfs",
              "parquet": "bench_hdfs", "kafka-sink": "bench_kafka"}
-ALL = [*PIPELINES, *HARNESSES]
+MODES = {"tap": run_tap}  # built-in runs that report several ways of one pipeline
+ALL = [*PIPELINES, *MODES, *HARNESSES]
 
 
 def harness(module: str):
@@ -272,7 +348,7 @@ def parse_args(argv) -> list[Step]:
         if "two-tier" in names:
             names.insert(0, "memory")  # two-tier is judged against the single-tier pipeline, same run
         return [Step(names, None, args)]
-    steps = [Step(list(PIPELINES), None, args)]
+    steps = [Step([*PIPELINES, *MODES], None, args)]
     for module in dict.fromkeys(HARNESSES.values()):
         names = [n for n, m in HARNESSES.items() if m == module]
         parser = harness(module).build_parser()
@@ -292,6 +368,18 @@ def run_builtin(names: list[str], args) -> list[dict]:
         results = []
         by_name = {}
         for name in names:
+            if name in MODES:
+                for r in MODES[name](seconds, warmup_s):
+                    r["baseline_events_per_s"] = round(base)
+                    r["ratio_to_baseline"] = round(r["events_per_s"] / base, 3)
+                    results.append(r)
+                    print(f"{name + ' ' + r['way']:>22}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s  "
+                          f"x{r['ratio_to_untapped']} of untapped, x{r['ratio_to_baseline']} of baseline"
+                          + (f"; tapped {r['tapped_events_per_s']} events/s" if "tapped_events_per_s" in r else "")
+                          + (f"; hook {r['hook_ns_per_batch_untapped']} ns per batch "
+                             f"({r['hook_share_of_a_core']:.2g} of a core)"
+                             if "hook_ns_per_batch_untapped" in r else ""), file=sys.stderr)
+                continue
             r = run(name, seconds, warmup_s)
             r["baseline_events_per_s"] = round(base)
             r["ratio_to_baseline"] = round(r["events_per_s"] / base, 3)

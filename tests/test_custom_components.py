@@ -18,11 +18,10 @@ import pytest
 
 import rayflume
 from rayflume import registry
-from rayflume._private.controller import (check_class_types_pickle, merge_runtime_envs, spec_from_store,
-                                           storable_spec)
+from rayflume._private.controller import check_class_types_pickle, spec_from_store, storable_spec
 from rayflume.config_base import SourceConfig
 from rayflume.errors import ConfigError
-from rayflume.topology import load_topology, validate
+from rayflume.topology import load_topology, merge_runtime_envs, validate
 from tests.channel_contract import wait_until
 from tests.cluster_helpers import child_env, start_cluster, stop_cluster, tier_instances
 
@@ -44,7 +43,9 @@ def components_package(root: Path) -> tuple[Path, str]:
     name = f"numbered_{uuid.uuid4().hex[:8]}"
     package = root / "code" / name
     package.mkdir(parents=True)
-    shutil.copy(EXAMPLE_MODULE, package / "__init__.py")
+    # Ray names an uploaded py_modules package by a hash of its files, not of its directory's name:
+    # two packages with the same files would share one upload, under the first one's name.
+    (package / "__init__.py").write_text(EXAMPLE_MODULE.read_text() + f"\n# package {name}\n")
     return package, name
 
 
@@ -98,6 +99,42 @@ def test_import_path_components_shipped_with_py_modules_deliver_every_event_on_b
             rayflume.deploy(changed)
     finally:
         handle.stop(drain_timeout_s=10)
+
+
+def test_a_runtime_env_given_to_deploy_ships_the_components(cluster, tmp_path, monkeypatch):
+    package, module = components_package(tmp_path)
+    out = tmp_path / "out"
+    count = 1000
+    monkeypatch.chdir(tmp_path)  # the call's relative paths are relative to the current directory
+    handle = rayflume.deploy(numbered_topology("cc-call-env", module, out, count),
+                             runtime_env={"py_modules": [os.path.relpath(package, tmp_path)],
+                                          "env_vars": {"CC_CALL_ENV": "1"}})
+    try:
+        instances = tier_instances(handle, "numbers")
+        files = [out / f"cc-call-env-numbers-{i}-lines.txt" for i in sorted(instances)]
+        try:
+            wait_until(lambda: all(sorted(set(numbers_in(f))) == list(range(count)) for f in files), timeout_s=90,
+                       what=f"all {count} numbered events in {[f.name for f in files]}")
+        except AssertionError:
+            raise AssertionError(f"{[len(numbers_in(f)) for f in files]} events; status: {handle.status()}") from None
+        assert len(set(instances.values())) == 2, f"one replica per node: {instances}"
+        assert handle._call("raw_topology")["runtime_env"] == {"py_modules": [str(package)],
+                                                               "env_vars": {"CC_CALL_ENV": "1"}}
+    finally:
+        handle.stop(drain_timeout_s=10)
+
+
+def test_a_runtime_env_given_to_deploy_is_validated_with_the_topology(tmp_path):
+    package, module = components_package(tmp_path)
+    topology = numbered_topology("cc-validate", module, tmp_path / "out", 10)
+    with pytest.raises(ConfigError, match=module):  # not importable here without the call's runtime_env
+        validate(topology)
+    from rayflume.api import _as_topology
+
+    topo = _as_topology(topology, {"py_modules": [str(package)]})
+    assert topo.raw["runtime_env"] == {"py_modules": [str(package)]}
+    with pytest.raises(ConfigError, match="runtime_env"):
+        _as_topology(topology, {"py_modules": [str(package)], "conda": "env"})
 
 
 def test_components_not_shipped_fail_the_deploy_naming_the_module(cluster, tmp_path, monkeypatch):

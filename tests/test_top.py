@@ -223,7 +223,13 @@ def test_exporter_makes_counters_of_running_totals_and_gauges_of_levels(monkeypa
     assert metrics["EventAcceptedCount"].calls == [100, 15]  # the drop re-based: nothing subtracted
     assert metrics["ChannelWriteFail"].calls == [1]
     assert metrics["OpenConnectionCount"].calls == [3, 1, 2]
-    assert metrics["EventAcceptedCount"].tag_keys == ("topology", "kind", "component")
+    assert metrics["EventAcceptedCount"].tag_keys == ("topology", "tier", "instance", "kind", "component")
+    assert exporter.tags == {"topology": "t", "tier": "", "instance": "", "kind": "SOURCE", "component": "gen"}
+
+
+def test_instances_of_a_tier_export_series_of_their_own():
+    tags = [RayExporter("t", "SINK", "out", scope, restored=False).tags for scope in ("agent/node-a", "agent/node-b")]
+    assert [(t["tier"], t["instance"]) for t in tags] == [("agent", "node-a"), ("agent", "node-b")]
 
 
 def test_prometheus_text_types_agree_with_the_exporter():

@@ -9,7 +9,8 @@ component's loop runs in a background thread while metrics, status and stop call
 * ``SourceActor`` runs a :class:`~rayflume._private.runners.SourceRunner`.
 * ``SinkGroupActor`` runs a sink processor over one or more
   :class:`~rayflume._private.runners.SinkRunner`; on start it releases leases its previous
-  incarnation held, so a restarted sink's batches return to the channel at once.
+  incarnation held, so a restarted sink's batches return to the channel at once, and reads which
+  of its sinks an operator paused before any of them takes (:mod:`rayflume._private.pausing`).
 """
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ from rayflume._private import logs
 from rayflume._private.backoff import Backoff
 from rayflume._private.ledger import DeliveryLedger
 from rayflume._private.metrics import RayExporter
+from rayflume._private.pausing import read_pause_state
 from rayflume._private.runners import SinkRunner, SourceRunner, run_sink_group
 from rayflume._private.state_store import RayKVStore
 from rayflume._private.stored import StoredBatch
+from rayflume._private.tap import TapPoint
 from rayflume.channels.base import IdWindow
 from rayflume.errors import ChannelError, ConfigError, LeaseUnknown
 from rayflume.event import EventBatch
@@ -123,16 +126,17 @@ class _Component:
 
     kind = ""
 
-    def _init_identity(self, topology: str, name: str) -> None:
+    def _init_identity(self, topology: str, name: str, scope: str) -> None:
         logs.configure()
         self.topology = topology
         self.name = name
+        self.scope = scope
         self.incarnation = uuid.uuid4().hex
         self.start_time_ms = int(time.time() * 1000)
         self.stop_time_ms = 0
         self.stopping = threading.Event()
         self.reconstructed = was_reconstructed()
-        self.exporter = RayExporter(topology, self.kind, name)
+        self.exporter = RayExporter(topology, self.kind, name, scope)
         if self.reconstructed:
             logger.warning("%s '%s' of topology '%s' restarted after its process died (pid %d)",
                            self.kind.lower(), name, topology, os.getpid())
@@ -163,7 +167,7 @@ class ChannelActor(_Component):
     kind = "CHANNEL"
 
     def __init__(self, topology: str, name: str, raw_config: dict, scope: str = ""):
-        self._init_identity(topology, name)
+        self._init_identity(topology, name, scope)
         self.config = _typed("channel", raw_config, f"channels.{name}")
         if hasattr(self.config, "storage_dirs"):
             # Default directories are per topology; and instances of a tier may share a machine,
@@ -409,7 +413,7 @@ class SourceActor(_Component):
     kind = "SOURCE"
 
     def __init__(self, topology: str, name: str, raw_config: dict, channels: dict, scope: str = ""):
-        self._init_identity(topology, name)
+        self._init_identity(topology, name, scope)
         self.config = _typed("source", raw_config, f"sources.{name}")
         self.channels = ChannelDirectory(topology, scope, channels)
         self.counters: dict = {}
@@ -498,6 +502,13 @@ class SourceActor(_Component):
         while not self.stopping.wait(EXPORT_EVERY_S):
             self.exporter.export(self.counters)
 
+    def tap(self, max_events: int = 100, wait_s: float = 1.0, sample: float = 1.0) -> EventBatch:
+        """Up to ``max_events`` of the events this source handed to its channels (after its
+        interceptors) since the last tap, waiting up to ``wait_s`` (at most TAP_MAX_WAIT_S) for
+        some; see :class:`~rayflume._private.tap.TapPoint` (reading arms it; it disarms itself
+        when nobody reads)."""
+        return self.runner.tap.read(max_events, min(wait_s, TAP_MAX_WAIT_S), sample)
+
     def metrics(self) -> dict:
         return {**self.counters, **self._times()}
 
@@ -518,7 +529,14 @@ class SourceActor(_Component):
 
 
 START_RETRY_MAX_S = 60.0
+# A pause answers the controller once the paused sinks settled their batch in hand, or after this
+# long (a slow write): below the controller's PAUSE_CONFIRM_S, so that it hears the answer.
+PAUSE_SETTLE_WAIT_S = 4.0
+PAUSE_SETTLE_POLL_S = 0.02
 HOP_START_WAIT_S = 10.0  # a hop that finds its source still starting waits this long, then is retried
+# A tap read holds one of the actor's threads while it waits: bounded, so that readers cannot
+# keep its status and stop calls waiting for threads.
+TAP_MAX_WAIT_S = 10.0
 
 
 def start_with_retries(what: str, start, stopping: threading.Event, report) -> bool:
@@ -551,6 +569,11 @@ class SinkGroupActor(_Component):
     Once the sinks started, a heartbeat thread renews every sink's leases (its write in progress,
     its prefetched take) a third of the channel's ``lease_timeout_s`` apart, until ``stop`` has
     settled them; so a lease expires only when this actor's process is gone, however slow a write.
+
+    Pause: which sinks are paused is the controller's (:mod:`rayflume._private.pausing`). The
+    sinks start paused as the controller's stored state says, read before any of them takes, so
+    a restart of this actor (or its replacement) never writes a batch while paused; the
+    controller's pushes (:meth:`set_paused`) change it while it runs.
     """
 
     kind = "SINK"
@@ -559,22 +582,31 @@ class SinkGroupActor(_Component):
 
     def __init__(self, topology: str, group: str, raw_sinks: dict, raw_processor: dict | None,
                  channels: dict, scope: str = ""):
-        self._init_identity(topology, group)
-        self.scope = scope
+        self._init_identity(topology, group, scope)
         self.channels = ChannelDirectory(topology, scope, channels)
         self.configs = {s: _typed("sink", raw, f"sinks.{s}") for s, raw in raw_sinks.items()}
         self.processor_config = _typed("processor", raw_processor or {"type": "default"},
                                        f"sink_groups.{group}.processor")
         self.runners: list[SinkRunner] = []
         self.counters: dict[str, dict] = {s: {} for s in raw_sinks}
+        # one per sink, made now: a tap read before the sinks started arms it for when they do
+        self.taps: dict[str, TapPoint] = {s: TapPoint() for s in raw_sinks}
         self.error: str | None = None
+        # The pause state applied here, and its number in the controller's sequence of changes:
+        # a push or a stored state older than what was applied is ignored.
+        self._pause_lock = threading.Lock()
+        self._pause_seq = 0
+        self._paused: set[str] = set()
         self._heartbeat_stop = threading.Event()  # set by stop() once the runners settled
         self._heartbeat_thread: threading.Thread | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"sinks-{group}")
         self._thread.start()
 
     def _start_sinks(self) -> None:
-        """Start every sink (all or none) and build the processor over them."""
+        """Start every sink (all or none) and build the processor over them, each sink paused or
+        not as the controller's stored state says (raises when it cannot be read: retried)."""
+        stored_seq, stored_paused = read_pause_state(RayKVStore(), self.topology, self.scope) \
+            if self.topology else (0, set())
         runners: list[SinkRunner] = []
         try:
             for sink_name, config in self.configs.items():
@@ -586,7 +618,7 @@ class SinkGroupActor(_Component):
                 holder = "/".join(p for p in (self.topology, self.scope, self.name, sink_name) if p)
                 port = _ChannelHandlePort(self.channels, config.channel, fill_s=config.batch_duration_s)
                 runners.append(SinkRunner(sink_name, sink, port, holder, counters,
-                                          pipelined=len(self.configs) == 1))
+                                          pipelined=len(self.configs) == 1, tap=self.taps[sink_name]))
                 # Leases of our previous incarnation return to the channel now, not at their timeout;
                 # the counters go on from what the channel counted for all our incarnations.
                 port._get(port.handle.release.remote(holder), 60)
@@ -597,7 +629,12 @@ class SinkGroupActor(_Component):
                     r.sink.stop()
             raise
         self.processor = self.processor_config.build(runners)
-        self.runners = runners
+        with self._pause_lock:  # a push may have come meanwhile: the newer state wins
+            if stored_seq > self._pause_seq:
+                self._apply_pause(stored_seq, stored_paused)
+            for r in runners:
+                r.set_paused(r.name in self._paused)
+            self.runners = runners  # published paused: the group's loop starts after this
 
     def _report(self, message: str | None) -> None:
         self.error = message
@@ -606,7 +643,7 @@ class SinkGroupActor(_Component):
         if not start_with_retries(f"sink group '{self.name}' of topology '{self.topology}'",
                                   self._start_sinks, self.stopping, self._report):
             return
-        exporters = {r.name: RayExporter(self.topology, "SINK", r.name) for r in self.runners}
+        exporters = {r.name: RayExporter(self.topology, "SINK", r.name, self.scope) for r in self.runners}
 
         def export_loop():
             while not self.stopping.wait(EXPORT_EVERY_S):
@@ -648,6 +685,46 @@ class SinkGroupActor(_Component):
         return sum(bool(getattr(r.sink, "set_hop_targets", lambda *a: False)(tier, source, targets))
                    for r in self.runners)
 
+    def set_paused(self, sinks: list[str], seq: int) -> dict:
+        """The controller's push: exactly ``sinks`` of this group are paused (the others run), as of
+        its pause state number ``seq``; ignored when older than the state applied here. A sink
+        being paused finishes (or rolls back) the batch in hand and returns its prefetched take;
+        then it takes nothing until resumed.
+
+        Waits up to PAUSE_SETTLE_WAIT_S for that, so that a pause that answers ``settled`` means
+        the sinks write nothing more. Returns ``{"seq", "paused", "settled"}`` as applied."""
+        with self._pause_lock:
+            if seq >= self._pause_seq:
+                self._apply_pause(seq, set(sinks))
+            applied = {"seq": self._pause_seq, "paused": sorted(self._paused)}
+        deadline = time.monotonic() + PAUSE_SETTLE_WAIT_S
+        while not self._pause_settled() and time.monotonic() < deadline and not self.stopping.is_set():
+            time.sleep(PAUSE_SETTLE_POLL_S)
+        return {**applied, "settled": self._pause_settled()}
+
+    def _pause_settled(self) -> bool:
+        """Whether every paused sink that runs has settled its batch in hand (its gauge is 1)."""
+        return all(r.counters.get("Paused") == 1 for r in list(self.runners) if r.paused)
+
+    def _apply_pause(self, seq: int, sinks: set[str]) -> None:
+        """Under ``_pause_lock``: make ``sinks`` (of this group) the paused ones."""
+        self._pause_seq, self._paused = seq, {s for s in sinks if s in self.configs}
+        if not self.runners:  # not started: nothing in hand, so the gauge is right at once
+            for s in self.configs:
+                self.counters[s]["Paused"] = int(s in self._paused)
+        for r in self.runners:  # a running sink's gauge turns 1 once its batch in hand settled
+            r.set_paused(r.name in self._paused)
+
+    def tap(self, sink_name: str, max_events: int = 100, wait_s: float = 1.0, sample: float = 1.0) -> EventBatch:
+        """Up to ``max_events`` of the events sink ``sink_name`` of this group wrote since the last
+        tap, waiting up to ``wait_s`` (at most TAP_MAX_WAIT_S) for some; see
+        :class:`~rayflume._private.tap.TapPoint`. ValueError for a sink not in this group."""
+        tap = self.taps.get(sink_name)
+        if tap is None:
+            raise ValueError(f"sink group '{self.name}' of topology '{self.topology}' has no sink "
+                             f"'{sink_name}'; its sinks: {', '.join(self.taps)}")
+        return tap.read(max_events, min(wait_s, TAP_MAX_WAIT_S), sample)
+
     def metrics(self) -> dict:
         """Counters per sink of this group."""
         return {name: {**c, **self._times()} for name, c in self.counters.items()}
@@ -658,7 +735,8 @@ class SinkGroupActor(_Component):
             errors = {**{s: self.error for s in self.configs}, **errors}
         state = getattr(getattr(self, "processor", None), "state", None)
         return {**self._base_info(), "sinks": list(self.configs), "errors": errors,
-                "started": bool(self.runners), "processor": state() if callable(state) else None}
+                "started": bool(self.runners), "processor": state() if callable(state) else None,
+                "paused": sorted(self._paused), "pause_seq": self._pause_seq}
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish the batch in flight, then flush and close every sink."""

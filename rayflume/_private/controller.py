@@ -51,6 +51,19 @@ Each tick reads the cluster twice: ``ray.nodes()`` and one listing of the GCS ac
 (:mod:`rayflume._private.gcs`), whatever the number of components; ``hop_targets`` answers from
 the last tick's listing. An unhandled exception must never stop the loop: each tick is guarded
 and logged.
+
+History (``handle.history()``/``plot()``): a thread of its own samples the components' counters
+every :func:`~rayflume._private.history.history_interval_s` into a bounded, in-memory
+:class:`~rayflume._private.history.MetricsHistory`, waiting at most ``HISTORY_CALL_TIMEOUT_S`` a
+sample and never asking an actor again before it answered, so neither a slow sample nor a dead
+actor delays a reconcile tick. It starts anew when the controller restarts.
+
+Pause switch (``pause``/``resume``, :mod:`rayflume._private.pausing`): the paused sinks, as
+``(tier, sink)`` with a change number, are part of the stored document and are stored before any
+actor is told. Every instance of the sink's tier is paused. Each tick pushes the state to the sink
+groups that have not confirmed the current number (the calls are not waited for: one that has not
+answered is looked at next tick), so a restarted controller re-pushes it on its first tick; a sink
+group reads the stored state itself when it starts, before its sinks take anything.
 """
 from __future__ import annotations
 
@@ -67,6 +80,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayflume._private import gcs, logs, planner
+from rayflume._private.history import MetricsHistory, history_interval_s
+from rayflume._private import pausing
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
                                       actor_options, was_reconstructed)
 from rayflume._private.metrics import MetricsServer, TokenUnavailable, flume_shape, resolve_token
@@ -74,11 +89,17 @@ from rayflume._private.state_store import RayKVStore, StateStore
 from rayflume._private.planner import KINDS, instance_label
 from rayflume import registry
 from rayflume.errors import ConfigError
-from rayflume.topology import Topology, validate
+from rayflume.topology import Topology, merge_runtime_envs, validate
 
 logger = logging.getLogger("rayflume.controller")
 RECONCILE_INTERVAL_S = 1.0
 CALL_TIMEOUT_S = 10.0
+# A history sample waits this long for the components' counters, all calls together: one that
+# has not answered by then (dead, restarting, busy) is left out of that sample.
+HISTORY_CALL_TIMEOUT_S = 1.0
+# pause/resume waits this long for the sink groups to confirm before it answers (they are told
+# again every tick after that, and read the stored state when they start)
+PAUSE_CONFIRM_S = 5.0
 KIND_KEY = {"CHANNEL": "channel", "SOURCE": "source", "SINK": "sinks"}
 
 
@@ -173,6 +194,12 @@ class TopologyController:
         self._next_replica = 0
         self._actors: dict[str, tuple[str, int]] = {}  # GCS actor states as of the last listing
         self._pushed: dict[tuple[str, str], list] = {}  # hop targets last pushed to every sender
+        # The pause switch: paused (tier, sink), the number of the last change (stored), and per
+        # sink group actor the number it confirmed and the push it has not answered yet.
+        self.paused: set[tuple[str, str]] = set()
+        self._pause_seq = 0
+        self._pause_acked: dict[str, int] = {}
+        self._pause_pending: dict[str, tuple[int, object]] = {}
         restarted = was_reconstructed()
         doc = self.store.get(self._state_key)
         stored = None
@@ -209,6 +236,14 @@ class TopologyController:
         self.state = "RUNNING"
         self._loop = threading.Thread(target=self._reconcile_loop, daemon=True, name="reconcile")
         self._loop.start()
+        # The counters' time series (handle.history()/plot()): in memory, so it starts anew when
+        # Ray restarts this controller; sampled by a thread of its own so that slow components
+        # never delay a reconcile tick (see rayflume._private.history).
+        self.history_interval_s = history_interval_s()
+        self._history = MetricsHistory()
+        self._history_pending: dict = {}  # actor id -> metrics() call not answered yet
+        self._sampler = threading.Thread(target=self._history_loop, daemon=True, name="history")
+        self._sampler.start()
 
     def _start_metrics_server(self) -> None:
         """Serve metrics and health where the topology asks (see :class:`MetricsServer`). The token is
@@ -257,7 +292,8 @@ class TopologyController:
         lost = [{"tier": t, "instance": i, "channel": c, "why": why} for (t, i, c), why in self.lost_channels.items()]
         self.store.put(self._state_key, {
             "version": self.version, "spec": storable_spec(self.topology.raw), "deployed_at": self.deployed_at,
-            "home_node": self.home_node, "next_replica": self._next_replica, "instances": instances, "lost": lost})
+            "home_node": self.home_node, "next_replica": self._next_replica, "instances": instances, "lost": lost,
+            pausing.DOC_KEY: pausing.pause_doc(self._pause_seq, self.paused)})
 
     def _restore(self, doc: dict | None) -> None:
         """Re-attach to the instances ``doc`` lists; stop components the spec no longer has or whose
@@ -267,6 +303,8 @@ class TopologyController:
         self.home_node = doc.get("home_node", self.home_node)
         self.deployed_at = doc.get("deployed_at", self.deployed_at)
         self._next_replica = doc.get("next_replica", 0)
+        self._pause_seq, paused = pausing.pause_from_doc(doc)
+        self.paused = {(t, s) for t, s in paused if t in self.topology.tiers and s in self.topology.tiers[t].sinks}
         for rec in doc.get("lost", []):
             self.lost_channels[(rec["tier"], rec["instance"], rec["channel"])] = rec["why"]
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
@@ -401,6 +439,7 @@ class TopologyController:
         if plan.changes_instances:
             self._save()
         self._push_hop_targets()
+        self._push_paused()
 
     def _apply(self, action) -> None:
         """Carry out one of the planner's instance actions."""
@@ -458,6 +497,63 @@ class TopologyController:
             except Exception:
                 logger.exception("topology '%s': reconcile tick failed", self.name)
 
+    # -- history ------------------------------------------------------------------------------------
+    def _history_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._history.record(self._history_sample())
+            except Exception:
+                logger.exception("topology '%s': history sample failed", self.name)
+            self.stopping.wait(self.history_interval_s)
+
+    def _history_sample(self) -> list[tuple[tuple, dict]]:
+        """``[(tier, instance, kind, component), counters]`` of the components that answered
+        ``metrics()`` within HISTORY_CALL_TIMEOUT_S (all calls together), a sink group as its
+        sinks, each with its ``Restarts`` as of the last tick (no listing of Ray's actors here).
+
+        At most one call per actor is outstanding: an actor that has not answered the previous
+        one (stuck, or its node gone) is not asked again until it does, so calls cannot pile up
+        in its queue. Reads the instances without the reconcile lock, as ``status()`` does.
+        """
+        asked = []  # (instance, kind, name, managed, ref) in status order
+        outstanding = {}
+        for inst in sorted(list(self.instances.values()), key=lambda i: (i.tier, i.instance_id)):
+            for (kind, name), managed in list(inst.components.items()):
+                if managed.handle is None or managed.lost:
+                    continue
+                actor = managed.handle._actor_id
+                ref = self._history_pending.get(actor)
+                if ref is None:
+                    ref = managed.handle.metrics.remote()
+                outstanding[actor] = ref
+                asked.append((inst, kind, name, managed, ref))
+        refs = list(outstanding.values())
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=HISTORY_CALL_TIMEOUT_S)[0]) if refs else set()
+        # replaced or removed actors drop out of the pending calls here
+        self._history_pending = {actor: ref for actor, ref in outstanding.items() if ref not in ready}
+        components = []
+        for inst, kind, name, managed, ref in asked:
+            if ref not in ready:
+                continue
+            try:
+                result = ray.get(ref, timeout=0)
+            except Exception:  # died or failed: nothing to record this time
+                continue
+            if not isinstance(result, dict):
+                continue
+            per_sink = result.items() if kind == "SINK" else [(name, result)]
+            for component, counters in per_sink:
+                if isinstance(counters, dict):
+                    components.append(((inst.tier, inst.instance_id, kind, component),
+                                       {**counters, "Restarts": managed.restarts}))
+        return components
+
+    def history(self, window_s: float = 300.0):
+        """The counters sampled in the last ``window_s`` seconds as a pyarrow Table, one row per
+        (sample time, component) with rates between samples (see
+        :meth:`rayflume._private.history.MetricsHistory.table`)."""
+        return self._history.table(float(window_s))
+
     def _event(self, component: str, message: str) -> None:
         logger.info("topology '%s': %s: %s", self.name, component, message)
         self.events.append({"time": time.time(), "component": component, "message": message})
@@ -487,6 +583,10 @@ class TopologyController:
                        for k, m in inst.components.items()}
         self.topology = new
         self.version += 1
+        # a paused sink the new version no longer has is forgotten (a sink added again later runs)
+        kept_paused = {(t, s) for t, s in self.paused if t in new.tiers and s in new.tiers[t].sinks}
+        if kept_paused != self.paused:
+            self.paused, self._pause_seq = kept_paused, self._pause_seq + 1
         self._save()
         for (tier_name, _), inst in list(self.instances.items()):
             if tier_name not in new.tiers:
@@ -560,6 +660,138 @@ class TopologyController:
                             "retrying next tick", self.name, tier, _describe(exc))
                 continue
             self._pushed[(tier, source)] = signature
+
+    # -- the pause switch -----------------------------------------------------------------------------
+    def set_paused(self, sink: str, paused: bool, tier: str | None = None,
+                   confirm_timeout_s: float = PAUSE_CONFIRM_S) -> dict:
+        """Pause (``paused`` true) or resume sink ``sink`` on every instance of its tier; ``tier``
+        says which tier when several have a sink of that name. ValueError, naming the sinks, for
+        a sink (or tier) that is not there. Pausing a paused sink, or resuming a running one,
+        changes nothing and is not an error.
+
+        A paused sink finishes (or rolls back) the batch in hand, returns its prefetched take and
+        takes nothing more; its channel keeps accepting events until it is full, then the sources
+        back off as for any full channel. In a group, the processor skips it (failover: the next
+        sink by priority delivers). The state is stored before any actor is told, so it holds
+        across a restart of this controller and of the sink's actor.
+
+        Returns when every instance's sink group confirmed, having settled the batch in hand (a
+        paused sink writes nothing more after that), or after ``confirm_timeout_s``: ``{"sink",
+        "tiers", "paused", "changed", "channel", "instances": {label: "confirmed" or what is not
+        done yet}}``. An instance that has not confirmed (restarting, say) is told again each
+        tick, and reads the stored state itself when it starts."""
+        with self._lock:
+            tiers = pausing.sink_tiers(self.topology, sink, tier)
+            keys = {(t, sink) for t in tiers}
+            wanted = self.paused | keys if paused else self.paused - keys
+            changed = wanted != self.paused
+            if changed:
+                self.paused, self._pause_seq = wanted, self._pause_seq + 1
+                self._save()  # before any actor is told: a crash from here on keeps the new state
+                for t in tiers:
+                    self._event(t or "topology", f"sink '{sink}' {'paused' if paused else 'resumed'} "
+                                                 f"(every instance of {'tier ' + repr(t) if t else 'the topology'})")
+            self._send_paused()
+            seq = self._pause_seq
+            targets = {}  # sink group actor id -> instance label
+            instances = {}
+            for inst in sorted(list(self.instances.values()), key=lambda i: (i.tier, i.instance_id)):
+                if inst.tier not in tiers:
+                    continue
+                group = next(g for g, sinks in self.topology.tiers[inst.tier].groups().items() if sink in sinks)
+                managed = inst.components.get(("SINK", group))
+                if managed is None or managed.handle is None or managed.lost:
+                    instances[inst.label()] = "not running; it reads the pause state when it starts"
+                else:
+                    targets[managed.handle._actor_id.hex()] = inst.label()
+            refs = {a: self._pause_pending[a][1] for a in targets if a in self._pause_pending}
+        if refs:  # waited for without the lock: the reconcile loop goes on meanwhile
+            ray.wait(list(refs.values()), num_returns=len(refs), timeout=confirm_timeout_s)
+        with self._lock:
+            self._reap_paused()
+            for actor, label in targets.items():
+                if self._pause_acked.get(actor, -1) < seq:
+                    instances[label] = ("not confirmed yet (restarting or busy?); told again every second, and it "
+                                        "reads the pause state when it starts")
+                    continue
+                answer = {}
+                if actor in refs:
+                    try:
+                        answer = ray.get(refs[actor], timeout=0)
+                    except Exception:  # confirmed by an earlier push, say: this one's answer is not needed
+                        pass
+                instances[label] = "confirmed" if answer.get("settled", True) else (
+                    "confirmed; still finishing the batch in hand (its Paused counter turns 1 when done)")
+        return {"sink": sink, "tiers": tiers, "paused": bool(paused), "changed": changed,
+                "channel": {t: self.topology.tiers[t].sinks[sink].channel for t in tiers},
+                "instances": instances}
+
+    def paused_sinks(self) -> list[dict]:
+        """``[{"tier", "sink"}]`` of the sinks an operator paused (the desired state)."""
+        return [{"tier": t, "sink": s} for t, s in sorted(self.paused)]
+
+    def _push_paused(self) -> None:
+        """Each tick: tell the sink groups that have not confirmed the current pause state, and
+        collect the answers that came (never waiting for one)."""
+        self._send_paused()
+        self._reap_paused()
+
+    def _send_paused(self) -> None:
+        """Send the pause state to every sink group actor that has neither confirmed the current
+        number nor a call for it under way; forget actors that are no longer ours."""
+        seq, ours = self._pause_seq, set()
+        for inst in list(self.instances.values()):
+            tier = self.topology.tiers.get(inst.tier)
+            if tier is None:
+                continue
+            groups = tier.groups()
+            for (kind, name), managed in list(inst.components.items()):
+                if kind != "SINK" or managed.handle is None or managed.lost:
+                    continue
+                actor = managed.handle._actor_id.hex()
+                ours.add(actor)
+                pending = self._pause_pending.get(actor)
+                if self._pause_acked.get(actor, -1) >= seq or (pending is not None and pending[0] == seq):
+                    continue
+                sinks = [s for s in groups.get(name, []) if (inst.tier, s) in self.paused]
+                self._pause_pending[actor] = (seq, managed.handle.set_paused.remote(sinks, seq))
+        self._pause_acked = {a: s for a, s in self._pause_acked.items() if a in ours}
+        self._pause_pending = {a: p for a, p in self._pause_pending.items() if a in ours}
+
+    def _reap_paused(self) -> None:
+        """Record the pushes that were answered; a failed one is sent again next tick."""
+        pending = list(self._pause_pending.items())
+        refs = [ref for _, (_, ref) in pending]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
+        for actor, (seq, ref) in pending:
+            if ref not in ready:
+                continue
+            del self._pause_pending[actor]
+            try:
+                ray.get(ref, timeout=0)
+            except Exception as exc:  # dead, restarting: sent again next tick
+                logger.info("topology '%s': pause state not delivered to a sink group (%s); retrying next tick",
+                            self.name, _describe(exc))
+                continue
+            self._pause_acked[actor] = max(seq, self._pause_acked.get(actor, -1))
+
+    def _paused_report(self, metrics: dict) -> list[dict]:
+        """For ``status()``: each paused sink with, per instance, whether its actor applied the
+        pause (its ``Paused`` gauge) and the backlog of its channel (events queued)."""
+        out = []
+        for tier_name, sink in sorted(self.paused):
+            channel = self.topology.tiers[tier_name].sinks[sink].channel
+            per_instance = {}
+            for inst in sorted(list(self.instances.values()), key=lambda i: i.instance_id):
+                if inst.tier != tier_name:
+                    continue
+                sink_counters = metrics.get(".".join(self._metric_key(inst, "SINK", sink)), {})
+                channel_counters = metrics.get(".".join(self._metric_key(inst, "CHANNEL", channel)), {})
+                size = channel_counters.get("ChannelSize")
+                per_instance[inst.label()] = {"applied": sink_counters.get("Paused") == "1",
+                                              "backlog": int(size) if str(size or "").isdigit() else None}
+            out.append({"tier": tier_name, "sink": sink, "channel": channel, "instances": per_instance})
+        return out
 
     def _metric_key(self, inst: _Instance, kind: str, name: str) -> tuple[str, str]:
         return _metric_key(inst.tier, inst.instance_id, kind, name)
@@ -673,6 +905,8 @@ class TopologyController:
                 prefix = f"{inst.tier}.{inst.instance_id}." if inst.tier else ""
                 if kind == "SINK":
                     entry["sinks"] = {s: metrics.get(f"SINK.{prefix}{s}", {}) for s in tier.groups()[name]}
+                    # the desired state; each sink's Paused counter says whether the actor applied it
+                    entry["paused"] = [s for s in tier.groups()[name] if (inst.tier, s) in self.paused]
                 else:
                     entry["counters"] = metrics.get(f"{kind}.{prefix}{name}", {})
                 components.append(entry)
@@ -687,7 +921,8 @@ class TopologyController:
                                          for (t, i, c), why in self.lost_channels.items() if t == tier_name}}
         return {"name": self.name, "state": self.state, "version": self.version, "deployed_at": self.deployed_at,
                 "metrics_url": self.metrics_url(), "metrics_problem": self.metrics_note, "tiers": tiers, "components": components,
-                "events": list(self.events)[-30:], "finished": self._finished(infos)}
+                "events": list(self.events)[-30:], "finished": self._finished(infos),
+                "paused": self._paused_report(metrics)}
 
     def _finished(self, infos=None) -> bool:
         infos = infos if infos is not None else self._gather("info")
@@ -765,8 +1000,9 @@ class TopologyController:
 
     def _channel_sizes(self, insts) -> tuple[dict, dict]:
         """``({label: events queued}, {label: why it cannot be asked})`` of the instances'
-        channels. Only the first are worth waiting for: no sink drains a dead or closed channel
-        (a durable one keeps its events on its node for a later deploy)."""
+        channels. Only the first are worth waiting for: no sink drains a dead or closed channel, or
+        one whose sinks are all paused (a durable one keeps its events on its node for a later
+        deploy)."""
         sizes, unavailable = {}, {}
         for inst in insts:
             for (kind, name), m in inst.components.items():
@@ -777,9 +1013,17 @@ class TopologyController:
                     unavailable[label] = f"LOST: {m.lost}"
                     continue
                 try:
-                    sizes[label] = ray.get(m.handle.size.remote(), timeout=CALL_TIMEOUT_S)
+                    size = ray.get(m.handle.size.remote(), timeout=CALL_TIMEOUT_S)
                 except Exception as exc:
                     unavailable[label] = _describe(exc)
+                    continue
+                drainers = [s for s, cfg in self.topology.tiers[inst.tier].sinks.items() if cfg.channel == name]
+                if size and drainers and all((inst.tier, s) in self.paused for s in drainers):
+                    # not waited for: draining into a paused sink would undo the pause
+                    unavailable[label] = (f"{size} event(s) kept: drained only by paused sink(s) "
+                                          f"{', '.join(drainers)}; resume them before stopping to drain it")
+                else:
+                    sizes[label] = size
         return sizes, unavailable
 
     def logs(self, lines: int = 100) -> list[str]:
@@ -821,17 +1065,6 @@ def spec_from_store(value):
     if isinstance(value, list):
         return [spec_from_store(v) for v in value]
     return value
-
-
-def merge_runtime_envs(topology_env: dict | None, deploy_env: dict | None) -> dict | None:
-    """The runtime_env of a topology's controller: the topology's, with the deploying call's own
-    settings on top (``env_vars`` merged per variable, the call's winning); None when neither has one."""
-    if not topology_env and not deploy_env:
-        return None
-    merged = dict(topology_env or {})
-    for key, value in (deploy_env or {}).items():
-        merged[key] = {**merged.get(key, {}), **value} if key == "env_vars" else value
-    return merged
 
 
 def upload_runtime_env(runtime_env: dict) -> dict:

@@ -100,7 +100,8 @@ def _restarted_actor() -> bool:
 
 class RayExporter:
     """Mirrors a component's numeric counters into Ray metrics ``rayflume_<counter in snake_case>``
-    tagged with topology, kind and component.
+    tagged with topology, tier and instance ("" in a topology without tiers), kind and component,
+    so that the instances of a tier are series of their own.
 
     Running totals (:func:`is_running_total`) become ``ray.util.metrics.Counter`` s, increased by
     what they grew since the last export (see :class:`RunningTotals`: never decreased); every other
@@ -108,8 +109,9 @@ class RayExporter:
     Ray actor) makes the first export a baseline only. Outside a Ray worker nothing is exported.
     """
 
-    def __init__(self, topology: str, kind: str, name: str, restored: bool | None = None):
-        self.tags = {"topology": topology, "kind": kind, "component": name}
+    def __init__(self, topology: str, kind: str, name: str, scope: str = "", restored: bool | None = None):
+        tier, _, instance = scope.partition("/")
+        self.tags = {"topology": topology, "tier": tier, "instance": instance, "kind": kind, "component": name}
         self._metrics: dict[str, object] = {}
         self._totals = RunningTotals(_restarted_actor() if restored is None else restored)
 

@@ -54,7 +54,8 @@ class ComponentEntry:
 
 def component_entries(status: dict) -> list[ComponentEntry]:
     """The components of ``status`` in the order it lists them; a sink group's sinks each give an
-    entry (in the group's order) sharing the group's state, node, restarts and error."""
+    entry (in the group's order) sharing the group's state, node, restarts and error, except that a
+    running sink an operator paused (its ``Paused`` counter is 1) is ``PAUSED``."""
     entries = []
     for component in status.get("components", []):
         kind, group = component["kind"], component["name"]
@@ -63,9 +64,12 @@ def component_entries(status: dict) -> list[ComponentEntry]:
         else:
             members = [(group, component.get("counters"))]
         for name, counters in members:
+            state = component.get("state")
+            if kind == "SINK" and state == "ALIVE" and parse_counter((counters or {}).get("Paused")) == 1:
+                state = "PAUSED"  # running, but taking nothing until resumed (rayflume pause)
             entries.append(ComponentEntry(
                 tier=component.get("tier") or "", instance=component.get("instance") or "", kind=kind,
-                group=group, name=name, node_id=component.get("node_id"), state=component.get("state"),
+                group=group, name=name, node_id=component.get("node_id"), state=state,
                 restarts=int(component.get("restarts") or 0), error=component.get("error"),
                 counters=dict(counters or {})))
     return entries

@@ -4,7 +4,8 @@ tested without Ray.
 ``SourceRunner`` polls a source, intercepts, routes, and puts into channels until every
 required channel committed (the batch is kept and retried with back-off meanwhile), then
 acknowledges the source. ``SinkRunner`` is one sink's take -> write -> commit step, rolled back
-on any failure; sink processors drive several of them.
+on any failure; sink processors drive several of them. A paused ``SinkRunner`` (the operator's
+pause switch, :mod:`rayflume._private.pausing`) takes nothing and holds no lease.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import uuid
 from typing import Callable, Protocol
 
 from rayflume._private.backoff import Backoff
+from rayflume._private.tap import TapPoint
 from rayflume.errors import ChannelFull, DeliveryError, LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.interceptors.base import InterceptorChain
@@ -61,11 +63,15 @@ class SourceRunner:
 
     Delivery: a batch is acknowledged to the source only after every required channel committed
     it. Optional channels are tried once; their failures are counted and logged.
+
+    ``tap`` (a new, disarmed :class:`~rayflume._private.tap.TapPoint` by default) is offered each
+    intercepted batch once its required channels committed it, while someone reads the tap.
     """
 
     def __init__(self, name: str, source: Source, chain: InterceptorChain, selector: ChannelSelector,
                  put_many: Callable[[dict[str, EventBatch], str, tuple | None], dict[str, BaseException | None]],
-                 counters: dict, backoff: Backoff | None = None, idle_backoff: Backoff | None = None):
+                 counters: dict, backoff: Backoff | None = None, idle_backoff: Backoff | None = None,
+                 tap: TapPoint | None = None):
         self.name = name
         self.source = source
         self.chain = chain
@@ -79,6 +85,7 @@ class SourceRunner:
         self.stopping = threading.Event()
         self.last_error: str | None = None
         self._counter_lock = threading.Lock()
+        self.tap = tap if tap is not None else TapPoint()
 
     def run_once(self) -> bool:
         """Poll once and deliver what came; True if a batch was delivered."""
@@ -129,6 +136,8 @@ class SourceRunner:
                 return False
             self._sleep(self.backoff.next_delay())
         self.backoff.reset()
+        if self.tap.armed:  # the whole cost of the tap while nobody reads it
+            self.tap.offer(intercepted)
         if routing.optional:
             # A channel can be required for some events and optional for others: the optional put
             # needs its own id, or the channel would take it for a retry of the required one.
@@ -162,6 +171,8 @@ class SourceRunner:
         if failed:
             ch, exc = next(iter(failed.items()))
             raise exc
+        if self.tap.armed:  # a batch passed by reference is read only here, only while tapped
+            self.tap.offer(intercepted)
         if routing.optional:
             for ch, exc in self.put_many(routing.optional, txn_id + ":optional", None).items():
                 if exc is not None:
@@ -192,11 +203,20 @@ class SinkRunner:
     """One sink over its channel: ``process()`` is a single take -> write -> commit.
 
     Returns READY after a committed batch and BACKOFF when the channel had nothing; raises
-    DeliveryError after rolling the take back when the sink failed.
+    DeliveryError after rolling the take back when the sink failed. ``tap`` (a new, disarmed
+    :class:`~rayflume._private.tap.TapPoint` by default) is offered each batch the sink wrote,
+    while someone reads the tap.
+
+    Pause (:meth:`set_paused`, from the sink group's actor): the batch in hand is finished by the
+    ``process()`` call that took it (written and committed, or rolled back); after that,
+    ``process()`` takes nothing and returns BACKOFF, and :meth:`park` returns a prefetched take to
+    the head of the channel and waits for the outstanding commits, so a paused sink holds no lease
+    and every event it did not write stays in the channel, in order. The ``Paused`` counter (a
+    0/1 gauge) becomes 1 once that is done (nothing in hand, nothing more written) and 0 at resume.
     """
 
     def __init__(self, name: str, sink: Sink, channel: ChannelPort, holder: str, counters: dict,
-                 take_timeout_s: float = 0.1, pipelined: bool = False):
+                 take_timeout_s: float = 0.1, pipelined: bool = False, tap: TapPoint | None = None):
         self.name = name
         # Pipelined (one sink draining its channel alone): the next take is in flight while this
         # batch is written, and commits are not waited for (their outcome is reaped later). The
@@ -208,10 +228,49 @@ class SinkRunner:
         self.counters = counters
         for key in SINK_COUNTERS:
             counters.setdefault(key, 0)
+        counters.setdefault("Paused", 0)  # a level (0/1), not a total: not in SINK_COUNTERS
         self.take_timeout_s = take_timeout_s
         self.last_error: str | None = None
+        self.tap = tap if tap is not None else TapPoint()
+        # Set from the actor's threads, read by the group's thread between batches (a bool swap).
+        self.paused = False
+        self._parked = False  # paused, and its prefetched take and pending commits are settled
+        self._pause_lock = threading.Lock()  # keeps the gauge right when a resume meets a park
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause or resume; takes effect at the next ``process()`` (the batch in hand is finished)."""
+        with self._pause_lock:
+            if paused and not self.paused:
+                # A new pause: whatever was prefetched since the last one must be parked again. (Only
+                # the group's thread parks and takes, so a park running now finishes before any take.)
+                self._parked = False
+            self.paused = bool(paused)
+            if not paused:
+                self.counters["Paused"] = 0
+
+    def park(self) -> None:
+        """While paused, hold nothing: roll a prefetched take back to the head of the channel and
+        wait for pending commits (pipelined mode). Raises when the channel cannot be reached (the
+        caller retries: until it succeeded the sink may still hold a lease). Once done it does
+        nothing until the next pause."""
+        if not self.paused or self._parked:
+            return
+        if self.pipelined:
+            try:
+                self.channel.release_prefetched()
+                self.counters["DuplicateDeliveryCount"] += self.channel.settle()
+            except Exception as exc:
+                raise DeliveryError(f"sink '{self.name}' is paused but cannot settle its last takes with its "
+                                    f"channel yet ({exc!r}); retrying") from exc
+        with self._pause_lock:
+            if self.paused:  # not resumed meanwhile
+                self._parked = True
+                self.counters["Paused"] = 1
 
     def process(self) -> Status:
+        if self.paused:  # processors skip paused sinks; this keeps any other caller from taking
+            self.park()
+            return Status.BACKOFF
         try:
             got = self.channel.take(self.sink.batch_size, self.holder, self.take_timeout_s)
         except Exception as exc:
@@ -248,6 +307,8 @@ class SinkRunner:
             except LeaseUnknown:
                 # Delivered, but the lease expired first: the events will be delivered again.
                 self.counters["DuplicateDeliveryCount"] += n
+        if self.tap.armed:  # the whole cost of the tap while nobody reads it
+            self.tap.offer(batch)
         self.counters["EventDrainSuccessCount"] += n
         if n >= self.sink.batch_size:
             self.counters["BatchCompleteCount"] += 1
@@ -266,15 +327,31 @@ class SinkRunner:
                 logger.warning("sink '%s': could not settle its last takes; leases will expire", self.name)
 
 
+PAUSED_POLL_S = 0.1  # how soon a group whose sinks are all paused notices a resume
+
+
 def run_sink_group(processor, runners: list[SinkRunner], stopping: threading.Event,
                    maintain_every_s: float = 0.5) -> None:
-    """The sink-group loop: process until stopped; back off when idle or failing."""
+    """The sink-group loop: process until stopped; back off when idle or failing.
+
+    Paused sinks are parked between batches (see :meth:`SinkRunner.park`) and skipped by the
+    processors; while every sink of the group is paused nothing is taken and the loop only waits
+    for a resume (and keeps calling the sinks' ``maintain()``, so their roll and idle rules go on
+    closing files)."""
     backoff = Backoff(0.1, 5.0)
     last_maintain = 0.0
     while not stopping.is_set():
         try:
-            # BACKOFF needs no sleep here: take() already waited take_timeout_s for data
-            processor.process()
+            paused = [r for r in runners if r.paused]
+            for r in paused:
+                r.park()
+            if len(paused) == len(runners):
+                stopping.wait(PAUSED_POLL_S)
+            # BACKOFF needs no sleep here: take() already waited take_timeout_s for data; unless
+            # some sinks are paused, when the processor may have found none it could use without
+            # taking anything (a failover group's primary paused and its backup penalised)
+            elif processor.process() is Status.BACKOFF and paused:
+                stopping.wait(PAUSED_POLL_S)
             backoff.reset()
         except DeliveryError as exc:
             logger.warning("%s; backing off", exc)

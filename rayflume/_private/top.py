@@ -216,7 +216,7 @@ def fill_bar(percent: float | None):
 
 
 STATE_STYLES = {"ALIVE": "green", "RUNNING": "green", "FINISHED": "blue", "RESTARTING": "yellow",
-                "PENDING_CREATION": "yellow"}
+                "PENDING_CREATION": "yellow", "PAUSED": "magenta"}
 
 
 def render(name: str, rows: list[Row], *, sort_column: int = 0, reverse: bool = False,

@@ -12,7 +12,7 @@ from typing import Callable
 
 from rayflume.config_base import ProcessorConfig
 from rayflume.errors import DeliveryError
-from rayflume.processors.base import SinkLike, SinkProcessor, Status
+from rayflume.processors.base import SinkLike, SinkProcessor, Status, is_paused
 from rayflume.registry import register
 
 # Longest error text kept in ``state()``: enough to recognise the error, small enough to ship
@@ -100,7 +100,8 @@ class DefaultSinkProcessor(SinkProcessor):
     def state(self) -> dict:
         """For ``rayflume status``: the sink and its counts."""
         return {"type": self.kind, "active": self.sink.name,
-                "sinks": {self.sink.name: {"state": "live", **self.stats.as_dict()}}}
+                "sinks": {self.sink.name: {"state": "live", "paused": is_paused(self.sink),
+                                           **self.stats.as_dict()}}}
 
 
 @register("processor", "default")

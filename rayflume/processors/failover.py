@@ -13,6 +13,9 @@ Semantics (Flume's ``FailoverSinkProcessor``):
   its one batch and returns. If it fails again its penalty doubles.
 - If no sink could deliver, ``process()`` raises :class:`~rayflume.errors.DeliveryError` naming
   the group's sinks. Every failed sink's take was already rolled back by the sink.
+- A sink an operator paused (``rayflume pause``) is skipped in both pools without being called,
+  so the next sink by priority delivers; a pause is not a failure (no penalty, no error). With
+  every sink that could be tried paused, ``process()`` returns BACKOFF having taken nothing.
 
 Priorities: ``priority`` maps sink names to integers, higher wins, values must be unique (Flume
 silently drops a sink whose priority repeats another's; rayflume refuses the config). Sinks the
@@ -37,7 +40,7 @@ from pydantic import Field, field_validator
 
 from rayflume.config_base import ProcessorConfig
 from rayflume.errors import DeliveryError
-from rayflume.processors.base import SinkLike, SinkProcessor, Status
+from rayflume.processors.base import SinkLike, SinkProcessor, Status, is_paused
 from rayflume.processors.default import SinkStats, error_text, group_label
 from rayflume.registry import register
 
@@ -114,7 +117,7 @@ class FailoverSinkProcessor(SinkProcessor):
         now = self.clock()
         probed_backoff = False
         for m in self._members:
-            if m.retry_at is None or m.retry_at > now:
+            if m.retry_at is None or m.retry_at > now or is_paused(m.sink):
                 continue
             try:
                 status = m.sink.process()
@@ -131,10 +134,13 @@ class FailoverSinkProcessor(SinkProcessor):
             # expired, tried again next call) and the live sinks get their turn.
             probed_backoff = True
 
-        tried_live = False
+        tried_live = skipped_paused = False
         errors: list[str] = []
         for m in self._members:
             if m.retry_at is not None:
+                continue
+            if is_paused(m.sink):  # the next live sink by priority delivers instead
+                skipped_paused = True
                 continue
             tried_live = True
             try:
@@ -146,8 +152,8 @@ class FailoverSinkProcessor(SinkProcessor):
             m.stats.record(status)
             return status
 
-        if not tried_live and probed_backoff:
-            return Status.BACKOFF
+        if not tried_live and (probed_backoff or skipped_paused):
+            return Status.BACKOFF  # paused sinks are not failures: nothing to report
         raise DeliveryError(self._all_failed_message(errors))
 
     def _fail(self, m: _Member, exc: Exception) -> None:
@@ -171,9 +177,10 @@ class FailoverSinkProcessor(SinkProcessor):
     # -- status ---------------------------------------------------------------------------------
     @property
     def active(self) -> str | None:
-        """The sink ``process()`` uses next when no penalty has expired, or None if all failed."""
+        """The sink ``process()`` uses next when no penalty has expired, or None if all failed
+        or paused."""
         for m in self._members:
-            if m.retry_at is None:
+            if m.retry_at is None and not is_paused(m.sink):
                 return m.sink.name
         return None
 
@@ -181,7 +188,7 @@ class FailoverSinkProcessor(SinkProcessor):
         """For ``rayflume status``: the active sink, and per sink its pool and counts.
 
         ``retry_in_s`` is how long a failed sink still waits before it is tried again (0 once its
-        penalty expired); None for live sinks.
+        penalty expired); None for live sinks. ``paused`` says whether an operator paused it.
         """
         now = self.clock()
         sinks = {}
@@ -190,6 +197,7 @@ class FailoverSinkProcessor(SinkProcessor):
                 "priority": m.priority,
                 "state": "live" if m.live else "failed",
                 "retry_in_s": None if m.live else round(max(0.0, m.retry_at - now), 3),
+                "paused": is_paused(m.sink),
                 **m.stats.as_dict(),
             }
         return {"type": self.kind, "active": self.active, "sinks": sinks}

@@ -15,6 +15,9 @@ Semantics (Flume's ``LoadBalancingSinkProcessor``):
   and at least one returned BACKOFF, ``process()`` returns BACKOFF.
 - If every sink failed, or with backoff every sink is left out, ``process()`` raises
   :class:`~rayflume.errors.DeliveryError` naming the group's sinks.
+- A sink an operator paused (``rayflume pause``) is left out of the order without being called,
+  and its turn passes on; a pause is not a failure. If no sink delivered, none returned BACKOFF,
+  none failed and some were paused, ``process()`` returns BACKOFF having taken nothing.
 
 Driven by one thread; ``clock`` (monotonic seconds) and ``rng`` are injectable for tests.
 """
@@ -29,7 +32,7 @@ from pydantic import Field, field_validator
 
 from rayflume.config_base import ProcessorConfig
 from rayflume.errors import DeliveryError
-from rayflume.processors.base import SinkLike, SinkProcessor, Status
+from rayflume.processors.base import SinkLike, SinkProcessor, Status, is_paused
 from rayflume.processors.default import SinkStats, error_text, group_label
 from rayflume.processors.failover import penalty_s
 from rayflume.registry import register
@@ -77,10 +80,13 @@ class LoadBalancingSinkProcessor(SinkProcessor):
 
     def process(self) -> Status:
         order = self._order(self.clock())
-        saw_backoff = False
+        saw_backoff = skipped_paused = False
         errors: list[str] = []
         for i in order:
             sink = self.sinks[i]
+            if is_paused(sink):
+                skipped_paused = True
+                continue
             try:
                 status = sink.process()
             except Exception as exc:
@@ -91,7 +97,7 @@ class LoadBalancingSinkProcessor(SinkProcessor):
             if status is Status.READY:
                 return status
             saw_backoff = True
-        if saw_backoff:
+        if saw_backoff or (skipped_paused and not errors):
             return Status.BACKOFF
         raise DeliveryError(self._all_failed_message(errors))
 
@@ -130,6 +136,7 @@ class LoadBalancingSinkProcessor(SinkProcessor):
             sinks[sink.name] = {
                 "state": "backed_off" if wait > 0 else "live",
                 "retry_in_s": round(wait, 3) if wait > 0 else None,
+                "paused": is_paused(sink),
                 **self.stats[i].as_dict(),
             }
         return {"type": self.kind, "selector": self.selector, "backoff": self.backoff, "sinks": sinks}

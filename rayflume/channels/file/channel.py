@@ -598,6 +598,12 @@ class FileChannel(Channel):
         with self._lock:
             return txn_id in self._committed_txns
 
+    def corrupt_event_count(self) -> int:
+        """Events dropped so far because their record could not be read back
+        (``CorruptEventCount``); a cheap read, without the rest of :meth:`metrics`."""
+        with self._lock:
+            return self._stats["CorruptEventCount"]
+
     def segment_paths(self) -> dict[int, str]:
         """Segment id -> path of every segment file the channel keeps."""
         with self._log.write_lock:
