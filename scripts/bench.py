@@ -19,10 +19,11 @@ client, a broker: scripts/bench_files.py, bench_syslog.py, bench_hdfs.py, bench_
 script hands them over with their own options (``bench.py NAME --help``). kafka-sink starts a
 local tansu broker on 127.0.0.1 unless RAYFLUME_BENCH_KAFKA or RAYFLUME_TEST_KAFKA names one.
 
-``tap`` runs the memory pipeline in one deployment three ways, a window each: never tapped, after
-a tap was read once and left to disarm itself (idle), and while two readers tap the source and the
-sink continuously (as two ``rayflume tap --limit 0`` would); it reports each against the untapped
-window, and what the hook costs per batch while nobody taps.
+``tap`` runs the memory pipeline three ways, each in a fresh deployment: never tapped, after a tap
+was read once and left to disarm itself (idle), and while two readers tap the source and the sink
+continuously (as two ``rayflume tap --limit 0`` would); the ways take turns for three rounds, and
+each reports its median against the untapped one, and what the hook costs per batch while nobody
+taps.
 
 The last lines printed are one JSON object per pipeline with ``pipeline, events, seconds,
 events_per_s, mb_per_s`` and the ratio to that pipeline's baseline.
@@ -220,53 +221,71 @@ def tap_hook_ns() -> float:
     return max(0.0, hooked - bare) / loops * 1e9
 
 
-def run_tap(seconds: float, warmup_s: float) -> list[dict]:
-    """The memory pipeline in one deployment, a window each: never tapped, after an idle tap (read
-    once, then left until it disarmed itself), and tapped continuously at the source and the sink."""
+def run_tap(seconds: float, warmup_s: float, rounds: int = 3) -> list[dict]:
+    """The memory pipeline three ways, each in a fresh deployment measured at the same age (the
+    pipeline's rate drifts down by some 10% over its first minute, so windows taken one after the
+    other in one deployment would not compare): never tapped; after an idle tap (read once, then
+    left until it disarmed itself); and tapped continuously at the source and the sink. Fresh
+    deployments differ by up to 30% on 2 cores, so the three ways take turns for ``rounds`` rounds
+    and each reports its median."""
     import threading
 
     import rayflume
     from rayflume._private import tapping
     from rayflume._private.tap import DEFAULT_IDLE_OFF_S
 
-    def window(way: str, extra: dict | None = None) -> dict:
+    settle_s = DEFAULT_IDLE_OFF_S + 1  # an idle tap disarms on the first batch after idle_off_s
+
+    def window(handle, way: str) -> dict:
         e0, _ = sample(handle)
         t0 = time.perf_counter()
         time.sleep(seconds)
         e1, _ = sample(handle)
         dt = time.perf_counter() - t0
         return {"pipeline": "tap", "way": way, "events": e1 - e0, "seconds": round(dt, 3),
-                "events_per_s": round((e1 - e0) / dt), "mb_per_s": round((e1 - e0) * BODY / dt / 1e6, 1),
-                **(extra or {})}
+                "events_per_s": round((e1 - e0) / dt), "mb_per_s": round((e1 - e0) * BODY / dt / 1e6, 1)}
 
-    with tempfile.TemporaryDirectory(prefix="bench-tap-") as tmp:
-        handle = rayflume.deploy({"name": "bench-tap", "metrics": {"port": None}, **pipeline_memory(tmp)})
-        try:
-            time.sleep(warmup_s)
-            results = [window("never tapped")]
-            for component in ("gen", "out"):  # armed by one read each, then nobody reads
-                handle.tap(component, n=1, timeout_s=10)
-            time.sleep(DEFAULT_IDLE_OFF_S + 1)  # they disarm on the first batch after idle_off_s
-            results.append(window("idle tap"))
-            stop, tapped = threading.Event(), {"gen": 0, "out": 0}
+    def measured(way: str) -> dict:
+        with tempfile.TemporaryDirectory(prefix="bench-tap-") as tmp:
+            handle = rayflume.deploy({"name": f"bench-tap-{way.replace(' ', '-')}", "metrics": {"port": None},
+                                      **pipeline_memory(tmp)})
+            try:
+                time.sleep(warmup_s)
+                if way == "idle tap":
+                    for component in ("gen", "out"):  # armed by one read each, then nobody reads
+                        handle.tap(component, n=1, timeout_s=10)
+                time.sleep(settle_s)
+                if way != "tap read":
+                    return window(handle, way)
+                stop, tapped = threading.Event(), {"gen": 0, "out": 0}
 
-            def read(component):
-                for _, batch in tapping.tap_stream(handle, component, None, idle_timeout_s=3600):
-                    tapped[component] += len(batch)
-                    if stop.is_set():
-                        return
+                def read(component):
+                    for _, batch in tapping.tap_stream(handle, component, None, idle_timeout_s=3600):
+                        tapped[component] += len(batch)
+                        if stop.is_set():
+                            return
 
-            readers = [threading.Thread(target=read, args=(c,), daemon=True) for c in tapped]
-            for r in readers:
-                r.start()
-            reading = window("tap read", {})
-            stop.set()
-            for r in readers:
-                r.join(30)
-            reading["tapped_events_per_s"] = {c: round(n / reading["seconds"]) for c, n in tapped.items()}
-            results.append(reading)
-        finally:
-            handle.stop(drain_timeout_s=1)
+                readers = [threading.Thread(target=read, args=(c,), daemon=True) for c in tapped]
+                for r in readers:
+                    r.start()
+                reading = window(handle, way)
+                stop.set()
+                for r in readers:
+                    r.join(30)
+                reading["tapped_events_per_s"] = {c: round(n / reading["seconds"]) for c, n in tapped.items()}
+                return reading
+            finally:
+                handle.stop(drain_timeout_s=1)
+
+    ways = ("never tapped", "idle tap", "tap read")
+    runs = {way: [] for way in ways}
+    for _ in range(rounds):
+        for way in ways:
+            runs[way].append(measured(way))
+    results = []
+    for way in ways:
+        median = sorted(runs[way], key=lambda r: r["events_per_s"])[len(runs[way]) // 2]
+        results.append({**median, "runs_events_per_s": [r["events_per_s"] for r in runs[way]]})
     untapped = max(results[0]["events_per_s"], 1)
     for r in results:
         r["ratio_to_untapped"] = round(r["events_per_s"] / untapped, 3)
@@ -375,6 +394,7 @@ def run_builtin(names: list[str], args) -> list[dict]:
                     results.append(r)
                     print(f"{name + ' ' + r['way']:>22}: {r['events_per_s']:>12,} events/s  {r['mb_per_s']:>8} MB/s  "
                           f"x{r['ratio_to_untapped']} of untapped, x{r['ratio_to_baseline']} of baseline"
+                          f" (median of {r['runs_events_per_s']})"
                           + (f"; tapped {r['tapped_events_per_s']} events/s" if "tapped_events_per_s" in r else "")
                           + (f"; hook {r['hook_ns_per_batch_untapped']} ns per batch "
                              f"({r['hook_share_of_a_core']:.2g} of a core)"
