@@ -40,3 +40,20 @@ def head_collector(name):
 
 def tier_instances(handle, tier):
     return handle.status()["tiers"][tier]["instances"]
+
+
+def controller_pid(handle, not_pid=None, timeout_s: float = 120.0) -> int:
+    """The pid of ``handle``'s controller, waiting out its restart (until it differs from ``not_pid``)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            pid = ray.get(handle._controller.pid.remote(), timeout=10)
+            if pid != not_pid:
+                return pid
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("the controller did not come back")
+        time.sleep(0.2)

@@ -24,7 +24,7 @@ from rayflume.sources.base import SourceContext
 from rayflume.sources.spooldir import SpoolDirSource
 from rayflume.sources.taildir import FileGroup, TaildirSource
 from tests.channel_contract import wait_until
-from tests.cluster_helpers import head_collector, start_cluster, stop_cluster, tier_instances
+from tests.cluster_helpers import controller_pid, head_collector, start_cluster, stop_cluster, tier_instances
 
 POLL_S = 0.2  # status calls ask every actor: do not poll the controller faster
 
@@ -232,21 +232,6 @@ def test_agent_node_that_comes_back_replays_its_channel(cluster, tmp_path):
             cluster.remove_node(n)
 
 
-def _controller_pid(handle, not_pid=None, timeout_s=120.0) -> int:
-    """The controller's pid, waiting out its restart (until it differs from ``not_pid``)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            pid = ray.get(handle._controller.pid.remote(), timeout=10)
-            if pid != not_pid:
-                return pid
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("the controller did not come back")
-        time.sleep(POLL_S)
-
-
 def test_killed_controller_restarts_into_the_redeployed_version(cluster, tmp_path):
     name = "cp-redeploy"
     out = head_collector(name)
@@ -299,10 +284,10 @@ def test_killed_controller_restarts_into_the_redeployed_version(cluster, tmp_pat
         pids = {(c["tier"], c["instance"], c["kind"], c["name"]): c["pid"] for c in before["components"]}
         assert ("collector", "r0", "SINK", "extra") not in pids
 
-        pid = _controller_pid(handle)
+        pid = controller_pid(handle)
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        _controller_pid(handle, not_pid=pid)
+        controller_pid(handle, not_pid=pid)
         restarted_s = time.monotonic() - t0
 
         after = handle.status()
@@ -366,12 +351,12 @@ def flows_while_the_controller_is_killed(cluster, tmp_path, name: str, kills: in
     sent, pid = 0, None
     try:
         for _ in range(kills):
-            pid = _controller_pid(handle, not_pid=pid)
+            pid = controller_pid(handle, not_pid=pid)
             os.kill(pid, signal.SIGKILL)
             feed.push([str(i) for i in range(sent, sent + per_kill)])
             sent += per_kill
             out.wait_for(sent, timeout_s=60)  # flows while the controller is dead or restarting
-        _controller_pid(handle, not_pid=pid)
+        controller_pid(handle, not_pid=pid)
         feed.close()
         handle.wait_finished(timeout_s=120)
         got = [int(b) for b in out.bodies()]

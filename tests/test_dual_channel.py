@@ -33,7 +33,7 @@ from rayflume.channels.file.fileio import FileIO
 from rayflume.channels.spillable import SpillableChannel, SpillableChannelConfig
 from rayflume.errors import ChannelFull, ConfigError
 from rayflume.topology import loads_topology
-from tests.channel_contract import (ChannelContract, close_quietly, closing_factory, drain, numbered,
+from tests.channel_contract import (ReopeningContract, closing_factory, drain, numbered,
                                      numbers, wait_until)
 from tests.test_file_channel import FaultyIO
 from tests.test_file_channel_ray import current_pid
@@ -74,31 +74,16 @@ def take_commit(ch: SpillableChannel, n: int) -> list[int]:
 
 
 # -- the shared contract ------------------------------------------------------------------------
-class _DualContract(ChannelContract):
-    @pytest.fixture(autouse=True)
-    def _reopened(self):
-        self._options = {}
-        self._opened = []
-        yield
-        close_quietly(self._opened)
-
+class _DualContract(ReopeningContract):
     def split(self, capacity):  # pragma: no cover - overridden
         """(memory_capacity, overflow_capacity, switch_threshold, switch_back_threshold)."""
         raise NotImplementedError
 
-    def make_channel(self, tmp_path, **options):
+    def open_channel(self, tmp_path, **options):
         memory, overflow, threshold, back = self.split(options.pop("capacity", None))
         ch = dual(tmp_path, memory_capacity=memory, overflow_capacity=overflow,
                   switch_threshold=threshold, switch_back_threshold=back, **options)
         assert ch.capacity == memory + overflow
-        self._options[id(ch)] = dict(options, capacity=memory + overflow)
-        return ch
-
-    def reopen(self, channel, tmp_path):
-        options = dict(self._options[id(channel)])
-        channel.close()
-        ch = self.make_channel(tmp_path, **options)
-        self._opened.append(ch)
         return ch
 
 

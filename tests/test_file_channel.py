@@ -13,7 +13,7 @@ from rayflume.channels.file import (ChannelLocked, ChannelWriteError, FileChanne
 from rayflume.channels.file.log import list_segments
 from rayflume.errors import ChannelError, ChannelFull
 from rayflume.registry import lookup
-from tests.channel_contract import (ChannelContract, close_quietly, closing_factory, drain, numbered,
+from tests.channel_contract import (ReopeningContract, closing_factory, drain, numbered,
                                      numbers)
 
 MiB = 1 << 20
@@ -73,28 +73,12 @@ class FaultyIO(FileIO):
 
 
 # -- the shared contract ------------------------------------------------------------------------
-class TestFileChannelContract(ChannelContract):
+class TestFileChannelContract(ReopeningContract):
     durable = True
     extra_options: dict = {}
 
-    @pytest.fixture(autouse=True)
-    def _reopened(self):
-        self._options = {}
-        self._opened = []
-        yield
-        close_quietly(self._opened)
-
-    def make_channel(self, tmp_path, **options):
-        ch = open_channel(tmp_path, **self.extra_options, **options)
-        self._options[id(ch)] = options
-        return ch
-
-    def reopen(self, channel, tmp_path):
-        options = self._options[id(channel)]
-        channel.close()
-        ch = self.make_channel(tmp_path, **options)
-        self._opened.append(ch)
-        return ch
+    def open_channel(self, tmp_path, **options):
+        return open_channel(tmp_path, **self.extra_options, **options)
 
 
 class TestFileChannelContractReadsFromDisk(TestFileChannelContract):

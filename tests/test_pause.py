@@ -35,6 +35,7 @@ from rayflume.processors.load_balance import LoadBalancingSinkProcessor
 from rayflume.sinks.base import Sink
 from rayflume.topology import validate
 from tests.channel_contract import wait_until
+from tests.cluster_helpers import controller_pid
 
 POLL_S = 0.2  # status and metrics calls ask every actor: do not poll the controller faster
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
@@ -317,20 +318,6 @@ def test_paused_hdfs_sink_writes_nothing_and_loses_nothing(deployed, tmp_path):
     assert_each_once(out, total)  # event by event: every sequence number once
 
 
-def _controller_pid(handle, not_pid=None, timeout_s=120.0) -> int:
-    """The controller's pid, waiting out its restart (until it differs from ``not_pid``)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            pid = ray.get(handle._controller.pid.remote(), timeout=10)
-            if pid != not_pid:
-                return pid
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            pass
-        assert time.monotonic() < deadline, "the controller did not come back"
-        time.sleep(POLL_S)
-
-
 def test_pause_survives_sigkills_of_the_controller_and_of_the_sinks_actor(deployed, tmp_path):
     total = 60_000
     out = tmp_path / "out"
@@ -342,9 +329,9 @@ def test_pause_survives_sigkills_of_the_controller_and_of_the_sinks_actor(deploy
     at_pause = written(out)
     assert counter(handle, "CHANNEL.disk", "ChannelSize") > 0  # a sink that ran would have work
 
-    pid = _controller_pid(handle)
+    pid = controller_pid(handle)
     os.kill(pid, signal.SIGKILL)
-    _controller_pid(handle, not_pid=pid)
+    controller_pid(handle, not_pid=pid)
     status = handle.status()
     assert status["paused"][0]["sink"] == "out" and sink_entry(status, "out")["paused"] == ["out"]
     assert any("controller restarted" in e["message"] for e in status["events"])

@@ -10,7 +10,7 @@ from rayflume.channels.file import ChannelWriteError
 from rayflume.channels.spillable import SpillableChannel, SpillableChannelConfig
 from rayflume.errors import ChannelFull
 from rayflume.registry import lookup
-from tests.channel_contract import (ChannelContract, close_quietly, closing_factory, drain, numbered,
+from tests.channel_contract import (ReopeningContract, closing_factory, drain, numbered,
                                      numbers, wait_until)
 from tests.test_file_channel import FaultyIO
 
@@ -36,29 +36,13 @@ def crash(ch: SpillableChannel) -> None:
 
 
 # -- the shared contract ------------------------------------------------------------------------
-class _SpillableContract(ChannelContract):
-    @pytest.fixture(autouse=True)
-    def _reopened(self):
-        self._options = {}
-        self._opened = []
-        yield
-        close_quietly(self._opened)
-
+class _SpillableContract(ReopeningContract):
     def split(self, capacity):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def make_channel(self, tmp_path, **options):
+    def open_channel(self, tmp_path, **options):
         memory, overflow = self.split(options.pop("capacity", None))
-        ch = spillable(tmp_path, memory_capacity=memory, overflow_capacity=overflow, **options)
-        self._options[id(ch)] = dict(options, capacity=memory + overflow)
-        return ch
-
-    def reopen(self, channel, tmp_path):
-        options = dict(self._options[id(channel)])
-        channel.close()
-        ch = self.make_channel(tmp_path, **options)
-        self._opened.append(ch)
-        return ch
+        return spillable(tmp_path, memory_capacity=memory, overflow_capacity=overflow, **options)
 
 
 class TestSpillableAllInMemory(_SpillableContract):
