@@ -287,6 +287,13 @@ class TopologyHandle:
         """State, tiers, components (state, restarts, counters, errors) and recent controller events."""
         return self._call("status")
 
+    def alerts(self) -> dict:
+        """The topology's alerts (``rayflume alerts``): ``{"name", "rules", "firing", "recent"}``,
+        ``firing`` the alerts firing now and ``recent`` the last firing/resolved transitions, oldest
+        first (bounded), each ``{rule, type, component, state, value, threshold, for_s, since, time,
+        message}`` with times in seconds since the epoch. Empty lists when it has no alert rules."""
+        return self._call("alerts_report")
+
     def metrics(self) -> dict:
         """Flume-shaped counters, every value a string as in Flume's JSON:
         ``{"SOURCE.gen": {"EventAcceptedCount": "10", ...}, ...}``; in a tiered topology the key is
@@ -373,6 +380,29 @@ class TopologyHandle:
         after ``stop()``.
         """
         return frames.as_frame(self._history_table(window_s))
+
+    def volume(self, days: float = 8, by_header: bool = False):
+        """Events accepted per UTC hour over the last ``days`` days (the current hour included), as
+        the controller counted them: per source instance, or with ``by_header`` per value of the
+        topology's ``volume: {header: NAME}`` (after the source's interceptors; ``(none)`` for
+        events without it, ``(other)`` beyond ``volume.max_values`` values per source).
+
+        Kept for 8 days and 1 hour, stored by the controller at least every 30 s, so a controller
+        restart loses none of it (what it counted since its last save is counted again from the
+        sources' counters, in the hour of the restart). Hours without events have no row.
+
+        Returns a pandas DataFrame when pandas can be imported, else a pyarrow Table, with columns
+        ``hour`` (the hour's start, a UTC timestamp), ``tier`` (None without tiers), ``instance``,
+        ``source``, ``header_value`` (null unless ``by_header``), ``events``; oldest hour first.
+        Raises ValueError for a ``days`` that is not a positive number.
+        """
+        return frames.as_frame(self._volume_table(days, by_header))
+
+    def _volume_table(self, days: float = 8, by_header: bool = False):
+        """:meth:`volume` as the pyarrow Table the controller returns."""
+        if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days < float("inf"):
+            raise ValueError(f"days must be a positive number, not {days!r}")
+        return self._call("volume", float(days), bool(by_header))
 
     def _history_table(self, window_s: float):
         """:meth:`history` as the pyarrow Table the controller returns (pandas or not)."""

@@ -79,7 +79,7 @@ def _load(args):
 
 
 def cmd_validate(args) -> int:
-    from rayflume.topology import local_environment_warnings
+    from rayflume.topology import local_environment_warnings, metrics_export_warnings
 
     topo = _load(args)
     tiers = list(topo.tiers.values())
@@ -95,6 +95,8 @@ def cmd_validate(args) -> int:
     # What this machine lacks is no error (the topology runs on other nodes), but worth a word.
     for warning in local_environment_warnings(topo):
         print(f"warning (on this machine): {warning}", file=sys.stderr)
+    for warning in metrics_export_warnings(topo):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -346,6 +348,8 @@ def format_status(status: dict) -> str:
             lines.append(f"  {c['kind']:<8} {place}{label:<16} {state:<10} {c['restarts']:>8}  {shown}")
         if c.get("error"):
             lines.append(f"  {'':<8} {place}error: {c['error']}")
+    for a in (status.get("alerts") or {}).get("firing") or []:
+        lines.append(f"  ALERT FIRING: {a['rule']} on {a['component']}: {a['message']} (`rayflume alerts {status['name']}`)")
     for p in status.get("paused") or []:
         tier = f" (tier {p['tier']})" if p["tier"] else ""
         lines.append(f"  paused: sink {p['sink']}{tier}; `rayflume resume {status['name']} {p['sink']}` drains its "
@@ -462,6 +466,31 @@ def cmd_tap(args) -> int:
     return 0
 
 
+def format_volume(rows: list[dict]) -> str:
+    """``rayflume volume``: one line per (hour, series), oldest hour first."""
+    if not rows:
+        return "no volume counted yet"
+    lines = [f"{'hour (UTC)':<17} {'tier':<10} {'instance':<14} {'source':<20} {'header value':<20} {'events':>12}"]
+    for r in rows:
+        lines.append(f"{time.strftime('%Y-%m-%d %H:00', time.gmtime(r['hour'])):<17} {r['tier'] or '-':<10} "
+                     f"{r['instance'] or '-':<14} {r['source']:<20} {r['header_value'] or '-':<20} {r['events']:>12}")
+    return "\n".join(lines)
+
+
+def cmd_volume(args) -> int:
+    """``rayflume volume NAME``: the hourly volume (``handle.volume()``) as a table or JSON rows,
+    ``hour`` in epoch seconds (UTC) in JSON."""
+    if not args.days > 0:
+        raise UsageError(f"--days must be more than 0, got {args.days:g}")
+    _connect(args.address or "auto", args.connect_timeout_s, quiet=args.json)
+    table = _handle(args.name)._volume_table(args.days, args.by_header)
+    rows = table.to_pylist()
+    for r in rows:
+        r["hour"] = int(r["hour"].timestamp())
+    print(json.dumps(rows, indent=2) if args.json else format_volume(rows))
+    return 0
+
+
 def cmd_logs(args) -> int:
     from rayflume import api
 
@@ -474,6 +503,29 @@ def cmd_logs(args) -> int:
     for label, lines in found.items():
         print(f"==> {label} <==")
         print("\n".join(lines) if isinstance(lines, list) else f"({lines})")
+    return 0
+
+
+def format_alerts(report: dict) -> str:
+    """``rayflume alerts``: the firing alerts, then the recent transitions (oldest first)."""
+    def when(t) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+    lines = [f"topology {report['name']}: {len(report['rules'])} alert rule(s), {len(report['firing'])} firing"]
+    for a in report["firing"]:
+        lines.append(f"  FIRING   {a['rule']:<20} {a['component']:<32} since {when(a['since'])}  {a['message']}")
+    if report["recent"]:
+        lines.append("recent:")
+    for a in report["recent"]:
+        lines.append(f"  {when(a['time'])}  {a['state'].upper():<8} {a['rule']:<20} {a['component']:<32} {a['message']}")
+    return "\n".join(lines)
+
+
+def cmd_alerts(args) -> int:
+    """``rayflume alerts NAME``: firing and recent alerts (``handle.alerts()``)."""
+    _connect(args.address or "auto", args.connect_timeout_s, quiet=args.json)
+    report = _handle(args.name).alerts()
+    print(json.dumps(report, indent=2, default=str) if args.json else format_alerts(report))
     return 0
 
 
@@ -649,6 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_status)
 
+    p = _subparser(sub, "alerts", "list a topology's firing and recent alerts (rules in its `alerts:` section)",
+                   "  rayflume alerts weblogs --address HEAD:6379 --json")
+    p.add_argument("name", help="a topology's name")
+    _add_connection(p, env_address)
+    p.add_argument("--json", action="store_true", help="print the alerts as JSON")
+    p.set_defaults(func=cmd_alerts)
+
     p = _subparser(sub, "top", "show a live view of a topology in flow order, with rates (like `vector top`)",
                    "  rayflume top                                 # the only deployed topology, full screen\n"
                    "  rayflume top weblogs --address HEAD:6379     # keys: s cycles the sort column, r reverses it,\n"
@@ -706,6 +765,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--lines", type=int, default=50, help="lines per component (default 50)")
     _add_connection(p, env_address)
     p.set_defaults(func=cmd_logs)
+
+    p = _subparser(sub, "volume", "show a topology's accepted events per UTC hour, per source (and header value)",
+                   "  rayflume volume weblogs                  # per source, last 8 days, newest hours last\n"
+                   "  rayflume volume weblogs --days 1 --by-header --json   # per value of volume.header")
+    p.add_argument("name", help="a topology's name")
+    _add_connection(p, env_address)
+    p.add_argument("--days", type=float, default=8.0, metavar="N",
+                   help="the last N days (default 8, which is what is kept)")
+    p.add_argument("--by-header", action="store_true",
+                   help="one row per value of the topology's volume.header instead of per source")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    p.set_defaults(func=cmd_volume)
 
     p = _subparser(sub, "stop", "drain and remove a deployed topology",
                    "  rayflume stop weblogs --address HEAD:6379")

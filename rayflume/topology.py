@@ -64,10 +64,11 @@ from rayflume.errors import ConfigError
 
 SECTIONS = {"sources": "source", "channels": "channel", "sinks": "sink"}
 TIER_KEYS = {"sources", "channels", "sinks", "sink_groups"}
-TOP_LEVEL_KEYS = {"name", "metrics", "tiers", "runtime_env"} | TIER_KEYS
+TOP_LEVEL_KEYS = {"name", "metrics", "tiers", "runtime_env", "alerts", "volume"} | TIER_KEYS
 # The fields of Ray's runtime environment a topology may set for its actors (see _validate_runtime_env).
 RUNTIME_ENV_KEYS = ("working_dir", "py_modules", "pip", "env_vars")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+COUNTER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 DEFAULT_METRICS_PORT = 41414
 LABEL_KEY = "tier"  # `label: agent` means the node label tier=agent
 
@@ -149,9 +150,16 @@ class Topology:
     # controller on its node (see rayflume._private.metrics.resolve_token); never in a repr
     metrics_token: str | None = field(default=None, repr=False)
     metrics_token_file: str | None = None
+    # metrics.export: the counters exported to Prometheus (endpoint and Ray metrics); None: all
+    metrics_export: tuple[str, ...] | None = None
+    # volume: {header, max_values}: the header whose values the hourly volume store counts
+    volume_header: str | None = None
+    volume_max_values: int = 200
     # Ray's runtime environment for the controller and every component actor (user code shipped
     # with working_dir / py_modules, pip packages, env_vars); None: Ray's default environment
     runtime_env: dict | None = None
+    # the ``alerts`` section (rayflume._private.alerts.AlertsConfig); None: no alerts
+    alerts: object = None
     raw: dict = field(default_factory=dict)
 
     @property
@@ -736,7 +744,11 @@ def validate(data: dict, source: str = "<topology>", lines: dict[str, int] | Non
     with registry.code_dirs(runtime_env_code_dirs(data.get("runtime_env"))):
         _validate_components(data, topo, errors)
     _validate_metrics(data, topo, errors)
+    _validate_volume(data, topo, errors)
     _validate_runtime_env(data, topo, errors)
+    from rayflume._private.alerts import check_components, parse_alerts  # here: alerts imports observe, which imports metrics
+    topo.alerts = parse_alerts(data.get("alerts"), errors)
+    check_components(topo.alerts, topo.tiers, errors)
     if errors:
         raise ConfigError([_with_line(e, lines or {}) for e in errors], topology=name or source)
     return topo
@@ -1003,7 +1015,7 @@ def _validate_metrics(data: dict, topo: Topology, errors: list[str]) -> None:
     metrics = data.get("metrics")
     if metrics is None:
         return
-    known = ("host", "bind", "port", "token", "token_file")
+    known = ("host", "bind", "port", "token", "token_file", "export")
     if not isinstance(metrics, dict):
         errors.append(f"metrics: expected a mapping with 'host' and 'port' (port null disables the endpoint), "
                       f"and optionally 'token' or 'token_file'; got {describe_value(metrics)}")
@@ -1026,6 +1038,19 @@ def _validate_metrics(data: dict, topo: Topology, errors: list[str]) -> None:
     if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535):
         errors.append(f"metrics.port: {port!r} is not a port number (0 picks a free port, null disables)")
     topo.metrics_port = port
+    if "export" in metrics:
+        export = metrics["export"]
+        if not isinstance(export, list) or not export:
+            errors.append(f"metrics.export: expected a non-empty list of counter names to export, e.g. "
+                          f"[EventReceivedCount, EventAcceptedCount, ChannelSize, EventDrainSuccessCount]; "
+                          f"leave it out to export every counter; got {describe_value(export)}")
+        else:
+            bad = [i for i, c in enumerate(export) if not isinstance(c, str) or not COUNTER_RE.match(c)]
+            for i in bad:
+                errors.append(f"metrics.export[{i}]: expected a counter name such as EventReceivedCount; got "
+                              f"{describe_value(export[i])}")
+            if not bad:
+                topo.metrics_export = tuple(dict.fromkeys(export))
     token, token_file = metrics.get("token"), metrics.get("token_file")
     if token is not None and token_file is not None:
         errors.append("metrics.token: give `token` or `token_file`, not both (token_file keeps the secret out of "
@@ -1054,6 +1079,61 @@ def _validate_metrics(data: dict, topo: Topology, errors: list[str]) -> None:
                           f"reads it on its node, from a working directory of Ray's choosing)")
         else:
             topo.metrics_token_file = token_file.strip()
+
+
+# Counters every built-in component of a kind reports (plus what the controller adds): a
+# metrics.export name close to one of these but not one of them is likely misspelt.
+COMMON_COUNTERS = ("EventReceivedCount", "EventAcceptedCount", "AppendBatchReceivedCount",
+                   "AppendBatchAcceptedCount", "ChannelWriteFail", "EventReadFail", "GenericProcessingFail",
+                   "OptionalChannelWriteFail", "EventDroppedByInterceptorCount", "EventRejectedCount",
+                   "ConnectionCreatedCount", "ConnectionClosedCount", "ConnectionFailedCount", "BatchEmptyCount",
+                   "BatchUnderflowCount", "BatchCompleteCount", "EventDrainAttemptCount", "EventDrainSuccessCount",
+                   "EventWriteFail", "ChannelReadFail", "RollbackCount", "DuplicateDeliveryCount", "ChannelSize",
+                   "ChannelCapacity", "ChannelFillPercentage", "EventPutAttemptCount", "EventPutSuccessCount",
+                   "EventTakeAttemptCount", "EventTakeSuccessCount", "Restarts", "Unhealthy", "ChannelLost",
+                   "StartTime", "StopTime", "Paused")
+
+
+def metrics_export_warnings(topo: Topology) -> list[str]:
+    """``metrics.export[i]: ...`` for each exported name that is not a common counter but close to
+    one (a likely misspelling, which would export nothing). Not errors: components, custom ones
+    above all, report counters of their own, and any name is accepted."""
+    out = []
+    for i, name in enumerate(topo.metrics_export or ()):
+        if name not in COMMON_COUNTERS:
+            hint = _did_you_mean(name, COMMON_COUNTERS)
+            if hint:
+                out.append(f"metrics.export[{i}]: no built-in component reports {name!r}{hint} (a name no "
+                           f"component reports exports nothing)")
+    return out
+
+
+def _validate_volume(data: dict, topo: Topology, errors: list[str]) -> None:
+    """``volume: {header: NAME, max_values: N}``: every source of every tier counts its accepted
+    events per value of header NAME (after its interceptors), at most N values (1 to 10,000,
+    default 200) per source, the rest as ``(other)``. Without it, volume is per source only."""
+    volume = data.get("volume")
+    if volume is None:
+        return
+    if not isinstance(volume, dict):
+        errors.append(f"volume: expected a mapping such as {{header: category}}; got {describe_value(volume)}")
+        return
+    known = ("header", "max_values")
+    for key in sorted(set(volume) - set(known), key=str):
+        errors.append(f"volume.{key}: {unknown_key(key, known, 'volume has')}")
+    header = volume.get("header")
+    if header is not None:
+        if not isinstance(header, str) or not header.strip():
+            errors.append(f"volume.header: expected the name of the event header whose values are counted, e.g. "
+                          f"category; got {describe_value(header)}")
+        else:
+            topo.volume_header = header.strip()
+    max_values = volume.get("max_values", topo.volume_max_values)
+    if not isinstance(max_values, int) or isinstance(max_values, bool) or not 1 <= max_values <= 10_000:
+        errors.append(f"volume.max_values: expected a whole number from 1 to 10000 (header values counted per "
+                      f"source; further values count as (other)); got {describe_value(max_values)}")
+    else:
+        topo.volume_max_values = max_values
 
 
 def _is_local_path(value) -> bool:

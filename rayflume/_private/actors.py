@@ -126,7 +126,7 @@ class _Component:
 
     kind = ""
 
-    def _init_identity(self, topology: str, name: str, scope: str) -> None:
+    def _init_identity(self, topology: str, name: str, scope: str, metrics_export=None) -> None:
         logs.configure()
         self.topology = topology
         self.name = name
@@ -136,7 +136,8 @@ class _Component:
         self.stop_time_ms = 0
         self.stopping = threading.Event()
         self.reconstructed = was_reconstructed()
-        self.exporter = RayExporter(topology, self.kind, name, scope)
+        self.metrics_export = metrics_export  # the topology's metrics.export (None: every counter)
+        self.exporter = RayExporter(topology, self.kind, name, scope, export=metrics_export)
         if self.reconstructed:
             logger.warning("%s '%s' of topology '%s' restarted after its process died (pid %d)",
                            self.kind.lower(), name, topology, os.getpid())
@@ -166,8 +167,8 @@ class ChannelActor(_Component):
 
     kind = "CHANNEL"
 
-    def __init__(self, topology: str, name: str, raw_config: dict, scope: str = ""):
-        self._init_identity(topology, name, scope)
+    def __init__(self, topology: str, name: str, raw_config: dict, scope: str = "", metrics_export=None):
+        self._init_identity(topology, name, scope, metrics_export)
         self.config = _typed("channel", raw_config, f"channels.{name}")
         if hasattr(self.config, "storage_dirs"):
             # Default directories are per topology; and instances of a tier may share a machine,
@@ -412,8 +413,9 @@ class _ChannelHandlePort:
 class SourceActor(_Component):
     kind = "SOURCE"
 
-    def __init__(self, topology: str, name: str, raw_config: dict, channels: dict, scope: str = ""):
-        self._init_identity(topology, name, scope)
+    def __init__(self, topology: str, name: str, raw_config: dict, channels: dict, scope: str = "",
+                 metrics_export=None, volume: dict | None = None):
+        self._init_identity(topology, name, scope, metrics_export)
         self.config = _typed("source", raw_config, f"sources.{name}")
         self.channels = ChannelDirectory(topology, scope, channels)
         self.counters: dict = {}
@@ -427,9 +429,13 @@ class SourceActor(_Component):
         chain = InterceptorChain([c.build() for c in self.config.interceptors])
         selector = self.config.selector.build(list(self.config.channels))
         self.runner = SourceRunner(name, self.source, chain, selector, self._put_many, self.counters)
+        if volume and volume.get("header"):  # the topology's volume: {header, max_values}
+            self.runner.volume_header = volume["header"]
+            self.runner.volume_max_values = int(volume.get("max_values") or self.runner.volume_max_values)
         self.holder = "/".join(p for p in (topology, scope, name) if p)
-        # a hop passed by reference goes to the channels unread unless something must read it
-        self._reads_hops = bool(chain.interceptors) or selector.reads_events
+        # a hop passed by reference goes to the channels unread unless something must read it (the
+        # interceptors, the selector, or the per-value volume count)
+        self._reads_hops = bool(chain.interceptors) or selector.reads_events or bool(self.runner.volume_header)
         self.error: str | None = None
         self._hop_ids = IdWindow()
         self._hop_lock = threading.Lock()
@@ -581,8 +587,8 @@ class SinkGroupActor(_Component):
     HEARTBEAT_MAX_S = 10.0
 
     def __init__(self, topology: str, group: str, raw_sinks: dict, raw_processor: dict | None,
-                 channels: dict, scope: str = ""):
-        self._init_identity(topology, group, scope)
+                 channels: dict, scope: str = "", metrics_export=None):
+        self._init_identity(topology, group, scope, metrics_export)
         self.channels = ChannelDirectory(topology, scope, channels)
         self.configs = {s: _typed("sink", raw, f"sinks.{s}") for s, raw in raw_sinks.items()}
         self.processor_config = _typed("processor", raw_processor or {"type": "default"},
@@ -643,7 +649,8 @@ class SinkGroupActor(_Component):
         if not start_with_retries(f"sink group '{self.name}' of topology '{self.topology}'",
                                   self._start_sinks, self.stopping, self._report):
             return
-        exporters = {r.name: RayExporter(self.topology, "SINK", r.name, self.scope) for r in self.runners}
+        exporters = {r.name: RayExporter(self.topology, "SINK", r.name, self.scope, export=self.metrics_export)
+                     for r in self.runners}
 
         def export_loop():
             while not self.stopping.wait(EXPORT_EVERY_S):

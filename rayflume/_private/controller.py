@@ -64,6 +64,13 @@ actor is told. Every instance of the sink's tier is paused. Each tick pushes the
 groups that have not confirmed the current number (the calls are not waited for: one that has not
 answered is looked at next tick), so a restarted controller re-pushes it on its first tick; a sink
 group reads the stored state itself when it starts, before its sinks take anything.
+
+Alerts (:mod:`rayflume._private.alerts`): a thread of its own evaluates the topology's rules every
+ALERT_INTERVAL_S on a fresh ``status()`` at wall-clock time (so pending-since times mean the same
+after a restart); a slow or hung component delays that thread, never a reconcile tick. Each
+transition is logged (warning), added to the events, and queued for the webhook's thread. The
+evaluator's state is part of the stored document, written when it changes: a restarted controller
+keeps firing alerts firing without notifying them again.
 """
 from __future__ import annotations
 
@@ -79,8 +86,10 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rayflume._private import alerts as alerting
 from rayflume._private import gcs, logs, planner
 from rayflume._private.history import MetricsHistory, history_interval_s
+from rayflume._private.volume import HourlyVolume, hour_of, strip_volume
 from rayflume._private import pausing
 from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
                                       actor_options, was_reconstructed)
@@ -100,7 +109,13 @@ HISTORY_CALL_TIMEOUT_S = 1.0
 # pause/resume waits this long for the sink groups to confirm before it answers (they are told
 # again every tick after that, and read the stored state when they start)
 PAUSE_CONFIRM_S = 5.0
+# How often the alert rules are evaluated, in a thread of their own (one status() each time).
+ALERT_INTERVAL_S = 1.0
 KIND_KEY = {"CHANNEL": "channel", "SOURCE": "source", "SINK": "sinks"}
+# The hourly volume is stored at most this often (and whenever the hour changes): a controller
+# crash loses nothing (the baselines are stored with the counts) but the attribution to hours of
+# what was counted since the last save.
+VOLUME_SAVE_EVERY_S = 30.0
 
 
 def _describe(exc: BaseException) -> str:
@@ -122,6 +137,12 @@ def _kill(handle) -> None:
 
 def controller_name(topology: str) -> str:
     return f"{topology}/controller"
+
+
+def volume_key(topology: str) -> str:
+    """The state store key of a topology's hourly volume (apart from the desired state: it is
+    written on its own schedule, see VOLUME_SAVE_EVERY_S)."""
+    return f"{state_key(topology)}/volume"
 
 
 def state_key(topology: str) -> str:
@@ -200,8 +221,18 @@ class TopologyController:
         self._pause_seq = 0
         self._pause_acked: dict[str, int] = {}
         self._pause_pending: dict[str, tuple[int, object]] = {}
+        # Alerts (rayflume._private.alerts): the evaluator, built by the alerts thread from the
+        # topology's rules; until then the stored alert state is kept as read, so a _save before
+        # it exists does not forget what was firing.
+        self.alerts: alerting.AlertEvaluator | None = None
+        self._alerts_config = None
+        self._alerts_lock = threading.Lock()
+        self._alert_sender: alerting.WebhookSender | None = None
+        self._alert_state: dict | None = None
+        self._alert_saved: dict | None = None
         restarted = was_reconstructed()
         doc = self.store.get(self._state_key)
+        self._alert_state = (doc or {}).get("alerts")
         stored = None
         if doc is not None:
             try:
@@ -242,8 +273,22 @@ class TopologyController:
         self.history_interval_s = history_interval_s()
         self._history = MetricsHistory()
         self._history_pending: dict = {}  # actor id -> metrics() call not answered yet
+        # Hourly volume per source (and header value): fed by the history thread, stored on its own
+        # key so that it survives a controller restart (see rayflume._private.volume).
+        self._volume_key = volume_key(self.name)
+        self.volume_store = HourlyVolume(self.topology.volume_header, max_values=self.topology.volume_max_values)
+        try:
+            self.volume_store.restore(self.store.get(self._volume_key))
+        except Exception as exc:  # unreadable: count afresh rather than not start
+            self._event("controller", f"stored hourly volume unusable ({exc}); counting afresh")
+        self._volume_lock = threading.Lock()  # the history thread writes, volume() reads
+        self._volume_saved_at = time.monotonic()
+        self._volume_saved_hour = hour_of(time.time())
         self._sampler = threading.Thread(target=self._history_loop, daemon=True, name="history")
         self._sampler.start()
+        self._configure_alerts(self.topology.alerts)  # restored alerts are reported from the start
+        self._alerter = threading.Thread(target=self._alerts_loop, daemon=True, name="alerts")
+        self._alerter.start()
 
     def _start_metrics_server(self) -> None:
         """Serve metrics and health where the topology asks (see :class:`MetricsServer`). The token is
@@ -259,7 +304,7 @@ class TopologyController:
 
         def serve(on_port: int) -> MetricsServer:
             return MetricsServer(host, on_port, self.metrics, self.health_problems, token=token,
-                                 labels={"topology": self.name})
+                                 labels={"topology": self.name}, export=self.topology.metrics_export)
 
         try:
             self.metrics_server = serve(port)
@@ -293,7 +338,8 @@ class TopologyController:
         self.store.put(self._state_key, {
             "version": self.version, "spec": storable_spec(self.topology.raw), "deployed_at": self.deployed_at,
             "home_node": self.home_node, "next_replica": self._next_replica, "instances": instances, "lost": lost,
-            pausing.DOC_KEY: pausing.pause_doc(self._pause_seq, self.paused)})
+            pausing.DOC_KEY: pausing.pause_doc(self._pause_seq, self.paused),
+            "alerts": self._alert_state})
 
     def _restore(self, doc: dict | None) -> None:
         """Re-attach to the instances ``doc`` lists; stop components the spec no longer has or whose
@@ -356,6 +402,10 @@ class TopologyController:
         old = inst.components
         new = {}
         for key, raw in planner.component_configs(self.topology.tiers[inst.tier]).items():
+            if key[0] == "SOURCE" and self.topology.volume_header:
+                # a source counts the header's values: a redeploy that changes it recreates the
+                # source (only when set, so other topologies keep their fingerprints)
+                raw = (raw, {"volume": [self.topology.volume_header, self.topology.volume_max_values]})
             prev = old.get(key)
             new[key] = prev if prev is not None and prev.raw == raw else _Managed(key[0], key[1], raw)
         inst.components = new
@@ -380,12 +430,14 @@ class TopologyController:
         if managed.kind == "CHANNEL":
             cfg = tier.channels[managed.name]
             return RemoteChannel.options(**self._options(inst, managed, cfg.max_restarts, cfg.node_local)).remote(
-                scope_topology, managed.name, tier.raw["channels"][managed.name], inst.scope)
+                scope_topology, managed.name, tier.raw["channels"][managed.name], inst.scope,
+                metrics_export=self.topology.metrics_export)
         if managed.kind == "SOURCE":
             cfg = tier.sources[managed.name]
             return RemoteSource.options(**self._options(inst, managed, cfg.max_restarts)).remote(
                 scope_topology, managed.name, tier.raw["sources"][managed.name],
-                {c: channels[c] for c in cfg.channels}, inst.scope)
+                {c: channels[c] for c in cfg.channels}, inst.scope, metrics_export=self.topology.metrics_export,
+                volume={"header": self.topology.volume_header, "max_values": self.topology.volume_max_values})
         sinks = tier.groups()[managed.name]
         grp = tier.sink_groups.get(managed.name)
         max_restarts = min((tier.sinks[s].max_restarts for s in sinks),
@@ -393,7 +445,8 @@ class TopologyController:
         needed = {tier.sinks[s].channel for s in sinks}
         return RemoteSinkGroup.options(**self._options(inst, managed, max_restarts)).remote(
             scope_topology, managed.name, {s: tier.raw["sinks"][s] for s in sinks},
-            grp.raw_processor if grp else None, {c: channels[c] for c in needed}, inst.scope)
+            grp.raw_processor if grp else None, {c: channels[c] for c in needed}, inst.scope,
+            metrics_export=self.topology.metrics_export)
 
     def _ensure(self, inst: _Instance, managed: _Managed, create_if_missing: bool) -> None:
         """Attach to the component's running actor, or create it."""
@@ -497,11 +550,69 @@ class TopologyController:
             except Exception:
                 logger.exception("topology '%s': reconcile tick failed", self.name)
 
+    # -- alerts -------------------------------------------------------------------------------------
+    def _alerts_loop(self) -> None:
+        """Evaluates the alert rules every ALERT_INTERVAL_S on a fresh ``status()``, in this thread
+        so that neither slow components nor webhook delivery delay a reconcile tick."""
+        while not self.stopping.wait(ALERT_INTERVAL_S):
+            try:
+                self._alerts_tick()
+            except Exception:
+                logger.exception("topology '%s': alert evaluation failed", self.name)
+
+    def _configure_alerts(self, config) -> None:
+        """(Re)build the evaluator for ``config`` (a deploy or redeploy), keeping the state of the
+        rules it still has (see AlertEvaluator: firing ones stay firing, not notified again)."""
+        sink_channels = {(tier_name, sink): getattr(cfg, "channel", None)
+                         for tier_name, tier in self.topology.tiers.items() for sink, cfg in tier.sinks.items()}
+        with self._alerts_lock:
+            state = self.alerts.to_dict() if self.alerts is not None else self._alert_state
+            self.alerts = alerting.AlertEvaluator(config.rules, sink_channels, state) if config else None
+            self._alerts_config = config
+            old, self._alert_sender = self._alert_sender, None
+            if config is not None and config.webhook is not None:
+                self._alert_sender = alerting.WebhookSender(config.webhook, label=f"topology '{self.name}': ")
+        if old is not None:
+            old.close()
+
+    def _alerts_tick(self) -> None:
+        if self.topology.alerts is not self._alerts_config:
+            self._configure_alerts(self.topology.alerts)
+        if self.alerts is None or self.state != "RUNNING":
+            return
+        status = self.status()
+        with self._alerts_lock, self._volume_lock:  # the history thread feeds the volume
+            transitions = self.alerts.evaluate(status, time.time(), self.volume_store)
+            state = self.alerts.to_dict()
+        for alert in transitions:
+            message = f"alert {alert['rule']} {alert['state'].upper()}: {alert['message']}"
+            logger.warning("topology '%s': %s", self.name, message)
+            self.events.append({"time": alert["time"], "component": "alerts", "message": message})
+            if self._alert_sender is not None:
+                self._alert_sender.send({**alert, "topology": self.name})
+        if state != self._alert_saved:
+            # Stored with the desired state, so a restarted controller keeps firing alerts firing.
+            with self._lock:
+                self._alert_state = state
+                if not self.stopping.is_set():
+                    self._save()
+            self._alert_saved = state
+
+    def alerts_report(self) -> dict:
+        """``{"name", "rules", "firing": [...], "recent": [...]}``: the firing alerts and the last
+        transitions (oldest first); empty lists when the topology has no alert rules."""
+        with self._alerts_lock:
+            report = self.alerts.report() if self.alerts is not None else {"firing": [], "recent": []}
+            rules = [r.__dict__ for r in self._alerts_config.rules] if self._alerts_config else []
+        return {"name": self.name, "rules": rules, **report}
+
     # -- history ------------------------------------------------------------------------------------
     def _history_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                self._history.record(self._history_sample())
+                sample = self._history_sample()
+                self._observe_volume(sample)
+                self._history.record([(key, strip_volume(counters)) for key, counters in sample])
             except Exception:
                 logger.exception("topology '%s': history sample failed", self.name)
             self.stopping.wait(self.history_interval_s)
@@ -548,6 +659,38 @@ class TopologyController:
                                        {**counters, "Restarts": managed.restarts}))
         return components
 
+    def _observe_volume(self, sample: list) -> None:
+        """Feed the sources' counters to the hourly volume; store it every VOLUME_SAVE_EVERY_S and
+        when the hour changes (not every sample: one GCS write per 30 s at most, normally)."""
+        with self._volume_lock:
+            if (self.topology.volume_header, self.topology.volume_max_values) != \
+                    (self.volume_store.header, self.volume_store.max_values):
+                # redeployed with another volume setting: keep the per-source hours (and the values
+                # of the same header), on the new setting
+                self.volume_store = HourlyVolume.from_doc(self.volume_store.to_doc(),
+                                                          header=self.topology.volume_header,
+                                                          max_values=self.topology.volume_max_values)
+            for (tier, instance, kind, component), counters in sample:
+                if kind == "SOURCE":
+                    self.volume_store.observe(tier, instance, component, counters)
+        hour = hour_of(time.time())
+        if hour != self._volume_saved_hour or time.monotonic() - self._volume_saved_at >= VOLUME_SAVE_EVERY_S:
+            self._save_volume()
+
+    def _save_volume(self) -> None:
+        if self.stopping.is_set():
+            return  # stop() deletes it
+        with self._volume_lock:
+            doc = self.volume_store.to_doc()
+        self.store.put(self._volume_key, doc)
+        self._volume_saved_at, self._volume_saved_hour = time.monotonic(), hour_of(time.time())
+
+    def volume(self, days: float = 8, by_header: bool = False):
+        """The hourly volume of the last ``days`` days as a pyarrow Table (see
+        :meth:`rayflume._private.volume.HourlyVolume.table`; the header column is ``header_value``)."""
+        with self._volume_lock:
+            return self.volume_store.table(float(days), bool(by_header), header_column="header_value")
+
     def history(self, window_s: float = 300.0):
         """The counters sampled in the last ``window_s`` seconds as a pyarrow Table, one row per
         (sample time, component) with rates between samples (see
@@ -583,6 +726,9 @@ class TopologyController:
                        for k, m in inst.components.items()}
         self.topology = new
         self.version += 1
+        server = getattr(self, "metrics_server", None)  # None yet when a deploy replaces a stored state
+        if server is not None:  # the endpoint follows metrics.export at once
+            server.exported_counters = frozenset(new.metrics_export) if new.metrics_export is not None else None
         # a paused sink the new version no longer has is forgotten (a sink added again later runs)
         kept_paused = {(t, s) for t, s in self.paused if t in new.tiers and s in new.tiers[t].sinks}
         if kept_paused != self.paused:
@@ -838,6 +984,9 @@ class TopologyController:
                     reports[self._metric_key(inst, kind, name)] = {**result, **extra}
         for tier, instance_id, channel in self.lost_channels:
             reports[_metric_key(tier, instance_id, "CHANNEL", channel)] = {"ChannelLost": 1, "Unhealthy": 1}
+        if self.alerts is not None:
+            with self._alerts_lock:  # AlertFiring_<rule>: how many components the rule fires for
+                reports[("CONTROLLER", "alerts")] = self.alerts.gauges()
         return flume_shape(reports)
 
     def health_problems(self) -> dict[str, str]:
@@ -922,7 +1071,7 @@ class TopologyController:
         return {"name": self.name, "state": self.state, "version": self.version, "deployed_at": self.deployed_at,
                 "metrics_url": self.metrics_url(), "metrics_problem": self.metrics_note, "tiers": tiers, "components": components,
                 "events": list(self.events)[-30:], "finished": self._finished(infos),
-                "paused": self._paused_report(metrics)}
+                "paused": self._paused_report(metrics), "alerts": self.alerts_report()}
 
     def _finished(self, infos=None) -> bool:
         infos = infos if infos is not None else self._gather("info")
@@ -982,8 +1131,11 @@ class TopologyController:
                     _kill(managed.handle)
             if self.metrics_server is not None:
                 self.metrics_server.close()
+            if self._alert_sender is not None:
+                self._alert_sender.close()
             try:
                 self.store.delete(self._state_key)
+                self.store.delete(self._volume_key)
             except Exception:
                 logger.exception("topology '%s': could not delete its stored state", self.name)
             self.state = "STOPPED"

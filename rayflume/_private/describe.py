@@ -106,6 +106,7 @@ def topology_schema() -> dict:
         "properties": {
             "name": {"type": "string"},
             "metrics": {"type": "object"},
+            "alerts": {"type": "object"},
             "tiers": {"type": "object", "additionalProperties": {"$ref": "#/$defs/tier"}},
             **tier["properties"],
         },

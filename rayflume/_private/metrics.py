@@ -43,6 +43,37 @@ def flume_shape(reports: dict[tuple[str, str], dict]) -> dict[str, dict[str, str
     return out
 
 
+# A source's per-header-value counts (``Volume.<value>``, see rayflume._private.volume): read
+# through the hourly volume store, never exported (one series per header value would be unbounded
+# label-like cardinality hidden in metric names).
+VOLUME_PREFIX = "Volume."
+
+
+def exported(key, export: frozenset | None) -> bool:
+    """Whether counter ``key`` goes to Prometheus (the endpoint and Ray's metrics) under the
+    topology's ``metrics.export`` list ``export`` (None: every counter but ``Volume.*``)."""
+    if not isinstance(key, str) or key.startswith(VOLUME_PREFIX):
+        return False
+    return export is None or key in export
+
+
+def filter_metrics(metrics: dict, export: frozenset | None) -> dict:
+    """Flume's JSON shape with only the exported counters (and each component's ``Type``); a
+    component left with no counter is left out. The controller's own entries (``Type``
+    CONTROLLER, e.g. its alert gauges) are kept whole: they are not component counters."""
+    out = {}
+    for component, counters in metrics.items():
+        if not isinstance(counters, dict):
+            continue
+        if counters.get("Type") == "CONTROLLER":
+            out[component] = counters
+            continue
+        kept = {k: v for k, v in counters.items() if exported(k, export)}
+        if kept:
+            out[component] = {**kept, **({"Type": counters["Type"]} if "Type" in counters else {})}
+    return out
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -107,9 +138,13 @@ class RayExporter:
     what they grew since the last export (see :class:`RunningTotals`: never decreased); every other
     number becomes a ``Gauge`` set to its value. ``restored`` (default: whether this is a restarted
     Ray actor) makes the first export a baseline only. Outside a Ray worker nothing is exported.
+    ``export`` (the topology's ``metrics.export``; None: all) names the only counters exported;
+    ``Volume.*`` counters are never exported (see :func:`exported`).
     """
 
-    def __init__(self, topology: str, kind: str, name: str, scope: str = "", restored: bool | None = None):
+    def __init__(self, topology: str, kind: str, name: str, scope: str = "", restored: bool | None = None,
+                 export=None):
+        self.exported_counters = frozenset(export) if export is not None else None
         tier, _, instance = scope.partition("/")
         self.tags = {"topology": topology, "tier": tier, "instance": instance, "kind": kind, "component": name}
         self._metrics: dict[str, object] = {}
@@ -126,8 +161,11 @@ class RayExporter:
             from ray.util.metrics import Counter, Gauge
         except ImportError:  # pragma: no cover - ray always ships it
             return
-        for key, value in counters.items():
+        # a copy: the component's threads may add counters meanwhile (a new header value, say)
+        for key, value in list(counters.items()):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                continue
+            if not exported(key, self.exported_counters):
                 continue
             total = is_running_total(key)
             metric = self._metrics.get(key)
@@ -428,8 +466,10 @@ class MetricsServer:
     def __init__(self, host: str, port: int, collect: Callable[[], dict],
                  health: Callable[[], object] | None = None, *, token: str | None = None,
                  max_handlers: int = 16, request_timeout_s: float = 5.0, refresh_interval_s: float = 1.0,
-                 labels: dict | None = None):
+                 labels: dict | None = None, export=None):
         self.request_timeout_s = request_timeout_s
+        # the topology's metrics.export (None: every counter): what both formats serve
+        self.exported_counters = frozenset(export) if export is not None else None
         self.labels = dict(labels or {})
         self.metrics_cache = _Cached(collect, refresh_interval_s, "collect")
         self.health_cache = _Cached(health, refresh_interval_s, "health") if health is not None else None
@@ -521,10 +561,11 @@ class MetricsServer:
             return 500, body.encode(), "application/json"
         try:
             if fmt == "prometheus":
-                body = result.body(fmt, lambda v: prometheus_text(v, self.labels).encode())
+                body = result.body(fmt, lambda v: prometheus_text(filter_metrics(v, self.exported_counters),
+                                                                  self.labels).encode())
                 content_type = PROMETHEUS_CONTENT_TYPE
             else:
-                body = result.body(fmt, lambda v: json.dumps(v).encode())
+                body = result.body(fmt, lambda v: json.dumps(filter_metrics(v, self.exported_counters)).encode())
                 content_type = "application/json"
         except Exception as exc:
             logger.info("metrics endpoint: cannot render metrics as %s: %s", fmt, exc)

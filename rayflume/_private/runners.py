@@ -15,8 +15,11 @@ import time
 import uuid
 from typing import Callable, Protocol
 
+import pyarrow.compute as pc
+
 from rayflume._private.backoff import Backoff
 from rayflume._private.tap import TapPoint
+from rayflume._private.volume import count_header_values
 from rayflume.errors import ChannelFull, DeliveryError, LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.interceptors.base import InterceptorChain
@@ -86,6 +89,9 @@ class SourceRunner:
         self.last_error: str | None = None
         self._counter_lock = threading.Lock()
         self.tap = tap if tap is not None else TapPoint()
+        # Per-value volume (topology ``volume: {header: NAME}``): None costs nothing per batch.
+        self.volume_header: str | None = None
+        self.volume_max_values = 200
 
     def run_once(self) -> bool:
         """Poll once and deliver what came; True if a batch was delivered."""
@@ -136,6 +142,8 @@ class SourceRunner:
                 return False
             self._sleep(self.backoff.next_delay())
         self.backoff.reset()
+        if self.volume_header is not None:
+            self._count_volume(intercepted)
         if self.tap.armed:  # the whole cost of the tap while nobody reads it
             self.tap.offer(intercepted)
         if routing.optional:
@@ -179,8 +187,22 @@ class SourceRunner:
                     with self._counter_lock:
                         self.counters["OptionalChannelWriteFail"] += 1
         with self._counter_lock:
+            if self.volume_header is not None:
+                self._count_volume(intercepted)
             self.counters["EventAcceptedCount"] += len(intercepted)
             self.counters["AppendBatchAcceptedCount"] += 1
+
+    def _count_volume(self, batch) -> None:
+        """Count the committed ``batch``'s values of ``volume_header`` into ``Volume.<value>``
+        counters (one Arrow ``value_counts``, no loop over events; bounded, see
+        :func:`rayflume._private.volume.count_header_values`). A batch passed by reference
+        (not read here) is not counted."""
+        if not isinstance(batch, EventBatch) or len(batch) == 0:
+            return
+        counts = pc.value_counts(batch.header(self.volume_header))
+        count_header_values(self.counters, zip(counts.field("values").to_pylist(),
+                                               counts.field("counts").to_pylist()),
+                            self.volume_max_values)
 
     def run(self) -> None:
         while not self.stopping.is_set() and not self.source.finished:
