@@ -53,7 +53,7 @@ def controller_pid(handle, not_pid=None, timeout_s: float = 120.0) -> int:
             if pid != not_pid:
                 return pid
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            pass
+            pass  # killed and not back yet: ask again until the deadline
         if time.monotonic() > deadline:
             raise AssertionError("the controller did not come back")
-        time.sleep(0.2)
+        time.sleep(0.2)  # the poll interval of this condition wait, bounded by the deadline above

@@ -53,7 +53,7 @@ def _clean_slate(ray, timeout_s: float = 30.0) -> bool:
         if not ray.util.list_named_actors(all_namespaces=True) and \
                 ray.available_resources().get("CPU", 0) >= RAY_CPUS:
             return True
-        time.sleep(0.2)
+        time.sleep(0.2)  # the poll interval of this condition wait, bounded by timeout_s
     return False
 
 

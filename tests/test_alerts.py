@@ -175,7 +175,7 @@ class _Hook:
                 self.end_headers()
 
             def log_message(self, *args):
-                pass
+                pass  # keep the test's output free of the server's access log
 
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"

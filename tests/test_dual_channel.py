@@ -77,7 +77,7 @@ def take_commit(ch: SpillableChannel, n: int) -> list[int]:
 class _DualContract(ReopeningContract):
     def split(self, capacity):  # pragma: no cover - overridden
         """(memory_capacity, overflow_capacity, switch_threshold, switch_back_threshold)."""
-        raise NotImplementedError
+        raise NotImplementedError  # every concrete contract class below defines its split
 
     def open_channel(self, tmp_path, **options):
         memory, overflow, threshold, back = self.split(options.pop("capacity", None))

@@ -314,7 +314,7 @@ class Stub:
 
     def metrics(self) -> dict:
         self.started += 1
-        time.sleep(self.delay_s)
+        time.sleep(self.delay_s)  # the injected fault: an actor slow to answer, which a sample must not wait for
         return self.counters
 
     def calls(self) -> int:

@@ -241,7 +241,7 @@ class OneShotSource:
         return batch
 
     def ack(self):
-        pass
+        pass  # nothing to acknowledge: the source makes its batches up
 
     def on_put_failure(self, failed):
         return True
