@@ -297,7 +297,11 @@ class TopologyHandle:
     def metrics(self) -> dict:
         """Flume-shaped counters, every value a string as in Flume's JSON:
         ``{"SOURCE.gen": {"EventAcceptedCount": "10", ...}, ...}``; in a tiered topology the key is
-        ``KIND.<tier>.<instance>.<component>``. :meth:`metrics_frame` gives them typed."""
+        ``KIND.<tier>.<instance>.<component>``. :meth:`metrics_frame` gives them typed. A sink's
+        counters appear once it started (it first reads its totals from its channel, so that a
+        restarted sink counts on rather than from zero); until then it has only its times.
+        ``ProcessRssBytes`` and ``ProcessPeakRssBytes`` are the memory of the component's actor
+        process (a sink group's sinks share one)."""
         return self._call("metrics")
 
     def metrics_frame(self):
@@ -534,8 +538,22 @@ class TopologyHandle:
         Raises TopologyNotRunning when it is not running (stopped already)."""
         result = self._call("stop", drain_timeout_s, timeout_s=drain_timeout_s + 180)
         ray.kill(self._controller, no_restart=True)
+        self._wait_until_gone(self._controller)
         self._forget_samples()
         return result
+
+    def _wait_until_gone(self, controller, timeout_s: float = 30.0) -> None:
+        """Wait until the killed ``controller`` no longer holds the topology's name. ``ray.kill``
+        only asks for the kill: a call made right after it could still be served by the dying
+        controller, and a deploy right after it would find the name taken."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self._find_controller()
+            if found is None or found._actor_id != controller._actor_id:
+                return
+            time.sleep(0.05)  # the poll interval of this condition wait, bounded by timeout_s
+        logger.warning("topology '%s': its controller still holds its name %.0f s after being killed",
+                       self.name, timeout_s)
 
 
 def deploy(topology: Topology | dict | str | os.PathLike, *, address: str | None = None,

@@ -320,6 +320,14 @@ STATUS_COUNTERS = {"SOURCE": ["EventReceivedCount", "EventAcceptedCount", "Chann
                    "SINK": ["EventDrainSuccessCount", "EventWriteFail", "RollbackCount"]}
 
 
+def _megabytes(value) -> str:
+    """A byte count (a number or its string, as counters come) in whole MB; '-' when unknown."""
+    try:
+        return f"{int(value) / 1e6:.0f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
 def format_status(status: dict) -> str:
     lines = [f"topology {status['name']}: {status['state']}"
              + (f" (version {status['version']})" if status.get("version") else "")
@@ -336,7 +344,7 @@ def format_status(status: dict) -> str:
             lines.append(f"    waiting: {tier['waiting']}")
     where = "TIER/INSTANCE" if tiered else ""
     lines.append(f"  {'KIND':<8} {where:<{20 if tiered else 0}}{' ' if tiered else ''}{'NAME':<16} {'STATE':<10} "
-                 f"{'RESTARTS':>8}  COUNTERS")
+                 f"{'RESTARTS':>8} {'RSS MB':>7}  COUNTERS")
     for c in status["components"]:
         scope = f"{c.get('tier')}/{c.get('instance')}" if c.get("tier") else ""
         place = f"{scope:<20} " if tiered else ""
@@ -345,7 +353,8 @@ def format_status(status: dict) -> str:
             shown = "  ".join(f"{k}={counters.get(k, '-')}" for k in STATUS_COUNTERS[c["kind"]])
             label = name if name == c["name"] else f"{c['name']}/{name}"
             state = "PAUSED" if c["state"] == "ALIVE" and str(counters.get("Paused")) == "1" else c["state"]
-            lines.append(f"  {c['kind']:<8} {place}{label:<16} {state:<10} {c['restarts']:>8}  {shown}")
+            lines.append(f"  {c['kind']:<8} {place}{label:<16} {state:<10} {c['restarts']:>8} "
+                         f"{_megabytes(counters.get('ProcessRssBytes')):>7}  {shown}")
         if c.get("error"):
             lines.append(f"  {'':<8} {place}error: {c['error']}")
     for a in (status.get("alerts") or {}).get("firing") or []:

@@ -212,6 +212,9 @@ def test_deploy_to_address_then_status_and_stop(ray_local, tmp_path):
     assert "topology remote: RUNNING (version 1)" in r.stdout
     for row in ("SOURCE   gen", "CHANNEL  mem", "SINK     out"):
         assert row in r.stdout
+    # the RSS column: each component's process, in whole MB
+    rss = [int(line.split()[4]) for line in r.stdout.splitlines() if line.split()[:1] in (["SOURCE"], ["SINK"])]
+    assert len(rss) == 2 and all(30 < mb < 64_000 for mb in rss), r.stdout
 
     r = rayflume("status", "--address", address, "--json")
     status = json.loads(r.stdout)

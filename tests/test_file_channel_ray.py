@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 
 import pytest
 import ray
 
 from rayflume import testing
 from rayflume._private.actors import _ChannelHandlePort
+from rayflume.channels.file.config import FileChannelConfig
+from rayflume.errors import ChannelError
 from tests.channel_contract import wait_until
 
 
@@ -87,3 +90,64 @@ def test_sigkill_file_channel_actor_10_times(deployed, tmp_path):
 @pytest.mark.chaos
 def test_sigkill_file_channel_actor_100_times(deployed, tmp_path):
     crash_run(deployed, tmp_path, "fc-chaos", kills=100, seed=2)
+
+
+class GatedFileChannelConfig(FileChannelConfig):
+    """The file channel, opened only while the knob named ``gate`` holds True: a test decides how
+    long the channel's reopening after a crash takes."""
+
+    gate: str
+
+    def build(self, name: str):
+        if not testing.knob(self.gate).get():
+            raise ChannelError(f"channel '{name}': the test holds its opening")
+        return super().build(name)
+
+
+def test_stop_waits_for_a_channel_reopening_after_a_crash_and_drains_it(deployed, tmp_path):
+    """A channel killed just before ``stop`` is still reopening when the drain starts: the drain
+    waits for it (it used to count it as not drainable, and stop left its events undelivered)."""
+    name = "fc-reopen"
+    gate, slow = testing.knob(name), testing.knob(f"{name}-delay")
+    gate.set(True)
+    slow.set(0.1)  # the sink writes 200 events per 0.1 s: a backlog builds up in the channel
+    out = testing.collector(name)
+    handle = deployed({
+        "name": name,
+        "metrics": {"port": None},
+        "sources": {"gen": {"type": "sequence", "total_events": 20_000, "batch_size": 500, "channels": ["disk"]}},
+        "channels": {"disk": {"type": GatedFileChannelConfig, "gate": name, "capacity": 20_000,
+                              "checkpoint_dir": str(tmp_path / "cp"), "data_dirs": [str(tmp_path / "data")],
+                              "minimum_required_space_bytes": 1 << 20, "lease_timeout_s": 5}},
+        "sinks": {"out": {"type": "flaky_sink", "channel": "disk", "collector": name, "batch_size": 200,
+                          "write_delay_knob": f"{name}-delay"}},
+    })
+    channel = ray.get_actor(f"{name}/channel/disk", namespace="rayflume")
+    source = ray.get_actor(f"{name}/source/gen", namespace="rayflume")
+    wait_until(lambda: ray.get(channel.size.remote(), timeout=30) >= 5_000, timeout_s=60,
+               what="a backlog in the channel")
+    gate.set(False)
+    os.kill(current_pid(channel), signal.SIGKILL)
+
+    def waiting_for_its_gate():
+        try:
+            return "holds its opening" in str(ray.get(channel.info.remote(), timeout=5).get("error"))
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return False  # still restarting
+
+    wait_until(waiting_for_its_gate, timeout_s=60, what="the restarted channel to wait for its gate")
+
+    stopped = {}
+    stopper = threading.Thread(target=lambda: stopped.update(handle.stop(drain_timeout_s=120)))
+    stopper.start()
+    wait_until(lambda: ray.get(source.info.remote(), timeout=30)["stopping"], timeout_s=60,
+               what="stop to stop the source")
+    stopper.join(timeout=3)
+    assert stopper.is_alive(), f"stop returned while the channel was reopening: {stopped}"
+    slow.set(0)
+    gate.set(True)
+    stopper.join(timeout=180)
+    assert not stopper.is_alive() and stopped["not_drained"] == {} and stopped["undrained"] == {"disk": 0}, stopped
+    acknowledged = int(stopped["final_metrics"]["SOURCE.gen"]["EventAcceptedCount"])
+    assert acknowledged > 5_000
+    assert set(range(acknowledged)) <= {int(b) for b in out.bodies()}, "an acknowledged event was not delivered"

@@ -49,6 +49,10 @@ def test_api_end_to_end_with_flume_metrics(deployed):
     assert m["CHANNEL.mem"]["EventPutSuccessCount"] == "5000"
     assert m["SINK.out"]["EventDrainSuccessCount"] == "5000"
     assert all(isinstance(v, str) for group in m.values() for v in group.values())
+    # each component reports its actor process's memory: a Python process with pyarrow and Ray
+    # holds tens of MB at least, and never more than this machine has
+    for group in m.values():
+        assert 30e6 < int(group["ProcessRssBytes"]) <= int(group["ProcessPeakRssBytes"]) < 64e9
 
     status = handle.status()
     states = {(c["kind"], c["name"]): c["state"] for c in status["components"]}

@@ -50,7 +50,7 @@ stored spec pickled too (:func:`storable_spec`).
 Each tick reads the cluster twice: ``ray.nodes()`` and one listing of the GCS actor table
 (:mod:`rayflume._private.gcs`), whatever the number of components; ``hop_targets`` answers from
 the last tick's listing. An unhandled exception must never stop the loop: each tick is guarded
-and logged.
+and logged. ``tick_stats()`` reports what the last ticks cost (:class:`TickStats`).
 
 History (``handle.history()``/``plot()``): a thread of its own samples the components' counters
 every :func:`~rayflume._private.history.history_interval_s` into a bounded, in-memory
@@ -95,9 +95,10 @@ from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup,
                                       actor_options, was_reconstructed)
 from rayflume._private.metrics import MetricsServer, TokenUnavailable, flume_shape, resolve_token
 from rayflume._private.state_store import RayKVStore, StateStore
+from rayflume._private.tick_stats import TickStats
 from rayflume._private.planner import KINDS, instance_label
 from rayflume import registry
-from rayflume.errors import ConfigError
+from rayflume.errors import ChannelError, ConfigError
 from rayflume.topology import Topology, merge_runtime_envs, validate
 
 logger = logging.getLogger("rayflume.controller")
@@ -214,6 +215,7 @@ class TopologyController:
         self.home_node = ray.get_runtime_context().get_node_id()
         self._next_replica = 0
         self._actors: dict[str, tuple[str, int]] = {}  # GCS actor states as of the last listing
+        self._stats = TickStats()  # what the reconcile loop's ticks cost (tick_stats())
         self._pushed: dict[tuple[str, str], list] = {}  # hop targets last pushed to every sender
         # The pause switch: paused (tier, sink), the number of the last change (stored), and per
         # sink group actor the number it confirmed and the push it has not answered yet.
@@ -335,6 +337,7 @@ class TopologyController:
                       "components": {f"{k}/{n}": m.fingerprint for (k, n), m in i.components.items()}}
                      for i in list(self.instances.values())]
         lost = [{"tier": t, "instance": i, "channel": c, "why": why} for (t, i, c), why in self.lost_channels.items()]
+        self._stats.gcs("kv_put")
         self.store.put(self._state_key, {
             "version": self.version, "spec": storable_spec(self.topology.raw), "deployed_at": self.deployed_at,
             "home_node": self.home_node, "next_replica": self._next_replica, "instances": instances, "lost": lost,
@@ -424,6 +427,7 @@ class TopologyController:
         return opts
 
     def _create(self, inst: _Instance, managed: _Managed):
+        self._stats.gcs("create_actor")
         tier = self.topology.tiers[inst.tier]
         channels = {k[1]: m.handle for k, m in inst.components.items() if k[0] == "CHANNEL"}
         scope_topology = self.name
@@ -453,7 +457,9 @@ class TopologyController:
         if managed.handle is not None:
             return
         try:
+            self._stats.gcs("get_actor")
             handle = ray.get_actor(self._actor_name(inst, managed), namespace=NAMESPACE)
+            self._stats.gcs("actor_state")
             if gcs.actor_state(handle)[0] != "DEAD":
                 managed.handle = handle
                 return
@@ -465,6 +471,8 @@ class TopologyController:
 
     def _drop_instance(self, inst: _Instance, why: str) -> None:
         for managed in inst.components.values():
+            if managed.handle is not None:
+                self._stats.gcs("kill")
             _kill(managed.handle)
         self.instances.pop((inst.tier, inst.instance_id), None)
         self._event(inst.label(), why)
@@ -477,12 +485,19 @@ class TopologyController:
         return self._actors.get(handle._actor_id.hex(), gcs.UNKNOWN)
 
     def _reconcile_once(self) -> None:
+        stats = self._stats
+        stats.gcs("nodes")
         nodes = [n for n in ray.nodes() if n.get("Alive")]
+        stats.gcs("actor_table")
         self._actors = gcs.actor_table()  # one GCS listing per tick, not one call per component
         placed = [planner.Placed(i.tier, i.instance_id, i.node_id) for i in self.instances.values()]
+        started = time.perf_counter()
         plan = planner.plan_instances(self.topology, nodes, placed, set(self.lost_channels), self._next_replica)
+        stats.planner_s += time.perf_counter() - started
         self._next_replica = plan.next_replica
         for action in plan.actions:
+            if not (isinstance(action, planner.Waiting) and self.waiting.get(action.tier) == action.message):
+                stats.actions += 1  # one that changes something (a tier still waiting, or not, does not)
             self._apply(action)
         alive = {n["NodeID"] for n in nodes}
         for inst in list(self.instances.values()):
@@ -526,6 +541,7 @@ class TopologyController:
                 managed.kind == "CHANNEL" and tier.channels[managed.name].node_local))
         node = inst.node_id or self.home_node
         for action in planner.plan_components(views, node, node in alive):
+            self._stats.actions += 1
             managed = inst.components[(action.kind, action.name)]
             what = f"{managed.kind.lower()} '{managed.name}'"
             if isinstance(action, planner.ComponentRestarted):
@@ -546,9 +562,20 @@ class TopologyController:
             try:
                 with self._lock:
                     if not self.stopping.is_set():
-                        self._reconcile_once()
+                        started = self._stats.begin()
+                        try:
+                            self._reconcile_once()
+                        finally:
+                            self._stats.end(started)
             except Exception:
                 logger.exception("topology '%s': reconcile tick failed", self.name)
+
+    def tick_stats(self) -> dict:
+        """What the reconcile loop's last 100 ticks cost (see :class:`TickStats`): ``ticks`` (since
+        this controller started), per tick oldest first ``tick_ms``, ``planner_ms``,
+        ``actions_per_tick``, ``gcs_calls_per_tick`` and ``gcs_calls_by_kind_per_tick``, and
+        ``gcs_calls_by_kind`` summed over those ticks."""
+        return self._stats.report()
 
     # -- alerts -------------------------------------------------------------------------------------
     def _alerts_loop(self) -> None:
@@ -1113,10 +1140,13 @@ class TopologyController:
                 insts = [i for i in list(self.instances.values()) if i.tier == tier]
                 self._event(tier or "topology", "stopping: sources first, then draining the channels")
                 self._call_all(insts, "SOURCE", "stop")
-                sizes, unavailable = self._channel_sizes(insts)
-                while sum(sizes.values()) > 0 and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    sizes, unavailable = self._channel_sizes(insts)
+                sizes, unavailable, pending = self._channel_sizes(insts)
+                # A channel restarting (after a crash) or still opening is waited for as a
+                # non-empty one: its sinks drain it once it is back.
+                while (sum(sizes.values()) > 0 or pending) and time.monotonic() < deadline:
+                    time.sleep(0.1)  # the poll interval of this drain wait, bounded by the deadline
+                    sizes, unavailable, pending = self._channel_sizes(insts)
+                unavailable.update(pending)
                 if sum(sizes.values()):
                     self._event(tier or "topology", f"drain timed out; events left in channels: {sizes}")
                 for label, why in unavailable.items():
@@ -1150,12 +1180,13 @@ class TopologyController:
             except Exception as exc:
                 self._event("controller", f"{kind.lower()} {method} failed: {type(exc).__name__}")
 
-    def _channel_sizes(self, insts) -> tuple[dict, dict]:
-        """``({label: events queued}, {label: why it cannot be asked})`` of the instances'
-        channels. Only the first are worth waiting for: no sink drains a dead or closed channel, or
-        one whose sinks are all paused (a durable one keeps its events on its node for a later
-        deploy)."""
-        sizes, unavailable = {}, {}
+    def _channel_sizes(self, insts) -> tuple[dict, dict, dict]:
+        """``({label: events queued}, {label: why it cannot be drained}, {label: why it cannot be
+        asked now})`` of the instances' channels. The second are not worth waiting for: no sink
+        drains a dead or lost channel, or one whose sinks are all paused (a durable one keeps its
+        events on its node for a later deploy). The third may answer soon: an actor restarting
+        after a crash, a channel still opening, a call that timed out."""
+        sizes, unavailable, pending = {}, {}, {}
         for inst in insts:
             for (kind, name), m in inst.components.items():
                 if kind != "CHANNEL":
@@ -1166,6 +1197,10 @@ class TopologyController:
                     continue
                 try:
                     size = ray.get(m.handle.size.remote(), timeout=CALL_TIMEOUT_S)
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError,
+                        ChannelError) as exc:
+                    pending[label] = _describe(exc)
+                    continue
                 except Exception as exc:
                     unavailable[label] = _describe(exc)
                     continue
@@ -1176,7 +1211,7 @@ class TopologyController:
                                           f"{', '.join(drainers)}; resume them before stopping to drain it")
                 else:
                     sizes[label] = size
-        return sizes, unavailable
+        return sizes, unavailable, pending
 
     def logs(self, lines: int = 100) -> list[str]:
         """The controller's last log lines (since its last restart)."""
