@@ -107,7 +107,7 @@ class EventBatch:
         rb = self.record_batch
         # A slice pickles with its parent's whole buffers; send only the sliced part.
         if rb.num_rows and rb.get_total_buffer_size() > 2 * rb.nbytes + 4096:
-            return (EventBatch.from_ipc, (self.to_ipc(),))
+            return (EventBatch.from_ipc, (self.ipc_buffer(),))
         return (EventBatch, (rb,))
 
     @property
@@ -153,10 +153,15 @@ class EventBatch:
 
     # -- serialisation (file channel payloads, tier hops) ---------------------------------------
     def to_ipc(self) -> bytes:
+        return self.ipc_buffer().to_pybytes()
+
+    def ipc_buffer(self) -> pa.Buffer:
+        """The batch as an Arrow IPC stream, in an Arrow buffer: no copy into Python bytes (it goes
+        to ``os.writev``, ``zlib.crc32`` and pickle as it is)."""
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, SCHEMA) as writer:
             writer.write_batch(self.record_batch)
-        return sink.getvalue().to_pybytes()
+        return sink.getvalue()
 
     @classmethod
     def from_ipc(cls, data) -> "EventBatch":

@@ -33,6 +33,9 @@ class FakeClock:
 def make(tmp_path, groups=None, name="tail", start=True, **options):
     groups = groups or {"g": str(tmp_path / "logs" / r"app\.log")}
     options.setdefault("position_file", str(tmp_path / "pos.json"))
+    # These tests change files between polls and expect each poll to read what is there then;
+    # reading ahead (on by default) has tests of its own.
+    options.setdefault("read_ahead", False)
     config = lookup("source", "taildir").model_validate(
         {"type": "taildir", "channels": ["c"], "filegroups": groups, **options})
     src = config.build(name)
@@ -368,6 +371,29 @@ def test_restart_finds_a_file_rotated_while_down(tmp_path):
     got = poll_all(again)
     assert sorted(got) == sorted(names(4, 12) + names(100, 103))
     assert len(got) == len(set(got))
+
+
+def test_read_ahead_fills_the_next_batch_while_one_is_delivered(tmp_path):
+    log = tmp_path / "logs" / "app.log"
+    write(log, lines(0, 50))
+    src = make(tmp_path, batch_size=10, read_ahead=True)
+    try:
+        got = []
+        while True:
+            batch = src.poll()
+            if batch is None:
+                break
+            # while the runner would deliver this batch, the next one is read and framed
+            wait_until(lambda: src.buffered_events >= min(10, 50 - len(got) - len(batch)), timeout_s=10,
+                       what="the read-ahead to fill the buffer")
+            assert src.positions()[str(log)] == len(lines(0, len(got))), "reading ahead moved no position"
+            got += batch.bodies()
+            src.ack()
+        assert got == names(0, 50)
+        assert src._reader is not None and src._reader.is_alive()
+    finally:
+        src.stop()
+    assert src._reader is None, "stop() ends the read-ahead thread"
 
 
 def test_copytruncate_restarts_at_zero(tmp_path):

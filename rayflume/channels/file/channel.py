@@ -462,7 +462,7 @@ class FileChannel(Channel):
             self._inflight_txns.add(txn_id)
         rec = None
         try:
-            parts = records.put_payload(txn_id, n, nb, batch.to_ipc())
+            parts = records.put_payload(txn_id, n, nb, batch.ipc_buffer())
             crc = records.payload_crc(parts)
             self._check_free_space(records.RECORD_HEADER_SIZE + sum(len(p) for p in parts))
             rec = self._log.append(records.PUT, "put", parts, crc, (txn_id, n, nb, batch))

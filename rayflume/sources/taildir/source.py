@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ class TaildirSource(LockedFileSource):
                  idle_timeout_s: float = 120.0, write_pos_interval_s: float = 0.0,
                  file_header: bool = False, file_header_key: str = "file",
                  max_line_length_bytes: int = 1 << 20, read_chunk_bytes: int = READ_CHUNK_BYTES,
-                 scan_interval_s: float = SCAN_INTERVAL_S, clock=time.monotonic):
+                 scan_interval_s: float = SCAN_INTERVAL_S, clock=time.monotonic, read_ahead: bool = False):
         self.name = name
         self.groups = list(groups)
         self._group_by_name = {g.name: g for g in self.groups}
@@ -157,6 +158,13 @@ class TaildirSource(LockedFileSource):
         self._last_write = float("-inf")
         self._last_scan = float("-inf")
         self._init_file_state()
+        # Read-ahead: a thread of its own reads and frames the next batch while the runner delivers
+        # the one ``poll`` returned. What it reads only fills the buffer; positions still move only
+        # with acknowledgements.
+        self.read_ahead = read_ahead
+        self._fill_wanted = threading.Event()
+        self._reader_stop = threading.Event()
+        self._reader: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
@@ -176,6 +184,11 @@ class TaildirSource(LockedFileSource):
                 self._initial_scan(stored)
                 self._started = True
                 self._write_positions(force=True)
+            if self.read_ahead:
+                self._reader_stop.clear()
+                self._reader = threading.Thread(target=self._read_ahead_loop, daemon=True,
+                                                name=f"taildir-{self.name}-read-ahead")
+                self._reader.start()
         except BaseException:
             # The actor calls start() again (with back-off): leave nothing behind. Our own flock
             # would refuse the retry's lock on a new descriptor (flock is per open file
@@ -187,7 +200,26 @@ class TaildirSource(LockedFileSource):
                 self._release_lock()
             raise
 
+    def _read_ahead_loop(self) -> None:
+        while not self._reader_stop.is_set():
+            self._fill_wanted.wait()
+            self._fill_wanted.clear()
+            with self._mutex:
+                if self._started and not self._reader_stop.is_set() and self._buffered < self.batch_size:
+                    try:
+                        self._fill(self.clock())
+                    except Exception:  # poll reads (and reports) the same files again
+                        log.exception("taildir '%s': reading ahead failed", self.name)
+
+    def _stop_reader(self) -> None:
+        self._reader_stop.set()
+        self._fill_wanted.set()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join()
+        self._reader = None
+
     def stop(self) -> None:
+        self._stop_reader()
         with self._mutex:
             if self._started:
                 self._write_positions(force=True)
@@ -197,6 +229,7 @@ class TaildirSource(LockedFileSource):
 
     def abandon(self) -> None:
         """Drop every OS resource without writing positions, as a crash would (for tests)."""
+        self._stop_reader()
         with self._mutex:
             for t in self.files.values():
                 if t.fd is not None:
@@ -536,6 +569,8 @@ class TaildirSource(LockedFileSource):
             if self._buffered == 0:
                 return None
             self._pending = self._take(self.batch_size)
+            if self.read_ahead:
+                self._fill_wanted.set()
             return self._pending
 
     def _fill(self, now: float) -> None:
@@ -640,6 +675,8 @@ class TaildirSourceConfig(SourceConfig):
     file_header_key: str = Field("file", description="The header `file_header` sets.")
     max_line_length_bytes: int = Field(1 << 20, gt=0, description="Longer lines are cut into pieces of "
                                                                   "this size (nothing is dropped).")
+    read_ahead: bool = Field(True, description="Read and frame the next batch while the current one is "
+                                               "delivered (positions still move only with acknowledgements).")
 
     @field_validator("filegroups")
     @classmethod
@@ -690,4 +727,5 @@ class TaildirSourceConfig(SourceConfig):
         groups = [FileGroup.parse(g, spec, self.headers.get(g)) for g, spec in self.filegroups.items()]
         return TaildirSource(name, groups, self.position_file, self.batch_size, self.skip_to_end,
                              self.byte_offset_header, self.idle_timeout_s, self.write_pos_interval_s,
-                             self.file_header, self.file_header_key, self.max_line_length_bytes)
+                             self.file_header, self.file_header_key, self.max_line_length_bytes,
+                             read_ahead=self.read_ahead)
