@@ -6,6 +6,8 @@
     python scripts/bench.py avro-hop          # Flume's Avro RPC as the hop, against the Ray hop (two-tier)
     python scripts/bench.py taildir | syslog | hdfs-local | parquet | kafka-sink
     python scripts/bench.py tap               # the memory pipeline untapped, after an idle tap, tapped
+    python scripts/bench.py e2e               # a 330 MB log: taildir -> file channel -> hdfs, end to end
+    python scripts/bench.py control-plane     # controller tick, GCS calls, node join/leave (N = 10 real, 100/1,000 simulated)
     python scripts/bench.py all               # every pipeline above, one after the other
     python scripts/bench.py all --quick       # a short smoke run of each (2 s windows, small file)
 
@@ -14,8 +16,9 @@ after a warm-up the sink's EventDrainSuccessCount is sampled over a window (stea
 excluded). The baseline, measured in the same run, is the bare Ray cost the pipeline cannot beat
 by much: one driver putting the same batches into a plain queue actor and taking them back.
 
-taildir, syslog, hdfs-local, parquet and kafka-sink need their own harness (a file to write, a
-client, a broker: scripts/bench_files.py, bench_syslog.py, bench_hdfs.py, bench_kafka.py); this
+taildir, syslog, hdfs-local, parquet, kafka-sink, e2e and control-plane need their own harness (a
+file to write, a client, a broker, a cluster: scripts/bench_files.py, bench_syslog.py, bench_hdfs.py,
+bench_kafka.py, bench_e2e.py, bench_control_plane.py); this
 script hands them over with their own options (``bench.py NAME --help``). kafka-sink starts a
 local tansu broker on 127.0.0.1 unless RAYFLUME_BENCH_KAFKA or RAYFLUME_TEST_KAFKA names one.
 
@@ -301,7 +304,8 @@ def run_tap(seconds: float, warmup_s: float, rounds: int = 3) -> list[dict]:
 # is the pipeline name) and ``measure(args) -> list[dict]`` (runs on a Ray of its own, logs to stderr,
 # returns one result per pipeline); its ``main()`` prints them as JSON lines.
 HARNESSES = {"taildir": "bench_files", "syslog": "bench_syslog", "hdfs-local": "bench_hdfs",
-             "parquet": "bench_hdfs", "kafka-sink": "bench_kafka"}
+             "parquet": "bench_hdfs", "kafka-sink": "bench_kafka", "e2e": "bench_e2e",
+             "control-plane": "bench_control_plane"}
 MODES = {"tap": run_tap}  # built-in runs that report several ways of one pipeline
 ALL = [*PIPELINES, *MODES, *HARNESSES]
 

@@ -290,6 +290,7 @@ def test_a_dead_webhook_does_not_slow_the_pipeline(deployed):
     assert [e for e in handle.status()["events"] if "alert always FIRING" in e["message"]]
 
 
+@pytest.mark.slow
 def test_a_firing_alert_stays_firing_across_a_controller_kill_and_is_not_sent_again(deployed, hook):
     import ray
 

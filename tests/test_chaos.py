@@ -120,6 +120,7 @@ def test_actor_kinds_and_bound_of_the_topology(tmp_path):
     rayflume.loads(yaml.safe_dump(topology))  # a valid topology
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_chaos_one_round(chaos_cluster, tmp_path):
     result = deploy_and_run(chaos_cluster, tmp_path, "chaos1", 120, ACTOR_KINDS, seed=chaos_seed(),

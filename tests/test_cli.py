@@ -151,6 +151,7 @@ def _component(address, name):
     return next(c for c in json.loads(r.stdout)["components"] if c["name"] == name)
 
 
+@pytest.mark.slow
 def test_sink_sigkill_then_ctrl_c_totals_equal_what_is_on_disk(tmp_path):
     """A sink SIGKILLed mid-run (file channel -> file_roll), then Ctrl-C: the final line's totals
     are what is on disk, its duplicate count covers the duplicates found. Also: the embedded deploy

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import pytest
 import ray
 
 from rayflume import testing
@@ -109,6 +110,7 @@ def test_a_channel_that_cannot_open_reports_it_and_opens_later(deployed, tmp_pat
     assert not channel_entry().get("error")
 
 
+@pytest.mark.slow
 def test_stop_drains_what_is_alive_and_says_what_it_could_not(deployed, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("the channel can never open here")

@@ -144,6 +144,7 @@ def metric(handle, key, counter):
     return int(handle.metrics().get(key, {}).get(counter, -1))
 
 
+@pytest.mark.slow
 def test_agent_node_that_comes_back_replays_its_channel(cluster, tmp_path):
     name, total, batch = "cp-rejoin", 3000, 200
     logs = tmp_path / "logs"
@@ -232,6 +233,7 @@ def test_agent_node_that_comes_back_replays_its_channel(cluster, tmp_path):
             cluster.remove_node(n)
 
 
+@pytest.mark.slow
 def test_killed_controller_restarts_into_the_redeployed_version(cluster, tmp_path):
     name = "cp-redeploy"
     out = head_collector(name)
@@ -309,6 +311,7 @@ def test_killed_controller_restarts_into_the_redeployed_version(cluster, tmp_pat
             cluster.remove_node(agent)
 
 
+@pytest.mark.slow
 def test_pipeline_flows_while_the_controller_is_killed_four_times(cluster, tmp_path):
     flows_while_the_controller_is_killed(cluster, tmp_path, "cp-kill4", kills=4)
 

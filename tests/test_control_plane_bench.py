@@ -17,6 +17,8 @@ import ray
 
 from tests.channel_contract import wait_until
 
+pytestmark = pytest.mark.slow  # a benchmark's Ray run, 25-40 s (-m slow)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "cp-bench-test"
 

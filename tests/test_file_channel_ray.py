@@ -83,6 +83,7 @@ def crash_run(deployed, tmp_path, name: str, kills: int, seed: int):
     return duplicates
 
 
+@pytest.mark.slow
 def test_sigkill_file_channel_actor_10_times(deployed, tmp_path):
     crash_run(deployed, tmp_path, "fc-crash", kills=10, seed=1)
 
@@ -104,6 +105,7 @@ class GatedFileChannelConfig(FileChannelConfig):
         return super().build(name)
 
 
+@pytest.mark.slow
 def test_stop_waits_for_a_channel_reopening_after_a_crash_and_drains_it(deployed, tmp_path):
     """A channel killed just before ``stop`` is still reopening when the drain starts: the drain
     waits for it (it used to count it as not drainable, and stop left its events undelivered)."""

@@ -417,6 +417,7 @@ def _crash_run(tmp_path: Path, kills: int, seed: int) -> dict:
             "maybe_delivered": len(maybe)}
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_no_acknowledged_event(tmp_path):
     t0 = time.monotonic()
     result = _crash_run(tmp_path, kills=20, seed=7)

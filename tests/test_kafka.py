@@ -570,6 +570,7 @@ class SinkChild:
         return out
 
 
+@pytest.mark.slow
 def test_sink_killed_mid_flush_loses_nothing_and_duplicates_at_most_a_batch_per_kill(kafka_broker,  # noqa: F811
                                                                                        tmp_path):
     """Issue 12. A Kafka sink in a process of its own drains a file channel and is SIGKILLed with a

@@ -336,6 +336,7 @@ LOST_CLUSTER_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_lost_cluster_raises_cluster_unavailable_and_starts_no_ray():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)  # the script's deploy starts a Ray of its own

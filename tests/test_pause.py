@@ -318,6 +318,7 @@ def test_paused_hdfs_sink_writes_nothing_and_loses_nothing(deployed, tmp_path):
     assert_each_once(out, total)  # event by event: every sequence number once
 
 
+@pytest.mark.slow
 def test_pause_survives_sigkills_of_the_controller_and_of_the_sinks_actor(deployed, tmp_path):
     total = 60_000
     out = tmp_path / "out"

@@ -194,6 +194,7 @@ def test_full_channel_backpressure_loses_nothing(deployed):
     assert m["SOURCE.gen"]["EventAcceptedCount"] == str(n)
 
 
+@pytest.mark.slow
 def test_sigkill_of_sink_actor_is_survived(deployed):
     out = testing.collector("sigkill")
     n = 300_000

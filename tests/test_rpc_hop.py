@@ -69,6 +69,7 @@ def sigkill_source(topology: str) -> None:
     os.kill(ray.get(actor.pid.remote(), timeout=10), signal.SIGKILL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["avro", "thrift"])
 def test_no_acknowledged_event_is_lost_while_the_receiver_is_killed_and_redeployed(deployed, tmp_path, kind):
     total = 60_000

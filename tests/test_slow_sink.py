@@ -11,6 +11,8 @@ import pytest
 from rayflume import testing
 from tests.channel_contract import wait_until
 
+pytestmark = pytest.mark.slow  # sinks slower than their lease timeout, 15 s each (-m slow)
+
 EVENTS = 1500  # six writes, each outliving the lease timeout
 SINK_BATCH = 250
 LEASE_TIMEOUT_S = 1.0

@@ -563,6 +563,7 @@ def source_pid(topology, name, timeout_s=60):
             time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_source_under_rotation_and_copytruncate(deployed, tmp_path):
     from rayflume import testing
 

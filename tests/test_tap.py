@@ -473,6 +473,7 @@ def test_unknown_component_and_stopped_topology_are_refused(deployed):
         handle.tap("gen", n=1, timeout_s=1)
 
 
+@pytest.mark.slow
 def test_tap_every_instance_of_a_tier_and_a_hop_passed_by_reference(deployed):
     handle = deployed(two_tier_spec("tap-tiers", replicas=2))
 

@@ -16,6 +16,8 @@ import rayflume
 from tests.channel_contract import wait_until
 from tests.cluster_helpers import child_env, head_collector, start_cluster, stop_cluster, tier_instances
 
+pytestmark = pytest.mark.slow  # multi-node clusters: run by CI after the default suite (-m slow)
+
 
 @pytest.fixture(scope="module")
 def cluster():

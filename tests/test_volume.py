@@ -280,6 +280,7 @@ def wait_volume(handle, total, by_value, timeout_s=60.0):
         raise AssertionError(f"volume {seen.get('now')} never reached {(total, by_value)}") from None
 
 
+@pytest.mark.slow
 def test_volume_per_source_and_category_survives_a_controller_sigkill_and_export_filters(deployed):
     from rayflume import testing
     from rayflume._private.controller import volume_key
