@@ -52,21 +52,34 @@ from rayflume import config_base
 KINDS = ("source", "channel", "sink", "interceptor", "selector", "processor")
 
 # Modules that hold the built-in components of each kind.
-_BUILTIN_MODULES = {
-    "source": ["rayflume.sources.sequence", "rayflume.sources.exec", "rayflume.sources.taildir",
-               "rayflume.sources.spooldir", "rayflume.sources.syslog", "rayflume.sources.http",
-               "rayflume.sources.netcat", "rayflume.sources.kafka", "rayflume.sources.rayflume",
-               "rayflume.sources.avro", "rayflume.sources.thrift", "rayflume.testing"],
-    "channel": ["rayflume.channels.memory", "rayflume.channels.null", "rayflume.channels.file",
-                "rayflume.channels.spillable", "rayflume.channels.kafka"],
-    "sink": ["rayflume.sinks.logger", "rayflume.sinks.null", "rayflume.sinks.file_roll", "rayflume.sinks.hdfs",
-             "rayflume.sinks.kafka", "rayflume.sinks.http", "rayflume.sinks.rayflume", "rayflume.sinks.avro",
-             "rayflume.sinks.thrift", "rayflume.testing"],
-    "interceptor": ["rayflume.interceptors.builtin", "rayflume.interceptors.regex",
-                    "rayflume.interceptors.callable"],
-    "selector": ["rayflume.selectors"],
-    "processor": ["rayflume.processors"],
+# Where each built-in type is registered: an actor imports only the modules of the types it runs
+# (an agent's taildir actor never loads Kafka, Avro, Thrift, HTTP or syslog parsing); anything else
+# (Flume's names, user types, listings for messages) loads every built-in of the kind.
+_BUILTIN_TYPES: dict[str, dict[str, str]] = {
+    "source": {"sequence": "rayflume.sources.sequence", "exec": "rayflume.sources.exec",
+               "taildir": "rayflume.sources.taildir", "spooldir": "rayflume.sources.spooldir",
+               "syslog_tcp": "rayflume.sources.syslog", "syslog_udp": "rayflume.sources.syslog",
+               "http": "rayflume.sources.http", "netcat": "rayflume.sources.netcat",
+               "kafka": "rayflume.sources.kafka", "rayflume": "rayflume.sources.rayflume",
+               "avro": "rayflume.sources.avro", "thrift": "rayflume.sources.thrift",
+               "testing_source": "rayflume.testing", "testing_feed": "rayflume.testing"},
+    "channel": {"memory": "rayflume.channels.memory", "null": "rayflume.channels.null",
+                "file": "rayflume.channels.file", "spillable": "rayflume.channels.spillable",
+                "kafka": "rayflume.channels.kafka"},
+    "sink": {"logger": "rayflume.sinks.logger", "null": "rayflume.sinks.null", "file_roll": "rayflume.sinks.file_roll",
+             "hdfs": "rayflume.sinks.hdfs", "kafka": "rayflume.sinks.kafka", "http": "rayflume.sinks.http",
+             "rayflume": "rayflume.sinks.rayflume", "avro": "rayflume.sinks.avro", "thrift": "rayflume.sinks.thrift",
+             "testing_sink": "rayflume.testing", "flaky_sink": "rayflume.testing"},
+    "interceptor": {"host": "rayflume.interceptors.builtin", "remove_header": "rayflume.interceptors.builtin",
+                    "static": "rayflume.interceptors.builtin", "timestamp": "rayflume.interceptors.builtin",
+                    "uuid": "rayflume.interceptors.builtin", "regex_extractor": "rayflume.interceptors.regex",
+                    "regex_filter": "rayflume.interceptors.regex", "search_replace": "rayflume.interceptors.regex"},
+    "selector": {"multiplexing": "rayflume.selectors", "replicating": "rayflume.selectors"},
+    "processor": {"default": "rayflume.processors", "failover": "rayflume.processors",
+                  "load_balance": "rayflume.processors"},
 }
+# Modules that register no type of the table but must load with the kind's built-ins.
+_OTHER_BUILTIN_MODULES = {"interceptor": ["rayflume.interceptors.callable"]}
 
 _registry: dict[str, dict[str, type]] = {k: {} for k in KINDS}
 _loaded: set[str] = set()
@@ -94,7 +107,7 @@ def _load_builtins(kind: str) -> None:
     if kind in _loaded:
         return
     _loaded.add(kind)
-    for module in _BUILTIN_MODULES[kind]:
+    for module in [*dict.fromkeys(_BUILTIN_TYPES[kind].values()), *_OTHER_BUILTIN_MODULES.get(kind, [])]:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -120,7 +133,20 @@ def lookup(kind: str, type_name, strict: bool = False) -> type | None:
         return None
 
 
+def _builtin(kind: str, type_name: str) -> type | None:
+    """The built-in config class named ``type_name`` exactly, importing only its module."""
+    module = _BUILTIN_TYPES[kind].get(type_name)
+    if module is None:
+        return None
+    importlib.import_module(module)
+    return _registry[kind].get(type_name)
+
+
 def _resolve(kind: str, type_name) -> type | None:
+    if isinstance(type_name, str):
+        cls = _builtin(kind, type_name)
+        if cls is not None:
+            return cls
     _load_builtins(kind)
     if isinstance(type_name, type):
         return check_config_class(kind, type_name, f"{kind} type {type_label(type_name)!r}")
@@ -347,6 +373,8 @@ def canonical_type(kind: str, type_name: str) -> tuple[str, dict]:
     """``(rayflume type, keys implied)`` for a type as written: ``("taildir", {})`` for
     ``TAILDIR``, ``("netcat", {"protocol": "udp"})`` for ``netcatudp``; a name that is no Flume
     name comes back as it is, with no implied keys."""
+    if isinstance(type_name, str) and type_name in _BUILTIN_TYPES[kind]:
+        return type_name, {}
     _load_builtins(kind)
     if isinstance(type_name, type):
         return type_label(type_name), {}
