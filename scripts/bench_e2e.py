@@ -15,8 +15,10 @@ the processes: it reports
   (start-up included);
 - lines delivered, every one checked by number once the topology stopped: each line exactly once
   and in file order;
-- the peak RSS of each rayflume actor (source, channel, sink group, controller) and of all of the
-  node's Ray processes together (the processes this script's Ray started: GCS, raylet, workers).
+- the peak RSS of each rayflume actor (source, channel, sink group, controller), with and without
+  the pages of Ray's object store it touched (shared memory, counted in every process that maps
+  it), and of all of the node's Ray processes together (the processes this script's Ray started:
+  GCS, raylet, workers).
 
 The baseline, measured in the same run, is this disk: copying the same file in 4 MiB writes with
 an ``fdatasync`` every 4 MiB, as the channel's log and the sink each do (so the chain writes every
@@ -113,13 +115,16 @@ def output_bytes(directory: str) -> int:
         return 0
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process ``pid`` (0 when it is gone), from /proc: no psutil needed."""
+def rss_bytes(pid: int) -> tuple[int, int]:
+    """``(rss, shared object store)`` of process ``pid`` in bytes ((0, 0) when it is gone), from
+    /proc: the resident set, and the part of it that is shared memory (Ray's object store, mapped
+    into every worker; a page of it counts in every process that touched it)."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "RssShmem")))
+        return (int(fields["VmRSS"].split()[0]) * 1024, int(fields.get("RssShmem", "0 kB").split()[0]) * 1024)
+    except (OSError, KeyError, IndexError, ValueError):
+        return 0, 0
 
 
 def descendants(pid: int) -> set[int]:
@@ -152,6 +157,7 @@ class Sampler(threading.Thread):
         self.actor_pids: dict[str, int] = {}
         self.first_byte = self.last_byte = None
         self.peak_actor: dict[str, int] = {}
+        self.peak_actor_private: dict[str, int] = {}  # without the object-store pages
         self.peak_ray_total = 0
         self.finished = threading.Event()
         self._halt = threading.Event()
@@ -169,9 +175,11 @@ class Sampler(threading.Thread):
                 self.finished.set()
             if now - looked > 1.0:  # new worker processes appear rarely; /proc is walked once a second
                 ray_pids, looked = descendants(os.getpid()), now
-            self.peak_ray_total = max(self.peak_ray_total, sum(rss_bytes(p) for p in ray_pids))
+            self.peak_ray_total = max(self.peak_ray_total, sum(rss_bytes(p)[0] for p in ray_pids))
             for name, pid in list(self.actor_pids.items()):
-                self.peak_actor[name] = max(self.peak_actor.get(name, 0), rss_bytes(pid))
+                rss, shared = rss_bytes(pid)
+                self.peak_actor[name] = max(self.peak_actor.get(name, 0), rss)
+                self.peak_actor_private[name] = max(self.peak_actor_private.get(name, 0), rss - shared)
 
     def stop(self) -> None:
         self._halt.set()
@@ -246,6 +254,7 @@ def run_e2e(lines: int, batch: int = BATCH, timeout_s: float = 900.0) -> dict:
             "with_startup_mb_per_s": round(size / (sampler.last_byte - t_deploy) / 1e6, 1),
             "startup_s": round(sampler.first_byte - t_deploy, 2),
             "peak_rss_mb": {name: round(v / 1e6) for name, v in sorted(sampler.peak_actor.items())},
+            "peak_rss_private_mb": {name: round(v / 1e6) for name, v in sorted(sampler.peak_actor_private.items())},
             "peak_rss_ray_total_mb": round(sampler.peak_ray_total / 1e6),
             "baseline_mb_per_s": round(baseline, 1), "ratio_to_baseline": round(mb_per_s / baseline, 3)}
 
@@ -273,7 +282,8 @@ def measure(args) -> list[dict]:
     print(f"e2e: {r['lines_delivered']:,} lines ({r['file_mb']} MB) delivered, each once and in order; "
           f"{r['mb_per_s']} MB/s first to last byte ({r['events_per_s']:,} events/s), "
           f"{r['with_startup_mb_per_s']} MB/s with start-up ({r['startup_s']} s); disk baseline "
-          f"{r['baseline_mb_per_s']} MB/s (x{r['ratio_to_baseline']}); peak RSS MB {r['peak_rss_mb']}, "
+          f"{r['baseline_mb_per_s']} MB/s (x{r['ratio_to_baseline']}); peak RSS MB {r['peak_rss_mb']} "
+          f"(without object-store pages {r['peak_rss_private_mb']}), "
           f"all Ray processes {r['peak_rss_ray_total_mb']} MB", file=sys.stderr)
     return [r]
 
