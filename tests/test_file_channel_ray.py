@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import threading
+import time
 
 import pytest
 import ray
@@ -94,21 +95,29 @@ def test_sigkill_file_channel_actor_100_times(deployed, tmp_path):
 
 
 class GatedFileChannelConfig(FileChannelConfig):
-    """The file channel, opened only while the knob named ``gate`` holds True: a test decides how
-    long the channel's reopening after a crash takes."""
+    """The file channel, whose opening waits (as a long recovery does, in the actor's constructor)
+    until the knob named ``gate`` holds True: a test decides how long a restart takes. While it
+    waits, the knob ``<gate>-waiting`` holds True."""
 
     gate: str
 
     def build(self, name: str):
-        if not testing.knob(self.gate).get():
-            raise ChannelError(f"channel '{name}': the test holds its opening")
+        gate, waiting = testing.knob(self.gate), testing.knob(f"{self.gate}-waiting")
+        deadline = time.monotonic() + 120
+        while not gate.get():
+            waiting.set(True)
+            if time.monotonic() > deadline:
+                raise ChannelError(f"channel '{name}': its test never opened the gate")
+            time.sleep(0.1)  # the poll interval of this bounded wait for the test's gate
+        waiting.set(False)
         return super().build(name)
 
 
 @pytest.mark.slow
 def test_stop_waits_for_a_channel_reopening_after_a_crash_and_drains_it(deployed, tmp_path):
-    """A channel killed just before ``stop`` is still reopening when the drain starts: the drain
-    waits for it (it used to count it as not drainable, and stop left its events undelivered)."""
+    """A channel killed just before ``stop`` is still restarting (recovering) when the drain
+    starts: the drain waits for it (it used to count it as not drainable, and stop left its
+    events undelivered)."""
     name = "fc-reopen"
     gate, slow = testing.knob(name), testing.knob(f"{name}-delay")
     gate.set(True)
@@ -130,14 +139,8 @@ def test_stop_waits_for_a_channel_reopening_after_a_crash_and_drains_it(deployed
                what="a backlog in the channel")
     gate.set(False)
     os.kill(current_pid(channel), signal.SIGKILL)
-
-    def waiting_for_its_gate():
-        try:
-            return "holds its opening" in str(ray.get(channel.info.remote(), timeout=5).get("error"))
-        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-            return False  # still restarting
-
-    wait_until(waiting_for_its_gate, timeout_s=60, what="the restarted channel to wait for its gate")
+    waiting = testing.knob(f"{name}-waiting")
+    wait_until(lambda: waiting.get() is True, timeout_s=60, what="the restarted channel to wait for its gate")
 
     stopped = {}
     stopper = threading.Thread(target=lambda: stopped.update(handle.stop(drain_timeout_s=120)))

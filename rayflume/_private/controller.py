@@ -98,7 +98,7 @@ from rayflume._private.state_store import RayKVStore, StateStore
 from rayflume._private.tick_stats import TickStats
 from rayflume._private.planner import KINDS, instance_label
 from rayflume import registry
-from rayflume.errors import ChannelError, ConfigError
+from rayflume.errors import ConfigError
 from rayflume.topology import Topology, merge_runtime_envs, validate
 
 logger = logging.getLogger("rayflume.controller")
@@ -1141,8 +1141,8 @@ class TopologyController:
                 self._event(tier or "topology", "stopping: sources first, then draining the channels")
                 self._call_all(insts, "SOURCE", "stop")
                 sizes, unavailable, pending = self._channel_sizes(insts)
-                # A channel restarting (after a crash) or still opening is waited for as a
-                # non-empty one: its sinks drain it once it is back.
+                # A channel restarting after a crash is waited for as a non-empty one: its sinks
+                # drain it once it is back.
                 while (sum(sizes.values()) > 0 or pending) and time.monotonic() < deadline:
                     time.sleep(0.1)  # the poll interval of this drain wait, bounded by the deadline
                     sizes, unavailable, pending = self._channel_sizes(insts)
@@ -1184,8 +1184,9 @@ class TopologyController:
         """``({label: events queued}, {label: why it cannot be drained}, {label: why it cannot be
         asked now})`` of the instances' channels. The second are not worth waiting for: no sink
         drains a dead or lost channel, or one whose sinks are all paused (a durable one keeps its
-        events on its node for a later deploy). The third may answer soon: an actor restarting
-        after a crash, a channel still opening, a call that timed out."""
+        events on its node for a later deploy), nor one that failed to open (it says why and keeps
+        retrying). The third may answer soon: an actor restarting after a crash (recovering its
+        log), a call that timed out."""
         sizes, unavailable, pending = {}, {}, {}
         for inst in insts:
             for (kind, name), m in inst.components.items():
@@ -1197,8 +1198,7 @@ class TopologyController:
                     continue
                 try:
                     size = ray.get(m.handle.size.remote(), timeout=CALL_TIMEOUT_S)
-                except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError,
-                        ChannelError) as exc:
+                except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as exc:
                     pending[label] = _describe(exc)
                     continue
                 except Exception as exc:
