@@ -154,5 +154,5 @@ def test_stop_waits_for_a_channel_reopening_after_a_crash_and_drains_it(deployed
     stopper.join(timeout=180)
     assert not stopper.is_alive() and stopped["not_drained"] == {} and stopped["undrained"] == {"disk": 0}, stopped
     acknowledged = int(stopped["final_metrics"]["SOURCE.gen"]["EventAcceptedCount"])
-    assert acknowledged > 5_000
+    assert acknowledged >= 5_000  # the backlog waited for before the kill
     assert set(range(acknowledged)) <= {int(b) for b in out.bodies()}, "an acknowledged event was not delivered"
