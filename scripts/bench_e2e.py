@@ -46,7 +46,7 @@ from bench_files import access_log_block  # noqa: E402
 
 PIPELINES = ("e2e",)
 LINES, QUICK_LINES = 2_000_000, 100_000
-BATCH = 20_000
+BATCH = 50_000  # lines per taildir batch; the sink takes two: 8 MB puts, 16 MB takes
 NUMBER_WIDTH = 10  # every line starts with its number, zero-padded, then a space
 SAMPLE_S = 0.05  # how often the sampler looks at the output directory and the processes
 CHUNK = 4 << 20
