@@ -112,6 +112,7 @@ HISTORY_CALL_TIMEOUT_S = 1.0
 PAUSE_CONFIRM_S = 5.0
 # How often the alert rules are evaluated, in a thread of their own (one status() each time).
 ALERT_INTERVAL_S = 1.0
+ALERT_CALL_TIMEOUT_S = 0.5  # how long an alert evaluation waits for the components' answers, in all
 KIND_KEY = {"CHANNEL": "channel", "SOURCE": "source", "SINK": "sinks"}
 # The hourly volume is stored at most this often (and whenever the hour changes): a controller
 # crash loses nothing (the baselines are stored with the counts) but the attribution to hours of
@@ -607,7 +608,9 @@ class TopologyController:
             self._configure_alerts(self.topology.alerts)
         if self.alerts is None or self.state != "RUNNING":
             return
-        status = self.status()
+        # A replacement actor still starting would hold a full status up for seconds; its state
+        # (from the GCS) is what component_down needs, so the answers are waited for briefly.
+        status = self.status(call_timeout_s=ALERT_CALL_TIMEOUT_S)
         with self._alerts_lock, self._volume_lock:  # the history thread feeds the volume
             transitions = self.alerts.evaluate(status, time.time(), self.volume_store)
             state = self.alerts.to_dict()
@@ -969,29 +972,34 @@ class TopologyController:
     def _metric_key(self, inst: _Instance, kind: str, name: str) -> tuple[str, str]:
         return _metric_key(inst.tier, inst.instance_id, kind, name)
 
-    def _gather(self, method: str) -> dict:
+    def _gather(self, method: str, timeout_s: float = CALL_TIMEOUT_S) -> dict:
+        """``{(tier, instance, kind, name): answer or the exception}`` of calling ``method`` on every
+        component, waiting at most ``timeout_s`` in all (an actor still starting answers only once
+        its constructor returned; it counts as not answering)."""
         refs = {}
         for inst in list(self.instances.values()):
             for key, m in inst.components.items():
                 if m.handle is not None:
                     refs[(inst.tier, inst.instance_id, *key)] = getattr(m.handle, method).remote()
         out = {}
+        deadline = time.monotonic() + timeout_s
         for key, ref in refs.items():
             try:
-                out[key] = ray.get(ref, timeout=CALL_TIMEOUT_S)
+                out[key] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
             except Exception as exc:
                 out[key] = exc
         return out
 
-    def metrics(self) -> dict:
+    def metrics(self, call_timeout_s: float = CALL_TIMEOUT_S) -> dict:
         """Flume's JSON shape: ``{"SOURCE.gen": {...}, ...}``; in a tiered topology the name is
-        ``<tier>.<instance>.<component>`` (``SOURCE.agent.3f9a1c2b7d0e.gen``)."""
+        ``<tier>.<instance>.<component>`` (``SOURCE.agent.3f9a1c2b7d0e.gen``). Components that do not
+        answer within ``call_timeout_s`` (in all) report no counters."""
         reports = {}
         self._actors = gcs.actor_table()  # restarts as of now, not as of the last tick
         for inst in list(self.instances.values()):
             for m in inst.components.values():
                 m.last_restarts = max(m.last_restarts, self._state_of(m.handle)[1])
-        results = self._gather("metrics")
+        results = self._gather("metrics", call_timeout_s)
         for inst in list(self.instances.values()):
             tier = self.topology.tiers[inst.tier]
             for (kind, name), managed in inst.components.items():
@@ -1055,9 +1063,9 @@ class TopologyController:
             return None
         return f"http://{self.metrics_server.host}:{self.metrics_server.port}/metrics"
 
-    def status(self) -> dict:
-        infos = self._gather("info")
-        metrics = self.metrics()
+    def status(self, call_timeout_s: float = CALL_TIMEOUT_S) -> dict:
+        infos = self._gather("info", call_timeout_s)
+        metrics = self.metrics(call_timeout_s)
         components = []
         for inst in sorted(list(self.instances.values()), key=lambda i: (i.tier, i.instance_id)):
             tier = self.topology.tiers[inst.tier]
