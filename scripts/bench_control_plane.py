@@ -129,7 +129,7 @@ def rss_bytes(pid: int) -> int:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
     except OSError:
-        pass
+        return 0  # the process is gone: it holds no memory
     return 0
 
 
