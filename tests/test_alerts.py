@@ -21,14 +21,16 @@ from rayflume.topology import validate
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def status(source_state="ALIVE", restarts=0, fill=10.0, size=5, sink_state="ALIVE", unhealthy=False):
-    """A status() snapshot of one source, one channel and one sink (no tiers)."""
+def status(source_state="ALIVE", restarts=0, fill=10.0, size=5, sink_state="ALIVE", unhealthy=False,
+           died_at=None):
+    """A status() snapshot of one source, one channel and one sink (no tiers); ``died_at``: when
+    the controller last saw the source die."""
     sink_counters = {"EventDrainSuccessCount": "3"}
     if unhealthy:
         sink_counters["Unhealthy"] = "1"
     return {"components": [
         {"kind": "SOURCE", "name": "in", "tier": "", "instance": "", "state": source_state, "restarts": restarts,
-         "counters": {"EventAcceptedCount": "10"}},
+         "died_at": died_at, "counters": {"EventAcceptedCount": "10"}},
         {"kind": "CHANNEL", "name": "mem", "tier": "", "instance": "", "state": "ALIVE", "restarts": 0,
          "counters": {"ChannelFillPercentage": str(fill), "ChannelSize": str(size)}},
         {"kind": "SINK", "name": "out", "tier": "", "instance": "", "state": sink_state, "restarts": 0,
@@ -75,11 +77,28 @@ def test_a_condition_that_clears_before_for_s_never_fires():
 def test_component_down_fires_at_once_on_a_death_the_controller_recovered():
     ev = AlertEvaluator([rule(for_s=5)], SINKS)
     ev.evaluate(status(restarts=0), 0.0)
-    fired = ev.evaluate(status(restarts=1), 1.0)  # replaced between two looks: ALIVE again, restarts rose
+    fired = ev.evaluate(status(restarts=1, died_at=0.8), 1.0)  # replaced between two looks: ALIVE again
     assert [(a["component"], a["state"]) for a in fired] == [("SOURCE.in", "firing")]
     assert "died" in fired[0]["message"]
-    assert ev.evaluate(status(restarts=1), 5.9) == []  # down for for_s after the death
-    assert [a["state"] for a in ev.evaluate(status(restarts=1), 6.0)] == ["resolved"]
+    assert ev.evaluate(status(restarts=1, died_at=0.8), 5.7) == []  # down for for_s after the death
+    assert [a["state"] for a in ev.evaluate(status(restarts=1, died_at=0.8), 5.8)] == ["resolved"]
+    assert ev.evaluate(status(restarts=1, died_at=0.8), 9.0) == []  # one death, one alert
+
+
+def test_a_death_before_the_first_evaluation_still_fires():
+    # The replacement was running before the evaluator first looked (a busy machine, a fresh
+    # controller): no earlier restart count to compare with, the death time still tells.
+    ev = AlertEvaluator([rule(for_s=5)], SINKS)
+    fired = ev.evaluate(status(restarts=1, died_at=9.5), 10.0)
+    assert [(a["component"], a["state"]) for a in fired] == [("SOURCE.in", "firing")]
+
+
+def test_a_death_already_reported_before_a_controller_restart_is_not_reported_again():
+    ev = AlertEvaluator([rule(for_s=1)], SINKS)
+    assert len(ev.evaluate(status(restarts=1, died_at=0.5), 1.0)) == 1
+    assert len(ev.evaluate(status(restarts=1, died_at=0.5), 2.0)) == 1  # resolved
+    again = AlertEvaluator([rule(for_s=1)], SINKS, json.loads(json.dumps(ev.to_dict())))
+    assert again.evaluate(status(restarts=1, died_at=0.5), 3.0) == []
 
 
 def test_unhealthy_and_component_filter():
@@ -242,21 +261,26 @@ def test_a_dead_sink_fires_component_down_to_the_webhook(deployed, hook):
     })
     wait_until(lambda: all(c["state"] == "ALIVE" for c in handle.status()["components"]), timeout_s=60,
                interval_s=0.2, what="every component alive")
-    assert handle.alerts()["firing"] == []
+    # A start-up slower than for_s (a busy machine) is down for the rule too: it must have resolved.
+    wait_until(lambda: handle.alerts()["firing"] == [], timeout_s=30, interval_s=0.2, what="no alert firing")
+    told = lambda state: sum(b["state"] == state for b in hook.bodies)  # noqa: E731
+    wait_until(lambda: told("firing") == told("resolved"), timeout_s=30, interval_s=0.1,
+               what="the webhook told of every resolution")
+    seen = len(hook.bodies)
     sink = ray.get_actor("alerting/sinks/out", namespace="rayflume")
     os.kill(ray.get(sink.pid.remote()), signal.SIGKILL)
     killed = time.monotonic()
-    wait_until(lambda: any(b["state"] == "firing" for b in hook.bodies), timeout_s=for_s + 2, interval_s=0.05,
-               what="component_down at the webhook")
+    firing = lambda: [b for b in hook.bodies[seen:] if b["state"] == "firing"]  # noqa: E731
+    wait_until(firing, timeout_s=for_s + 2, interval_s=0.05, what="component_down at the webhook")
     took_s = time.monotonic() - killed
-    alert = next(b for b in hook.bodies if b["state"] == "firing")
+    alert = firing()[0]
     assert (alert["rule"], alert["component"], alert["topology"]) == ("down", "SINK.out", "alerting"), alert
     assert took_s <= for_s + 2
     report = handle.alerts()
     assert any(a["rule"] == "down" for a in report["recent"])
     assert "CONTROLLER.alerts" in handle.metrics()
     # the replaced sink runs again: resolved for_s after the death, and the webhook hears it
-    wait_until(lambda: any(b["state"] == "resolved" for b in hook.bodies), timeout_s=60, interval_s=0.2,
+    wait_until(lambda: any(b["state"] == "resolved" for b in hook.bodies[seen:]), timeout_s=60, interval_s=0.2,
                what="the alert resolved")
     assert handle.metrics()["CONTROLLER.alerts"]["AlertFiring_down"] == "0"
 
@@ -330,7 +354,7 @@ def test_a_firing_alert_stays_firing_across_a_controller_kill_and_is_not_sent_ag
 def test_a_death_seen_while_the_replacement_starts_fires_at_once():
     ev = AlertEvaluator([rule(for_s=5)], SINKS)
     ev.evaluate(status(restarts=0), 0.0)
-    fired = ev.evaluate(status(source_state="PENDING_CREATION", restarts=1), 1.0)
+    fired = ev.evaluate(status(source_state="PENDING_CREATION", restarts=1, died_at=0.9), 1.0)
     assert [(a["component"], a["state"]) for a in fired] == [("SOURCE.in", "firing")]
 
 

@@ -4,10 +4,12 @@ Rules (the topology's ``alerts.rules``), each ``{name, type, threshold, for_s, c
 
 * ``component_down``: a component is *down* while its state is not ALIVE, FINISHED or PAUSED
   (DEAD, RESTARTING, PENDING_CREATION, LOST, UNKNOWN...) or its counters say ``Unhealthy``. It
-  fires once a component has been down for ``for_s``. A component that *died* and was brought
-  back between two evaluations (Ray restarted it, or the controller replaced it after its restarts
-  ran out: its ``restarts`` count rose) fires at once, since the recovery would otherwise hide the
-  death; it stays down for ``for_s`` after the death. ``threshold`` is unused.
+  fires once a component has been down for ``for_s``. A component the controller saw *die* (Ray
+  restarted it, or the controller replaced it after its restarts ran out: the status entry's
+  ``died_at``, epoch seconds) fires at once, even if it is back before an evaluation looks, since
+  the recovery would otherwise hide the death; it stays down for ``for_s`` after the death. The
+  death time comes from the controller rather than from a restart count compared between two
+  evaluations, so a death before the first evaluation is not missed. ``threshold`` is unused.
 * ``channel_fill_above``: a channel's ``ChannelFillPercentage`` is above ``threshold`` (percent).
 * ``sink_lag_above``: a sink's backlog, the ``ChannelSize`` (events waiting) of the channel it
   drains, is above ``threshold`` events: events accepted from the sources that the sink has not
@@ -219,8 +221,7 @@ class AlertEvaluator:
         self.sink_channels = dict(sink_channels or {})
         self.pending: dict[str, float] = {}  # "rule|component" -> since
         self.firing: dict[str, dict] = {}  # "rule|component" -> the firing alert
-        self.restarts: dict[str, int] = {}  # component -> restart count last seen
-        self.died_at: dict[str, float] = {}  # component -> time a restart rise was seen
+        self.died_at: dict[str, float] = {}  # component -> the last death seen (its died_at)
         self.recent: deque = deque(maxlen=RECENT_ALERTS)
         if state:
             self._load(state)
@@ -228,15 +229,14 @@ class AlertEvaluator:
     # -- state -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-able state; :class:`AlertEvaluator` (``state=``) restores it."""
-        return {"pending": dict(self.pending), "firing": dict(self.firing), "restarts": dict(self.restarts),
-                "died_at": dict(self.died_at), "recent": list(self.recent)}
+        return {"pending": dict(self.pending), "firing": dict(self.firing), "died_at": dict(self.died_at),
+                "recent": list(self.recent)}
 
     def _load(self, state: dict) -> None:
         # Alerts of rules a redeploy removed are dropped: nothing evaluates them any more.
         known = lambda key: key.split("|", 1)[0] in self.rules  # noqa: E731
         self.pending = {k: float(v) for k, v in (state.get("pending") or {}).items() if known(k)}
         self.firing = {k: dict(v) for k, v in (state.get("firing") or {}).items() if known(k)}
-        self.restarts = {k: int(v) for k, v in (state.get("restarts") or {}).items()}
         self.died_at = {k: float(v) for k, v in (state.get("died_at") or {}).items()}
         self.recent.extend(state.get("recent") or [])
 
@@ -248,11 +248,9 @@ class AlertEvaluator:
         died = set()
         for e in entries:
             key = keys[id(e)]
-            before = self.restarts.get(key)
-            if before is not None and e.restarts > before:
-                self.died_at[key] = now
+            if e.died_at is not None and e.died_at > self.died_at.get(key, -math.inf):
+                self.died_at[key] = e.died_at
                 died.add(key)
-            self.restarts[key] = e.restarts
         sizes = {}  # (tier, instance, channel) -> ChannelSize
         for e in entries:
             if e.kind == "CHANNEL":

@@ -169,6 +169,7 @@ class _Managed:
     last_restarts: int = 0
     announced_restarts: int = 0
     lost: str | None = None  # why a node-local component is gone for good
+    died_at: float | None = None  # when a tick last saw it restarted or dead (epoch s), for alerts
 
     @property
     def restarts(self) -> int:
@@ -548,6 +549,7 @@ class TopologyController:
             if isinstance(action, planner.ComponentRestarted):
                 self._event(inst.label(), f"{what} restarted ({action.restarts} restart(s) of this actor)")
                 managed.announced_restarts = action.restarts
+                managed.died_at = time.time()
             elif isinstance(action, planner.ComponentLost):
                 managed.lost = action.why
                 self._event(inst.label(), f"channel '{managed.name}' LOST: {managed.lost}")
@@ -556,6 +558,7 @@ class TopologyController:
                 managed.restarts_before += managed.last_restarts
                 managed.last_restarts = managed.announced_restarts = 0
                 managed.replacements += 1
+                managed.died_at = time.time()
                 managed.handle = self._create(inst, managed)
 
     def _reconcile_loop(self) -> None:
@@ -582,7 +585,10 @@ class TopologyController:
     def _alerts_loop(self) -> None:
         """Evaluates the alert rules every ALERT_INTERVAL_S on a fresh ``status()``, in this thread
         so that neither slow components nor webhook delivery delay a reconcile tick."""
-        while not self.stopping.wait(ALERT_INTERVAL_S):
+        next_at = time.monotonic() + ALERT_INTERVAL_S
+        # At a fixed rate: a slow evaluation does not stretch the time to notice a death.
+        while not self.stopping.wait(max(0.0, next_at - time.monotonic())):
+            next_at = max(next_at + ALERT_INTERVAL_S, time.monotonic())
             try:
                 self._alerts_tick()
             except Exception:
@@ -972,34 +978,41 @@ class TopologyController:
     def _metric_key(self, inst: _Instance, kind: str, name: str) -> tuple[str, str]:
         return _metric_key(inst.tier, inst.instance_id, kind, name)
 
-    def _gather(self, method: str, timeout_s: float = CALL_TIMEOUT_S) -> dict:
-        """``{(tier, instance, kind, name): answer or the exception}`` of calling ``method`` on every
-        component, waiting at most ``timeout_s`` in all (an actor still starting answers only once
-        its constructor returned; it counts as not answering)."""
-        refs = {}
-        for inst in list(self.instances.values()):
-            for key, m in inst.components.items():
-                if m.handle is not None:
-                    refs[(inst.tier, inst.instance_id, *key)] = getattr(m.handle, method).remote()
-        out = {}
+    def _gather(self, methods: tuple[str, ...], timeout_s: float = CALL_TIMEOUT_S) -> list[dict]:
+        """Per method, ``{(tier, instance, kind, name): answer or the exception}`` of calling it on
+        every component. All calls go out at once and are waited for at most ``timeout_s`` in all
+        (an actor still starting answers only once its constructor returned; it counts as not
+        answering)."""
+        refs = []
+        for method in methods:
+            refs.append({(inst.tier, inst.instance_id, *key): getattr(m.handle, method).remote()
+                         for inst in list(self.instances.values()) for key, m in inst.components.items()
+                         if m.handle is not None})
         deadline = time.monotonic() + timeout_s
-        for key, ref in refs.items():
-            try:
-                out[key] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
-            except Exception as exc:
-                out[key] = exc
-        return out
+        answers = []
+        for by_key in refs:
+            out = {}
+            for key, ref in by_key.items():
+                try:
+                    out[key] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                except Exception as exc:
+                    out[key] = exc
+            answers.append(out)
+        return answers
 
     def metrics(self, call_timeout_s: float = CALL_TIMEOUT_S) -> dict:
         """Flume's JSON shape: ``{"SOURCE.gen": {...}, ...}``; in a tiered topology the name is
         ``<tier>.<instance>.<component>`` (``SOURCE.agent.3f9a1c2b7d0e.gen``). Components that do not
         answer within ``call_timeout_s`` (in all) report no counters."""
+        return self._metrics_of(self._gather(("metrics",), call_timeout_s)[0])
+
+    def _metrics_of(self, results: dict) -> dict:
+        """:meth:`metrics` from the components' ``metrics()`` answers (see :meth:`_gather`)."""
         reports = {}
         self._actors = gcs.actor_table()  # restarts as of now, not as of the last tick
         for inst in list(self.instances.values()):
             for m in inst.components.values():
                 m.last_restarts = max(m.last_restarts, self._state_of(m.handle)[1])
-        results = self._gather("metrics", call_timeout_s)
         for inst in list(self.instances.values()):
             tier = self.topology.tiers[inst.tier]
             for (kind, name), managed in inst.components.items():
@@ -1064,8 +1077,8 @@ class TopologyController:
         return f"http://{self.metrics_server.host}:{self.metrics_server.port}/metrics"
 
     def status(self, call_timeout_s: float = CALL_TIMEOUT_S) -> dict:
-        infos = self._gather("info", call_timeout_s)
-        metrics = self.metrics(call_timeout_s)
+        infos, answers = self._gather(("info", "metrics"), call_timeout_s)
+        metrics = self._metrics_of(answers)
         components = []
         for inst in sorted(list(self.instances.values()), key=lambda i: (i.tier, i.instance_id)):
             tier = self.topology.tiers[inst.tier]
@@ -1073,7 +1086,8 @@ class TopologyController:
                 info = infos.get((inst.tier, inst.instance_id, kind, name))
                 state, _ = self._state_of(managed.handle)
                 entry = {"kind": kind, "name": name, "tier": inst.tier, "instance": inst.instance_id,
-                         "node_id": inst.node_id, "state": state, "restarts": managed.restarts}
+                         "node_id": inst.node_id, "state": state, "restarts": managed.restarts,
+                         "died_at": managed.died_at}
                 if isinstance(info, dict):
                     entry.update(pid=info.get("pid"), node_id=info.get("node_id"))
                     if info.get("finished"):
@@ -1109,7 +1123,7 @@ class TopologyController:
                 "paused": self._paused_report(metrics), "alerts": self.alerts_report()}
 
     def _finished(self, infos=None) -> bool:
-        infos = infos if infos is not None else self._gather("info")
+        infos = infos if infos is not None else self._gather(("info",))[0]
         if not infos:
             return False
         for key, info in infos.items():

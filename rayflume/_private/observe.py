@@ -45,6 +45,7 @@ class ComponentEntry:
     restarts: int
     error: object
     counters: dict = field(default_factory=dict)
+    died_at: float | None = None  # when the controller last saw it die (epoch seconds); None: never
 
     @property
     def label(self) -> str:
@@ -54,7 +55,7 @@ class ComponentEntry:
 
 def component_entries(status: dict) -> list[ComponentEntry]:
     """The components of ``status`` in the order it lists them; a sink group's sinks each give an
-    entry (in the group's order) sharing the group's state, node, restarts and error, except that a
+    entry (in the group's order) sharing the group's state, node, restarts, death time and error, except that a
     running sink an operator paused (its ``Paused`` counter is 1) is ``PAUSED``."""
     entries = []
     for component in status.get("components", []):
@@ -71,7 +72,7 @@ def component_entries(status: dict) -> list[ComponentEntry]:
                 tier=component.get("tier") or "", instance=component.get("instance") or "", kind=kind,
                 group=group, name=name, node_id=component.get("node_id"), state=state,
                 restarts=int(component.get("restarts") or 0), error=component.get("error"),
-                counters=dict(counters or {})))
+                counters=dict(counters or {}), died_at=component.get("died_at")))
     return entries
 
 
