@@ -3,9 +3,15 @@
 Collect, aggregate and move log and event data with sources, channels and sinks that run as
 supervised Ray actors and move Arrow event batches.
 """
+from rayflume.errors import (
+    ChannelFull,
+    ClusterUnavailable,
+    ConfigError,
+    DeliveryError,
+    RayflumeError,
+    TopologyNotRunning,
+)
 from rayflume.event import Event, EventBatch
-from rayflume.errors import (ChannelFull, ClusterUnavailable, ConfigError, DeliveryError, RayflumeError,
-                             TopologyNotRunning)
 
 __version__ = "0.1.0"
 

@@ -33,8 +33,9 @@ import ray
 from rayflume._private import frames, logs
 from rayflume._private.actors import NAMESPACE
 from rayflume._private.controller import RemoteController, controller_name, controller_options
+
 # public here: the notebook's frame columns and the shortest interval of its rates
-from rayflume._private.frames import IDENTITY_COLUMNS, MIN_RATE_INTERVAL_S, rate_column
+from rayflume._private.frames import IDENTITY_COLUMNS, rate_column
 from rayflume.errors import ClusterUnavailable, TopologyNotRunning
 from rayflume.topology import Topology, load_topology, loads_topology, validate, with_runtime_env
 
@@ -80,7 +81,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
     if not address or address == "local":
         with _quiet_ray_thread_warning():
             ray.init(address=address or None, num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE,
-                     logging_level="WARNING")
+                     logging_level=logging.WARNING)
         return
     _check_reachable(address, connect_timeout_s)
     _use_token_auth_if_available()
@@ -89,7 +90,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
     def connect():
         try:
             with _quiet_ray_thread_warning():
-                ray.init(address=address, namespace=NAMESPACE, logging_level="WARNING")
+                ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
             outcome.append(None)
         except BaseException as exc:  # handed to the caller's thread below
             outcome.append(exc)
@@ -168,8 +169,7 @@ def _use_token_auth_if_available() -> None:
     if "RAY_AUTH_MODE" in os.environ:
         return
     try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available)
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     except ImportError:  # a Ray without token authentication
         return
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
@@ -221,7 +221,7 @@ class TopologyHandle:
         self._controller_job = _job_id()
         self._rate_history = frames.RateHistory()  # earlier samples of the counters, for rates
         # (version, Topology or None) of the deployed spec, for the components' types
-        self._topology_cache: tuple[int, Topology | None] | None = None
+        self._topology_cache: tuple[object, Topology | None] | None = None
 
     # -- reaching the controller ------------------------------------------------------------------
     def _not_running(self) -> TopologyNotRunning:

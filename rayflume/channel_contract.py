@@ -60,7 +60,7 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.01, wha
 
 
 def drain(channel, batch: int = 1000) -> list[int]:
-    out = []
+    out: list[int] = []
     while True:
         got = channel.take(min(batch, channel.transaction_capacity))
         if got is None:

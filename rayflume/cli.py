@@ -358,7 +358,8 @@ def format_status(status: dict) -> str:
         if c.get("error"):
             lines.append(f"  {'':<8} {place}error: {c['error']}")
     for a in (status.get("alerts") or {}).get("firing") or []:
-        lines.append(f"  ALERT FIRING: {a['rule']} on {a['component']}: {a['message']} (`rayflume alerts {status['name']}`)")
+        lines.append(f"  ALERT FIRING: {a['rule']} on {a['component']}: {a['message']} "
+                     f"(`rayflume alerts {status['name']}`)")
     for p in status.get("paused") or []:
         tier = f" (tier {p['tier']})" if p["tier"] else ""
         lines.append(f"  paused: sink {p['sink']}{tier}; `rayflume resume {status['name']} {p['sink']}` drains its "
@@ -526,7 +527,8 @@ def format_alerts(report: dict) -> str:
     if report["recent"]:
         lines.append("recent:")
     for a in report["recent"]:
-        lines.append(f"  {when(a['time'])}  {a['state'].upper():<8} {a['rule']:<20} {a['component']:<32} {a['message']}")
+        lines.append(f"  {when(a['time'])}  {a['state'].upper():<8} {a['rule']:<20} {a['component']:<32} "
+                     f"{a['message']}")
     return "\n".join(lines)
 
 
@@ -737,7 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(sub, "tap", "print events flowing out of a source or into a sink of a running topology "
                                "(like `vector tap`)",
-                   "  rayflume tap weblogs tail                        # 10 events the source `tail` hands to its channels\n"
+                   "  rayflume tap weblogs tail                        # 10 events the source `tail` hands to "
+                   "its channels\n"
                    "  rayflume tap weblogs files --limit 100 --format text   # 100 bodies the sink `files` wrote\n"
                    "  rayflume tap weblogs out --limit 0 --sample 0.01 | jq .headers   # 1% of events, until idle\n"
                    "\nA source shows events after its interceptors, as its channels got them; a sink, the events\n"

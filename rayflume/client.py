@@ -7,11 +7,11 @@ for Python.
         client.append_batch([b"one line", b"another"])               # bodies
         client.append_batch([Event(b"x", {"host": "web1"})])          # or events with headers
 
-:meth:`AvroClient.append_batch` (and :class:`ThriftClient`'s) returns once the source answered ``OK`` (its channels committed
-the events) and raises :class:`~rayflume.errors.DeliveryError` otherwise (``FAILED``, a timeout,
-a refused or broken connection); what was not answered ``OK`` is the caller's to resend, so
-delivery is at least once. After an error the connection is closed and the next call opens a new
-one. Not thread-safe: use one client per thread.
+:meth:`AvroClient.append_batch` (and :class:`ThriftClient`'s) returns once the source answered
+``OK`` (its channels committed the events) and raises :class:`~rayflume.errors.DeliveryError`
+otherwise (``FAILED``, a timeout, a refused or broken connection); what was not answered ``OK`` is
+the caller's to resend, so delivery is at least once. After an error the connection is closed and
+the next call opens a new one. Not thread-safe: use one client per thread.
 """
 from __future__ import annotations
 

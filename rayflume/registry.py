@@ -97,7 +97,7 @@ def register(kind: str, type_name: str) -> Callable[[T], T]:
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise ValueError(f"{kind} type {type_name!r} is registered twice ({existing} and {cls})")
         _registry[kind][type_name] = cls
-        cls.type_name = type_name
+        setattr(cls, "type_name", type_name)  # T is any class: mypy cannot know the attribute
         return cls
 
     return decorate

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 import ray
@@ -81,7 +81,7 @@ class EventCollector:
 
     def __init__(self, name: str, **actor_options):
         self.name = name
-        self.actor = ray.remote(_Collector).options(
+        self.actor: Any = ray.remote(_Collector).options(
             name=f"collector/{name}", namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
             lifetime="detached", **actor_options).remote()
 
@@ -193,7 +193,7 @@ class EventFeed:
 
     def __init__(self, name: str):
         self.name = name
-        self.actor = ray.remote(_Feed).options(
+        self.actor: Any = ray.remote(_Feed).options(
             name=f"feed/{name}", namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
             lifetime="detached").remote()
 
@@ -236,7 +236,7 @@ class Knob:
 
     def __init__(self, name: str):
         self.name = name
-        self.actor = ray.remote(_Knob).options(
+        self.actor: Any = ray.remote(_Knob).options(
             name=f"knob/{name}", namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
             lifetime="detached").remote()
 
@@ -296,7 +296,7 @@ class ListSourceConfig(SourceConfig):
         return self
 
     def build(self, name: str) -> ListSource:
-        bodies = self.bodies if self.bodies is not None else [str(i) for i in range(self.count)]
+        bodies = self.bodies if self.bodies is not None else [str(i) for i in range(self.count or 0)]
         arr = pa.array(bodies, pa.string()).cast(pa.binary())
         if self.headers:
             batch = EventBatch.from_events(Event(b, dict(self.headers)) for b in arr.to_pylist())

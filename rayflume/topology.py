@@ -635,7 +635,7 @@ def build_config(kind: str, raw: dict, path: str, errors: list[str]):
         raw = {**raw, "type": "null"}
     type_name = raw.get("type")
     if not isinstance(type_name, (str, type)):
-        what = (f"missing required key `type`" if type_name is None
+        what = ("missing required key `type`" if type_name is None
                 else f"`type` must be a string (or, from Python, a {kind} config class), got "
                      f"{describe_value(type_name)}")
         errors.append(f"{path}: {what}; known {kind} types: {', '.join(registry.known_types(kind))}")
@@ -746,7 +746,10 @@ def validate(data: dict, source: str = "<topology>", lines: dict[str, int] | Non
     _validate_metrics(data, topo, errors)
     _validate_volume(data, topo, errors)
     _validate_runtime_env(data, topo, errors)
-    from rayflume._private.alerts import check_components, parse_alerts  # here: alerts imports observe, which imports metrics
+    from rayflume._private.alerts import (  # here: alerts imports observe, which imports metrics
+        check_components,
+        parse_alerts,
+    )
     topo.alerts = parse_alerts(data.get("alerts"), errors)
     check_components(topo.alerts, topo.tiers, errors)
     if errors:

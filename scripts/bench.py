@@ -7,7 +7,8 @@
     python scripts/bench.py taildir | syslog | hdfs-local | parquet | kafka-sink
     python scripts/bench.py tap               # the memory pipeline untapped, after an idle tap, tapped
     python scripts/bench.py e2e               # a 330 MB log: taildir -> file channel -> hdfs, end to end
-    python scripts/bench.py control-plane     # controller tick, GCS calls, node join/leave (N = 10 real, 100/1,000 simulated)
+    python scripts/bench.py control-plane     # controller tick, GCS calls, node join/leave
+                                              # (N = 10 real, 100/1,000 simulated)
     python scripts/bench.py all               # every pipeline above, one after the other
     python scripts/bench.py all --quick       # a short smoke run of each (2 s windows, small file)
 
@@ -146,8 +147,8 @@ class _PlainQueue:
 
 def baseline(seconds: float) -> float:
     """Events/s of put-then-take through a bare queue actor from one driver, same batches."""
-    from rayflume.sources.sequence import counter_bodies
     from rayflume.event import EventBatch
+    from rayflume.sources.sequence import counter_bodies
 
     batch = EventBatch.from_bodies(counter_bodies(0, BATCH, BODY))
     q = _PlainQueue.remote()

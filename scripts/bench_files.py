@@ -163,7 +163,8 @@ def run_taildir(tmp: str, megabytes: int, batch: int, timeout_s: float = 600, sa
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The name is optional: `bench.py taildir ...` hands its whole command line over, name included.
-    parser.add_argument("pipeline", nargs="?", choices=PIPELINES, default=PIPELINES[0], help="the pipeline (the only one)")
+    parser.add_argument("pipeline", nargs="?", choices=PIPELINES, default=PIPELINES[0],
+                        help="the pipeline (the only one)")
     parser.add_argument("--mb", type=int, default=None,
                         help=f"size of the input file (default {FILE_MB}; {QUICK_MB} with --quick)")
     parser.add_argument("--batch", type=int, default=BATCH, help="taildir batch_size (lines)")

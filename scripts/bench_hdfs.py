@@ -28,9 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
-import ray  # noqa: E402
-
 import bench  # noqa: E402  (scripts/bench.py)
+import ray  # noqa: E402
 
 BODY = bench.BODY
 BATCH = bench.BATCH

@@ -206,7 +206,8 @@ def run(seconds: float, warmup_s: float, use_flume_event_format: bool = False) -
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The name is optional: `bench.py kafka-sink ...` hands its whole command line over, name included.
-    parser.add_argument("pipeline", nargs="?", choices=PIPELINES, default=PIPELINES[0], help="the pipeline (the only one)")
+    parser.add_argument("pipeline", nargs="?", choices=PIPELINES, default=PIPELINES[0],
+                        help="the pipeline (the only one)")
     parser.add_argument("--seconds", type=float, default=None,
                         help=f"measurement window (default {SECONDS:g}; {QUICK_SECONDS:g} with --quick)")
     parser.add_argument("--warmup-s", type=float, default=None,

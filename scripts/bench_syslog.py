@@ -49,7 +49,8 @@ def messages(n: int = 20_000, octet_count: bool = False) -> bytes:
     out = []
     for i in range(n):
         msg = (b'<165>1 2024-01-15T12:34:56.%03dZ web-%02d.example.com nginx %d ID47 [meta@32473 req="%08d" '
-               b'zone="eu-west-1"] GET /api/v1/items/%d HTTP/1.1 200 512 0.012' % (i % 1000, i % 50, 1000 + i % 7, i, i))
+               b'zone="eu-west-1"] GET /api/v1/items/%d HTTP/1.1 200 512 0.012'
+               % (i % 1000, i % 50, 1000 + i % 7, i, i))
         out.append(b"%d %s" % (len(msg), msg) if octet_count else msg + b"\n")
     return b"".join(out)
 
@@ -162,7 +163,8 @@ def run(seconds: float, warmup_s: float, octet_count: bool) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The name is optional: `bench.py syslog ...` hands its whole command line over, name included.
-    parser.add_argument("pipeline", nargs="?", choices=PIPELINES, default=PIPELINES[0], help="the pipeline (the only one)")
+    parser.add_argument("pipeline", nargs="?", choices=PIPELINES, default=PIPELINES[0],
+                        help="the pipeline (the only one)")
     parser.add_argument("--seconds", type=float, default=None,
                         help=f"measurement window (default {SECONDS:g}; {QUICK_SECONDS:g} with --quick)")
     parser.add_argument("--warmup-s", type=float, default=None,

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from rayflume._private.alerts import (AlertEvaluator, AlertRule, WebhookConfig, WebhookSender, parse_alerts)
+from rayflume._private.alerts import AlertEvaluator, AlertRule, WebhookConfig, WebhookSender, parse_alerts
 from rayflume._private.backoff import Backoff
 from rayflume.channel_contract import wait_until
 from rayflume.errors import ConfigError
@@ -172,7 +172,8 @@ def test_alerts_section_is_validated_with_every_error_named():
     for expected in ("alerts.rule:", "alerts.rules[0].name:", "alerts.rules[0].type: unknown rule type 'nope'",
                      "alerts.rules[0].for_s:", "alerts.rules[0].colour: unknown key",
                      "alerts.rules[1].threshold: required for channel_fill_above",
-                     "alerts.rules[2].name: 'x' is used by another rule", "alerts.rules[2].threshold: expected a number",
+                     "alerts.rules[2].name: 'x' is used by another rule",
+                     "alerts.rules[2].threshold: expected a number",
                      "alerts.webhook.url:", "alerts.webhook.timeout_s:", "alerts.webhook.max_attempts:"):
         assert expected in text, (expected, text)
     errors = []

@@ -21,8 +21,20 @@ import pytest
 import yaml
 
 import rayflume
-from tests.chaos import (ACTOR_KINDS, LINE_SUFFIX, NODE_KINDS, SEQ_WIDTH, ChaosCluster, ChaosResult, NumberedLines,
-                         actor_kind, chaos_topology, largest_batch, ranges, run_chaos)
+from tests.chaos import (
+    ACTOR_KINDS,
+    LINE_SUFFIX,
+    NODE_KINDS,
+    SEQ_WIDTH,
+    ChaosCluster,
+    ChaosResult,
+    NumberedLines,
+    actor_kind,
+    chaos_topology,
+    largest_batch,
+    ranges,
+    run_chaos,
+)
 
 CHAOS_S = float(os.environ.get("RAYFLUME_CHAOS_S", "600"))
 

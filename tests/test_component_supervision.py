@@ -10,7 +10,6 @@ import pytest
 import ray
 
 from rayflume import testing
-
 from tests.channel_contract import wait_until
 
 

@@ -306,7 +306,7 @@ def test_import_paths_that_do_not_resolve_are_validation_errors_naming_them(tmp_
     assert "source type 'no_such_module_xyz:NumberedSourceConfig'" in by_path["sources.missing_module.type"]
     assert "runtime_env" in by_path["sources.missing_module.type"]
     missing_class = by_path["sources.missing_class.type"]
-    assert f"has no attribute 'NumberedSorceConfig'" in missing_class
+    assert "has no attribute 'NumberedSorceConfig'" in missing_class
     assert "did you mean 'NumberedSourceConfig'" in missing_class
     assert "is the running source itself; name its config class" in by_path["sources.runtime_class.type"]
     assert "is a sink config class, not a channel one" in by_path["channels.mem.type"]

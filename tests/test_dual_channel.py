@@ -27,14 +27,12 @@ import ray
 from pydantic import ValidationError
 
 from rayflume import testing
-
 from rayflume.channels.file import ChannelWriteError
 from rayflume.channels.file.fileio import FileIO
 from rayflume.channels.spillable import SpillableChannel, SpillableChannelConfig
 from rayflume.errors import ChannelFull, ConfigError
 from rayflume.topology import loads_topology
-from tests.channel_contract import (ReopeningContract, closing_factory, drain, numbered,
-                                     numbers, wait_until)
+from tests.channel_contract import ReopeningContract, closing_factory, drain, numbered, numbers, wait_until
 from tests.test_file_channel import FaultyIO
 from tests.test_file_channel_ray import current_pid
 from tests.test_file_channel_recovery import flip_bit, spans

@@ -11,7 +11,6 @@ import pytest
 from rayflume.registry import lookup
 from rayflume.sources.base import SourceContext
 from rayflume.topology import local_environment_warnings, validate
-
 from tests.channel_contract import wait_until
 
 MISSING_COMMAND = "no-such-command-rayflume-xyz"

@@ -8,13 +8,18 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from rayflume.channels.file import (ChannelLocked, ChannelWriteError, FileChannel, FileChannelConfig,
-                                    FileIO, InsufficientDiskSpace)
+from rayflume.channels.file import (
+    ChannelLocked,
+    ChannelWriteError,
+    FileChannel,
+    FileChannelConfig,
+    FileIO,
+    InsufficientDiskSpace,
+)
 from rayflume.channels.file.log import list_segments
 from rayflume.errors import ChannelError, ChannelFull
 from rayflume.registry import lookup
-from tests.channel_contract import (ReopeningContract, closing_factory, drain, numbered,
-                                     numbers)
+from tests.channel_contract import ReopeningContract, closing_factory, drain, numbered, numbers
 
 MiB = 1 << 20
 

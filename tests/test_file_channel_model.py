@@ -8,8 +8,7 @@ import tempfile
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invariant, multiple,
-                                 precondition, rule)
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, multiple, precondition, rule
 
 from rayflume.channels.file import FileChannel
 from rayflume.errors import LeaseUnknown

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rayflume.channels.file import FileChannel, FileIO
-from rayflume.channels.file import records
+from rayflume.channels.file import FileChannel, FileIO, records
 from rayflume.channels.file.checkpoint import CHECKPOINT_FILE, CHECKPOINT_TMP
 from rayflume.channels.file.log import list_segments
 from tests.channel_contract import drain, numbered, wait_until

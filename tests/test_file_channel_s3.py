@@ -18,9 +18,16 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from rayflume.channels.file import (ChannelLocked, ChannelLockLost, ChannelReadError,
-                                    ChannelWriteError, FileChannel, FileChannelConfig, ObjectStore)
-from rayflume.channels.file import objlog
+from rayflume.channels.file import (
+    ChannelLocked,
+    ChannelLockLost,
+    ChannelReadError,
+    ChannelWriteError,
+    FileChannel,
+    FileChannelConfig,
+    ObjectStore,
+    objlog,
+)
 from rayflume.channels.file.objlog import OBJ_HEADER_SIZE, list_chunks
 from rayflume.channels.spillable import SpillableChannelConfig
 from tests.channel_contract import ChannelContract, closing_factory, drain, numbered, numbers, wait_until

@@ -143,7 +143,8 @@ def test_hdfs_file_type_decides_what_the_codec_does():
     stream = convert_text(base + "a1.sinks.k1.hdfs.codeC = gzip\n", "a1", source="x.conf")
     assert "compression" not in stream.data["sinks"]["k1"]  # Flume's DataStream ignores the codec
     assert any("hdfs.codeC: not carried over" in w for w in stream.warning_lines())
-    unset = convert_text(base.replace("a1.sinks.k1.hdfs.fileType = DataStream\n", "") + "a1.sinks.k1.hdfs.codeC = gzip\n",
+    unset = convert_text(base.replace("a1.sinks.k1.hdfs.fileType = DataStream\n", "")
+                         + "a1.sinks.k1.hdfs.codeC = gzip\n",
                          "a1", source="x.conf")
     assert unset.data["sinks"]["k1"]["file_type"] == "compressed_stream"  # closest to a compressed SequenceFile
     assert any("Flume's default is SequenceFile" in w for w in unset.warning_lines())

@@ -23,8 +23,7 @@ from collections import Counter
 
 import pytest
 
-from rayflume.channels.file import (ChannelWriteError, FileChannel, FileChannelConfig, FileIO,
-                                    InsufficientDiskSpace)
+from rayflume.channels.file import ChannelWriteError, FileChannel, FileChannelConfig, FileIO, InsufficientDiskSpace
 from rayflume.errors import ChannelError, ChannelFull
 from rayflume.event import EventBatch
 from tests.channel_contract import wait_until

@@ -17,8 +17,14 @@ import pytest
 
 import rayflume
 from rayflume._private import frames, plot
-from rayflume._private.history import (HISTORY_INTERVAL_S, INTERVAL_ENV, KEY_COLUMNS, MetricsHistory,
-                                       history_interval_s, numeric_counters)
+from rayflume._private.history import (
+    HISTORY_INTERVAL_S,
+    INTERVAL_ENV,
+    KEY_COLUMNS,
+    MetricsHistory,
+    history_interval_s,
+    numeric_counters,
+)
 from tests.channel_contract import wait_until
 
 TEST_INTERVAL_S = 0.5

@@ -7,8 +7,8 @@ runs in this process, driven by the real SourceRunner into a memory channel (no 
 from __future__ import annotations
 
 import json
-import ssl
 import socket
+import ssl
 import threading
 import time
 

@@ -15,12 +15,18 @@ from pydantic import ValidationError
 from rayflume import registry
 from rayflume.event import HEADERS_TYPE, Event, EventBatch
 from rayflume.interceptors.base import InterceptorChain
-from rayflume.interceptors.builtin import (HostInterceptor, HostInterceptorConfig, RemoveHeaderInterceptorConfig,
-                                           StaticInterceptorConfig, TimestampInterceptorConfig,
-                                           UuidInterceptorConfig, random_uuids, split_list)
+from rayflume.interceptors.builtin import (
+    HostInterceptor,
+    HostInterceptorConfig,
+    RemoveHeaderInterceptorConfig,
+    StaticInterceptorConfig,
+    TimestampInterceptorConfig,
+    UuidInterceptorConfig,
+    random_uuids,
+    split_list,
+)
 from rayflume.interceptors.callable import CallableInterceptorConfig, resolve_callable_interceptor
-from rayflume.interceptors.headers import (header_values, keys_in, keys_matching, keys_named, remove_headers,
-                                           set_header)
+from rayflume.interceptors.headers import header_values, keys_in, keys_matching, keys_named, remove_headers, set_header
 from tests import _user_interceptors
 
 USER = "tests._user_interceptors"

@@ -27,8 +27,7 @@ from rayflume.sinks.kafka import KafkaSink, KafkaSinkConfig
 from rayflume.sources.base import SourceContext
 from rayflume.sources.kafka import KafkaSource, KafkaSourceConfig
 from tests.channel_contract import numbered, wait_until
-from tests.kafka_broker import (FAST_GROUP, create_topic, free_port, kafka_broker,  # noqa: F401 - fixtures
-                                restartable_broker, unique)
+from tests.kafka_broker import FAST_GROUP, create_topic, free_port, kafka_broker, restartable_broker, unique  # noqa: F401 - fixtures
 from tests.kafka_sink_child import channel_config
 
 SINK_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kafka_sink_child.py")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rayflume._private.ledger import ACCEPTED, DUPLICATES, DRAINED, DeliveryLedger
+from rayflume._private.ledger import ACCEPTED, DRAINED, DUPLICATES, DeliveryLedger
 
 
 def test_commits_count_once_per_lease_and_rollbacks_not_at_all():

@@ -19,8 +19,7 @@ import time
 
 import pytest
 
-from rayflume._private.metrics import (MetricsServer, TokenUnavailable, flume_shape, prometheus_text,
-                                       resolve_token)
+from rayflume._private.metrics import MetricsServer, TokenUnavailable, flume_shape, prometheus_text, resolve_token
 from rayflume.errors import ConfigError
 from rayflume.topology import loads_topology
 from tests.channel_contract import wait_until

@@ -15,7 +15,8 @@ from rayflume.errors import DeliveryError
 from rayflume.event import EventBatch
 from rayflume.registry import lookup
 from rayflume.sinks.base import SinkContext
-from rayflume.sinks.http import HttpSinkConfig, TlsUnavailable as SinkTlsUnavailable
+from rayflume.sinks.http import HttpSinkConfig
+from rayflume.sinks.http import TlsUnavailable as SinkTlsUnavailable
 from rayflume.sources._tls import TlsUnavailable, certificate_names, peer_problem, tls_server_context
 from tests.channel_contract import closing_factory, wait_until
 from tests.net_helpers import OPENSSL, CollectingPipeline

@@ -3,9 +3,19 @@ the redeploy diff, component replacement and the drain order."""
 from __future__ import annotations
 
 from rayflume._private import planner
-from rayflume._private.planner import (AddInstance, ClearLost, ComponentLost, ComponentRestarted,
-                                       ComponentView, DropInstance, MarkLost, Note, Placed,
-                                       ReplaceComponent, Waiting)
+from rayflume._private.planner import (
+    AddInstance,
+    ClearLost,
+    ComponentLost,
+    ComponentRestarted,
+    ComponentView,
+    DropInstance,
+    MarkLost,
+    Note,
+    Placed,
+    ReplaceComponent,
+    Waiting,
+)
 from rayflume.topology import validate
 
 

@@ -7,9 +7,15 @@ import pytest
 from pydantic import ValidationError
 
 from rayflume.errors import DeliveryError
-from rayflume.processors import (DefaultProcessorConfig, DefaultSinkProcessor, FailoverProcessorConfig,
-                                 FailoverSinkProcessor, LoadBalanceProcessorConfig,
-                                 LoadBalancingSinkProcessor, Status)
+from rayflume.processors import (
+    DefaultProcessorConfig,
+    DefaultSinkProcessor,
+    FailoverProcessorConfig,
+    FailoverSinkProcessor,
+    LoadBalanceProcessorConfig,
+    LoadBalancingSinkProcessor,
+    Status,
+)
 from rayflume.processors.failover import effective_priorities, penalty_s
 from rayflume.registry import lookup
 

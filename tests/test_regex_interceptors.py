@@ -62,7 +62,8 @@ def test_extractor_flume_example_millis_serializer_and_mapping_form():
                                     "org.apache.flume.interceptor.RegexExtractorInterceptorMillisSerializer",
                                     "pattern": "yyyy-MM-dd HH:mm", "timezone": "UTC"}})
     out = ext.intercept(batch("2012-10-18 18:47 some log line", "no date", "2012-13-45 99:99 bad date"))
-    assert [e.headers for e in out.to_events()] == [{"timestamp": str(calendar.timegm((2012, 10, 18, 18, 47, 0)) * 1000)},
+    assert [e.headers for e in out.to_events()] == [{"timestamp":
+                                                      str(calendar.timegm((2012, 10, 18, 18, 47, 0)) * 1000)},
                                                      {}, {}]
 
 

@@ -61,7 +61,8 @@ def sender(name: str, total: int, sinks: dict, group: dict | None = None, rate_b
 def numbers_in(directory) -> list[int]:
     if not os.path.isdir(directory):
         return []
-    return [int(x) for f in sorted(os.listdir(directory)) for x in open(os.path.join(directory, f), "rb").read().split()]
+    return [int(x) for f in sorted(os.listdir(directory))
+            for x in open(os.path.join(directory, f), "rb").read().split()]
 
 
 def sigkill_source(topology: str) -> None:

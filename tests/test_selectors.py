@@ -8,8 +8,12 @@ from pydantic import ValidationError
 
 from rayflume import registry
 from rayflume.event import Event, EventBatch
-from rayflume.selectors import (MultiplexingChannelSelector, MultiplexingSelectorConfig, ReplicatingSelectorConfig,
-                                Routing)
+from rayflume.selectors import (
+    MultiplexingChannelSelector,
+    MultiplexingSelectorConfig,
+    ReplicatingSelectorConfig,
+    Routing,
+)
 
 CHANNELS = ["c1", "c2", "c3", "c4"]
 

@@ -17,7 +17,7 @@ from rayflume.sinks import file_roll as file_roll_module
 from rayflume.sinks.base import SinkContext
 from rayflume.sinks.file_roll import FileRollSink, FileRollSinkConfig
 from rayflume.sinks.logger import LOGGER_NAME, LoggerSink, LoggerSinkConfig
-from rayflume.sinks.null import NullSink, NullSinkConfig
+from rayflume.sinks.null import NullSinkConfig
 from rayflume.sinks.serializers import make_serializer
 
 

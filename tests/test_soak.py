@@ -15,8 +15,8 @@ import time
 import pytest
 import ray
 
-from tests.chaos import NumberedLines, ranges, sink_duplicates
 from tests.channel_contract import wait_until
+from tests.chaos import NumberedLines, ranges, sink_duplicates
 
 SOAK_S = float(os.environ.get("RAYFLUME_SOAK_S", "600"))
 BODY_SIZE = 12  # counters up to 10**12, fixed width: the reader parses whole rows with numpy

@@ -10,8 +10,7 @@ from rayflume.channels.file import ChannelWriteError
 from rayflume.channels.spillable import SpillableChannel, SpillableChannelConfig
 from rayflume.errors import ChannelFull
 from rayflume.registry import lookup
-from tests.channel_contract import (ReopeningContract, closing_factory, drain, numbered,
-                                     numbers, wait_until)
+from tests.channel_contract import ReopeningContract, closing_factory, drain, numbered, numbers, wait_until
 from tests.test_file_channel import FaultyIO
 
 

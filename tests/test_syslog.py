@@ -25,8 +25,18 @@ from rayflume.registry import lookup
 from rayflume.sources.base import SourceContext
 from rayflume.sources.syslog import SyslogTcpSource, SyslogUdpSource
 from rayflume.sources.syslog_parser import (
-    ALL, CONTINUATION, HEAD, INCOMPLETE, INVALID, NONE, STATUS_HEADER, StreamFramer, bsd_ms, parse_keep_fields,
-    parse_messages)
+    ALL,
+    CONTINUATION,
+    HEAD,
+    INCOMPLETE,
+    INVALID,
+    NONE,
+    STATUS_HEADER,
+    StreamFramer,
+    bsd_ms,
+    parse_keep_fields,
+    parse_messages,
+)
 from tests.channel_contract import closing_factory, wait_until
 from tests.net_helpers import CollectingPipeline, cert  # noqa: F401  (cert: the fixture)
 

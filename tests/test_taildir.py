@@ -17,8 +17,7 @@ from pydantic import ValidationError
 from rayflume.errors import ConfigError
 from rayflume.registry import lookup
 from rayflume.sources.base import SourceContext
-from rayflume.sources.taildir import TaildirSourceConfig, frame_lines
-from rayflume.sources.taildir import storage
+from rayflume.sources.taildir import TaildirSourceConfig, frame_lines, storage
 from tests.channel_contract import wait_until
 
 
@@ -625,7 +624,8 @@ def test_sigkill_source_under_rotation_and_copytruncate(deployed, tmp_path):
             pos = repr(exc)
         import datetime
         wall0 = datetime.datetime.fromtimestamp(time.time() - (time.monotonic() - t0)).strftime("%H:%M:%S.%f")
-        return (f"writer started at {wall0} (t=0, monotonic {t0:.3f}); missing {missing.size} of {writer.written} lines, ranges "
+        return (f"writer started at {wall0} (t=0, monotonic {t0:.3f}); missing {missing.size} of "
+                f"{writer.written} lines, ranges "
                 f"{[(int(r[0]), int(r[-1])) for r in runs][:20]}; file generations (first line, inode, "
                 f"t): {[(a, b, round(c - t0, 2)) for a, b, c in writer.generations]}; kills at "
                 f"{[round(k - t0, 2) for k in kill_times]}; files {files}; pos.json {pos}")
@@ -657,6 +657,6 @@ def test_sigkill_source_under_rotation_and_copytruncate(deployed, tmp_path):
     def accepted():  # None while the source restarts and has not reported its counters yet
         value = handle.metrics().get("SOURCE.tail", {}).get("EventAcceptedCount")
         return None if value is None else int(value)
-    delivered = len(collector.bodies())
-    wait_until(lambda: accepted() == delivered, timeout_s=30,
-               what=f"EventAcceptedCount to equal the {delivered} delivered lines")
+    delivered_count = len(collector.bodies())
+    wait_until(lambda: accepted() == delivered_count, timeout_s=30,
+               what=f"EventAcceptedCount to equal the {delivered_count} delivered lines")

@@ -491,7 +491,8 @@ def test_tap_every_instance_of_a_tier_and_a_hop_passed_by_reference(deployed):
     at_sink = handle.tap("out", n=1000, timeout_s=120)
     for table in (at_source, at_sink):
         assert table.num_rows == 1000
-        assert set(table.column("tier").to_pylist()) == {"collector"} and set(table.column("instance").to_pylist()) <= replicas
+        assert (set(table.column("tier").to_pylist()) == {"collector"}
+                and set(table.column("instance").to_pylist()) <= replicas)
         assert all(b.isdigit() for b in table.column("body").to_pylist())
 
     def instances_seen(component: str) -> set:

@@ -18,8 +18,17 @@ import pytest
 
 from rayflume._private import metrics as metrics_module
 from rayflume._private.metrics import RayExporter, RunningTotals, is_running_total, prometheus_text
-from rayflume._private.top import (SORT_COLUMNS, Snapshot, TopView, build_rows, error_summary, fill_bar, render,
-                                   rows_as_json, sort_rows)
+from rayflume._private.top import (
+    SORT_COLUMNS,
+    Snapshot,
+    TopView,
+    build_rows,
+    error_summary,
+    fill_bar,
+    render,
+    rows_as_json,
+    sort_rows,
+)
 from tests.channel_contract import wait_until
 
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}

@@ -11,8 +11,7 @@ import pytest
 
 from rayflume._private.metrics import RayExporter, filter_metrics, prometheus_text
 from rayflume._private.runners import SourceRunner
-from rayflume._private.volume import (HOUR_S, OTHER, RETENTION_HOURS, HourlyVolume, count_header_values,
-                                      strip_volume)
+from rayflume._private.volume import HOUR_S, OTHER, RETENTION_HOURS, HourlyVolume, count_header_values, strip_volume
 from rayflume.channel_contract import wait_until
 from rayflume.errors import ConfigError
 from rayflume.event import Event, EventBatch

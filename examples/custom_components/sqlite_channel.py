@@ -20,7 +20,6 @@ import json
 import sqlite3
 import time
 from collections import OrderedDict
-
 from typing import ClassVar
 
 from pydantic import Field

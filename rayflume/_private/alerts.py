@@ -121,14 +121,16 @@ def parse_alerts(raw, errors: list[str], path: str = "alerts") -> AlertsConfig |
                 errors.append(f"{where}.{key}: unknown key; a rule has {', '.join(RULE_KEYS)}")
         name = r.get("name")
         if not isinstance(name, str) or not RULE_NAME_RE.match(name):
-            errors.append(f"{where}.name: {'required key is missing' if name is None else repr(name) + ' is not valid'};"
+            errors.append(f"{where}.name: "
+                          f"{'required key is missing' if name is None else repr(name) + ' is not valid'};"
                           f" use letters, digits and '_', starting with a letter")
         elif name in seen:
             errors.append(f"{where}.name: '{name}' is used by another rule; names must be unique")
         seen.add(name)
         rtype = r.get("type")
         if rtype not in RULE_TYPES:
-            errors.append(f"{where}.type: {'required key is missing' if rtype is None else f'unknown rule type {rtype!r}'};"
+            errors.append(f"{where}.type: "
+                          f"{'required key is missing' if rtype is None else f'unknown rule type {rtype!r}'};"
                           f" known types: {', '.join(RULE_TYPES)}")
         threshold = r.get("threshold", 0.0)
         if rtype in ("channel_fill_above", "sink_lag_above", "volume_change") and "threshold" not in r:

@@ -86,18 +86,23 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rayflume import registry
 from rayflume._private import alerts as alerting
-from rayflume._private import gcs, logs, planner
+from rayflume._private import gcs, logs, pausing, planner
+from rayflume._private.actors import (
+    NAMESPACE,
+    RemoteChannel,
+    RemoteSinkGroup,
+    RemoteSource,
+    actor_options,
+    was_reconstructed,
+)
 from rayflume._private.history import MetricsHistory, history_interval_s
-from rayflume._private.volume import HourlyVolume, hour_of, strip_volume
-from rayflume._private import pausing
-from rayflume._private.actors import (NAMESPACE, RemoteChannel, RemoteSinkGroup, RemoteSource,
-                                      actor_options, was_reconstructed)
 from rayflume._private.metrics import MetricsServer, TokenUnavailable, flume_shape, resolve_token
+from rayflume._private.planner import KINDS, instance_label
 from rayflume._private.state_store import RayKVStore, StateStore
 from rayflume._private.tick_stats import TickStats
-from rayflume._private.planner import KINDS, instance_label
-from rayflume import registry
+from rayflume._private.volume import HourlyVolume, hour_of, strip_volume
 from rayflume.errors import ConfigError
 from rayflume.topology import Topology, merge_runtime_envs, validate
 
@@ -1118,7 +1123,8 @@ class TopologyController:
                                 "lost": {_metric_key(t, i, "CHANNEL", c)[1]: why
                                          for (t, i, c), why in self.lost_channels.items() if t == tier_name}}
         return {"name": self.name, "state": self.state, "version": self.version, "deployed_at": self.deployed_at,
-                "metrics_url": self.metrics_url(), "metrics_problem": self.metrics_note, "tiers": tiers, "components": components,
+                "metrics_url": self.metrics_url(), "metrics_problem": self.metrics_note,
+                "tiers": tiers, "components": components,
                 "events": list(self.events)[-30:], "finished": self._finished(infos),
                 "paused": self._paused_report(metrics), "alerts": self.alerts_report()}
 

@@ -20,8 +20,16 @@ import time
 
 import pyarrow as pa
 
-from rayflume._private.observe import (CounterReset, component_entries, error_summary, format_rate,
-                                       is_running_total, parse_counter, plain_error, rate_per_second)
+from rayflume._private.observe import (
+    CounterReset,
+    component_entries,
+    error_summary,
+    format_rate,
+    is_running_total,
+    parse_counter,
+    plain_error,
+    rate_per_second,
+)
 from rayflume.topology import Topology
 
 # Rates are measured over at least this long: two looks a moment apart (metrics_frame() and then the

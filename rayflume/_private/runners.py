@@ -32,15 +32,34 @@ logger = logging.getLogger("rayflume.runner")
 
 
 class ChannelPort(Protocol):
-    """How a runner talks to one channel: synchronous calls that raise on failure."""
+    """How a runner talks to one channel: synchronous calls that raise on failure.
+
+    The last four are the pipelined sink's (``SinkRunner(pipelined=True)``, one sink draining its
+    channel alone); a port used only unpipelined need not have them."""
 
     def put(self, batch: EventBatch, txn_id: str) -> None: ...
 
-    def take(self, max_events: int, holder: str, timeout_s: float): ...
+    def take(self, max_events: int, holder: str, timeout_s: float) -> tuple[str, EventBatch] | None:
+        """``(lease id, batch)``, or None when the channel had nothing within ``timeout_s``; a
+        prefetched take (see :meth:`prefetch`) is handed out first."""
 
     def commit(self, lease_id: str) -> None: ...
 
     def rollback(self, lease_id: str) -> None: ...
+
+    def prefetch(self, max_events: int, holder: str, timeout_s: float) -> None:
+        """Start the next take now; the next :meth:`take` returns its result."""
+
+    def release_prefetched(self) -> None:
+        """Roll a prefetched take back (its events go back to the head of the channel)."""
+
+    def commit_later(self, lease_id: str, events: int) -> int:
+        """Send the commit without waiting for it; returns the events of earlier such commits
+        whose lease had expired (delivered again by another take: duplicates)."""
+
+    def settle(self) -> int:
+        """Wait for every commit sent by :meth:`commit_later`; returns what :meth:`commit_later`
+        returns for them."""
 
 
 SOURCE_COUNTERS = ("EventReceivedCount", "EventAcceptedCount", "AppendBatchReceivedCount",
@@ -149,10 +168,10 @@ class SourceRunner:
         if routing.optional:
             # A channel can be required for some events and optional for others: the optional put
             # needs its own id, or the channel would take it for a retry of the required one.
-            for ch, exc in self.put_many(routing.optional, txn_id + ":optional", None).items():
-                if exc is not None:
+            for ch, refusal in self.put_many(routing.optional, txn_id + ":optional", None).items():
+                if refusal is not None:
                     self.counters["OptionalChannelWriteFail"] += 1
-                    self._note_error(f"optional channel '{ch}' refused a batch: {exc}")
+                    self._note_error(f"optional channel '{ch}' refused a batch: {refusal}")
         self.counters["EventAcceptedCount"] += len(intercepted)
         self.counters["AppendBatchAcceptedCount"] += 1
         self.last_error = None
@@ -182,8 +201,8 @@ class SourceRunner:
         if self.tap.armed:  # a batch passed by reference is read only here, only while tapped
             self.tap.offer(intercepted)
         if routing.optional:
-            for ch, exc in self.put_many(routing.optional, txn_id + ":optional", None).items():
-                if exc is not None:
+            for refusal in self.put_many(routing.optional, txn_id + ":optional", None).values():
+                if refusal is not None:
                     with self._counter_lock:
                         self.counters["OptionalChannelWriteFail"] += 1
         with self._counter_lock:
@@ -197,7 +216,7 @@ class SourceRunner:
         counters (one Arrow ``value_counts``, no loop over events; bounded, see
         :func:`rayflume._private.volume.count_header_values`). A batch passed by reference
         (not read here) is not counted."""
-        if not isinstance(batch, EventBatch) or len(batch) == 0:
+        if not isinstance(batch, EventBatch) or len(batch) == 0 or self.volume_header is None:
             return
         counts = pc.value_counts(batch.header(self.volume_header))
         count_header_values(self.counters, zip(counts.field("values").to_pylist(),
@@ -241,8 +260,8 @@ class SinkRunner:
                  take_timeout_s: float = 0.1, pipelined: bool = False, tap: TapPoint | None = None):
         self.name = name
         # Pipelined (one sink draining its channel alone): the next take is in flight while this
-        # batch is written, and commits are not waited for (their outcome is reaped later). The
-        # port must then offer prefetch / commit_later / release_prefetched / settle.
+        # batch is written, and commits are not waited for (their outcome is reaped later), with
+        # the port's pipelined calls (see ChannelPort).
         self.pipelined = pipelined
         self.sink = sink
         self.channel = channel

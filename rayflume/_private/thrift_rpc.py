@@ -25,8 +25,8 @@ import pyarrow as pa
 from thrift.protocol import TBinaryProtocol, TCompactProtocol
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.Thrift import TApplicationException, TMessageType, TType
-from thrift.TRecursive import fix_spec
 from thrift.transport import TTransport
+from thrift.TRecursive import fix_spec
 
 from rayflume.errors import RayflumeError
 from rayflume.event import HEADERS_TYPE, EventBatch

@@ -34,8 +34,17 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from rayflume._private.observe import (ComponentEntry, CounterReset, component_entries, error_summary, format_rate,
-                                       is_running_total, plain_error, rate_per_second)
+from rayflume._private.observe import (
+    ComponentEntry,
+    CounterReset,
+    component_entries,
+    error_summary,
+    format_rate,
+    is_running_total,
+    plain_error,
+    rate_per_second,
+)
+
 # ``numeric`` is this module's name for it (rayflume top had it before observe.py did)
 from rayflume._private.observe import numeric_counters as numeric
 

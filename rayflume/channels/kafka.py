@@ -94,13 +94,23 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from rayflume._private.kafka_common import (DECODE_ERROR_HEADER, RESERVED_CONSUMER, RESERVED_PRODUCER,
-                                            check_producer_overrides, consumer_config, ensure_topic,
-                                            event_header_lists, flume_event_values, flume_messages_to_batch,
-                                            kafka_error_text, messages_to_batch, partitions_of,
-                                            producer_config, validate_client_options)
-from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now,
-                                    renew_held)
+from rayflume._private.kafka_common import (
+    DECODE_ERROR_HEADER,
+    RESERVED_CONSUMER,
+    RESERVED_PRODUCER,
+    check_producer_overrides,
+    consumer_config,
+    ensure_topic,
+    event_header_lists,
+    flume_event_values,
+    flume_messages_to_batch,
+    kafka_error_text,
+    messages_to_batch,
+    partitions_of,
+    producer_config,
+    validate_client_options,
+)
+from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now, renew_held
 from rayflume.config_base import ChannelConfig
 from rayflume.errors import ChannelError
 from rayflume.event import EventBatch

@@ -10,8 +10,16 @@ from collections import OrderedDict, deque
 
 from pydantic import Field
 
-from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, Lease,
-                                    check_commit_of_settled_lease, now, renew_held, split_for_take)
+from rayflume.channels.base import (
+    IDEMPOTENCY_WINDOW,
+    Channel,
+    IdWindow,
+    Lease,
+    check_commit_of_settled_lease,
+    now,
+    renew_held,
+    split_for_take,
+)
 from rayflume.config_base import ChannelConfig
 from rayflume.event import EventBatch
 from rayflume.registry import register

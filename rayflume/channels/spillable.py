@@ -51,8 +51,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now,
-                                    renew_held)
+from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now, renew_held
 from rayflume.channels.file.channel import FileChannel
 from rayflume.channels.file.config import FileStorageConfig
 from rayflume.channels.file.errors import ChannelClosed

@@ -83,7 +83,8 @@ def agents_in(properties: list[Property]) -> list[str]:
 def no_agent_error(source: str, properties: list[Property]) -> ConfigError:
     """The error for a properties file given without ``--agent``."""
     agents = agents_in(properties)
-    found = f"it configures agent(s): {', '.join(agents)}" if agents else "it configures no agent (no `NAME.sources = ...`)"
+    found = (f"it configures agent(s): {', '.join(agents)}" if agents
+             else "it configures no agent (no `NAME.sources = ...`)")
     example = agents[0] if agents else "a1"
     return ConfigError([f"{source}: this is a Flume agent configuration (a properties file), and {found}. Say which "
                         f"agent to run with --agent (Flume's -n), e.g. `--agent {example}`; `rayflume convert {source} "
@@ -117,7 +118,8 @@ class _Converter:
 
     def under(self, prefix: str) -> dict[str, Property]:
         """Properties under ``prefix.`` not yet used, keyed by the rest of their key."""
-        return {k[len(prefix) + 1:]: p for k, p in self.own.items() if k.startswith(prefix + ".") and k not in self.used}
+        return {k[len(prefix) + 1:]: p for k, p in self.own.items()
+                if k.startswith(prefix + ".") and k not in self.used}
 
     def warn(self, prop: Property | None, key: str, message: str) -> None:
         self.warnings.append(Problem(prop.line if prop else None, key, message))
@@ -217,7 +219,8 @@ class _Converter:
         if found is None:
             reason = table.unsupported_reason(kind, flume_name)
             if reason:
-                self.error(type_prop, type_prop.key, f"Flume's {flume_name} {kind} has no rayflume equivalent: {reason}")
+                self.error(type_prop, type_prop.key, f"Flume's {flume_name} {kind} has no rayflume equivalent: "
+                                                     f"{reason}")
             else:
                 known = sorted({m.flume for m in table.ALL if m.kind == kind})
                 self.error(type_prop, type_prop.key, f"unknown {kind} type {flume_name!r}: neither one of Flume's "
@@ -254,7 +257,8 @@ class _Converter:
         for key, value, why in found.flume_defaults:
             if key not in out:
                 out[key] = value
-                self.notes.append(Problem(None, self.full(prefix), f"{key}: {value!r} written, Flume's default ({why})"))
+                self.notes.append(Problem(None, self.full(prefix),
+                                          f"{key}: {value!r} written, Flume's default ({why})"))
         if found.finish is not None:
             try:
                 found.finish(out, lambda message: self.warn(None, self.full(prefix), message))

@@ -140,7 +140,8 @@ class Prop:
 class ComponentMapping:
     """The properties of one Flume component type and what they become in rayflume.
 
-    Flume types with no rayflume equivalent are in :data:`UNSUPPORTED` instead. ``flume_defaults`` are ``(key, value, why)`` set when the Flume
+    Flume types with no rayflume equivalent are in :data:`UNSUPPORTED` instead.
+    ``flume_defaults`` are ``(key, value, why)`` set when the Flume
     file does not set the key, where Flume's default differs from rayflume's in a way that changes
     what the agent does. ``finish`` reshapes what the properties gave (``(mapping, warn)`` ->
     None; ``warn(message)`` reports a problem, raising :class:`Unusable` is an error)."""

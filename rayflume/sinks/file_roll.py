@@ -108,7 +108,8 @@ class FileRollSink(Sink):
             self.context.count("ConnectionFailedCount")
             self._undo(before)
             hint = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the directory"
-            raise DeliveryError(f"file_roll sink {self.name!r}: writing {len(batch)} events to {self._path or 'its file'} "
+            raise DeliveryError(f"file_roll sink {self.name!r}: writing {len(batch)} events to "
+                                f"{self._path or 'its file'} "
                                 f"failed: {exc}; the take is rolled back, {hint}") from exc
         self._pos = before + len(payload)
         self.context.count("BytesWrittenCount", len(payload))
@@ -212,7 +213,8 @@ class FileRollSinkConfig(SinkConfig):
     """``file_roll``: rolling files in a local directory; at-least-once (see the module docstring)."""
 
     directory: str = Field(min_length=1, description="Directory of the files; created if missing "
-                                                     "(Flume's sink.directory). Relative to the sink's working directory.")
+                                                     "(Flume's sink.directory). Relative to the sink's working "
+                                                     "directory.")
     roll_interval_s: float = Field(30.0, ge=0, description="Seconds a file stays open before it is closed "
                                                           "and the next write opens a new one; 0 never rolls.")
     batch_size: int = Field(100, gt=0, description="Most events taken in one transaction (sink.batchSize).")

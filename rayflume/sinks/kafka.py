@@ -56,10 +56,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from rayflume._private.kafka_common import (RESERVED_PRODUCER, check_producer_overrides,
-                                            constant_or_list, event_header_lists, flume_event_values,
-                                            kafka_error_text, producer_config, render_template,
-                                            validate_client_options)
+from rayflume._private.kafka_common import (
+    RESERVED_PRODUCER,
+    check_producer_overrides,
+    constant_or_list,
+    event_header_lists,
+    flume_event_values,
+    kafka_error_text,
+    producer_config,
+    render_template,
+    validate_client_options,
+)
 from rayflume.config_base import SinkConfig
 from rayflume.errors import DeliveryError, RayflumeError
 from rayflume.event import EventBatch

@@ -79,8 +79,8 @@ class RayflumeSink(Sink):
 
     def start(self, context) -> None:
         super().start(context)
-        from rayflume._private.controller import controller_name
         from rayflume._private.actors import NAMESPACE
+        from rayflume._private.controller import controller_name
 
         self._controller_name = (controller_name(context.topology), NAMESPACE)
 

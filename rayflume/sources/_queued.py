@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 from rayflume.errors import ChannelFull, TransactionTooLarge
 from rayflume.event import EventBatch
-from rayflume.sources.base import Source, SourceContext
 from rayflume.sources._network import CONNECTION_COUNTERS
+from rayflume.sources.base import Source, SourceContext
 
 POLL_WAIT_S = 0.1
 

@@ -6,8 +6,8 @@ Memory: the bytes a connection has received of a request it has not finished are
 ``memory_budget_bytes`` (shared by every connection), and a complete request ``DECODE_FACTOR``
 times its size plus ``EVENT_COST`` per event while it is decoded (the event count is read before
 the events: a request of many tiny events cannot expand past the budget); a connection that
-cannot get its share is closed (counted in ``ProtocolErrorCount``). A request larger than ``max_request_bytes`` is refused by the framing
-before it is buffered, also closing its connection.
+cannot get its share is closed (counted in ``ProtocolErrorCount``). A request larger than
+``max_request_bytes`` is refused by the framing before it is buffered, also closing its connection.
 """
 from __future__ import annotations
 

@@ -102,7 +102,8 @@ class LimitedServerMixin:
         self.tracker.opened(request, client_address[0])
         try:
             if self.tls is not None:
-                request.settimeout(min(HANDSHAKE_TIMEOUT_S, self.tracker.limits.request_timeout_s or HANDSHAKE_TIMEOUT_S))
+                request.settimeout(min(HANDSHAKE_TIMEOUT_S,
+                                       self.tracker.limits.request_timeout_s or HANDSHAKE_TIMEOUT_S))
                 try:
                     conn = self.tls.wrap_socket(request, server_side=True)
                 except (ssl.SSLError, OSError) as exc:

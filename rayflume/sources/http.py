@@ -29,8 +29,8 @@ event; with ``blob_query_headers`` the query parameters become headers (first va
 
 Requests are served by ``http.server.ThreadingHTTPServer`` (HTTP/1.1 keep-alive) on the shared
 server core: a thread per connection while a request is being served; a keep-alive connection idle
-between requests is parked and holds no thread. At most ``max_connections`` connections (more get a 503 and are closed), and the
-client limits of :mod:`rayflume.sources._limits` (``allowed_clients``,
+between requests is parked and holds no thread. At most ``max_connections`` connections (more get a
+503 and are closed), and the client limits of :mod:`rayflume.sources._limits` (``allowed_clients``,
 ``max_connections_per_client``, ``idle_timeout_s`` between requests, and ``request_timeout_s``
 for a whole request, head and body, from its first byte). A request is handed to the runner
 through a bounded queue; several queued requests may be committed in one channel put (each is
@@ -74,7 +74,13 @@ from rayflume.event import HEADERS_TYPE, EventBatch
 from rayflume.registry import register
 from rayflume.sources._framing import batch_of, headers_from_columns
 from rayflume.sources._limits import (
-    DEFAULT_MAX_CONNECTIONS, ByteBudget, ClientLimitsConfig, ConnectionLimits, ConnectionTracker, Watch)
+    DEFAULT_MAX_CONNECTIONS,
+    ByteBudget,
+    ClientLimitsConfig,
+    ConnectionLimits,
+    ConnectionTracker,
+    Watch,
+)
 from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig, family_of, is_loopback
 from rayflume.sources._queued import ReplyingSource
 from rayflume.sources._server import LimitedServerMixin, ServerThread, bind_or_close
@@ -594,7 +600,8 @@ class HttpSourceConfig(NetworkSourceConfig, TlsConfig, ClientLimitsConfig):
                 raise ValueError(f"http source: `auth_tokens` name {name!r} must be letters, digits, '-' or '_'")
             if not value.get_secret_value().strip():
                 raise ValueError(f"http source: `auth_tokens.{name}` is empty; give a token or remove it")
-            if value.get_secret_value().strip().startswith("${") and not SECRET_REF.match(value.get_secret_value().strip()):
+            if (value.get_secret_value().strip().startswith("${")
+                    and not SECRET_REF.match(value.get_secret_value().strip())):
                 raise ValueError(f"http source: `auth_tokens.{name}` looks like a reference but is neither "
                                  f"${{env:NAME}} nor ${{file:/path}}")
         if (self.auth_token is not None or self.auth_token_file is not None) and DEFAULT_TOKEN_NAME in self.auth_tokens:

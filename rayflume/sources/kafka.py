@@ -46,9 +46,15 @@ import time
 
 from pydantic import Field, field_validator, model_validator
 
-from rayflume._private.kafka_common import (DECODE_ERROR_HEADER, RESERVED_CONSUMER, consumer_config,
-                                            flume_messages_to_batch, kafka_error_text, messages_to_batch,
-                                            validate_client_options)
+from rayflume._private.kafka_common import (
+    DECODE_ERROR_HEADER,
+    RESERVED_CONSUMER,
+    consumer_config,
+    flume_messages_to_batch,
+    kafka_error_text,
+    messages_to_batch,
+    validate_client_options,
+)
 from rayflume.config_base import SourceConfig
 from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch

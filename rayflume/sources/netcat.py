@@ -38,9 +38,20 @@ from pydantic import Field, field_validator, model_validator
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._framing import (
-    batch_of, empty_headers, gather_ranges, headers_from_columns, split_lines, strip_cr)
+    batch_of,
+    empty_headers,
+    gather_ranges,
+    headers_from_columns,
+    split_lines,
+    strip_cr,
+)
 from rayflume.sources._limits import (
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, ClientLimitsConfig, ConnectionLimits, Watch)
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    ClientLimitsConfig,
+    ConnectionLimits,
+    Watch,
+)
 from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig
 from rayflume.sources._queued import Completion, Item, QueuedSource
 from rayflume.sources._server import ServerThread, StreamSession, start_stream_server

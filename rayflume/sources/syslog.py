@@ -41,14 +41,27 @@ from pydantic import Field, field_validator
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._limits import (
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_S, ClientLimitsConfig, ConnectionLimits, Watch, parse_networks)
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    ClientLimitsConfig,
+    ConnectionLimits,
+    Watch,
+    parse_networks,
+)
 from rayflume.sources._network import CONNECTION_COUNTERS, HostnameCache, NetworkSourceConfig
 from rayflume.sources._queued import Item, QueuedSource
 from rayflume.sources._server import ServerThread, StreamSession, start_stream_server
 from rayflume.sources._tls import TlsConfig
 from rayflume.sources._udp import UdpReceiver
 from rayflume.sources.syslog_parser import (
-    HEAD, NONE, StreamFramer, parse_keep_fields, parse_messages, raw_invalid, strip_trailers)
+    HEAD,
+    NONE,
+    StreamFramer,
+    parse_keep_fields,
+    parse_messages,
+    raw_invalid,
+    strip_trailers,
+)
 
 READ_BYTES = 1 << 16
 SYSLOG_COUNTERS = CONNECTION_COUNTERS + ("InvalidEventCount", "IncompleteEventCount", "DatagramDroppedCount",

@@ -49,7 +49,8 @@ class _ThriftSession(RpcSession):
         call = self.codec.read_call(frame, self.reserve_events)
         if call.events is None:
             return self.codec.reply(call, "ERROR")
-        return self.codec.reply(call, "OK" if self.source.accept(call.events, call.singular, self.address) else "FAILED")
+        return self.codec.reply(call, "OK" if self.source.accept(call.events, call.singular, self.address)
+                                else "FAILED")
 
 
 @register("source", "thrift")

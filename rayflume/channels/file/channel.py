@@ -91,20 +91,23 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from rayflume.channels.base import (IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now,
-                                    renew_held)
+from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now, renew_held
 from rayflume.channels.file import records
-from rayflume.channels.file.checkpoint import (BadCheckpoint, Checkpoint, MissingCheckpoint,
-                                               read_checkpoint, read_checkpoint_object,
-                                               remove_stale_tmp, write_checkpoint,
-                                               write_checkpoint_object)
-from rayflume.channels.file.errors import (ChannelClosed, ChannelReadError, ChannelWriteError,
-                                           InsufficientDiskSpace)
+from rayflume.channels.file.checkpoint import (
+    BadCheckpoint,
+    Checkpoint,
+    MissingCheckpoint,
+    read_checkpoint,
+    read_checkpoint_object,
+    remove_stale_tmp,
+    write_checkpoint,
+    write_checkpoint_object,
+)
+from rayflume.channels.file.errors import ChannelClosed, ChannelReadError, ChannelWriteError, InsufficientDiskSpace
 from rayflume.channels.file.fileio import FileIO
 from rayflume.channels.file.lock import lock_directories
 from rayflume.channels.file.log import PUBLISHED, LogRecord, SegmentLog, list_segments, scan_segment
-from rayflume.channels.file.objlog import (EPOCH_SHIFT, ChunkCache, ObjectLog, list_chunks,
-                                           replay_chunks)
+from rayflume.channels.file.objlog import EPOCH_SHIFT, ChunkCache, ObjectLog, list_chunks, replay_chunks
 from rayflume.channels.file.objstore import ObjectLock, ObjectStore, check_uri, is_uri
 from rayflume.channels.file.records import CorruptRecord, Record
 from rayflume.errors import ChannelFull

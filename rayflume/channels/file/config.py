@@ -6,8 +6,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rayflume.channels.file.channel import (DEFAULT_LOCK_TTL, DEFAULT_MAX_FILE_SIZE,
-                                            DEFAULT_MIN_FREE_SPACE, MiB, FileChannel)
+from rayflume.channels.file.channel import (
+    DEFAULT_LOCK_TTL,
+    DEFAULT_MAX_FILE_SIZE,
+    DEFAULT_MIN_FREE_SPACE,
+    FileChannel,
+    MiB,
+)
 from rayflume.channels.file.objstore import check_uri, is_uri, make_filesystem
 from rayflume.config_base import ChannelConfig
 from rayflume.registry import register

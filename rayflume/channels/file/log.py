@@ -29,8 +29,15 @@ from typing import Callable
 from rayflume.channels.file import records
 from rayflume.channels.file.errors import ChannelClosed, ChannelWriteError
 from rayflume.channels.file.fileio import FileIO
-from rayflume.channels.file.records import (SEGMENT_HEADER_SIZE, CorruptRecord, Damage, Record,
-                                            check_segment_header, record_header, segment_header)
+from rayflume.channels.file.records import (
+    SEGMENT_HEADER_SIZE,
+    CorruptRecord,
+    Damage,
+    Record,
+    check_segment_header,
+    record_header,
+    segment_header,
+)
 
 log = logging.getLogger(__name__)
 

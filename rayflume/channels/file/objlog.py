@@ -55,8 +55,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from rayflume.channels.file import records
-from rayflume.channels.file.errors import (ChannelClosed, ChannelLockLost, ChannelReadError,
-                                           ChannelWriteError)
+from rayflume.channels.file.errors import ChannelClosed, ChannelLockLost, ChannelReadError, ChannelWriteError
 from rayflume.channels.file.log import FAILED, PENDING, SYNCED, LogRecord, SegmentLog
 from rayflume.channels.file.objstore import ObjectStore
 from rayflume.channels.file.records import CorruptRecord, Record, record_header

@@ -6,8 +6,9 @@ where ``counter`` starts at the sink's start time in epoch milliseconds and grow
 and ``file_suffix`` defaults to the format's extension (``.gz``, ``.zst``, ``.parquet``) when it is
 empty. A sink running as one instance of a tier (several instances may write the same directory)
 adds its instance after the prefix, ``<file_prefix>.<tier>-<instance>.<counter><file_suffix>``, so
-instances never produce the same name and each recovers only its own unfinished files. While open, the file is ``<in_use_prefix><final name><in_use_suffix>`` (``FlumeData.
-1700000000000.tmp``). On an object store each write is a part object
+instances never produce the same name and each recovers only its own unfinished files. While open,
+the file is ``<in_use_prefix><final name><in_use_suffix>``
+(``FlumeData.1700000000000.tmp``). On an object store each write is a part object
 ``<in_use_prefix><final name>.part-000001<in_use_suffix>``.
 
 Finishing a file (:meth:`BucketFile.finish`):

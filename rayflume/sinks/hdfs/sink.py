@@ -417,7 +417,8 @@ class HdfsSink(Sink):
 
     def _timed_out(self, step: _Step, fut: Future, outcome: _Outcome) -> None:
         self._count("CallTimeoutCount")
-        what = f"{step.kind} of " + (self.storage.display(step.file.in_use_path) if step.file else str(step.group.paths))
+        what = f"{step.kind} of " + (self.storage.display(step.file.in_use_path) if step.file
+                                     else str(step.group.paths))
         log.warning("%s: %s did not return within call_timeout_s=%s", self.who, what, self.config.call_timeout_s)
         if step.kind == "append":
             self._forget(step.file)

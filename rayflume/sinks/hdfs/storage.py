@@ -34,14 +34,13 @@ Every method may block on I/O; the sink runs them in worker threads under ``call
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import errno
 import fcntl
 import glob
 import os
 import posixpath
 import shutil
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable
 

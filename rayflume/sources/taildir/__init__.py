@@ -65,8 +65,13 @@ Counters: ``FileOpenedCount``, ``FileClosedCount``, ``FileRenamedCount``, ``File
 problem reported, as text; also ``TaildirSource.status_error``).
 """
 from rayflume.sources.taildir.framing import Framed, frame_lines
-from rayflume.sources.taildir.source import (BYTE_OFFSET_HEADER, FileGroup, TaildirSource,
-                                             TaildirSourceConfig, default_position_file)
+from rayflume.sources.taildir.source import (
+    BYTE_OFFSET_HEADER,
+    FileGroup,
+    TaildirSource,
+    TaildirSourceConfig,
+    default_position_file,
+)
 
 __all__ = ["BYTE_OFFSET_HEADER", "FileGroup", "Framed", "TaildirSource", "TaildirSourceConfig",
            "default_position_file", "frame_lines"]
