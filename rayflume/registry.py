@@ -61,15 +61,13 @@ _BUILTIN_TYPES: dict[str, dict[str, str]] = {
                "syslog_tcp": "rayflume.sources.syslog", "syslog_udp": "rayflume.sources.syslog",
                "http": "rayflume.sources.http", "netcat": "rayflume.sources.netcat",
                "kafka": "rayflume.sources.kafka", "rayflume": "rayflume.sources.rayflume",
-               "avro": "rayflume.sources.avro", "thrift": "rayflume.sources.thrift",
-               "testing_source": "rayflume.testing", "testing_feed": "rayflume.testing"},
+               "avro": "rayflume.sources.avro", "thrift": "rayflume.sources.thrift"},
     "channel": {"memory": "rayflume.channels.memory", "null": "rayflume.channels.null",
                 "file": "rayflume.channels.file", "spillable": "rayflume.channels.spillable",
                 "kafka": "rayflume.channels.kafka"},
     "sink": {"logger": "rayflume.sinks.logger", "null": "rayflume.sinks.null", "file_roll": "rayflume.sinks.file_roll",
              "hdfs": "rayflume.sinks.hdfs", "kafka": "rayflume.sinks.kafka", "http": "rayflume.sinks.http",
-             "rayflume": "rayflume.sinks.rayflume", "avro": "rayflume.sinks.avro", "thrift": "rayflume.sinks.thrift",
-             "testing_sink": "rayflume.testing", "flaky_sink": "rayflume.testing"},
+             "rayflume": "rayflume.sinks.rayflume", "avro": "rayflume.sinks.avro", "thrift": "rayflume.sinks.thrift"},
     "interceptor": {"host": "rayflume.interceptors.builtin", "remove_header": "rayflume.interceptors.builtin",
                     "static": "rayflume.interceptors.builtin", "timestamp": "rayflume.interceptors.builtin",
                     "uuid": "rayflume.interceptors.builtin", "regex_extractor": "rayflume.interceptors.regex",
@@ -78,6 +76,11 @@ _BUILTIN_TYPES: dict[str, dict[str, str]] = {
     "processor": {"default": "rayflume.processors", "failover": "rayflume.processors",
                   "load_balance": "rayflume.processors"},
 }
+# The test components (in-memory sources and sinks, a flaky sink) register when rayflume.testing is
+# imported. They are not built-ins: a topology naming one imports that module (in the actor too),
+# but lists of types shown to users (known_types: error messages, `rayflume describe`) leave them out.
+TESTING_MODULE = "rayflume.testing"
+_TESTING_TYPES = {"source": ("testing_source", "testing_feed"), "sink": ("testing_sink", "flaky_sink")}
 # Modules that register no type of the table but must load with the kind's built-ins.
 _OTHER_BUILTIN_MODULES = {"interceptor": ["rayflume.interceptors.callable"]}
 
@@ -136,6 +139,8 @@ def lookup(kind: str, type_name, strict: bool = False) -> type | None:
 def _builtin(kind: str, type_name: str) -> type | None:
     """The built-in config class named ``type_name`` exactly, importing only its module."""
     module = _BUILTIN_TYPES[kind].get(type_name)
+    if module is None and type_name in _TESTING_TYPES.get(kind, ()):
+        module = TESTING_MODULE
     if module is None:
         return None
     importlib.import_module(module)
@@ -387,8 +392,10 @@ def canonical_type(kind: str, type_name: str) -> tuple[str, dict]:
 
 
 def known_types(kind: str) -> list[str]:
+    """The types of ``kind`` to show users: built-in ones and any registered since, but not the
+    test components of :mod:`rayflume.testing`."""
     _load_builtins(kind)
-    return sorted(_registry[kind])
+    return sorted(name for name, cls in _registry[kind].items() if cls.__module__ != TESTING_MODULE)
 
 
 # -- Flume's names -------------------------------------------------------------------------------
