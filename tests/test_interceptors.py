@@ -9,6 +9,7 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pydantic import ValidationError
 
@@ -26,7 +27,7 @@ from rayflume.interceptors.builtin import (
     split_list,
 )
 from rayflume.interceptors.callable import CallableInterceptorConfig, resolve_callable_interceptor
-from rayflume.interceptors.headers import header_values, keys_in, keys_matching, keys_named, remove_headers, set_header
+from rayflume.interceptors.headers import keys_in, keys_matching, keys_named, remove_headers, set_header
 from tests import _user_interceptors
 
 USER = "tests._user_interceptors"
@@ -152,19 +153,19 @@ def test_set_header_matches_reference_on_random_batches(seed):
         assert header_lists(out) == [_reference_set(e, "k", "s", preserve) for e in entries]
         assert out.body.equals(b.body)
     for key in keys + ["missing"]:
-        assert header_values(b, key).to_pylist() == [next((v for k, v in e if k == key), None) for e in entries]
-        assert header_values(b, key).equals(b.header(key))
+        assert b.header(key).to_pylist() == [next((v for k, v in e if k == key), None) for e in entries]
+        assert b.header(key).equals(pc.map_lookup(b.headers, pa.scalar(key, pa.string()), "first"))
 
 
-def test_header_values_edge_cases():
-    assert header_values(EventBatch.empty(), "k").to_pylist() == []
-    assert header_values(EventBatch.from_bodies([b"a", b"b"]), "k").to_pylist() == [None, None]
+def test_header_lookup_edge_cases():
+    assert EventBatch.empty().header("k").to_pylist() == []
+    assert EventBatch.from_bodies([b"a", b"b"]).header("k").to_pylist() == [None, None]
     headers = pa.MapArray.from_arrays(pa.array([0, 2, 3, 4], pa.int32()), pa.array(["k", "k", "k", "x"]),
                                       pa.array(["first", "second", "in null map", "y"]),
                                       mask=pa.array([False, True, False]))
     b = EventBatch.from_bodies([b"0", b"1", b"2"], headers)
-    assert header_values(b, "k").to_pylist() == ["first", None, None]
-    assert header_values(b, "x").to_pylist() == [None, None, "y"]
+    assert b.header("k").to_pylist() == ["first", None, None]
+    assert b.header("x").to_pylist() == [None, None, "y"]
 
 
 # -- headers.remove_headers ----------------------------------------------------------------------

@@ -21,42 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayflume.event import EventBatch
+from rayflume.event import EventBatch, FlatHeaders
 
-__all__ = ["header_values", "set_header", "remove_headers", "keys_named", "keys_in", "keys_matching"]
+__all__ = ["set_header", "remove_headers", "keys_named", "keys_in", "keys_matching"]
 
 KeyPredicate = Callable[[pa.StringArray], "pa.BooleanArray | np.ndarray"]
-
-
-class _FlatHeaders:
-    """The header map of a batch as normalised flat arrays.
-
-    ``offsets`` (int64, length n + 1) starts at 0 and indexes ``keys`` and ``items``, which hold
-    exactly the entries of this batch (a sliced batch's map column shares a longer child array).
-    ``live`` is False for the entries of a null map: they are treated as absent.
-    """
-
-    __slots__ = ("n", "offsets", "keys", "items", "live")
-
-    def __init__(self, headers: pa.MapArray):
-        self.n = len(headers)
-        raw = np.asarray(headers.offsets, dtype=np.int64)
-        start, end = int(raw[0]), int(raw[-1])
-        self.offsets = raw - start
-        self.keys = headers.keys.slice(start, end - start)
-        self.items = headers.items.slice(start, end - start)
-        self.live = None
-        if headers.null_count:
-            # Arrow allows a null map slot to span entries; they are not part of the event.
-            valid = np.asarray(headers.is_valid(), dtype=bool)
-            self.live = np.repeat(valid, self.lengths())
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def entry_events(self) -> np.ndarray:
-        """The event index of every entry."""
-        return np.repeat(np.arange(self.n, dtype=np.int64), self.lengths())
 
 
 def _to_mask(result, size: int, what: str) -> np.ndarray:
@@ -87,7 +56,7 @@ def _build_map(offsets: np.ndarray, keys: pa.Array, items: pa.Array) -> pa.MapAr
     return pa.MapArray.from_arrays(pa.array(offsets.astype(np.int32)), keys, items)
 
 
-def _keep_entries(batch: EventBatch, flat: _FlatHeaders, keep: np.ndarray) -> EventBatch:
+def _keep_entries(batch: EventBatch, flat: FlatHeaders, keep: np.ndarray) -> EventBatch:
     kept_lengths = _event_counts(keep, flat.offsets)
     offsets = np.concatenate(([0], np.cumsum(kept_lengths, dtype=np.int64)))
     mask = pa.array(keep, pa.bool_())
@@ -113,33 +82,6 @@ def _values_array(values, n: int) -> tuple[pa.Array | None, np.ndarray | None]:
     return values, valid
 
 
-def header_values(batch: EventBatch, key: str) -> pa.StringArray:
-    """The value of header ``key`` of every event (its first occurrence); null where it is missing.
-
-    Same result as ``EventBatch.header(key)`` (``pyarrow.compute.map_lookup``), about 8x faster on
-    large batches: only the keys are compared, and only matching values are gathered.
-    """
-    n = len(batch)
-    flat = _FlatHeaders(batch.headers)
-    if len(flat.keys) == 0:
-        return pa.nulls(n, pa.string())
-    matches = np.asarray(pc.fill_null(pc.equal(flat.keys, key), False), dtype=bool)
-    if flat.live is not None:
-        matches &= flat.live
-    found = np.flatnonzero(matches)
-    if len(found) == 0:
-        return pa.nulls(n, pa.string())
-    events = np.searchsorted(flat.offsets, found, side="right") - 1
-    first = np.ones(len(found), dtype=bool)
-    first[1:] = events[1:] != events[:-1]
-    found, events = found[first], events[first]
-    if len(events) == n:
-        return flat.items.take(pa.array(found))
-    position = np.full(n, -1, dtype=np.int64)
-    position[events] = np.arange(len(events), dtype=np.int64)
-    return flat.items.take(pa.array(found)).take(pa.array(position, mask=position < 0))
-
-
 def set_header(batch: EventBatch, key: str, values, preserve_existing: bool = False) -> EventBatch:
     """Set header ``key`` on every event of ``batch``.
 
@@ -157,7 +99,7 @@ def set_header(batch: EventBatch, key: str, values, preserve_existing: bool = Fa
     if target is None:
         target = np.ones(n, dtype=bool)
 
-    flat = _FlatHeaders(batch.headers)
+    flat = FlatHeaders(batch.headers)
     has_entries = len(flat.keys) > 0
     if has_entries:
         matches = np.asarray(pc.fill_null(pc.equal(flat.keys, key), False), dtype=bool)
@@ -225,7 +167,7 @@ def remove_headers(batch: EventBatch, predicate: KeyPredicate) -> EventBatch:
     """
     if len(batch) == 0:
         return batch
-    flat = _FlatHeaders(batch.headers)
+    flat = FlatHeaders(batch.headers)
     if len(flat.keys) == 0:
         if flat.live is None:
             return batch

@@ -12,9 +12,8 @@ written to any channel as required: it goes only to its optional channels, if an
 otherwise dropped by the selector (the source still acknowledges it). Header values match
 exactly and case-sensitively.
 
-Routing is vectorised: the header is looked up once per batch (``header_values``, the same
-result as ``EventBatch.header`` / ``pyarrow.compute.map_lookup`` but faster),
-each event's value is turned into an index into the configured values with
+Routing is vectorised: the header is looked up once per batch (``EventBatch.header``), each
+event's value is turned into an index into the configured values with
 ``pyarrow.compute.index_in``, and each channel's sub-batch is one boolean-mask filter.
 """
 from __future__ import annotations
@@ -26,7 +25,6 @@ from pydantic import Field, field_validator
 
 from rayflume.config_base import SelectorConfig
 from rayflume.event import EventBatch
-from rayflume.interceptors.headers import header_values
 from rayflume.registry import register
 from rayflume.selectors.base import ChannelSelector, Routing
 from rayflume.selectors.replicating import channel_list, check_known
@@ -86,7 +84,7 @@ class MultiplexingChannelSelector(ChannelSelector):
         other = len(self.values)
         if other == 0:
             return np.zeros(len(batch), dtype=np.int64)
-        index = pc.index_in(header_values(batch, self.header), value_set=self._value_set)
+        index = pc.index_in(batch.header(self.header), value_set=self._value_set)
         return np.asarray(pc.fill_null(index, other), dtype=np.int64)
 
     def route(self, batch: EventBatch) -> Routing:

@@ -17,7 +17,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from rayflume.config_base import SourceConfig
-from rayflume.event import EventBatch
+from rayflume.event import EventBatch, empty_headers
 from rayflume.registry import register
 from rayflume.sources.base import Source, SourceContext
 
@@ -120,9 +120,7 @@ class SequenceSource(Source):
     def _empty_headers(self, n: int) -> pa.MapArray:
         # Batches are mostly the same size; one immutable headers array serves them all.
         if self._headers is None or self._headers[0] != n:
-            offsets = pa.array(np.zeros(n + 1, dtype=np.int32))
-            headers = pa.MapArray.from_arrays(offsets, pa.array([], pa.string()), pa.array([], pa.string()))
-            self._headers = (n, headers)
+            self._headers = (n, empty_headers(n))
         return self._headers[1]
 
     def poll(self) -> EventBatch | None:

@@ -55,7 +55,6 @@ import pyarrow.compute as pc
 
 from rayflume.errors import DeliveryError
 from rayflume.event import EventBatch
-from rayflume.interceptors.headers import header_values
 
 log = logging.getLogger("rayflume.sink.hdfs")
 
@@ -305,7 +304,7 @@ class BucketRouter:
         columns.extend(time_keys.values())
         header_arrays = {}
         for name in self.headers:
-            values = header_values(batch, name)
+            values = batch.header(name)
             header_arrays[name] = values
             encoded = pc.dictionary_encode(values, null_encoding="encode")
             columns.append(np.asarray(encoded.indices, dtype=np.int64))
@@ -343,7 +342,7 @@ class BucketRouter:
         n = len(batch)
         if self.use_local_timestamp:
             return np.full(n, int(self.wall_clock() * 1000), dtype=np.int64)
-        values = header_values(batch, self.timestamp_header)
+        values = batch.header(self.timestamp_header)
         missing = values.null_count
         if missing:
             raise DeliveryError(
