@@ -76,7 +76,7 @@ def server():
 
 
 def make(url: str, **kw) -> HttpSink:
-    sink = HttpSink("web", url, **kw)
+    sink = HttpSinkConfig(type="http", channel="c", endpoint=url, **kw).build("web")
     sink.start(SinkContext("web"))
     return sink
 

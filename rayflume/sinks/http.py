@@ -187,47 +187,37 @@ def client_tls_problems(who: str, certfile: str | None, keyfile: str | None,
 class HttpSink(Sink):
     """POSTs batches; see the module docstring for the status-code rules and the guarantees."""
 
-    def __init__(self, name: str, endpoint: str, connect_timeout_s: float = 5.0, request_timeout_s: float = 5.0,
-                 content_type_header: str | None = None, accept_header: str = "text/plain",
-                 format: str = "json_lines", default_backoff: bool = True, default_rollback: bool = True,
-                 backoff: dict | None = None, rollback: dict | None = None, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, request_headers: dict | None = None, batch_size: int = 1000,
-                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None, ssl_ca_file: str | None = None):
+    def __init__(self, name: str, config: "HttpSinkConfig"):
         self.name = name
-        self.endpoint = endpoint
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"http sink '{name}': `endpoint` must be an http:// or https:// URL, got {endpoint!r}")
+        self.endpoint = config.endpoint
+        parts = urlsplit(config.endpoint)  # the config checked the scheme, host and TLS keys
         self._scheme = parts.scheme
         self._host = parts.hostname
         self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if self._scheme != "https" and (ssl_certfile or ssl_keyfile or ssl_ca_file):
-            raise ValueError(f"http sink '{name}': `ssl_certfile`/`ssl_keyfile`/`ssl_ca_file` need an https:// "
-                             f"`endpoint`, got {endpoint!r}")
-        self.ssl_certfile = ssl_certfile
-        self.ssl_keyfile = ssl_keyfile
-        self.ssl_ca_file = ssl_ca_file
+        self.ssl_certfile = config.ssl_certfile
+        self.ssl_keyfile = config.ssl_keyfile
+        self.ssl_ca_file = config.ssl_ca_file
         self._ssl_context: ssl.SSLContext | None = None
-        self.connect_timeout_s = connect_timeout_s
-        self.request_timeout_s = request_timeout_s
-        self.format = format
-        self.content_type = content_type_header or ("application/x-ndjson" if format == "json_lines"
-                                                    else "text/plain")
-        self.accept = accept_header
-        self.default_backoff = default_backoff
-        self.default_rollback = default_rollback
-        self.backoff_rules = normalise_rules(backoff or {}, "backoff")
-        self.rollback_rules = normalise_rules(rollback or {}, "rollback")
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.extra_headers = dict(request_headers or {})
-        self.batch_size = batch_size
+        self.connect_timeout_s = config.connect_timeout_s
+        self.request_timeout_s = config.request_timeout_s
+        self.format = config.format
+        self.content_type = config.content_type_header or ("application/x-ndjson" if config.format == "json_lines"
+                                                           else "text/plain")
+        self.accept = config.accept_header
+        self.default_backoff = config.default_backoff
+        self.default_rollback = config.default_rollback
+        self.backoff_rules = config.backoff  # normalised by the config
+        self.rollback_rules = config.rollback
+        self.backoff_s = config.backoff_s
+        self.max_backoff_s = config.max_backoff_s
+        self.extra_headers = dict(config.request_headers)
+        self.batch_size = config.batch_size
         self.context = SinkContext(name=name)
         self._conn: http.client.HTTPConnection | None = None
         self._text = TextSerializer(append_newline=True)
         self._pause_until = 0.0
-        self._next_pause = backoff_s
+        self._next_pause = config.backoff_s
         self.sleep = time.sleep  # injectable for tests
 
     def start(self, context: SinkContext) -> None:
@@ -373,7 +363,4 @@ class HttpSinkConfig(SinkConfig):
         return client_tls_problems("http sink", self.ssl_certfile, self.ssl_keyfile, self.ssl_ca_file)[1]
 
     def build(self, name: str) -> HttpSink:
-        return HttpSink(name, self.endpoint, self.connect_timeout_s, self.request_timeout_s, self.content_type_header,
-                        self.accept_header, self.format, self.default_backoff, self.default_rollback, self.backoff,
-                        self.rollback, self.backoff_s, self.max_backoff_s, self.request_headers, self.batch_size,
-                        self.ssl_certfile, self.ssl_keyfile, self.ssl_ca_file)
+        return HttpSink(name, self)
