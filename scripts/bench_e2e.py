@@ -127,6 +127,15 @@ def rss_bytes(pid: int) -> tuple[int, int]:
         return 0, 0
 
 
+def maps_library(pid: int, path_part: str) -> bool:
+    """Whether process ``pid`` has a file whose path contains ``path_part`` mapped (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return path_part in f.read()
+    except OSError:
+        return False
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below ``pid`` (Linux /proc), the node's Ray processes for this script's Ray."""
     children: dict[int, list[int]] = {}
@@ -242,6 +251,8 @@ def run_e2e(lines: int, batch: int = BATCH, timeout_s: float = 900.0) -> dict:
             sampler.actor_pids = actor_pids(TOPOLOGY)
             if not sampler.finished.wait(timeout_s):
                 raise RuntimeError(f"{output_bytes(out_dir):,} of {size:,} bytes written in {timeout_s:.0f} s")
+            pandas_loaded = {name: maps_library(pid, "pandas/_libs") for name, pid in sampler.actor_pids.items()
+                             if name != "controller"}
         finally:
             sampler.stop()
             handle.stop(drain_timeout_s=30)
@@ -255,7 +266,7 @@ def run_e2e(lines: int, batch: int = BATCH, timeout_s: float = 900.0) -> dict:
             "startup_s": round(sampler.first_byte - t_deploy, 2),
             "peak_rss_mb": {name: round(v / 1e6) for name, v in sorted(sampler.peak_actor.items())},
             "peak_rss_private_mb": {name: round(v / 1e6) for name, v in sorted(sampler.peak_actor_private.items())},
-            "peak_rss_ray_total_mb": round(sampler.peak_ray_total / 1e6),
+            "peak_rss_ray_total_mb": round(sampler.peak_ray_total / 1e6), "pandas_loaded": pandas_loaded,
             "baseline_mb_per_s": round(baseline, 1), "ratio_to_baseline": round(mb_per_s / baseline, 3)}
 
 

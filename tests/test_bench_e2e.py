@@ -3,6 +3,7 @@ commit) -> hdfs (local, text) delivers every numbered line once and in order, an
 uses finds a lost, a repeated and a reordered line."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -23,6 +24,11 @@ def test_every_line_delivered_once_in_order(ray_local, tmp_path, monkeypatch):
     assert {"source/tail", "channel/disk", "controller"} <= set(r["peak_rss_mb"])
     assert all(mb > 30 for mb in r["peak_rss_mb"].values())
     assert r["peak_rss_ray_total_mb"] > sum(r["peak_rss_mb"].values())
+    # pyarrow loads pandas (when installed) in each process on its first pa.array, ~37 MB each; the
+    # agent's actors keep it out (rayflume._private.actors.keep_pandas_out_of_pyarrow)
+    assert set(r["pandas_loaded"]) == {"source/tail", "channel/disk", "sinks/out"}, r["pandas_loaded"]
+    if importlib.util.find_spec("pandas") is not None:
+        assert not any(r["pandas_loaded"].values()), r["pandas_loaded"]
     # the log is cached: a second ask returns the same file
     assert bench_e2e.numbered_log(30_000) == bench_e2e.numbered_log(30_000)
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import sys
 import threading
 import time
 import uuid
@@ -139,6 +140,42 @@ def process_memory() -> dict:
     return out
 
 
+class _PandasKeptOut:
+    """An import hook that refuses ``pandas`` while pyarrow looks for it (see
+    :func:`keep_pandas_out_of_pyarrow`)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas":
+            raise ImportError("pandas is not loaded by pyarrow in a component actor")
+        return None
+
+
+def keep_pandas_out_of_pyarrow() -> None:
+    """Have pyarrow settle now, in this component actor's process, that it runs without pandas.
+
+    pyarrow imports pandas (when installed) on its first ``pa.array`` call, to recognise pandas
+    objects: about 37 MB of resident memory in each actor process, which never converts to or from
+    pandas. pyarrow remembers the outcome of that first look, so this makes the look fail once.
+    pandas stays importable: user code in the actor may import it, and ``to_pandas()`` (which
+    asks pyarrow to import pandas outright) still works; only ``pa.array(<pandas object>)``
+    treats a Series as a plain sequence in this process. pyarrow's C++ conversions to numpy
+    (``to_numpy``, ``np.asarray`` of an Arrow array) and its type inference for Python lists look
+    for pandas on their own, each time: a component that uses them (the header interceptors do)
+    still loads it. The taildir -> file -> hdfs agent does not (``scripts/bench_e2e.py`` checks)."""
+    import pyarrow.lib
+
+    if "pandas" in sys.modules:
+        return  # already loaded by someone: nothing to save, and its objects must keep converting
+    blocker = _PandasKeptOut()
+    sys.meta_path.insert(0, blocker)
+    try:
+        pyarrow.lib._pandas_api.have_pandas  # the look pyarrow remembers
+    except Exception:  # a pyarrow without this internal: it will import pandas when it wants
+        logger.debug("cannot keep pandas out of pyarrow", exc_info=True)
+    finally:
+        sys.meta_path.remove(blocker)
+
+
 class _Component:
     """What every component actor shares: identity, start time, restart detection, stop."""
 
@@ -146,6 +183,7 @@ class _Component:
 
     def _init_identity(self, topology: str, name: str, scope: str, metrics_export=None) -> None:
         logs.configure()
+        keep_pandas_out_of_pyarrow()
         self.topology = topology
         self.name = name
         self.scope = scope
