@@ -359,14 +359,16 @@ def test_the_oracle_catches_a_missing_directory_fsync(scratch):
 
 
 def test_concurrent_puts_share_one_fsync(tmp_path):
-    """The group-commit phase of the workload really groups: 3 puts, 2 fsyncs."""
+    """The group-commit phase of the workload really groups: 3 puts, fewer fsyncs."""
     io = PowerLossIO(str(tmp_path), 1, "drop")
     ch = open_channel(tmp_path, io)
     try:
         hist = History()
         before = io.fsyncs
         _group_put(ch, io, hist, random.Random(1))
-        assert io.fsyncs - before == 2
+        # 2: the leader synced its own write and the two that queued behind it share the next
+        # fsync; 1 (a busy machine): all three wrote before the leader took its sync point.
+        assert io.fsyncs - before in (1, 2)
         assert io.gate_timeouts == 0     # released by the third write, not by its 10 s timeout
         assert len(hist.acked) == 6
     finally:
@@ -450,7 +452,7 @@ def test_taildir_position_file_is_old_or_new_after_power_loss(tmp_path, monkeypa
     holds a complete version: the last one whose write returned, or the one being written."""
     import json
 
-    from rayflume.sources.taildir import storage
+    from rayflume.sources._files import storage
 
     rng = random.Random(SEED)
     versions = [{"inode": 7, "pos": i * 1000, "file": "/var/log/app.log" + "x" * i}
