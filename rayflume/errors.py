@@ -41,6 +41,16 @@ class ConfigError(RayflumeError):
         super().__init__(f"{head} is invalid ({len(self.errors)} problem(s)):\n{lines}")
 
 
+def read_config_file(path: str, what: str) -> str:
+    """The UTF-8 text of the file ``path``; a ConfigError ``<path>: cannot read <what>: <reason>``
+    when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read {what}: {exc.strerror}"]) from None
+
+
 class ClusterUnavailable(RayflumeError, ConnectionError):
     """No Ray cluster answered at the given address within the deadline; says what to try."""
 

@@ -60,7 +60,7 @@ import yaml
 from pydantic import ValidationError
 
 from rayflume import registry
-from rayflume.errors import ConfigError
+from rayflume.errors import ConfigError, read_config_file
 
 SECTIONS = {"sources": "source", "channels": "channel", "sinks": "sink"}
 TIER_KEYS = {"sources", "channels", "sinks", "sink_groups"}
@@ -424,11 +424,7 @@ def load_topology(path: str | os.PathLike, agent: str | None = None, warnings: l
     ConfigError listing every problem, each with its line in the file where the path can be found
     there."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the topology file: {exc.strerror}"]) from None
+    text = read_config_file(path, "the topology file")
     return _load_text(text, path, agent, warnings, os.path.dirname(os.path.abspath(path)), runtime_env)
 
 

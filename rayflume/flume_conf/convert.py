@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from rayflume import registry
-from rayflume.errors import ConfigError
+from rayflume.errors import ConfigError, read_config_file
 from rayflume.flume_conf import mapping as table
 from rayflume.flume_conf.properties import Property, parse_properties
 
@@ -428,11 +428,7 @@ def _validation_problems(data: dict, origin: dict[str, Property], base_dir: str 
 def convert_file(path: str | os.PathLike, agent: str | None) -> FlumeConversion:
     """:func:`convert_text` of a file. Raises ConfigError when it cannot be read."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the Flume configuration: {exc.strerror}"]) from None
+    text = read_config_file(path, "the Flume configuration")
     return convert_text(text, agent, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
