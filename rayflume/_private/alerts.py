@@ -35,6 +35,14 @@ it keeps what was firing firing and does not report it again.
 :class:`WebhookSender` POSTs each transition as JSON from a thread of its own, with a bounded
 queue (the oldest is dropped when full, and logged) and exponential back-off between attempts: a
 dead webhook never blocks the caller.
+
+:class:`AlertsLoop` is the controller's alerts thread: every :data:`ALERT_INTERVAL_S`, at a fixed
+rate, it evaluates the rules on a fresh status at wall-clock time (so pending-since times mean the
+same after a controller restart). A slow or hung component delays that thread, never a reconcile
+tick. Each transition is logged (warning), added to the controller's events and queued for the
+webhook. The evaluator's state is handed to the controller to store with its desired state
+whenever it changes, and a restarted controller passes it back: alerts firing keep firing without
+being notified again.
 """
 from __future__ import annotations
 
@@ -47,11 +55,14 @@ import time
 import urllib.request
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 from rayflume._private.backoff import Backoff
 from rayflume._private.observe import component_entries, numeric_counters, parse_counter
 
 logger = logging.getLogger("rayflume.alerts")
+# The alerts thread runs in the controller: its lines are the controller's, as the reconcile loop's.
+controller_logger = logging.getLogger("rayflume.controller")
 
 RULE_TYPES = ("component_down", "channel_fill_above", "sink_lag_above", "volume_change")
 RULE_KEYS = ("name", "type", "threshold", "for_s", "component", "days", "value")
@@ -61,6 +72,9 @@ ALERTS_KEYS = ("rules", "webhook")
 RULE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # it is part of a Prometheus metric name
 RUNNING_STATES = ("ALIVE", "FINISHED", "PAUSED")
 RECENT_ALERTS = 100  # transitions kept for status()/`rayflume alerts`
+# How often the controller evaluates the rules, in a thread of their own (one status() each time).
+ALERT_INTERVAL_S = 1.0
+ALERT_CALL_TIMEOUT_S = 0.5  # how long an evaluation waits for the components' answers, in all
 
 
 @dataclass(frozen=True)
@@ -430,3 +444,101 @@ class WebhookSender:
                 # send() may have dropped it as the oldest meanwhile
                 if self._queue and self._queue[0] is alert:
                     self._queue.popleft()
+
+
+class AlertsLoop:
+    """The alerts thread of the controller of topology ``name`` (see the module docstring), written
+    against callables as the runners are: ``topology()`` is the deployed topology (a redeploy that
+    changes its ``alerts`` rebuilds the evaluator, keeping the state of the rules it still has),
+    ``status(call_timeout_s)`` a fresh status, evaluated only while ``running()``, ``volume()`` a
+    context holding the hourly volume still, ``store_state(state)`` stores the evaluator's state;
+    ``state`` is the stored one, ``events`` the controller's event list. The thread ends when
+    ``stopping`` is set. :meth:`report` and :meth:`gauges` may be called from any thread."""
+
+    def __init__(self, name: str, topology: Callable, status: Callable[[float], dict], running: Callable[[], bool],
+                 volume: Callable[[], ContextManager], events: deque, store_state: Callable[[dict], None],
+                 stopping: threading.Event, state: dict | None = None):
+        self.name = name
+        self._topology, self._status, self._running, self._volume = topology, status, running, volume
+        self._events, self._store_state, self._stopping = events, store_state, stopping
+        self._lock = threading.Lock()
+        self.evaluator: AlertEvaluator | None = None
+        self._config: AlertsConfig | None = None
+        self._sender: WebhookSender | None = None
+        # Until an evaluator exists (and after a redeploy drops the rules) the last stored state is
+        # kept, so that rules coming back do not forget what was firing.
+        self._state = state
+        self._saved: dict | None = None  # what this thread stored last
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="alerts")
+
+    def start(self) -> None:
+        self.configure(self._topology())  # restored alerts are reported from the start
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+
+    def _loop(self) -> None:
+        """Evaluates the rules every ALERT_INTERVAL_S, in this thread so that neither slow components
+        nor webhook delivery delay a reconcile tick."""
+        next_at = time.monotonic() + ALERT_INTERVAL_S
+        # At a fixed rate: a slow evaluation does not stretch the time to notice a death.
+        while not self._stopping.wait(max(0.0, next_at - time.monotonic())):
+            next_at = max(next_at + ALERT_INTERVAL_S, time.monotonic())
+            try:
+                self._tick()
+            except Exception:
+                controller_logger.exception("topology '%s': alert evaluation failed", self.name)
+
+    def configure(self, topology) -> None:
+        """(Re)build the evaluator for ``topology.alerts`` (a deploy or redeploy), keeping the state
+        of the rules it still has (see AlertEvaluator: firing ones stay firing, not notified again)."""
+        config = topology.alerts
+        sink_channels = {(tier_name, sink): getattr(cfg, "channel", None)
+                         for tier_name, tier in topology.tiers.items() for sink, cfg in tier.sinks.items()}
+        with self._lock:
+            state = self.evaluator.to_dict() if self.evaluator is not None else self._state
+            self.evaluator = AlertEvaluator(config.rules, sink_channels, state) if config else None
+            self._config = config
+            old, self._sender = self._sender, None
+            if config is not None and config.webhook is not None:
+                self._sender = WebhookSender(config.webhook, label=f"topology '{self.name}': ")
+        if old is not None:
+            old.close()
+
+    def _tick(self) -> None:
+        topology = self._topology()
+        if topology.alerts is not self._config:
+            self.configure(topology)
+        if self.evaluator is None or not self._running():
+            return
+        # A replacement actor still starting would hold a full status up for seconds; its state
+        # (from the GCS) is what component_down needs, so the answers are waited for briefly.
+        status = self._status(ALERT_CALL_TIMEOUT_S)
+        with self._lock, self._volume() as volume:  # the controller's sampling thread feeds the volume
+            transitions = self.evaluator.evaluate(status, time.time(), volume)
+            state = self.evaluator.to_dict()
+        for alert in transitions:
+            message = f"alert {alert['rule']} {alert['state'].upper()}: {alert['message']}"
+            controller_logger.warning("topology '%s': %s", self.name, message)
+            self._events.append({"time": alert["time"], "component": "alerts", "message": message})
+            if self._sender is not None:
+                self._sender.send({**alert, "topology": self.name})
+        if state != self._saved:
+            # Stored with the desired state, so a restarted controller keeps firing alerts firing.
+            self._store_state(state)
+            self._state = self._saved = state
+
+    def report(self) -> dict:
+        """``{"rules", "firing": [...], "recent": [...]}``: the rules, the firing alerts and the last
+        transitions (oldest first); empty lists when the topology has no alert rules."""
+        with self._lock:
+            report = self.evaluator.report() if self.evaluator is not None else {"firing": [], "recent": []}
+            rules = [r.__dict__ for r in self._config.rules] if self._config else []
+        return {"rules": rules, **report}
+
+    def gauges(self) -> dict[str, int] | None:
+        """:meth:`AlertEvaluator.gauges` (None without alert rules)."""
+        with self._lock:
+            return self.evaluator.gauges() if self.evaluator is not None else None
