@@ -91,6 +91,24 @@ class FlatHeaders:
         return self.items.take(pa.array(found)).take(pa.array(position, mask=position < 0))
 
 
+def binary_array(offsets: np.ndarray, data, validity: pa.Buffer | None = None, *, null_count: int = -1,
+                 value_type: pa.DataType = pa.binary()) -> pa.Array:
+    """An Arrow ``binary`` array (or ``value_type``, e.g. ``pa.string()``) of ``len(offsets) - 1``
+    values built straight from its buffers: value ``i`` is ``data[offsets[i]:offsets[i + 1]]``.
+
+    ``offsets`` is a contiguous int32 numpy array (checked: other widths would be misread);
+    ``data`` is bytes, a contiguous numpy array or a ``pa.Buffer``; ``validity`` an Arrow validity
+    bitmap (None: no nulls). Nothing is copied: the array keeps ``offsets`` and ``data``, so the
+    caller must not change them afterwards. The offsets are not validated (a batch builder's hot
+    path); they must start at 0 or later, not decrease and stay within ``data``.
+    """
+    if offsets.dtype != np.int32:
+        raise TypeError(f"binary array offsets must be int32, not {offsets.dtype}")
+    buffer = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    return pa.Array.from_buffers(value_type, len(offsets) - 1, [validity, pa.py_buffer(offsets), buffer],
+                                 null_count=null_count)
+
+
 def _as_binary(body: pa.Array) -> pa.Array:
     if body.type == pa.binary():
         return body

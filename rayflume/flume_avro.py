@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayflume.errors import RayflumeError
-from rayflume.event import HEADERS_TYPE, EventBatch
+from rayflume.event import HEADERS_TYPE, EventBatch, binary_array
 from rayflume.sources._framing import take_ranges
 
 NAMESPACE = "org.apache.flume.source.avro"
@@ -116,8 +116,7 @@ def _encoded_headers(headers: pa.MapArray) -> pa.Array | pa.Scalar:
     # each event's entries are a contiguous run of ``entries``: their bytes, without copying
     entry_offsets = np.frombuffer(entries.buffers()[1], dtype=np.int32, count=len(entries) + 1,
                                   offset=entries.offset * 4)
-    inner = pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(entry_offsets[map_offsets].copy()),
-                                                         entries.buffers()[2]])
+    inner = binary_array(entry_offsets[map_offsets], entries.buffers()[2])
     counts = np.diff(map_offsets).astype(np.int64)
     # a map is its entry count, the entries, and a terminating zero count; an empty one only the zero
     prefix = _varints(2 * counts)
@@ -144,7 +143,7 @@ def _varints(values: np.ndarray) -> pa.BinaryArray:
     data = table[np.arange(_MAX_VARINT) < sizes[:, None]]
     offsets = np.zeros(len(v) + 1, dtype=np.int32)
     np.cumsum(sizes, out=offsets[1:])
-    return pa.BinaryArray.from_buffers(pa.binary(), len(v), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return binary_array(offsets, data)
 
 
 def _varint_bytes(value: int) -> bytes:

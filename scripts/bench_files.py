@@ -11,7 +11,7 @@ sink's EventDrainSuccessCount sampled every 0.1 s until every line was drained. 
 rate is measured between 10% and 90% of the lines (start-up and the tail excluded); the whole run
 (first sample to last line) is reported too. The baseline, measured in the same run, is the raw
 speed of reading the same file with ``pread`` in 8 MiB chunks and framing it with the source's own
-:func:`~rayflume.sources.taildir.framing.frame_lines` in one process: what the source could do
+:func:`~rayflume.sources._framing.frame_lines` in one process: what the source could do
 with no Ray at all. The last line printed is one JSON object.
 
 ``pipeline_taildir(tmp)`` returns the topology (minus name and metrics) for ``scripts/bench.py``.
@@ -92,7 +92,7 @@ def pipeline_taildir(tmp: str, megabytes: int = FILE_MB, batch: int = BATCH) -> 
 
 def baseline(path: str) -> dict:
     """Read + frame the file in this process with the source's framing function."""
-    from rayflume.sources.taildir.framing import frame_lines
+    from rayflume.sources._framing import frame_lines
 
     fd = os.open(path, os.O_RDONLY)
     pos, events = 0, 0

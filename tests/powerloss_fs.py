@@ -29,7 +29,7 @@ import os
 import random
 import threading
 
-from rayflume.channels.file.fileio import FileIO
+from rayflume.channels.file import FileIO
 
 MODES = ("drop", "prefix", "mixed")
 

@@ -27,8 +27,7 @@ import ray
 from pydantic import ValidationError
 
 from rayflume import testing
-from rayflume.channels.file import ChannelWriteError
-from rayflume.channels.file.fileio import FileIO
+from rayflume.channels.file import ChannelWriteError, FileIO
 from rayflume.channels.spillable import SpillableChannel, SpillableChannelConfig
 from rayflume.errors import ChannelFull, ConfigError
 from rayflume.topology import loads_topology

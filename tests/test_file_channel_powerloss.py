@@ -17,8 +17,8 @@ Oracle (Jepsen's total-queue, per the channel's contract with ``fsync="per_commi
   A maybe-consumed event may come back once (at-least-once: one duplicate downstream at most);
 * recovery counts no corrupt record and no missing event: a power cut only loses unsynced bytes.
 
-The last test applies the same layer to the taildir position file (its storage module calls plain
-``os`` functions, so the test swaps that module's ``os`` for a shim over the layer).
+The last test applies the same layer to the taildir position file (written through the same
+``FileIO`` seam).
 
 Set ``RAYFLUME_POWERLOSS_SEED`` to explore other seeds; a failure names the seed, workload, crash
 point and mode that reproduce it.
@@ -410,44 +410,7 @@ def test_the_simulation_loses_unsynced_data(tmp_path, mode):
 
 
 # -- the taildir position file --------------------------------------------------------------------
-class _OsThroughPowerLoss:
-    """Stands in for the ``os`` module inside rayflume.sources.taildir.storage, which calls plain
-    ``os`` functions (it has no I/O seam): file writes, fsyncs and renames go to a PowerLossIO,
-    everything else to ``os``."""
-
-    def __init__(self, io: PowerLossIO):
-        self._io = io
-        self._dir_fds: dict[int, str] = {}
-
-    def __getattr__(self, name):
-        return getattr(os, name)
-
-    def open(self, path, flags, mode=0o777):
-        if flags & os.O_DIRECTORY:
-            fd = os.open(path, flags)
-            self._dir_fds[fd] = path
-            return fd
-        return self._io.open(path, flags, mode)
-
-    def write(self, fd, data):
-        self._io.write(fd, [data])
-        return len(data)
-
-    def fsync(self, fd):
-        if fd in self._dir_fds:
-            self._io.fsync_dir(self._dir_fds[fd])
-        else:
-            self._io.fsync(fd)
-
-    def close(self, fd):
-        self._dir_fds.pop(fd, None)
-        os.close(fd)
-
-    def replace(self, src, dst):
-        self._io.replace(src, dst)
-
-
-def test_taildir_position_file_is_old_or_new_after_power_loss(tmp_path, monkeypatch):
+def test_taildir_position_file_is_old_or_new_after_power_loss(tmp_path):
     """After a power cut at any operation of a sequence of position updates, the position file
     holds a complete version: the last one whose write returned, or the one being written."""
     import json
@@ -465,16 +428,13 @@ def test_taildir_position_file_is_old_or_new_after_power_loss(tmp_path, monkeypa
             path = str(base / "taildir_position.json")
             storage.write_json_atomic(path, versions[0])        # durable before the test starts
             io = PowerLossIO(str(base), rng.randrange(1 << 30), mode, crash_at)
-            monkeypatch.setattr(storage, "os", _OsThroughPowerLoss(io))
             done = 0
             try:
                 for i in range(1, len(versions)):
-                    storage.write_json_atomic(path, versions[i])
+                    storage.write_json_atomic(path, versions[i], io=io)
                     done = i
             except OSError:
                 assert io.crashed
-            finally:
-                monkeypatch.undo()
             io.crash()
             image = Path(io.materialize(str(tmp_path / f"img-{mode}-{crash_at}")))
             raw = (image / "taildir_position.json").read_bytes()

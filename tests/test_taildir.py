@@ -16,8 +16,9 @@ from pydantic import ValidationError
 
 from rayflume.errors import ConfigError
 from rayflume.registry import lookup
+from rayflume.sources._files import storage
 from rayflume.sources.base import SourceContext
-from rayflume.sources.taildir import TaildirSourceConfig, frame_lines, storage
+from rayflume.sources.taildir import TaildirSourceConfig, frame_lines
 from tests.channel_contract import wait_until
 
 

@@ -21,7 +21,9 @@ actor calls that may be retried:
 * ``wait_for_batch(n, timeout_s)`` lets a sink fill its batches: it waits until ``n`` events are
   ready to take, for channels that can tell (``ready_events()`` is not None).
 
-Implementations are thread-safe: the channel actor calls them from several threads.
+Implementations are thread-safe: the channel actor calls them from several threads. The lease half
+(leases in flight, expiry, idempotent settling, the take-and-wait loop) is implemented once, in
+:mod:`rayflume.channels.leases`.
 """
 from __future__ import annotations
 
@@ -32,7 +34,6 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from rayflume.errors import LeaseUnknown
 from rayflume.event import EventBatch
 
 # How many settled transaction and lease ids a channel remembers to make retries no-ops.
@@ -49,22 +50,28 @@ class Lease:
     expires_at: float
     events: int = 0
     nbytes: int = 0
+    committing: bool = False  # a commit is in flight: rollback, release and expiry leave it alone
 
 
 class IdWindow:
-    """A bounded set of recently seen ids (oldest forgotten first). Not thread-safe."""
+    """A bounded set of recently seen ids (oldest forgotten first), each with an optional value
+    (how a lease ended, for instance). Not thread-safe."""
 
     def __init__(self, size: int = IDEMPOTENCY_WINDOW):
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, str | None] = OrderedDict()
         self._size = size
 
     def __contains__(self, key: str) -> bool:
         return key in self._ids
 
-    def add(self, key: str) -> None:
-        self._ids[key] = None
+    def add(self, key: str, value: str | None = None) -> None:
+        self._ids[key] = value
         if len(self._ids) > self._size:
             self._ids.popitem(last=False)
+
+    def get(self, key: str) -> str | None:
+        """The value ``key`` was added with; None as well when it is not (or no longer) held."""
+        return self._ids.get(key)
 
     def items(self) -> list[str]:
         return list(self._ids)
@@ -204,25 +211,6 @@ class Channel(ABC):
                        ChannelFillPercentage=round(100.0 * size / self.capacity, 3),
                        ChannelBytes=self.nbytes())
             return out
-
-
-def renew_held(leases, holder: str, expires_at: float) -> None:
-    """Move the expiry of every lease of ``holder`` among ``leases`` to ``expires_at``. The caller
-    holds its channel's lock."""
-    for lease in leases:
-        if lease.holder == holder:
-            lease.expires_at = expires_at
-
-
-def check_commit_of_settled_lease(channel: str, lease_id: str, previous: str | None) -> None:
-    """A commit of a lease the channel no longer holds. ``previous`` is how it was settled
-    ("committed", "rolled_back", "expired"; None: never seen). A retried commit is a no-op;
-    anything else raises LeaseUnknown: its events were returned and will be delivered again."""
-    if previous == "committed":
-        return
-    why = "it expired or was rolled back" if previous else "it is unknown to the channel"
-    where = f"channel '{channel}': " if channel else ""
-    raise LeaseUnknown(f"{where}cannot commit lease {lease_id}: {why}; its events will be delivered again")
 
 
 def split_for_take(batches, max_events: int) -> tuple[list[EventBatch], list[EventBatch]]:

@@ -88,7 +88,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -110,7 +110,8 @@ from rayflume._private.kafka_common import (
     producer_config,
     validate_client_options,
 )
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now, renew_held
+from rayflume.channels.base import IdWindow, now
+from rayflume.channels.leases import LeasedChannel, LeaseTable
 from rayflume.config_base import ChannelConfig
 from rayflume.errors import ChannelError
 from rayflume.event import EventBatch
@@ -172,10 +173,12 @@ class _Piece:
 
 @dataclass
 class _Lease:
+    lease_id: str
     holder: str
     pieces: list
     expires_at: float
     events: int
+    committing: bool = False  # never: a commit settles the lease at once, under the lock
 
 
 class _PartitionState:
@@ -190,8 +193,10 @@ class _PartitionState:
         self.high = start                 # the partition's end offset when last asked
 
 
-class KafkaChannel(Channel):
+class KafkaChannel(LeasedChannel):
     """A channel stored in a Kafka topic; see the module docstring."""
+
+    _leases: LeaseTable[_Lease]
 
     def __init__(self, name: str, bootstrap_servers: str, topic: str = "flume-channel", group_id: str = "flume",
                  format: str = "arrow", capacity: int | None = None, transaction_capacity: int = 10_000,
@@ -217,8 +222,6 @@ class KafkaChannel(Channel):
         self._fetch_lock = threading.Lock()
         self._committed_txns = IdWindow()
         self._seen_txns = IdWindow()
-        self._outcomes: OrderedDict[str, str] = OrderedDict()
-        self._leases: dict[str, _Lease] = {}
         self._ready: deque[_Piece] = deque()
         self._held_events = 0             # read and not committed (ready + leased)
         self._ready_events = 0
@@ -412,6 +415,10 @@ class KafkaChannel(Channel):
 
     # -- take ---------------------------------------------------------------------------------------
     def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
+        # Not the lease table's take-and-wait loop: events arrive by reading the broker, outside the
+        # channel lock (a fetch waits up to 0.1 s), not by a put notifying; and while the topic holds
+        # events not read yet a take waits for a full batch, up to poll_timeout_s. Leases are the
+        # table's all the same (_lease hands out what _lease_head found).
         self._check_take_size(max_events)
         if max_events <= 0:
             return None
@@ -567,7 +574,12 @@ class KafkaChannel(Channel):
                         DECODE_ERROR_HEADER)
         return batch
 
-    def _lease(self, max_events: int, holder: str):
+    def _lease(self, max_events: int, holder: str) -> tuple[str, EventBatch] | None:
+        got = self._lease_head(max_events, holder)
+        return None if got is None else self._leases.hand_out(*got)
+
+    def _lease_head(self, max_events: int, holder: str) -> tuple[_Lease, list[EventBatch]] | None:
+        """Lease up to ``max_events`` of the events already read (no fetch); None when none are."""
         taken: list[_Piece] = []
         n = 0
         while self._ready and n < max_events:
@@ -579,36 +591,30 @@ class KafkaChannel(Channel):
                 self._ready.appendleft(rest)
             taken.append(piece)
             n += len(piece.batch)
+        if not taken:
+            return None
         self._ready_events -= n
-        lease_id = self.new_lease_id()
-        self._leases[lease_id] = _Lease(holder, taken, now() + self.lease_timeout_s, n)
-        self.counters.EventTakeSuccessCount += n
-        return lease_id, EventBatch.concat([p.batch for p in taken])
+        return _Lease(self.new_lease_id(), holder, taken, self._leases.expiry(), n), [p.batch for p in taken]
 
     # -- settle ---------------------------------------------------------------------------------------
-    def _settle(self, lease_id: str, outcome: str) -> _Lease | None:
-        lease = self._leases.pop(lease_id, None)
-        if lease is None:
-            if outcome == "committed":
-                check_commit_of_settled_lease(self.name, lease_id, self._outcomes.get(lease_id))
-            return None
-        if outcome == "committed":
-            for piece in lease.pieces:
-                piece.record.mark_done(piece.start, piece.start + len(piece.batch))
-                self._held_events -= len(piece.batch)
-                self._held_bytes -= piece.batch.nbytes
-        else:
-            for piece in reversed(lease.pieces):
-                self._ready.appendleft(piece)
-            self._ready_events += lease.events
-        self._outcomes[lease_id] = outcome
-        if len(self._outcomes) > IDEMPOTENCY_WINDOW:
-            self._outcomes.popitem(last=False)
-        return lease
+    def _give_back(self, lease: _Lease) -> int:
+        for piece in reversed(lease.pieces):
+            self._ready.appendleft(piece)
+        self._ready_events += lease.events
+        return lease.events
 
     def commit(self, lease_id: str) -> None:
+        # The table settles the lease; committing it in Kafka is this channel's: offsets are a
+        # prefix per partition, so the records it covers are marked done and the offsets move up
+        # to the first event not done yet (a lease committed out of order waits for earlier ones).
         with self._lock:
-            if self._settle(lease_id, "committed") is not None or self._commit_dirty:
+            lease = self._leases.commit(lease_id)
+            if lease is not None:
+                for piece in lease.pieces:
+                    piece.record.mark_done(piece.start, piece.start + len(piece.batch))
+                    self._held_events -= len(piece.batch)
+                    self._held_bytes -= piece.batch.nbytes
+            if lease is not None or self._commit_dirty:
                 self._advance_offsets()
 
     def _advance_offsets(self) -> None:
@@ -654,33 +660,12 @@ class KafkaChannel(Channel):
         finally:
             self.counters.extra["KafkaCommitTimer"] += int((time.monotonic() - started) * 1000)
 
-    def rollback(self, lease_id: str) -> None:
-        with self._lock:
-            if self._settle(lease_id, "rolled_back") is not None:
-                self.counters.RollbackCount += 1
-                self._not_empty.notify_all()
-
-    def release(self, holder: str) -> int:
-        with self._lock:
-            n = 0
-            for lid in [lid for lid, lease in self._leases.items() if lease.holder == holder]:
-                n += self._settle(lid, "rolled_back").events
-                self.counters.RollbackCount += 1
-            return n
-
-    def renew(self, holder: str) -> float:
-        """Extend ``holder``'s leases to ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
-        with self._lock:
-            renew_held(self._leases.values(), holder, now() + self.lease_timeout_s)
-            return self.lease_timeout_s
-
     def expire_leases(self) -> int:
+        """Return the events of overdue leases to the head; how many events came back. Also retries
+        committing offsets that a failed Kafka commit left behind (the actor calls this
+        periodically)."""
         with self._lock:
-            t = now()
-            n = 0
-            for lid in [lid for lid, lease in self._leases.items() if lease.expires_at <= t]:
-                n += self._settle(lid, "expired").events
-                self.counters.LeaseExpiredCount += 1
+            n = super().expire_leases()
             if self._commit_dirty:
                 self._advance_offsets()
             return n

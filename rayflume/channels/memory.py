@@ -6,36 +6,28 @@ the channel actor lives; everything it holds is lost when the actor process dies
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 
 from pydantic import Field
 
-from rayflume.channels.base import (
-    IDEMPOTENCY_WINDOW,
-    Channel,
-    IdWindow,
-    Lease,
-    check_commit_of_settled_lease,
-    now,
-    renew_held,
-    split_for_take,
-)
+from rayflume.channels.base import IdWindow, Lease, split_for_take
+from rayflume.channels.leases import LeasedChannel, LeaseTable
 from rayflume.config_base import ChannelConfig
 from rayflume.event import EventBatch
 from rayflume.registry import register
 
 
 class LeasedQueue:
-    """The in-memory queue plus leases behind the memory channel and the spillable channel.
+    """The in-memory queue behind the memory channel and the spillable channel's memory part:
+    batches in order, and how many events and bytes are queued and leased. It hands out leases and
+    takes them back; which leases are in flight is its owner's to track (a
+    :class:`~rayflume.channels.leases.LeaseTable`, or the spillable channel's lease parts).
 
     Not thread-safe on its own: callers hold the channel's lock.
     """
 
-    def __init__(self, name: str = ""):
-        self.name = name  # the channel's, for messages
+    def __init__(self):
         self.batches: deque[EventBatch] = deque()
-        self.leases: dict[str, Lease] = {}
-        self.outcomes: OrderedDict[str, str] = OrderedDict()
         self.queued_events = 0
         self.queued_bytes = 0
         self.leased_events = 0
@@ -46,19 +38,19 @@ class LeasedQueue:
         self.queued_events += len(batch)
         self.queued_bytes += batch.nbytes
 
-    def lease(self, max_events: int, holder: str, lease_id: str, timeout_s: float) -> Lease | None:
+    def lease(self, max_events: int, holder: str, lease_id: str, expires_at: float) -> Lease | None:
+        """Lease up to ``max_events`` events from the head; None when the queue is empty."""
         if not self.batches:
             return None
         taken, rest = split_for_take(self._head_for(max_events), max_events)
         for b in reversed(rest):
             self.batches.appendleft(b)
-        lease = Lease(lease_id, holder, taken, now() + timeout_s,
+        lease = Lease(lease_id, holder, taken, expires_at,
                       events=sum(len(b) for b in taken), nbytes=sum(b.nbytes for b in taken))
         self.queued_events -= lease.events
         self.queued_bytes -= lease.nbytes
         self.leased_events += lease.events
         self.leased_bytes += lease.nbytes
-        self.leases[lease_id] = lease
         return lease
 
     def _head_for(self, max_events: int) -> list[EventBatch]:
@@ -69,50 +61,30 @@ class LeasedQueue:
             n += len(b)
         return head
 
-    def settle(self, lease_id: str, outcome: str) -> Lease | None:
-        """Mark ``lease_id`` committed or rolled back; the lease, or None if already settled.
-
-        Raises LeaseUnknown for a commit of a lease that was rolled back or never existed.
-        """
-        lease = self.leases.pop(lease_id, None)
-        if lease is None:
-            if outcome == "committed":
-                check_commit_of_settled_lease(self.name, lease_id, self.outcomes.get(lease_id))
-            return None
+    def drop(self, lease: Lease) -> None:
+        """``lease`` was committed: its events leave for good."""
         self.leased_events -= lease.events
         self.leased_bytes -= lease.nbytes
-        if outcome != "committed":
-            for b in reversed(lease.batches):
-                self.batches.appendleft(b)
-            self.queued_events += lease.events
-            self.queued_bytes += lease.nbytes
-        self._remember(lease_id, outcome)
-        return lease
 
-    def _remember(self, lease_id: str, outcome: str) -> None:
-        self.outcomes[lease_id] = outcome
-        if len(self.outcomes) > IDEMPOTENCY_WINDOW:
-            self.outcomes.popitem(last=False)
-
-    def expired(self) -> list[str]:
-        t = now()
-        return [lid for lid, lease in self.leases.items() if lease.expires_at <= t]
-
-    def held_by(self, holder: str) -> list[str]:
-        return [lid for lid, lease in self.leases.items() if lease.holder == holder]
-
-    def renew(self, holder: str, expires_at: float) -> None:
-        """Move the expiry of every lease of ``holder`` to ``expires_at``."""
-        renew_held(self.leases.values(), holder, expires_at)
+    def give_back(self, lease: Lease) -> int:
+        """Return ``lease``'s events to the head, in their order; how many came back."""
+        self.drop(lease)
+        for b in reversed(lease.batches):
+            self.batches.appendleft(b)
+        self.queued_events += lease.events
+        self.queued_bytes += lease.nbytes
+        return lease.events
 
 
-class MemoryChannel(Channel):
+class MemoryChannel(LeasedChannel):
     """Queue of batches in the actor's memory. Thread-safe."""
+
+    _leases: LeaseTable[Lease]
 
     def __init__(self, name: str, capacity: int = 100_000, transaction_capacity: int = 10_000,
                  byte_capacity: int | None = None, lease_timeout_s: float = 60.0):
         super().__init__(name, capacity, transaction_capacity, byte_capacity, lease_timeout_s)
-        self._q = LeasedQueue(name)
+        self._q = LeasedQueue()
         self._committed_txns = IdWindow()
 
     def put(self, batch: EventBatch, txn_id: str) -> None:
@@ -133,58 +105,18 @@ class MemoryChannel(Channel):
             self.counters.EventPutSuccessCount += len(batch)
             self._not_empty.notify_all()
 
-    def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
-        self._check_take_size(max_events)
-        deadline = now() + timeout_s
-        with self._lock:
-            self.expire_leases()
-            self.counters.EventTakeAttemptCount += 1
-            while not self._q.batches:
-                remaining = deadline - now()
-                if remaining <= 0:
-                    return None
-                self._not_empty.wait(remaining)
-                self.expire_leases()
-            lease = self._q.lease(max_events, holder, self.new_lease_id(), self.lease_timeout_s)
-            self.counters.EventTakeSuccessCount += lease.events
-            return lease.lease_id, EventBatch.concat(lease.batches)
+    def _lease_head(self, max_events: int, holder: str) -> tuple[Lease, list[EventBatch]] | None:
+        lease = self._q.lease(max_events, holder, self.new_lease_id(), self._leases.expiry())
+        return None if lease is None else (lease, lease.batches)
+
+    def _give_back(self, lease: Lease) -> int:
+        return self._q.give_back(lease)
 
     def commit(self, lease_id: str) -> None:
         with self._lock:
-            self._q.settle(lease_id, "committed")
-
-    def rollback(self, lease_id: str) -> None:
-        with self._lock:
-            if self._q.settle(lease_id, "rolled_back") is not None:
-                self.counters.RollbackCount += 1
-                self._not_empty.notify_all()
-
-    def release(self, holder: str) -> int:
-        with self._lock:
-            n = 0
-            for lid in self._q.held_by(holder):
-                n += self._q.settle(lid, "rolled_back").events
-                self.counters.RollbackCount += 1
-            if n:
-                self._not_empty.notify_all()
-            return n
-
-    def renew(self, holder: str) -> float:
-        """Extend ``holder``'s leases to ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
-        with self._lock:
-            self._q.renew(holder, now() + self.lease_timeout_s)
-            return self.lease_timeout_s
-
-    def expire_leases(self) -> int:
-        """Return the events of overdue leases to the head; how many events came back."""
-        with self._lock:
-            n = 0
-            for lid in self._q.expired():
-                n += self._q.settle(lid, "expired").events
-                self.counters.LeaseExpiredCount += 1
-            if n:
-                self._not_empty.notify_all()
-            return n
+            lease = self._leases.commit(lease_id)
+            if lease is not None:
+                self._q.drop(lease)
 
     def ready_events(self) -> int:
         return self._q.queued_events

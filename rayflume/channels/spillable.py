@@ -45,16 +45,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now, renew_held
+from rayflume.channels.base import IdWindow, Lease
 from rayflume.channels.file.channel import FileChannel
 from rayflume.channels.file.config import FileStorageConfig
 from rayflume.channels.file.errors import ChannelClosed
+from rayflume.channels.leases import COMMITTED, LeasedChannel, LeaseTable
 from rayflume.channels.memory import LeasedQueue
 from rayflume.errors import ChannelFull
 from rayflume.event import EventBatch
@@ -87,17 +88,23 @@ def dual_thresholds(memory_capacity: int, switch_threshold: int | None,
 
 @dataclass
 class _Part:
-    """One store's share of a take: consecutive events of one run, leased from memory (a
-    :class:`LeasedQueue` lease) or from the overflow (a file channel lease)."""
+    """One store's share of a take: consecutive events of one run, leased from memory (``mem``, a
+    :class:`LeasedQueue` lease no table tracks: it lives and ends with its channel lease) or from
+    the overflow (``lease_id``, a lease of the file channel)."""
 
     disk: bool
-    lease_id: str
     events: int
+    lease_id: str = ""
+    mem: Lease | None = None
     committed: bool = False  # a disk part whose commit returned (a commit may fail half-way)
 
 
 @dataclass
 class _SpillLease:
+    """A lease of this channel: its parts, head first. The parts' own leases never expire (memory
+    parts are not tracked, the overflow's lease_timeout_s is infinite), so expiring, renewing or
+    releasing this lease covers all of them."""
+
     lease_id: str
     holder: str
     expires_at: float
@@ -109,7 +116,7 @@ class _SpillLease:
         return sum(p.events for p in self.parts)
 
 
-class SpillableChannel(Channel):
+class SpillableChannel(LeasedChannel):
     """Memory first, overflowing to a file log, in ``mode`` "spill" or "dual" (see the module
     docstring); FIFO across both parts. Thread-safe.
 
@@ -119,6 +126,8 @@ class SpillableChannel(Channel):
     ``switch_threshold`` and ``switch_back_threshold`` (events) are ``dual``'s, see
     :func:`dual_thresholds` for their defaults.
     """
+
+    _leases: LeaseTable[_SpillLease]
 
     def __init__(self, name: str, memory_capacity: int = 10_000, overflow_capacity: int = 100_000_000,
                  transaction_capacity: int = 10_000, byte_capacity: int | None = None,
@@ -158,8 +167,6 @@ class SpillableChannel(Channel):
                                          transaction_capacity=transaction_capacity,
                                          lease_timeout_s=_NEVER, **file_options)
         self._txns = IdWindow()
-        self._leases: dict[str, _SpillLease] = {}
-        self._outcomes: OrderedDict[str, str] = OrderedDict()
         # Queued (not leased) events in put order, as runs [on_disk, events]; the memory runs add
         # up to the memory queue and the disk runs to the overflow's queue, each FIFO itself.
         self._runs: deque[list] = deque()
@@ -239,35 +246,22 @@ class SpillableChannel(Channel):
             self._disk_done.notify_all()
             self._not_empty.notify_all()
 
-    def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
-        self._check_take_size(max_events)
-        if max_events <= 0:
+    def _lease_head(self, max_events: int, holder: str) -> tuple[_SpillLease, list[EventBatch]] | None:
+        parts, batches = self._lease_runs(max_events, holder)
+        if not parts:
             return None
-        deadline = now() + timeout_s
-        with self._lock:
-            self._check_open()
-            self._expire_locked()
-            self.counters.EventTakeAttemptCount += 1
-            while True:
-                parts, batches = self._lease_runs(max_events, holder)
-                if parts:
-                    break
-                remaining = deadline - now()
-                if remaining <= 0:
-                    return None
-                self._not_empty.wait(remaining)
-                self._check_open()
-                self._expire_locked()
-            lease = _SpillLease(self.new_lease_id(), holder, now() + self.lease_timeout_s, parts)
-            self._leases[lease.lease_id] = lease
-            self.counters.EventTakeSuccessCount += lease.events
-            return lease.lease_id, EventBatch.concat(batches)
+        return _SpillLease(self.new_lease_id(), holder, self._leases.expiry(), parts), batches
+
+    def _give_back(self, lease: _SpillLease) -> int:
+        return self._return_parts(lease.parts)
 
     def commit(self, lease_id: str) -> None:
+        # Not the table's one-step commit: the disk parts are committed in the overflow (an fsync)
+        # outside the lock, the lease marked committing meanwhile so that rollback, release and
+        # expiry leave it alone; it is settled only once every disk part is durable.
         with self._lock:
-            lease = self._leases.get(lease_id)
+            lease = self._leases.to_commit(lease_id)
             if lease is None:
-                check_commit_of_settled_lease(self.name, lease_id, self._outcomes.get(lease_id))
                 return
             lease.committing = True
         try:
@@ -283,38 +277,11 @@ class SpillableChannel(Channel):
                 lease.committing = False
             raise
         with self._lock:
-            if self._leases.pop(lease_id, None) is not None:
+            if self._leases.pop(lease_id, COMMITTED) is not None:
                 for part in lease.parts:
-                    if not part.disk:
-                        self._mem.settle(part.lease_id, "committed")
-                self._remember(lease_id, "committed")
+                    if part.mem is not None:
+                        self._mem.drop(part.mem)
                 self._update_mode()
-
-    def rollback(self, lease_id: str) -> None:
-        with self._lock:
-            lease = self._leases.get(lease_id)
-            if lease is None or lease.committing:
-                return
-            self._return([lease], "rolled_back")
-            self.counters.RollbackCount += 1
-
-    def release(self, holder: str) -> int:
-        with self._lock:
-            leases = [ls for ls in self._leases.values() if ls.holder == holder and not ls.committing]
-            self.counters.RollbackCount += len(leases)
-            # Newest first, so the oldest lease's events end up at the head.
-            return self._return(list(reversed(leases)), "rolled_back")
-
-    def renew(self, holder: str) -> float:
-        """Extend ``holder``'s leases (all parts: the parts' own leases never expire) to
-        ``lease_timeout_s`` from now; returns ``lease_timeout_s``."""
-        with self._lock:
-            renew_held(self._leases.values(), holder, now() + self.lease_timeout_s)
-            return self.lease_timeout_s
-
-    def expire_leases(self) -> int:
-        with self._lock:
-            return self._expire_locked()
 
     def ready_events(self) -> int:
         with self._lock:
@@ -471,11 +438,11 @@ class SpillableChannel(Channel):
                 disk, run = self._runs[0]
                 want = min(run, max_events - got)
                 if not disk:
-                    lease = self._mem.lease(want, holder, self.new_lease_id(), _NEVER)
+                    lease = self._mem.lease(want, holder, "", _NEVER)
                     self._runs[0][1] -= lease.events
                     if not self._runs[0][1]:
                         self._runs.popleft()
-                    parts.append(_Part(False, lease.lease_id, lease.events))
+                    parts.append(_Part(False, lease.events, mem=lease))
                     batches += lease.batches
                     got += lease.events
                     continue
@@ -499,54 +466,30 @@ class SpillableChannel(Channel):
                         break
                     continue
                 self._disk_leased += taken
-                parts.append(_Part(True, over[0], taken))
+                parts.append(_Part(True, taken, lease_id=over[0]))
                 batches.append(over[1])
                 got += taken
         except BaseException:
-            self._return_parts(parts, "rolled_back")
+            self._return_parts(parts)
             raise
         return parts, batches
 
-    def _return_parts(self, parts: list[_Part], outcome: str) -> int:
+    def _return_parts(self, parts: list[_Part]) -> int:
         """Return the parts of a lease to the heads of their stores and of the runs, last part
         first, so they come back in their order. Called under the lock."""
         n = 0
         for part in reversed(parts):
-            if part.disk:
+            if part.mem is not None:
+                self._mem.give_back(part.mem)
+            else:
                 if part.committed:
                     continue  # its commit returned before a later part's failed: gone for good
                 self._overflow.rollback(part.lease_id)
                 self._disk_leased -= part.events
                 self._disk_queued += part.events
-            else:
-                self._mem.settle(part.lease_id, outcome)
             self._push_run(part.disk, part.events, front=True)
             n += part.events
         return n
-
-    def _return(self, leases: list[_SpillLease], outcome: str) -> int:
-        n = 0
-        for lease in leases:
-            del self._leases[lease.lease_id]
-            n += self._return_parts(lease.parts, outcome)
-            self._remember(lease.lease_id, outcome)
-        if n:
-            self._not_empty.notify_all()
-        return n
-
-    def _expire_locked(self) -> int:
-        t = now()
-        overdue = [ls for ls in self._leases.values() if ls.expires_at <= t and not ls.committing]
-        if not overdue:
-            return 0
-        self.counters.LeaseExpiredCount += len(overdue)
-        # Newest first, so the oldest lease's events end up at the head.
-        return self._return(list(reversed(overdue)), "expired")
-
-    def _remember(self, lease_id: str, outcome: str) -> None:
-        self._outcomes[lease_id] = outcome
-        if len(self._outcomes) > IDEMPOTENCY_WINDOW:
-            self._outcomes.popitem(last=False)
 
 
 @register("channel", "spillable")

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from rayflume.config_base import InterceptorConfig
-from rayflume.event import EventBatch
+from rayflume.event import EventBatch, binary_array
 from rayflume.interceptors.base import Interceptor
 from rayflume.interceptors.headers import keys_in, keys_matching, keys_named, remove_headers, set_header
 from rayflume.registry import register
@@ -257,7 +257,7 @@ def random_uuids(n: int, prefix: str = "") -> pa.StringArray:
     offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
     if offsets[-1] > np.iinfo(np.int32).max:
         raise ValueError("too many UUIDs for one string array; split the batch")
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(text))
+    return binary_array(offsets.astype(np.int32), text, value_type=pa.string())
 
 
 class UuidInterceptor(Interceptor):

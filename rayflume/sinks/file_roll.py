@@ -34,6 +34,7 @@ from typing import Callable
 
 from pydantic import Field, field_validator
 
+from rayflume._private.fileio import fsync_dir
 from rayflume.config_base import SinkConfig
 from rayflume.errors import DeliveryError
 from rayflume.event import EventBatch
@@ -161,22 +162,10 @@ class FileRollSink(Sink):
                 raise DeliveryError(f"file_roll sink {self.name!r}: cannot create {path}: {exc}; "
                                     f"check that the directory is writable") from exc
         self._fd, self._path, self._pos, self._opened_at = fd, path, 0, self.clock()
-        self._sync_directory()
+        # The new file's directory entry must survive a crash too, or its fsynced data is unreachable.
+        fsync_dir(self.directory, best_effort=True)
         self.context.count("ConnectionCreatedCount")
         log.debug("file_roll sink %r: opened %s", self.name, path)
-
-    def _sync_directory(self) -> None:
-        # The new file's directory entry must survive a crash too, or its fsynced data is unreachable.
-        try:
-            dfd = os.open(self.directory, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:
-            pass  # some file systems refuse fsync on directories; the data fsync still holds
-        finally:
-            os.close(dfd)
 
     def _undo(self, length: int) -> None:
         """Cut the file back to ``length`` after a failed write, then abandon it.

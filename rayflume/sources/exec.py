@@ -1,11 +1,12 @@
 """The ``exec`` source: runs a command and turns each line of its stdout into an event.
 
 How it works: ``start()`` spawns the child (in its own process group) and a reader thread. The
-reader reads stdout in large chunks, frames lines with numpy (:class:`LineFramer`: one pass over
-the chunk, no per-line Python) into Arrow binary arrays, and queues them in a bounded buffer.
-When the buffer is full the reader stops reading, so the pipe fills and the child blocks on its
-next write: backpressure reaches the child. stderr is always drained by a second thread (logged at
-WARNING when ``log_std_err``), so the child never blocks on a full stderr pipe.
+reader reads stdout in large chunks, frames lines with numpy
+(:class:`~rayflume.sources._framing.LineFramer`: the file sources' line framing over a stream; one
+pass over the chunk, no per-line Python) into Arrow binary arrays, and queues them in a bounded
+buffer. When the buffer is full the reader stops reading, so the pipe fills and the child blocks
+on its next write: backpressure reaches the child. stderr is always drained by a second thread
+(logged at WARNING when ``log_std_err``), so the child never blocks on a full stderr pipe.
 
 ``poll()`` returns up to ``batch_size`` lines; fewer only once ``batch_timeout_s`` passed since the
 oldest buffered line arrived, once the buffer is full, or once the child's output ended; otherwise
@@ -49,13 +50,12 @@ from rayflume.config_base import SourceConfig
 from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch
 from rayflume.registry import register
+from rayflume.sources._framing import LineFramer
 from rayflume.sources.base import Source, SourceContext
 
 READ_CHUNK_BYTES = 1 << 20
 DEFAULT_BUFFER_BYTES = 8 << 20
 DEFAULT_STOP_GRACE_S = 5.0
-_NL = 10
-_CR = 13
 
 
 class CommandNotFound(RayflumeError):
@@ -65,99 +65,6 @@ class CommandNotFound(RayflumeError):
     def __init__(self, message: str):
         self.errors = [message]
         super().__init__(message)
-
-
-def _binary_from(data, offsets: np.ndarray) -> pa.BinaryArray:
-    return pa.BinaryArray.from_buffers(pa.binary(), len(offsets) - 1,
-                                       [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
-class LineFramer:
-    """Splits a byte stream into lines, a chunk at a time, without a per-line Python loop.
-
-    ``feed(chunk)`` returns the complete lines so far as an Arrow binary array (None when there
-    are none) and keeps the unterminated tail for the next chunk; ``flush()`` returns that tail
-    at end of stream. A line is ended by ``\\n``; a ``\\r`` right before it is removed too. Lines
-    longer than ``max_line_bytes`` are cut into pieces of at most that size (``split_count``
-    counts the cuts). Not thread-safe.
-    """
-
-    def __init__(self, max_line_bytes: int = 1 << 20):
-        if max_line_bytes <= 0:
-            raise ValueError("max_line_bytes must be positive")
-        self.max_line_bytes = max_line_bytes
-        self.split_count = 0
-        self._tail = b""
-
-    @property
-    def pending_bytes(self) -> int:
-        return len(self._tail)
-
-    def feed(self, chunk: bytes) -> pa.BinaryArray | None:
-        buf = self._tail + chunk if self._tail else chunk
-        arr = np.frombuffer(buf, dtype=np.uint8)
-        newlines = np.flatnonzero(arr == _NL)
-        if newlines.size == 0:
-            self._tail = buf
-            return self._cut_tail()
-        end = int(newlines[-1]) + 1
-        self._tail = buf[end:]
-        complete = arr[:end]
-        starts = np.empty(newlines.size, dtype=np.int64)
-        starts[0] = 0
-        starts[1:] = newlines[:-1] + 1
-        line_ends = newlines.copy()
-        # An empty line's newlines[i]-1 is the previous '\n' (or the last byte, also '\n'), never '\r'.
-        crlf = complete[newlines - 1] == _CR
-        line_ends[crlf] -= 1
-        lengths = line_ends - starts
-        keep = np.ones(end, dtype=bool)
-        keep[newlines] = False
-        keep[newlines[crlf] - 1] = False
-        data = complete[keep]
-        offsets = np.empty(newlines.size + 1, dtype=np.int32)
-        offsets[0] = 0
-        np.cumsum(lengths, out=offsets[1:])
-        lines = _binary_from(data, offsets)
-        if lengths.max() > self.max_line_bytes:
-            lines = self._split_long(lines)
-        tail = self._cut_tail()
-        return lines if tail is None else pa.concat_arrays([lines, tail])
-
-    def flush(self) -> pa.BinaryArray | None:
-        """The unterminated last line (end of stream), or None when there is none."""
-        if not self._tail:
-            return None
-        tail, self._tail = self._tail, b""
-        if tail.endswith(b"\r"):
-            tail = tail[:-1]
-        return pa.array([tail], pa.binary())
-
-    def _cut_tail(self) -> pa.BinaryArray | None:
-        # Bounds memory for a child that writes without newlines: emit whole pieces, keep the rest.
-        size = self.max_line_bytes
-        if len(self._tail) <= size:
-            return None
-        whole = len(self._tail) // size * size
-        if whole == len(self._tail):
-            whole -= size  # keep a full piece: its newline (or more bytes) may still follow
-        pieces, self._tail = self._tail[:whole], self._tail[whole:]
-        n = whole // size
-        self.split_count += n
-        return _binary_from(pieces, np.arange(0, whole + 1, size, dtype=np.int32))
-
-    def _split_long(self, lines: pa.BinaryArray) -> pa.BinaryArray:
-        # Rare: only chunks holding an over-long line take this per-line path.
-        size = self.max_line_bytes
-        out = []
-        for line in lines.to_pylist():
-            if len(line) <= size:
-                out.append(line)
-            else:
-                pieces = [line[i:i + size] for i in range(0, len(line), size)]
-                self.split_count += len(pieces) - 1
-                out.extend(pieces)
-        return pa.array(out, pa.binary())
 
 
 def _value_bytes(arr: pa.BinaryArray) -> int:

@@ -31,20 +31,12 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from rayflume.event import EventBatch
+from rayflume.event import EventBatch, empty_headers
 from rayflume.registry import register
-from rayflume.sources._framing import (
-    batch_of,
-    empty_headers,
-    gather_ranges,
-    headers_from_columns,
-    split_lines,
-    strip_cr,
-)
+from rayflume.sources._framing import LineSplitter, batch_of, datagram_lines, headers_from_columns
 from rayflume.sources._limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -65,74 +57,6 @@ NETCAT_COUNTERS = CONNECTION_COUNTERS + ("DatagramDroppedCount", "BoundPort")
 
 def failed_message(max_line_length: int) -> bytes:
     return f"FAILED: Event exceeds the maximum length ({max_line_length} chars, including newline)\n".encode()
-
-
-class LineSplitter:
-    """Splits a byte stream into lines of at most ``max_line_bytes`` including the newline.
-
-    ``feed`` returns ``(lines, rejected_after)``: the accepted lines (binary array, newline and
-    a trailing ``\\r`` removed) and, for every over-long line in input order, how many accepted
-    lines of this call came before it. An over-long line is skipped up to its newline while
-    memory stays bounded by ``max_line_bytes``. Vectorised with numpy; not thread-safe.
-    """
-
-    def __init__(self, max_line_bytes: int):
-        if max_line_bytes < 2:
-            raise ValueError("max_line_bytes must be at least 2 (one byte and the newline)")
-        self.max_line_bytes = max_line_bytes
-        self._tail = b""
-        self._discarding = False
-
-    def feed(self, data: bytes) -> tuple[pa.BinaryArray, list[int]]:
-        buf = self._tail + data if self._tail else bytes(data)
-        self._tail = b""
-        arr = np.frombuffer(buf, dtype=np.uint8)
-        starts, ends, consumed = split_lines(arr)
-        ok = (ends - starts + 1) <= self.max_line_bytes
-        if self._discarding and len(starts):
-            ok[0] = False  # the end of a line already known to be too long
-            self._discarding = False
-        rest = len(buf) - consumed
-        if self._discarding or rest >= self.max_line_bytes:
-            # The unterminated tail cannot fit any more: drop it, and the rest of its line.
-            self._discarding = True
-        else:
-            self._tail = buf[consumed:]
-        rejected_after = []
-        if not ok.all():
-            before = np.cumsum(ok) - ok
-            rejected_after = [int(x) for x in before[~ok]]
-            starts, ends = starts[ok], ends[ok]
-        ends = strip_cr(arr, starts, ends)
-        return gather_ranges(arr, starts, ends), rejected_after
-
-    @property
-    def mid_line(self) -> bool:
-        """A line has started and not ended."""
-        return bool(self._tail) or self._discarding
-
-    def flush(self) -> tuple[pa.BinaryArray, list[int]]:
-        """End of stream: the unterminated last line (or the rejection of an over-long one)."""
-        tail, self._tail = self._tail, b""
-        if self._discarding:
-            self._discarding = False
-            return pa.array([], pa.binary()), [0]
-        if tail.endswith(b"\r"):
-            tail = tail[:-1]
-        return pa.array([tail] if tail else [], pa.binary()), []
-
-
-def datagram_lines(data: bytes, max_line_bytes: int) -> tuple[pa.BinaryArray, int]:
-    """The lines of one datagram (the last needs no newline) and how many were too long."""
-    if data and not data.endswith(b"\n"):
-        data = data + b"\n"
-    arr = np.frombuffer(data, dtype=np.uint8)
-    starts, ends, _ = split_lines(arr)
-    ok = (ends - starts + 1) <= max_line_bytes
-    rejected = int((~ok).sum())
-    if rejected:
-        starts, ends = starts[ok], ends[ok]
-    return gather_ranges(arr, starts, strip_cr(arr, starts, ends)), rejected
 
 
 class _Replies:

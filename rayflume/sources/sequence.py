@@ -17,7 +17,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from rayflume.config_base import SourceConfig
-from rayflume.event import EventBatch, empty_headers
+from rayflume.event import EventBatch, binary_array, empty_headers
 from rayflume.registry import register
 from rayflume.sources.base import Source, SourceContext
 
@@ -77,7 +77,7 @@ def counter_bodies(first: int, n: int, body_size: int | None = None) -> pa.Binar
         data[:, : body_size - width] = 48
         data[:, body_size - width:] = _digit_matrix(first, n, width)
         offsets = np.arange(0, (n + 1) * body_size, body_size, dtype=np.int32)
-    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return binary_array(offsets, data)
 
 
 class SequenceSource(Source):

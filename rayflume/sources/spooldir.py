@@ -61,15 +61,16 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from rayflume._private.fileio import fsync_dir
 from rayflume.config_base import SourceConfig
 from rayflume.errors import RayflumeError
 from rayflume.event import EventBatch
 from rayflume.interceptors.headers import set_header
 from rayflume.registry import register
 from rayflume.sources._files import LockedFileSource
+from rayflume.sources._files.storage import read_json, remove_stale_temps, write_json_atomic
+from rayflume.sources._framing import compact, frame_lines
 from rayflume.sources.base import SourceContext
-from rayflume.sources.taildir.framing import compact, frame_lines
-from rayflume.sources.taildir.storage import fsync_dir, read_json, remove_stale_temps, write_json_atomic
 
 log = logging.getLogger("rayflume.source.spooldir")
 
@@ -182,7 +183,6 @@ class SpoolDirSource(LockedFileSource):
         self._current: _Current | None = None
         self._segments: deque = deque()          # (bodies, starts, ends) of the current file
         self._buffered = 0
-        self._pending: EventBatch | None = None
         self._pending_end = 0
         self._last_scan = float("-inf")
         self._init_file_state()
@@ -190,7 +190,6 @@ class SpoolDirSource(LockedFileSource):
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
         super().start(context)
-        self._start_counters(context)
         if not os.path.isdir(self.spool_dir):
             # Checked here, on the source's node, not at validation: a later start() checks again.
             raise SpoolDirMissing(f"spooldir source '{self.name}': `spool_dir` {self.spool_dir} is not a directory "
@@ -541,32 +540,26 @@ class SpoolDirSource(LockedFileSource):
         return True
 
     # -- runner side --------------------------------------------------------------------------------
-    def poll(self) -> EventBatch | None:
-        with self._mutex:
-            if self._pending is not None:
-                return self._pending
-            if not self._started:
-                return None
-            # Several files per poll only when they yield nothing (empty, failed, resumed at their end).
-            for _ in range(FILES_PER_POLL):
-                try:
-                    if self._current is None and not self._open_next():
-                        return None
-                    if self._buffered < self.batch_size:
-                        self._read()
-                except OSError as exc:
-                    cur = self._current
-                    self._report(f"reading {cur.path if cur else self.spool_dir} failed: {exc}; retrying")
-                    if cur is not None:
-                        self._close_current()
-                    raise
-                if self._buffered:
-                    self._pending = self._take(self.batch_size)
-                    return self._pending
-                self._finish_if_done()
-                if self._current is not None:
+    def _next_batch(self) -> EventBatch | None:
+        # Several files per poll only when they yield nothing (empty, failed, resumed at their end).
+        for _ in range(FILES_PER_POLL):
+            try:
+                if self._current is None and not self._open_next():
                     return None
-            return None
+                if self._buffered < self.batch_size:
+                    self._read()
+            except OSError as exc:
+                cur = self._current
+                self._report(f"reading {cur.path if cur else self.spool_dir} failed: {exc}; retrying")
+                if cur is not None:
+                    self._close_current()
+                raise
+            if self._buffered:
+                return self._take(self.batch_size)
+            self._finish_if_done()
+            if self._current is not None:
+                return None
+        return None
 
     def _take(self, want: int) -> EventBatch:
         parts, end = [], 0
@@ -591,20 +584,16 @@ class SpoolDirSource(LockedFileSource):
             batch = set_header(batch, self.basename_header_key, os.path.basename(cur.path))
         return batch
 
-    def ack(self) -> None:
-        with self._mutex:
-            if self._pending is None:
-                return
-            self._pending = None
-            cur = self._current
-            if cur is None:
-                return
-            if self._pending_end > cur.committed:
-                cur.committed = self._pending_end
-                if cur.relpath in self._store:
-                    self._store[cur.relpath] = cur.entry()
-                    self._save_store()
-            self._finish_if_done()
+    def _acked(self) -> None:
+        cur = self._current
+        if cur is None:
+            return
+        if self._pending_end > cur.committed:
+            cur.committed = self._pending_end
+            if cur.relpath in self._store:
+                self._store[cur.relpath] = cur.entry()
+                self._save_store()
+        self._finish_if_done()
 
     @property
     def current_file(self) -> str | None:

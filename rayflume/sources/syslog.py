@@ -40,6 +40,7 @@ from pydantic import Field, field_validator
 
 from rayflume.event import EventBatch
 from rayflume.registry import register
+from rayflume.sources._framing import HEAD, StreamFramer, strip_trailers
 from rayflume.sources._limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -53,15 +54,7 @@ from rayflume.sources._queued import Item, QueuedSource
 from rayflume.sources._server import ServerThread, StreamSession, start_stream_server
 from rayflume.sources._tls import TlsConfig
 from rayflume.sources._udp import UdpReceiver
-from rayflume.sources.syslog_parser import (
-    HEAD,
-    NONE,
-    StreamFramer,
-    parse_keep_fields,
-    parse_messages,
-    raw_invalid,
-    strip_trailers,
-)
+from rayflume.sources.syslog_parser import NONE, parse_keep_fields, parse_messages, raw_invalid
 
 READ_BYTES = 1 << 16
 SYSLOG_COUNTERS = CONNECTION_COUNTERS + ("InvalidEventCount", "IncompleteEventCount", "DatagramDroppedCount",

@@ -1,4 +1,5 @@
-"""Syslog parsing for the ``syslog_tcp`` and ``syslog_udp`` sources: RFC 5424, RFC 3164, TCP framing.
+"""Syslog parsing for the ``syslog_tcp`` and ``syslog_udp`` sources: RFC 5424 and RFC 3164. The TCP
+framing (RFC 6587) is :class:`rayflume.sources._framing.StreamFramer`.
 
 Parsing works on a whole batch of raw messages (an Arrow binary array) with
 ``pyarrow.compute.extract_regex`` (RE2, byte semantics on binary input): one regex pass for
@@ -38,7 +39,7 @@ Headers (Flume's names where Flume sets them): ``Facility``, ``Severity``, ``tim
 and, beyond Flume, ``AppName``, ``ProcId``, ``MsgId`` and ``StructuredData`` (the SD text as
 sent, e.g. ``[id@1 a="b"]``). The nil value ``-`` sets no header. ``flume.syslog.status`` is
 ``Invalid`` or ``Incomplete`` (a message longer than the maximum event size: see
-:class:`StreamFramer`).
+:class:`~rayflume.sources._framing.StreamFramer`).
 
 ``keep_fields`` decides what stays in the body, as Flume's ``keepFields``: ``none`` (the body is
 MSG alone), ``all`` (the raw message), or a list of ``priority``, ``version``, ``timestamp``,
@@ -60,7 +61,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayflume.event import EventBatch
-from rayflume.sources._framing import batch_of, headers_from_columns
+from rayflume.sources._framing import COMPLETE, CONTINUATION, batch_of, headers_from_columns
+
+# The TCP framer lives with the other framers; it and its status codes stay importable from here,
+# next to the parser that reads them.
+from rayflume.sources._framing import HEAD as HEAD
+from rayflume.sources._framing import StreamFramer as StreamFramer
 
 STATUS_HEADER = "flume.syslog.status"
 INVALID = "Invalid"
@@ -79,10 +85,6 @@ FIELDS = ("priority", "version", "timestamp", "hostname", "app_name", "proc_id",
           "structured_data")
 ALL = frozenset(FIELDS)
 NONE: frozenset = frozenset()
-
-# Frame status codes (from the framer): 0 complete, 1 the first max bytes of a longer message
-# (parsed, marked Incomplete), 2 a further piece of such a message (raw, marked Incomplete).
-COMPLETE, HEAD, CONTINUATION = 0, 1, 2
 
 _PRI = r"(?P<p_pri><(?P<pri>1[0-8][0-9]|19[01]|0?[0-9]{1,2})>)"
 # The zone offset is optional: Flume reads a zone-less timestamp in the agent's zone, and senders
@@ -147,213 +149,6 @@ def parse_keep_fields(value) -> frozenset:
             raise ValueError(f"unknown field {name!r} in keep_fields; use none, all, or any of {', '.join(FIELDS)}")
         out.add(name)
     return frozenset(out)
-
-
-# -- framing ---------------------------------------------------------------------------------------
-
-class StreamFramer:
-    """Splits a TCP byte stream into syslog messages (RFC 6587), detecting the framing per message.
-
-    A message starting with a digit 1-9 followed by up to 10 digits and a space is
-    octet-counted (``LEN SP MSG``); anything else is non-transparently framed and ends at ``\\n``
-    or NUL (a ``\\r`` before the ``\\n`` is removed; NUL is what Python's SysLogHandler ends
-    messages with on TCP). Empty lines are skipped.
-
-    A message longer than ``max_bytes`` is not dropped: its first ``max_bytes`` bytes are a frame
-    with status HEAD (parsed, marked Incomplete) and the rest follows in frames of at most
-    ``max_bytes`` with status CONTINUATION (kept raw, marked Incomplete). Memory is bounded by
-    ``max_bytes`` plus one read. Lines whose first byte is not a digit take a vectorised path
-    (numpy delimiter search over the whole chunk); octet-counted input is framed message by
-    message. Not thread-safe: one framer per connection.
-    """
-
-    def __init__(self, max_bytes: int):
-        if max_bytes <= 0:
-            raise ValueError("max_bytes must be positive")
-        self.max_bytes = max_bytes
-        self._tail = b""
-        self._cont_line = False
-        self._cont_octets = 0
-
-    @property
-    def pending_bytes(self) -> int:
-        return len(self._tail)
-
-    @property
-    def mid_message(self) -> bool:
-        """A message has started and not ended (bytes kept, or the rest of a long one to come)."""
-        return bool(self._tail) or self._cont_line or self._cont_octets > 0
-
-    def feed(self, data: bytes) -> tuple[pa.BinaryArray, np.ndarray | None]:
-        """The frames completed by ``data``: ``(frames, status)``, status None when all complete."""
-        buf = self._tail + data if self._tail else bytes(data)
-        self._tail = b""
-        fast = None
-        pos = 0
-        if not self._cont_line and not self._cont_octets and buf:
-            fast, pos = self._fast(buf)
-        frames: list[bytes] = []
-        status: list[int] = []
-        if pos < len(buf) or self._cont_octets or self._cont_line:
-            pos = self._slow(buf, pos, frames, status)
-        self._tail = buf[pos:]
-        return _combine(fast, frames, status)
-
-    def flush(self) -> tuple[pa.BinaryArray, np.ndarray | None]:
-        """End of stream: the unterminated last message (if any) as a frame."""
-        tail, self._tail = self._tail, b""
-        frames: list[bytes] = []
-        status: list[int] = []
-        if tail:
-            if self._cont_line or self._cont_octets:
-                self._pieces(tail, frames, status)
-            else:
-                m = re.match(rb"([1-9][0-9]{0,9}) ", tail)
-                if m is not None:  # an octet-counted frame cut short by the end of the stream
-                    body = tail[m.end():]
-                    frames.append(body[: self.max_bytes])
-                    status.append(HEAD)
-                    if len(body) > self.max_bytes:
-                        self._pieces(body[self.max_bytes:], frames, status)
-                else:
-                    if tail.endswith(b"\r"):
-                        tail = tail[:-1]
-                    if tail:
-                        self._line(tail, frames, status)
-        self._cont_line = False
-        self._cont_octets = 0
-        return _combine(None, frames, status)
-
-    def _fast(self, buf: bytes) -> tuple[pa.BinaryArray | None, int]:
-        from rayflume.sources._framing import gather_ranges, split_lines, strip_cr
-
-        arr = np.frombuffer(buf, dtype=np.uint8)
-        starts, ends, consumed = split_lines(arr, (10, 0))
-        if consumed == 0:
-            return None, 0
-        ends = strip_cr(arr, starts, ends)
-        lengths = ends - starts
-        nonempty = lengths > 0
-        first = arr[starts[nonempty]]
-        if ((first >= 49) & (first <= 57)).any() or (lengths > self.max_bytes).any():
-            return None, 0  # octet counting or an over-long line somewhere: frame message by message
-        if not nonempty.all():
-            starts, ends = starts[nonempty], ends[nonempty]
-        return gather_ranges(arr, starts, ends), consumed
-
-    def _slow(self, buf: bytes, pos: int, frames: list, status: list) -> int:
-        n = len(buf)
-        arr = np.frombuffer(buf, dtype=np.uint8)
-        delims = np.flatnonzero((arr == 10) | (arr == 0))
-        di = int(np.searchsorted(delims, pos))
-        size = self.max_bytes
-
-        def next_delim(at: int) -> int:
-            nonlocal di
-            while di < len(delims) and delims[di] < at:
-                di += 1
-            return int(delims[di]) if di < len(delims) else -1
-
-        while True:
-            if self._cont_octets:
-                take = min(self._cont_octets, n - pos)
-                if take == 0:
-                    break
-                self._pieces(buf[pos:pos + take], frames, status)
-                pos += take
-                self._cont_octets -= take
-                continue
-            if self._cont_line:
-                d = next_delim(pos)
-                if d < 0:
-                    # A final '\r' may be the start of a CRLF ending: keep it until the next byte.
-                    end = n - 1 if buf[n - 1:n] == b"\r" else n
-                    if end > pos:
-                        self._pieces(buf[pos:end], frames, status)
-                        pos = end
-                    break
-                end = d - 1 if d > pos and buf[d - 1] == 13 else d
-                if end > pos:
-                    self._pieces(buf[pos:end], frames, status)
-                pos = d + 1
-                self._cont_line = False
-                continue
-            if pos >= n:
-                break
-            c = buf[pos]
-            if 49 <= c <= 57:
-                sp = buf.find(b" ", pos, pos + 11)
-                if sp < 0:
-                    if n - pos < 11 and buf[pos:n].isdigit():
-                        break  # maybe a length whose space has not arrived yet
-                elif buf[pos:sp].isdigit():
-                    length = int(buf[pos:sp])
-                    start = sp + 1
-                    if length <= size:
-                        if n - start < length:
-                            break
-                        frames.append(buf[start:start + length])
-                        status.append(COMPLETE)
-                        pos = start + length
-                        continue
-                    if n - start < size:
-                        break
-                    frames.append(buf[start:start + size])
-                    status.append(HEAD)
-                    pos = start + size
-                    self._cont_octets = length - size
-                    continue
-            d = next_delim(pos)
-            if d < 0:
-                # Cannot end within the limit (allowing for a CRLF's '\r'): cut now, bound the memory.
-                if n - pos > size + 1 or (n - pos == size + 1 and buf[n - 1] != 13):
-                    frames.append(buf[pos:pos + size])
-                    status.append(HEAD)
-                    pos += size
-                    self._cont_line = True
-                    continue
-                break
-            end = d - 1 if d > pos and buf[d - 1] == 13 else d
-            if end > pos:
-                self._line(buf[pos:end], frames, status)
-            pos = d + 1
-        return pos
-
-    def _line(self, line: bytes, frames: list, status: list) -> None:
-        size = self.max_bytes
-        if len(line) <= size:
-            frames.append(line)
-            status.append(COMPLETE)
-        else:
-            frames.append(line[:size])
-            status.append(HEAD)
-            self._pieces(line[size:], frames, status)
-
-    def _pieces(self, data: bytes, frames: list, status: list) -> None:
-        size = self.max_bytes
-        for i in range(0, len(data), size):
-            frames.append(data[i:i + size])
-            status.append(CONTINUATION)
-
-
-def _combine(fast: pa.BinaryArray | None, frames: list, status: list):
-    if not frames:
-        if fast is None:
-            return pa.array([], pa.binary()), None
-        return fast, None
-    slow = pa.array(frames, pa.binary())
-    codes = np.asarray(status, dtype=np.int8)
-    if fast is not None and len(fast):
-        slow = pa.concat_arrays([fast, slow])
-        codes = np.concatenate([np.zeros(len(fast), dtype=np.int8), codes])
-    return slow, (codes if codes.any() else None)
-
-
-def strip_trailers(frames: pa.BinaryArray) -> pa.BinaryArray:
-    """Frames without trailing ``\\n``, ``\\r`` and NUL bytes (for UDP datagrams)."""
-    if len(frames) == 0:
-        return frames
-    return pc.replace_substring_regex(frames, r"[\r\n\x00]+$", "")
 
 
 # -- parsing ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The ``file`` channel: a durable write-ahead log (see :mod:`rayflume.channels.file.channel`)."""
+from rayflume._private.fileio import FileIO
 from rayflume.channels.file.channel import FileChannel
 from rayflume.channels.file.config import FileChannelConfig, FileStorageConfig
 from rayflume.channels.file.errors import (
@@ -9,7 +10,6 @@ from rayflume.channels.file.errors import (
     ChannelWriteError,
     InsufficientDiskSpace,
 )
-from rayflume.channels.file.fileio import FileIO
 from rayflume.channels.file.objstore import ObjectLock, ObjectStore
 
 __all__ = ["FileChannel", "FileChannelConfig", "FileStorageConfig", "FileIO", "ChannelWriteError",

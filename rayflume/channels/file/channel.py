@@ -85,13 +85,14 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from rayflume.channels.base import IDEMPOTENCY_WINDOW, Channel, IdWindow, check_commit_of_settled_lease, now, renew_held
+from rayflume._private.fileio import FileIO
+from rayflume.channels.base import IdWindow, now
 from rayflume.channels.file import records
 from rayflume.channels.file.checkpoint import (
     BadCheckpoint,
@@ -104,12 +105,12 @@ from rayflume.channels.file.checkpoint import (
     write_checkpoint_object,
 )
 from rayflume.channels.file.errors import ChannelClosed, ChannelReadError, ChannelWriteError, InsufficientDiskSpace
-from rayflume.channels.file.fileio import FileIO
 from rayflume.channels.file.lock import lock_directories
 from rayflume.channels.file.log import PUBLISHED, LogRecord, SegmentLog, list_segments, scan_segment
 from rayflume.channels.file.objlog import EPOCH_SHIFT, ChunkCache, ObjectLog, list_chunks, replay_chunks
 from rayflume.channels.file.objstore import ObjectLock, ObjectStore, check_uri, is_uri
 from rayflume.channels.file.records import CorruptRecord, Record
+from rayflume.channels.leases import COMMITTED, LeasedChannel, LeaseTable
 from rayflume.errors import ChannelFull
 from rayflume.event import EventBatch
 
@@ -163,8 +164,14 @@ class FileLease:
         self.nbytes = sum(r.nbytes for r in refs)
         self.commit_rec: LogRecord | None = None
 
+    @property
+    def committing(self) -> bool:
+        """Its TAKE_COMMIT record is written and not yet durable: the commit wins over rollback,
+        release and expiry."""
+        return self.commit_rec is not None
 
-class FileChannel(Channel):
+
+class FileChannel(LeasedChannel):
     """A durable channel backed by a write-ahead log (see the module docstring).
 
     Thread-safe. Delivery: at-least-once across crashes of the process and of the machine
@@ -174,6 +181,8 @@ class FileChannel(Channel):
     ``io`` replaces the low-level file operations (tests inject faults with it). ``cache_bytes``
     bounds how much of the queued data is also kept in memory to serve takes without a read.
     """
+
+    _leases: LeaseTable[FileLease]
 
     def __init__(self, name: str, checkpoint_dir: str, data_dirs, capacity: int = 1_000_000,
                  transaction_capacity: int = 10_000, byte_capacity: int | None = None,
@@ -210,8 +219,6 @@ class FileChannel(Channel):
         self._io = io or FileIO()
 
         self._queue: deque[Ref] = deque()
-        self._leases: dict[str, FileLease] = {}
-        self._outcomes: OrderedDict[str, str] = OrderedDict()
         self._committed_txns = IdWindow()
         self._inflight_txns: set[str] = set()
         self._txn_done = threading.Condition(self._lock)
@@ -484,39 +491,27 @@ class FileChannel(Channel):
             self._txn_done.notify_all()
             self.counters.EventPutSuccessCount += n
 
-    def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
-        self._check_take_size(max_events)
-        if max_events <= 0:
-            return None
-        deadline = now() + timeout_s
-        with self._lock:
-            self._check_open()
-            self._expire_locked()
-            self.counters.EventTakeAttemptCount += 1
-            while True:
-                while not self._queue:
-                    remaining = deadline - now()
-                    if remaining <= 0:
-                        return None
-                    self._not_empty.wait(remaining)
-                    self._check_open()
-                    self._expire_locked()
-                refs = self._pop_head(max_events)
-                refs, batches = self._materialize(refs)
-                if refs:
-                    break
-            lease = FileLease(self.new_lease_id(), holder, refs, now() + self.lease_timeout_s)
-            self._leases[lease.lease_id] = lease
-            self._leased_events += lease.events
-            self._leased_bytes += lease.nbytes
-            self.counters.EventTakeSuccessCount += lease.events
-            return lease.lease_id, EventBatch.concat(batches)
+    # Leases live in memory only: a restart returns them all (on replay a take without a
+    # TAKE_COMMIT record is a rolled-back take), so take, rollback, release, renew and expiry log
+    # nothing and are the lease table's (LeasedChannel). Only a commit is logged, see commit().
+    def _lease_head(self, max_events: int, holder: str) -> tuple[FileLease, list[EventBatch]] | None:
+        while self._queue:
+            refs, batches = self._materialize(self._pop_head(max_events))
+            if refs:
+                lease = FileLease(self.new_lease_id(), holder, refs, self._leases.expiry())
+                self._leased_events += lease.events
+                self._leased_bytes += lease.nbytes
+                return lease, batches
+            # every record it popped was unreadable (dropped and counted): look further
+        return None
 
     def commit(self, lease_id: str) -> None:
+        # Not the table's one-step commit: the commit is durable only once its TAKE_COMMIT record
+        # is fsynced, outside the lock. Meanwhile the lease is committing (commit_rec set), so
+        # rollback, release and expiry leave it alone; _apply settles it once the record is durable.
         with self._lock:
-            lease = self._leases.get(lease_id)
+            lease = self._leases.to_commit(lease_id)
             if lease is None:
-                check_commit_of_settled_lease(self.name, lease_id, self._outcomes.get(lease_id))
                 return
             rec = lease.commit_rec
             if rec is None:
@@ -535,33 +530,6 @@ class FileChannel(Channel):
                 if lease.commit_rec is rec:
                     lease.commit_rec = None
             raise
-
-    def rollback(self, lease_id: str) -> None:
-        with self._lock:
-            lease = self._leases.get(lease_id)
-            if lease is None or lease.commit_rec is not None:
-                return  # settled already, or a commit of it is in flight and wins
-            self._return_to_head([lease], "rolled_back")
-            self.counters.RollbackCount += 1
-
-    def release(self, holder: str) -> int:
-        with self._lock:
-            leases = [ls for ls in self._leases.values()
-                      if ls.holder == holder and ls.commit_rec is None]
-            self.counters.RollbackCount += len(leases)
-            return self._return_to_head(leases, "rolled_back")
-
-    def renew(self, holder: str) -> float:
-        """Extend ``holder``'s leases to ``lease_timeout_s`` from now; returns ``lease_timeout_s``.
-        Leases live in memory only (a restart returns them all), so nothing is logged."""
-        with self._lock:
-            renew_held(self._leases.values(), holder, now() + self.lease_timeout_s)
-            return self.lease_timeout_s
-
-    def expire_leases(self) -> int:
-        """Return the events of overdue leases to the head; how many events came back."""
-        with self._lock:
-            return self._expire_locked()
 
     def ready_events(self) -> int:
         return self._queued_events
@@ -730,12 +698,11 @@ class FileChannel(Channel):
         else:
             lease: FileLease = rec.data
             rec.data = None
-            if self._leases.pop(lease.lease_id, None) is None:
+            if self._leases.pop(lease.lease_id, COMMITTED) is None:
                 return
             self._leased_events -= lease.events
             self._leased_bytes -= lease.nbytes
             self._cache_used -= sum(r.nbytes for r in lease.refs if r.batch is not None)
-            self._remember(lease.lease_id, "committed")
 
     def _pop_head(self, max_events: int) -> list[Ref]:
         taken, n = [], 0
@@ -800,21 +767,14 @@ class FileChannel(Channel):
             raise CorruptRecord(f"it holds {len(batch)} rows, expected {rows}")
         return batch
 
-    def _return_to_head(self, leases: list[FileLease], outcome: str) -> int:
-        n = 0
-        for lease in reversed(leases):
-            del self._leases[lease.lease_id]
-            for ref in reversed(lease.refs):
-                self._push_front(ref)
-            self._leased_events -= lease.events
-            self._leased_bytes -= lease.nbytes
-            self._queued_events += lease.events
-            self._queued_bytes += lease.nbytes
-            self._remember(lease.lease_id, outcome)
-            n += lease.events
-        if n:
-            self._not_empty.notify_all()
-        return n
+    def _give_back(self, lease: FileLease) -> int:
+        for ref in reversed(lease.refs):
+            self._push_front(ref)
+        self._leased_events -= lease.events
+        self._leased_bytes -= lease.nbytes
+        self._queued_events += lease.events
+        self._queued_bytes += lease.nbytes
+        return lease.events
 
     def _push_front(self, ref: Ref) -> None:
         q = self._queue
@@ -830,19 +790,6 @@ class FileChannel(Channel):
                            ref.nbytes + head.nbytes, batch)
                 return
         q.appendleft(ref)
-
-    def _expire_locked(self) -> int:
-        t = now()
-        overdue = [ls for ls in self._leases.values() if ls.expires_at <= t and ls.commit_rec is None]
-        if not overdue:
-            return 0
-        self.counters.LeaseExpiredCount += len(overdue)
-        return self._return_to_head(overdue, "expired")
-
-    def _remember(self, lease_id: str, outcome: str) -> None:
-        self._outcomes[lease_id] = outcome
-        if len(self._outcomes) > IDEMPOTENCY_WINDOW:
-            self._outcomes.popitem(last=False)
 
     def _maintain(self) -> None:
         next_checkpoint = now() + self.checkpoint_interval_s

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rayflume.channels.file.fileio import FileIO
+from rayflume._private.fileio import FileIO, write_atomic
 
 CHECKPOINT_FILE = "checkpoint"
 CHECKPOINT_TMP = "checkpoint.tmp"
@@ -101,15 +101,7 @@ class Checkpoint:
 def write_checkpoint(io: FileIO, directory: str, ckpt: Checkpoint) -> int:
     """Atomically replace the checkpoint in ``directory``; returns its size. Raises OSError."""
     data = ckpt.encode()
-    tmp = os.path.join(directory, CHECKPOINT_TMP)
-    fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        io.write(fd, [data])
-        io.fsync(fd)
-    finally:
-        io.close(fd)
-    io.replace(tmp, os.path.join(directory, CHECKPOINT_FILE))
-    io.fsync_dir(directory)
+    write_atomic(os.path.join(directory, CHECKPOINT_FILE), data, io, tmp=os.path.join(directory, CHECKPOINT_TMP))
     return len(data)
 
 

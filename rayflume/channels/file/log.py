@@ -26,9 +26,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from rayflume._private.fileio import FileIO
 from rayflume.channels.file import records
 from rayflume.channels.file.errors import ChannelClosed, ChannelWriteError
-from rayflume.channels.file.fileio import FileIO
 from rayflume.channels.file.records import (
     SEGMENT_HEADER_SIZE,
     CorruptRecord,

@@ -1,6 +1,6 @@
 """Object-store access for the file channel: one replaceable I/O object, and the channel's lock object.
 
-:class:`ObjectStore` is to an object store what :class:`~rayflume.channels.file.fileio.FileIO` is
+:class:`ObjectStore` is to an object store what :class:`~rayflume._private.fileio.FileIO` is
 to a local disk: every request the channel makes goes through it, so tests substitute a subclass
 that fails, delays or counts requests. It wraps a ``pyarrow.fs`` filesystem and only uses what an
 object store does well: write a whole object, read a whole object, list a prefix, delete.

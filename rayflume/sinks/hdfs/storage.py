@@ -47,6 +47,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from rayflume._private.fileio import fsync_dir
+
 __all__ = ["FileEntry", "Storage", "AppendHandle", "LocalStorage", "ArrowStorage", "resolve",
            "hadoop_problems", "hadoop_message", "split_uri", "fs_path"]
 
@@ -228,19 +230,6 @@ class _LocalHandle(AppendHandle):
             os.close(fd)  # releases the flock
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on directories; the file's own fsync still holds
-    finally:
-        os.close(fd)
-
-
 class LocalStorage(Storage):
     """A local disk through ``os`` calls (fsync; flock on in-use files)."""
 
@@ -262,7 +251,7 @@ class LocalStorage(Storage):
         os.makedirs(directory, exist_ok=True)
         # New directory entries must survive a crash too, or the files under them are unreachable.
         for created in reversed(missing):
-            _fsync_dir(os.path.dirname(created))
+            fsync_dir(os.path.dirname(created), best_effort=True)
         self._dirs.add(directory)
 
     def list_files(self, root: str) -> list[FileEntry]:
@@ -291,7 +280,7 @@ class LocalStorage(Storage):
         except OSError:
             os.close(fd)
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory, best_effort=True)
         return _LocalHandle(fd)
 
     def claim(self, path: str) -> AppendHandle | None:
@@ -318,7 +307,7 @@ class LocalStorage(Storage):
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path), best_effort=True)
 
     def open_output(self, path: str):
         self._makedirs(os.path.dirname(path))
@@ -330,7 +319,7 @@ class LocalStorage(Storage):
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path), best_effort=True)
 
     def move(self, src: str, dst: str) -> None:
         self._makedirs(os.path.dirname(dst))

@@ -56,7 +56,7 @@ source can still reach by its identity, and duplicates at most the batch that wa
 (plus, with ``write_pos_interval_s > 0``, what was acknowledged since the last write).
 
 **Speed.** Files are read in 8 MiB chunks with ``pread`` and framed by
-:func:`~rayflume.sources.taildir.framing.frame_lines` (numpy newline offsets, one compaction copy,
+:func:`~rayflume.sources._framing.frame_lines` (numpy newline offsets, one compaction copy,
 an Arrow binary array built from the offsets: no per-line Python).
 
 Counters: ``FileOpenedCount``, ``FileClosedCount``, ``FileRenamedCount``, ``FileRotatedCount``,
@@ -64,7 +64,7 @@ Counters: ``FileOpenedCount``, ``FileClosedCount``, ``FileRenamedCount``, ``File
 ``LinesSplitCount``, ``PositionWriteCount``, ``PositionWriteFail``, and ``LastError`` (the last
 problem reported, as text; also ``TaildirSource.status_error``).
 """
-from rayflume.sources.taildir.framing import Framed, frame_lines
+from rayflume.sources._framing import Framed, frame_lines
 from rayflume.sources.taildir.source import (
     BYTE_OFFSET_HEADER,
     FileGroup,

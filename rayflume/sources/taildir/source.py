@@ -19,9 +19,9 @@ from rayflume.event import EventBatch
 from rayflume.interceptors.headers import set_header
 from rayflume.registry import register
 from rayflume.sources._files import LockedFileSource
+from rayflume.sources._files.storage import remove_stale_temps, write_json_atomic
+from rayflume.sources._framing import compact, frame_lines
 from rayflume.sources.base import SourceContext
-from rayflume.sources.taildir.framing import compact, frame_lines
-from rayflume.sources.taildir.storage import remove_stale_temps, write_json_atomic
 
 log = logging.getLogger("rayflume.source.taildir")
 
@@ -152,7 +152,6 @@ class TaildirSource(LockedFileSource):
         self.files: dict[tuple[int, int], _Tracked] = {}
         self._segments: deque[_Segment] = deque()
         self._buffered = 0
-        self._pending: EventBatch | None = None
         self._pending_marks: list[tuple[_Tracked, int, int]] = []
         self._dirty = False
         self._last_write = float("-inf")
@@ -169,7 +168,6 @@ class TaildirSource(LockedFileSource):
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
         super().start(context)
-        self._start_counters(context)
         path = self._configured_position_file or default_position_file(self.name, context.topology)
         # In a tier, <dir>/<tier>/<instance>/<file>: each instance has its own positions (and lock).
         self.position_file = self._scoped(os.path.abspath(os.path.expanduser(path)))
@@ -553,25 +551,20 @@ class TaildirSource(LockedFileSource):
             self._forget(t)
 
     # -- runner side --------------------------------------------------------------------------------
-    def poll(self) -> EventBatch | None:
-        with self._mutex:
-            if self._pending is not None:
-                return self._pending
-            if not self._started:
-                return None
-            now = self.clock()
-            if self._buffered < self.batch_size:
-                if now - self._last_scan >= self.scan_interval_s:
-                    self._scan()
-                self._fill(now)
-            self._drop_finished()
-            self._write_positions()
-            if self._buffered == 0:
-                return None
-            self._pending = self._take(self.batch_size)
-            if self.read_ahead:
-                self._fill_wanted.set()
-            return self._pending
+    def _next_batch(self) -> EventBatch | None:
+        now = self.clock()
+        if self._buffered < self.batch_size:
+            if now - self._last_scan >= self.scan_interval_s:
+                self._scan()
+            self._fill(now)
+        self._drop_finished()
+        self._write_positions()
+        if self._buffered == 0:
+            return None
+        batch = self._take(self.batch_size)
+        if self.read_ahead:
+            self._fill_wanted.set()   # the reader fills once poll releases the mutex
+        return batch
 
     def _fill(self, now: float) -> None:
         # One chunk per file per round, so one busy file cannot starve the others; rotated-away
@@ -616,19 +609,15 @@ class TaildirSource(LockedFileSource):
             batch = set_header(batch, BYTE_OFFSET_HEADER, pa.array(seg.starts).cast(pa.string()))
         return batch
 
-    def ack(self) -> None:
-        with self._mutex:
-            if self._pending is None:
-                return
-            for t, epoch, end in self._pending_marks:
-                if t.epoch == epoch and end > t.committed:
-                    t.committed = end
-                    self._dirty = True
-            self._pending = None
-            self._pending_marks = []
-            self._drop_finished()
-            if self._started:
-                self._write_positions()
+    def _acked(self) -> None:
+        for t, epoch, end in self._pending_marks:
+            if t.epoch == epoch and end > t.committed:
+                t.committed = end
+                self._dirty = True
+        self._pending_marks = []
+        self._drop_finished()
+        if self._started:
+            self._write_positions()
 
     @property
     def buffered_events(self) -> int:

@@ -1,8 +1,9 @@
 """Durable little files for the file sources: atomic JSON replacement and an exclusive lock.
 
-:func:`write_json_atomic` writes a temporary file next to the target, fsyncs it, renames it over
-the target and fsyncs the directory, so a reader (or a restart after a crash at any instant)
-sees either the previous complete content or the new one, never a torn file.
+:func:`write_json_atomic` replaces a JSON state file through
+:func:`~rayflume._private.fileio.write_atomic` (temporary file next to the target, fsync, rename,
+fsync of the directory), so a reader (or a restart after a crash at any instant) sees either the
+previous complete content or the new one, never a torn file.
 
 :class:`ExclusiveLock` is an ``flock`` on a lock file: it keeps two sources from sharing one
 position file or spool directory. The kernel drops it when its process dies (SIGKILL included),
@@ -16,30 +17,14 @@ import json
 import os
 import time
 
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from rayflume._private.fileio import FileIO, write_atomic
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Replace ``path`` with ``obj`` as JSON: temp file, fsync, rename, fsync the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
+def write_json_atomic(path: str, obj, io: FileIO | None = None) -> None:
+    """Replace ``path`` with ``obj`` as JSON: temp file ``<path>.tmp-<pid>``, fsync, rename, fsync
+    the directory, every step through ``io`` (default: plain ``os`` calls; tests inject faults)."""
     data = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(directory)
+    write_atomic(path, data, io, tmp=f"{path}.tmp-{os.getpid()}")
 
 
 def read_json(path: str):
