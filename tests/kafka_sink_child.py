@@ -39,6 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rayflume.channels.file.config import FileChannelConfig  # noqa: E402
+from rayflume.counters import Counters
 
 PAUSE_LIMIT_S = 120.0
 
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> int:
     sink = KafkaSinkConfig(type="kafka", channel="kc", bootstrap_servers=bootstrap, topic=topic,
                            batch_size=batch_size, call_timeout_s=10).build("ksink")
     sink.start(SinkContext("ksink"))
-    runner = SinkRunner("ksink", sink, channel, "ksink-child", {})
+    runner = SinkRunner("ksink", sink, channel, "ksink-child", Counters())
     committed = 0
 
     real_write, real_produce_all = sink.write, sink._produce_all

@@ -16,6 +16,7 @@ import pytest
 from rayflume._private.backoff import Backoff
 from rayflume._private.runners import SourceRunner
 from rayflume.channels.memory import MemoryChannel
+from rayflume.counters import Counters
 from rayflume.interceptors.base import InterceptorChain
 from rayflume.selectors.replicating import ReplicatingChannelSelector
 from rayflume.sources.base import SourceContext
@@ -35,7 +36,7 @@ class SourcePipeline:
                  put_delay_s: float = 0.0, start: bool = True):
         self.source = source
         self.channel = MemoryChannel("mem", capacity, transaction_capacity)
-        self.counters: dict = {}
+        self.counters = Counters()
         self.put_delay_s = put_delay_s
         self.events = []
         source.start(SourceContext(source.name, counters=self.counters))

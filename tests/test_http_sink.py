@@ -10,6 +10,7 @@ import pytest
 
 from rayflume._private.runners import SinkRunner
 from rayflume.channels.memory import MemoryChannel
+from rayflume.counters import Counters
 from rayflume.errors import DeliveryError
 from rayflume.event import Event, EventBatch
 from rayflume.sinks.base import SinkContext
@@ -142,7 +143,7 @@ def test_server_error_rolls_back_and_the_retry_delivers(server):
     channel = MemoryChannel("mem", capacity=1000, transaction_capacity=100)
     channel.put(numbered(0, 30), "t")
     sink = make(server.url, batch_size=100)
-    runner = SinkRunner("web", sink, channel, "h", {})
+    runner = SinkRunner("web", sink, channel, "h", Counters())
     for _ in range(2):
         with pytest.raises(DeliveryError, match="answered 50"):
             runner.process()

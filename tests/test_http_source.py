@@ -136,7 +136,7 @@ def test_a_token_that_cannot_be_read_names_the_key_and_never_the_secret(monkeypa
     source = config.build("web")
     with pytest.raises(TokenUnavailable, match=r"'web': `auth_tokens.missing`: the environment variable "
                                                r"RAYFLUME_TEST_NO_SUCH is not set") as err:
-        source.start(SourceContext("web", counters={}))
+        source.start(SourceContext("web"))
     assert "visible-secret" not in str(err.value)
     with pytest.raises(ValidationError, match="auth_tokens.bad"):
         lookup("source", "http").model_validate({"type": "http", "channels": ["m"], "port": 0,

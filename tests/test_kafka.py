@@ -20,6 +20,7 @@ import pytest
 
 from rayflume._private.runners import SinkRunner
 from rayflume.channels.memory import MemoryChannel
+from rayflume.counters import Counters
 from rayflume.errors import DeliveryError, TransactionTooLarge
 from rayflume.event import Event, EventBatch
 from rayflume.sinks.base import SinkContext
@@ -326,7 +327,7 @@ def test_runner_rolls_back_a_failed_batch(kafka_broker):  # noqa: F811
     channel = MemoryChannel("mem", capacity=1000, transaction_capacity=100)
     channel.put(numbered(0, 50), "t")
     sink = make_sink(f"127.0.0.1:{free_port()}", topic="t", call_timeout_s=1, batch_size=100)
-    runner = SinkRunner("ksink", sink, channel, "h", {})
+    runner = SinkRunner("ksink", sink, channel, "h", Counters())
     with pytest.raises(DeliveryError):
         runner.process()
     assert channel.size() == 50 and runner.counters["RollbackCount"] == 1
@@ -656,7 +657,7 @@ def test_broker_outage_buffers_in_the_channel_then_drains(restartable_broker):  
     n, per = 40_000, 500
     channel = MemoryChannel("mem", capacity=1_000_000, transaction_capacity=2000)
     sink = make_sink(bootstrap, topic=topic, call_timeout_s=1.5, batch_size=1000)
-    runner = SinkRunner("ksink", sink, channel, "h", {})
+    runner = SinkRunner("ksink", sink, channel, "h", Counters())
     checker = Checker(n)
     stop = threading.Event()
     fed = [0]

@@ -27,6 +27,7 @@ from rayflume._private.observe import component_entries
 from rayflume._private.runners import SinkRunner, run_sink_group
 from rayflume.channels.memory import MemoryChannel
 from rayflume.cli import format_status
+from rayflume.counters import Counters
 from rayflume.errors import DeliveryError
 from rayflume.event import Event, EventBatch
 from rayflume.processors.base import Status
@@ -94,7 +95,7 @@ def test_a_paused_runner_returns_its_prefetched_take_and_takes_nothing_until_res
     channel = MemoryChannel("c", capacity=1000)
     channel.put(batch_of(0, 50), "t1")
     sink = ListSink(batch_size=10)
-    counters: dict = {}
+    counters = Counters()
     runner = SinkRunner("out", sink, PrefetchingPort(channel), "h", counters, pipelined=True)
     assert counters["Paused"] == 0
     assert runner.process() is Status.READY  # 0-9 written, 10-19 prefetched
@@ -160,7 +161,7 @@ def test_the_group_loop_takes_nothing_while_every_sink_is_paused():
     channel = MemoryChannel("c", capacity=1000)
     channel.put(batch_of(0, 30), "t1")
     sink = ListSink(batch_size=10)
-    runner = SinkRunner("out", sink, PrefetchingPort(channel), "h", {}, pipelined=True)
+    runner = SinkRunner("out", sink, PrefetchingPort(channel), "h", Counters(), pipelined=True)
     runner.set_paused(True)
     processor = FailoverSinkProcessor([runner])
     stopping = threading.Event()

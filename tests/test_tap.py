@@ -20,6 +20,7 @@ from rayflume._private.runners import SinkRunner, SourceRunner
 from rayflume._private.tap import ROW_OVERHEAD_BYTES, TapPoint, sampled_rows
 from rayflume._private.tapping import TapTarget, events_table, tap_stream, tap_targets
 from rayflume.cli import build_parser, main, tap_lines
+from rayflume.counters import Counters
 from rayflume.errors import TopologyNotRunning
 from rayflume.event import Event, EventBatch
 from rayflume.interceptors.base import InterceptorChain
@@ -251,7 +252,7 @@ def source_runner(batch, tap, put_many=None):
     selector = ReplicatingSelectorConfig(type="replicating").build(["mem"])
     chain = InterceptorChain([StaticInterceptorConfig(type="static", key="env", value="tapped").build()])
     put_many = put_many or (lambda subbatches, txn_id, tally: {ch: None for ch in subbatches})
-    return SourceRunner("gen", OneShotSource(batch), chain, selector, put_many, {}, tap=tap)
+    return SourceRunner("gen", OneShotSource(batch), chain, selector, put_many, Counters(), tap=tap)
 
 
 def test_source_runner_offers_the_intercepted_batch_once_committed():
@@ -282,7 +283,8 @@ def test_source_runner_deliver_once_offers_and_disarmed_taps_are_not_called():
     quiet = source_runner(bodies(0, 3), ExplodingTap())
     assert quiet.run_once()
     quiet.deliver_once(bodies(3, 6), "txn-2")
-    assert isinstance(SourceRunner("g", OneShotSource(None), InterceptorChain([]), None, None, {}).tap, TapPoint)
+    runner = SourceRunner("g", OneShotSource(None), InterceptorChain([]), None, None, Counters())
+    assert isinstance(runner.tap, TapPoint)
 
 
 class OnePort:
@@ -318,16 +320,16 @@ class ListSink:
 def test_sink_runner_offers_what_was_written_and_nothing_that_failed():
     tap = TapPoint()
     tap.read(0)
-    runner = SinkRunner("out", ListSink(), OnePort(bodies(0, 4)), "h", {}, tap=tap)
+    runner = SinkRunner("out", ListSink(), OnePort(bodies(0, 4)), "h", Counters(), tap=tap)
     assert runner.process() is Status.READY
     assert numbers(tap.read(10)) == [0, 1, 2, 3]
-    failing = SinkRunner("out", ListSink(fail=True), OnePort(bodies(0, 4)), "h", {}, tap=tap)
+    failing = SinkRunner("out", ListSink(fail=True), OnePort(bodies(0, 4)), "h", Counters(), tap=tap)
     with pytest.raises(Exception, match="disk full"):
         failing.process()
     assert len(tap.read(10)) == 0
-    quiet = SinkRunner("out", ListSink(), OnePort(bodies(0, 4)), "h", {}, tap=ExplodingTap())
+    quiet = SinkRunner("out", ListSink(), OnePort(bodies(0, 4)), "h", Counters(), tap=ExplodingTap())
     assert quiet.process() is Status.READY
-    assert isinstance(SinkRunner("out", ListSink(), OnePort(None), "h", {}).tap, TapPoint)
+    assert isinstance(SinkRunner("out", ListSink(), OnePort(None), "h", Counters()).tap, TapPoint)
 
 
 # -- finding the instances, the table, the CLI's lines --------------------------------------------------

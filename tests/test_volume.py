@@ -13,6 +13,7 @@ from rayflume._private.metrics import RayExporter, filter_metrics, prometheus_te
 from rayflume._private.runners import SourceRunner
 from rayflume._private.volume import HOUR_S, OTHER, RETENTION_HOURS, HourlyVolume, count_header_values, strip_volume
 from rayflume.channel_contract import wait_until
+from rayflume.counters import Counters
 from rayflume.errors import ConfigError
 from rayflume.event import Event, EventBatch
 from rayflume.topology import metrics_export_warnings, validate
@@ -95,7 +96,7 @@ def test_the_store_wide_series_cap_bounds_memory():
 
 
 def test_source_side_counting_is_bounded_with_other():
-    counters: dict = {}
+    counters = Counters()
     count_header_values(counters, [("a", 2), ("b", 3), (None, 1)], max_values=2)
     count_header_values(counters, [("a", 1), ("c", 4)], max_values=2)
     assert counters == {"Volume.a": 3, "Volume.b": 3, "Volume.(other)": 5}
@@ -150,7 +151,7 @@ def test_serialise_restore_round_trip_goes_on_from_the_baselines():
 
 
 def test_source_runner_counts_header_values_after_interceptors_only_when_configured():
-    counters: dict = {}
+    counters = Counters()
 
     class Chain:
         def intercept(self, batch):

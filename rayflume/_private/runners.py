@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from rayflume._private.backoff import Backoff
 from rayflume._private.tap import TapPoint
 from rayflume._private.volume import count_header_values
+from rayflume.counters import Counters
 from rayflume.errors import ChannelFull, DeliveryError, LeaseUnknown
 from rayflume.event import EventBatch
 from rayflume.interceptors.base import InterceptorChain
@@ -92,7 +93,7 @@ class SourceRunner:
 
     def __init__(self, name: str, source: Source, chain: InterceptorChain, selector: ChannelSelector,
                  put_many: Callable[[dict[str, EventBatch], str, tuple | None], dict[str, BaseException | None]],
-                 counters: dict, backoff: Backoff | None = None, idle_backoff: Backoff | None = None,
+                 counters: Counters, backoff: Backoff | None = None, idle_backoff: Backoff | None = None,
                  tap: TapPoint | None = None):
         self.name = name
         self.source = source
@@ -100,13 +101,12 @@ class SourceRunner:
         self.selector = selector
         self.put_many = put_many
         self.counters = counters
-        for key in SOURCE_COUNTERS:
-            counters.setdefault(key, 0)
+        counters.create(SOURCE_COUNTERS)
         self.backoff = backoff or Backoff(0.05, 5.0)
         self.idle_backoff = idle_backoff or Backoff(0.005, 0.5)
         self.stopping = threading.Event()
         self.last_error: str | None = None
-        self._counter_lock = threading.Lock()
+        self._volume_lock = threading.Lock()  # the cap on distinct values is checked, then kept
         self.tap = tap if tap is not None else TapPoint()
         # Per-value volume (topology ``volume: {header: NAME}``): None costs nothing per batch.
         self.volume_header: str | None = None
@@ -117,7 +117,7 @@ class SourceRunner:
         try:
             batch = self.source.poll()
         except Exception as exc:
-            self.counters["EventReadFail"] += 1
+            self.counters.add("EventReadFail", 1)
             self._note_error(f"read failed: {exc!r}")
             self._sleep(self.backoff.next_delay())
             return False
@@ -128,8 +128,8 @@ class SourceRunner:
                 self._sleep(self.idle_backoff.next_delay())
             return False
         self.idle_backoff.reset()
-        self.counters["EventReceivedCount"] += len(batch)
-        self.counters["AppendBatchReceivedCount"] += 1
+        self.counters.add("EventReceivedCount", len(batch))
+        self.counters.add("AppendBatchReceivedCount", 1)
         if not self.deliver(batch):
             return False
         self.source.ack()
@@ -138,7 +138,7 @@ class SourceRunner:
     def deliver(self, batch: EventBatch) -> bool:
         """Intercept, route and put until committed; False only if stopped before that."""
         intercepted = self.chain.intercept(batch)
-        self.counters["EventDroppedByInterceptorCount"] += len(batch) - len(intercepted)
+        self.counters.add("EventDroppedByInterceptorCount", len(batch) - len(intercepted))
         routing = self.selector.route(intercepted)
         txn_id = uuid.uuid4().hex
         pending = dict(routing.required)
@@ -149,13 +149,13 @@ class SourceRunner:
             if not failed:
                 break
             pending = {ch: pending[ch] for ch in failed}
-            self.counters["ChannelWriteFail"] += 1
+            self.counters.add("ChannelWriteFail", 1)
             for ch, exc in failed.items():
                 kind = "full" if isinstance(exc, ChannelFull) else "failed"
                 self._note_error(f"channel '{ch}' {kind}: {exc}; keeping the batch and retrying",
                                  level=logging.DEBUG if kind == "full" else logging.WARNING)
             if not self.source.on_put_failure(failed):
-                self.counters["EventRejectedCount"] += len(intercepted)
+                self.counters.add("EventRejectedCount", len(intercepted))
                 return False
             if self.stopping.is_set():
                 return False
@@ -170,10 +170,10 @@ class SourceRunner:
             # needs its own id, or the channel would take it for a retry of the required one.
             for ch, refusal in self.put_many(routing.optional, txn_id + ":optional", None).items():
                 if refusal is not None:
-                    self.counters["OptionalChannelWriteFail"] += 1
+                    self.counters.add("OptionalChannelWriteFail", 1)
                     self._note_error(f"optional channel '{ch}' refused a batch: {refusal}")
-        self.counters["EventAcceptedCount"] += len(intercepted)
-        self.counters["AppendBatchAcceptedCount"] += 1
+        self.counters.add("EventAcceptedCount", len(intercepted))
+        self.counters.add("AppendBatchAcceptedCount", 1)
         self.last_error = None
         return True
 
@@ -189,12 +189,11 @@ class SourceRunner:
         routing = self.selector.route(intercepted)
         tally = _tally(routing.required, len(intercepted))
         failed = {ch: exc for ch, exc in self.put_many(routing.required, txn_id, tally).items() if exc is not None}
-        with self._counter_lock:
-            self.counters["EventReceivedCount"] += len(batch)
-            self.counters["AppendBatchReceivedCount"] += 1
-            self.counters["EventDroppedByInterceptorCount"] += len(batch) - len(intercepted)
-            if failed:
-                self.counters["ChannelWriteFail"] += 1
+        self.counters.add("EventReceivedCount", len(batch))
+        self.counters.add("AppendBatchReceivedCount", 1)
+        self.counters.add("EventDroppedByInterceptorCount", len(batch) - len(intercepted))
+        if failed:
+            self.counters.add("ChannelWriteFail", 1)
         if failed:
             ch, exc = next(iter(failed.items()))
             raise exc
@@ -203,13 +202,11 @@ class SourceRunner:
         if routing.optional:
             for refusal in self.put_many(routing.optional, txn_id + ":optional", None).values():
                 if refusal is not None:
-                    with self._counter_lock:
-                        self.counters["OptionalChannelWriteFail"] += 1
-        with self._counter_lock:
-            if self.volume_header is not None:
-                self._count_volume(intercepted)
-            self.counters["EventAcceptedCount"] += len(intercepted)
-            self.counters["AppendBatchAcceptedCount"] += 1
+                    self.counters.add("OptionalChannelWriteFail", 1)
+        if self.volume_header is not None:
+            self._count_volume(intercepted)
+        self.counters.add("EventAcceptedCount", len(intercepted))
+        self.counters.add("AppendBatchAcceptedCount", 1)
 
     def _count_volume(self, batch) -> None:
         """Count the committed ``batch``'s values of ``volume_header`` into ``Volume.<value>``
@@ -219,16 +216,17 @@ class SourceRunner:
         if not isinstance(batch, EventBatch) or len(batch) == 0 or self.volume_header is None:
             return
         counts = pc.value_counts(batch.header(self.volume_header))
-        count_header_values(self.counters, zip(counts.field("values").to_pylist(),
-                                               counts.field("counts").to_pylist()),
-                            self.volume_max_values)
+        with self._volume_lock:
+            count_header_values(self.counters, zip(counts.field("values").to_pylist(),
+                                                   counts.field("counts").to_pylist()),
+                                self.volume_max_values)
 
     def run(self) -> None:
         while not self.stopping.is_set() and not self.source.finished:
             try:
                 self.run_once()
             except Exception as exc:  # never let the loop die: count, log, back off
-                self.counters["GenericProcessingFail"] += 1
+                self.counters.add("GenericProcessingFail", 1)
                 self._note_error(f"unexpected error: {exc!r}", exc_info=True)
                 self._sleep(self.backoff.next_delay())
 
@@ -256,7 +254,7 @@ class SinkRunner:
     0/1 gauge) becomes 1 once that is done (nothing in hand, nothing more written) and 0 at resume.
     """
 
-    def __init__(self, name: str, sink: Sink, channel: ChannelPort, holder: str, counters: dict,
+    def __init__(self, name: str, sink: Sink, channel: ChannelPort, holder: str, counters: Counters,
                  take_timeout_s: float = 0.1, pipelined: bool = False, tap: TapPoint | None = None):
         self.name = name
         # Pipelined (one sink draining its channel alone): the next take is in flight while this
@@ -267,9 +265,8 @@ class SinkRunner:
         self.channel = channel
         self.holder = holder
         self.counters = counters
-        for key in SINK_COUNTERS:
-            counters.setdefault(key, 0)
-        counters.setdefault("Paused", 0)  # a level (0/1), not a total: not in SINK_COUNTERS
+        counters.create(SINK_COUNTERS)
+        counters.create(["Paused"])  # a level (0/1), not a total: not in SINK_COUNTERS
         self.take_timeout_s = take_timeout_s
         self.last_error: str | None = None
         self.tap = tap if tap is not None else TapPoint()
@@ -287,7 +284,7 @@ class SinkRunner:
                 self._parked = False
             self.paused = bool(paused)
             if not paused:
-                self.counters["Paused"] = 0
+                self.counters.set("Paused", 0)
 
     def park(self) -> None:
         """While paused, hold nothing: roll a prefetched take back to the head of the channel and
@@ -299,14 +296,14 @@ class SinkRunner:
         if self.pipelined:
             try:
                 self.channel.release_prefetched()
-                self.counters["DuplicateDeliveryCount"] += self.channel.settle()
+                self.counters.add("DuplicateDeliveryCount", self.channel.settle())
             except Exception as exc:
                 raise DeliveryError(f"sink '{self.name}' is paused but cannot settle its last takes with its "
                                     f"channel yet ({exc!r}); retrying") from exc
         with self._pause_lock:
             if self.paused:  # not resumed meanwhile
                 self._parked = True
-                self.counters["Paused"] = 1
+                self.counters.set("Paused", 1)
 
     def process(self) -> Status:
         if self.paused:  # processors skip paused sinks; this keeps any other caller from taking
@@ -315,21 +312,21 @@ class SinkRunner:
         try:
             got = self.channel.take(self.sink.batch_size, self.holder, self.take_timeout_s)
         except Exception as exc:
-            self.counters["ChannelReadFail"] += 1
+            self.counters.add("ChannelReadFail", 1)
             raise DeliveryError(f"sink '{self.name}': cannot take from its channel: {exc}") from exc
         if got is None:
-            self.counters["BatchEmptyCount"] += 1
+            self.counters.add("BatchEmptyCount", 1)
             return Status.BACKOFF
         lease_id, batch = got
         n = len(batch)
-        self.counters["EventDrainAttemptCount"] += n
+        self.counters.add("EventDrainAttemptCount", n)
         if self.pipelined:
             self.channel.prefetch(self.sink.batch_size, self.holder, self.take_timeout_s)
         try:
             self.sink.write(batch)
         except Exception as exc:
-            self.counters["EventWriteFail"] += 1
-            self.counters["RollbackCount"] += 1
+            self.counters.add("EventWriteFail", 1)
+            self.counters.add("RollbackCount", 1)
             self.last_error = f"write failed: {exc!r}"
             try:
                 if self.pipelined:
@@ -341,20 +338,20 @@ class SinkRunner:
                 logger.warning("sink '%s': rollback failed; the lease will expire", self.name)
             raise DeliveryError(f"sink '{self.name}' failed to deliver {n} events: {exc}") from exc
         if self.pipelined:
-            self.counters["DuplicateDeliveryCount"] += self.channel.commit_later(lease_id, n)
+            self.counters.add("DuplicateDeliveryCount", self.channel.commit_later(lease_id, n))
         else:
             try:
                 self.channel.commit(lease_id)
             except LeaseUnknown:
                 # Delivered, but the lease expired first: the events will be delivered again.
-                self.counters["DuplicateDeliveryCount"] += n
+                self.counters.add("DuplicateDeliveryCount", n)
         if self.tap.armed:  # the whole cost of the tap while nobody reads it
             self.tap.offer(batch)
-        self.counters["EventDrainSuccessCount"] += n
+        self.counters.add("EventDrainSuccessCount", n)
         if n >= self.sink.batch_size:
-            self.counters["BatchCompleteCount"] += 1
+            self.counters.add("BatchCompleteCount", 1)
         else:
-            self.counters["BatchUnderflowCount"] += 1
+            self.counters.add("BatchUnderflowCount", 1)
         self.last_error = None
         return Status.READY
 
@@ -363,7 +360,7 @@ class SinkRunner:
         if self.pipelined:
             try:
                 self.channel.release_prefetched()
-                self.counters["DuplicateDeliveryCount"] += self.channel.settle()
+                self.counters.add("DuplicateDeliveryCount", self.channel.settle())
             except Exception:
                 logger.warning("sink '%s': could not settle its last takes; leases will expire", self.name)
 

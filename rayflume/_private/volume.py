@@ -40,6 +40,8 @@ from typing import Callable, Iterable
 
 import pyarrow as pa
 
+from rayflume.counters import Counters
+
 HOUR_S = 3600
 RETENTION_HOURS = 8 * 24 + 1  # 8 whole days back from any hour of the current one
 MAX_VALUES = 200
@@ -273,7 +275,7 @@ def strip_volume(counters: dict) -> dict:
     return {k: v for k, v in counters.items() if not (isinstance(k, str) and k.startswith(VOLUME_PREFIX))}
 
 
-def count_header_values(counters: dict, values: Iterable[tuple[str | None, int]], max_values: int) -> None:
+def count_header_values(counters: Counters, values: Iterable[tuple[str | None, int]], max_values: int) -> None:
     """Add ``(value, events)`` pairs to ``counters`` as ``Volume.<value>`` (``(none)`` for events
     without the header), at most ``max_values`` distinct keys in ``counters``; further values are
     counted under ``Volume.(other)``."""
@@ -288,4 +290,4 @@ def count_header_values(counters: dict, values: Iterable[tuple[str | None, int]]
                 key = VOLUME_PREFIX + OTHER
             elif key != VOLUME_PREFIX + OTHER:
                 kept += 1
-        counters[key] = counters.get(key, 0) + n
+        counters.add(key, n)

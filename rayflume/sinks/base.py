@@ -14,6 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from rayflume.counters import Counters
 from rayflume.event import EventBatch
 
 
@@ -25,10 +26,11 @@ class SinkContext:
     topology: str = ""
     scope: str = ""  # "<tier>/<instance>" in a tiered topology
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("rayflume.sink"))
-    counters: dict = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
 
     def count(self, key: str, n: int = 1) -> None:
-        self.counters[key] = self.counters.get(key, 0) + n
+        """Add ``n`` to a counter reported with this sink's metrics. Thread-safe."""
+        self.counters.add(key, n)
 
 
 class Sink(ABC):

@@ -133,7 +133,7 @@ class ConnectionTracker:
 
     def _count(self, key: str) -> None:
         if self.counters:
-            self.counters.count(key)
+            self.counters.add(key)
 
     def reserve_refusal(self) -> bool:
         """A slot to answer a refused client politely (a few at a time; beyond: just close)."""

@@ -16,8 +16,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
+from rayflume.counters import Counters
 from rayflume.errors import ChannelFull, TransactionTooLarge
 from rayflume.event import EventBatch
 from rayflume.sources._network import CONNECTION_COUNTERS
@@ -188,36 +189,6 @@ class HandOff:
         return left
 
 
-# -- counters --------------------------------------------------------------------------------------
-
-class Counters:
-    """Counters shared by server threads and the runner thread, updated under one lock.
-
-    Writes go to the context's dict (what the actor reports); keys must be created with
-    :meth:`create` at start so the dict never grows while it is being iterated elsewhere.
-    """
-
-    def __init__(self, context: SourceContext):
-        self.context = context
-        self._lock = threading.Lock()
-
-    def create(self, names: Iterable[str]) -> None:
-        with self._lock:
-            for name in names:
-                self.context.counters.setdefault(name, 0)
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self.context.count(key, n)
-
-    def set(self, key: str, value) -> None:
-        with self._lock:
-            self.context.counters[key] = value
-
-    def get(self, key: str, default=0):
-        return self.context.counters.get(key, default)
-
-
 class QueuedSource(Source):
     """Base of the network sources: server threads :meth:`submit` items, ``poll`` merges queued
     items (up to ``batch_size`` events) into one batch with :meth:`assemble`, ``ack`` completes
@@ -254,7 +225,7 @@ class QueuedSource(Source):
     # lifecycle -----------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
         super().start(context)
-        self.counters = Counters(context)
+        self.counters = context.counters
         self.counters.create(self.counter_names)
         self.open()
 
@@ -339,7 +310,7 @@ class ReplyingSource(QueuedSource):
         retry = {"Retry-After": "1"}
         completion = Completion()
         if not self.handoff.put(Item(batch, n, batch.nbytes, completion), block=False):
-            self.counters.count("EventRejectedCount", n)
+            self.counters.add("EventRejectedCount", n)
             reason = "the source is stopping" if self.handoff.closed else "the source's queue is full"
             return 503, f"{reason}; retry later", retry
         if not completion.wait(self.commit_timeout_s):

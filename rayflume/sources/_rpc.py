@@ -68,13 +68,13 @@ class RpcSource(ReplyingSource):
     def accept(self, events, singular: bool, peer) -> bool:
         """Submit one request's events and wait for their commit; whether they were committed."""
         if singular:
-            self.counters.count("AppendReceivedCount")
+            self.counters.add("AppendReceivedCount")
         code, reason, _ = self.submit(events)
         if code == 200:
             if singular:
-                self.counters.count("AppendAcceptedCount")
+                self.counters.add("AppendAcceptedCount")
             return True
-        self.counters.count("RequestFailedCount")
+        self.counters.add("RequestFailedCount")
         log.debug("%s source '%s': answered a failure to %s: %s", self.protocol_name, self.name, peer, reason)
         return False
 
@@ -161,7 +161,7 @@ class RpcSession(StreamSession):
         return True
 
     def _protocol_error(self, problem) -> None:
-        self.source.counters.count("ProtocolErrorCount")
+        self.source.counters.add("ProtocolErrorCount")
         log.info("%s source '%s': closing the connection from %s: %s", self.source.protocol_name, self.source.name,
                  self.address, problem)
 

@@ -21,10 +21,10 @@ import ssl
 import threading
 from typing import Callable
 
+from rayflume.counters import Counters
 from rayflume.sources._limits import ConnectionLimits, ConnectionTracker, Watch
 from rayflume.sources._network import family_of
 from rayflume.sources._parking import Parking
-from rayflume.sources._queued import Counters
 from rayflume.sources._tls import peer_problem, resolve_tls
 
 log = logging.getLogger("rayflume.source.server")
@@ -62,7 +62,7 @@ class LimitedServerMixin:
         if refused:
             log.debug("connection from %s refused: %s", client_address, refused)
             if self.counters:
-                self.counters.count("ConnectionRejectedCount")
+                self.counters.add("ConnectionRejectedCount")
             if self.refusal and self.tls is None and self.tracker.reserve_refusal():
                 threading.Thread(target=self._refuse, args=(request,), daemon=True,
                                  name="refuse-connection").start()
@@ -108,14 +108,14 @@ class LimitedServerMixin:
                     conn = self.tls.wrap_socket(request, server_side=True)
                 except (ssl.SSLError, OSError) as exc:
                     if self.counters:
-                        self.counters.count("TlsHandshakeFailCount")
+                        self.counters.add("TlsHandshakeFailCount")
                     log.info("TLS handshake with %s failed: %s", client_address, exc)
                     return
                 self.tracker.replace(request, conn)
                 refused = peer_problem(conn)
                 if refused:
                     if self.counters:
-                        self.counters.count("TlsClientRefusedCount")
+                        self.counters.add("TlsClientRefusedCount")
                     log.info("TLS client %s refused: %s", client_address, refused)
                     return
                 conn.settimeout(None)

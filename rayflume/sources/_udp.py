@@ -7,9 +7,9 @@ import socket
 import threading
 from typing import Callable
 
+from rayflume.counters import Counters
 from rayflume.sources._limits import ConnectionLimits
 from rayflume.sources._network import family_of
-from rayflume.sources._queued import Counters
 
 log = logging.getLogger("rayflume.source.server")
 
@@ -68,7 +68,7 @@ class UdpReceiver:
             if got and self.allowed.allowed:
                 kept = [d for d in got if self.allowed.refusal(d[1][0]) is None]
                 if len(kept) < len(got) and self.counters:
-                    self.counters.count("ClientNotAllowedCount", len(got) - len(kept))
+                    self.counters.add("ClientNotAllowedCount", len(got) - len(kept))
                 got = kept
             if got:
                 try:

@@ -12,10 +12,10 @@ Methods are called from one thread at a time.
 from __future__ import annotations
 
 import logging
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from rayflume.counters import Counters
 from rayflume.event import EventBatch
 
 
@@ -26,13 +26,11 @@ class SourceContext:
     name: str
     topology: str = ""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("rayflume.source"))
-    counters: dict = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    counters: Counters = field(default_factory=Counters)
 
     def count(self, key: str, n: int = 1) -> None:
         """Add ``n`` to a counter reported with this source's metrics. Thread-safe."""
-        with self._lock:
-            self.counters[key] = self.counters.get(key, 0) + n
+        self.counters.add(key, n)
 
 
 class Source(ABC):

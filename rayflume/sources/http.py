@@ -328,7 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, status: int, message: str = "", close: bool = False, headers: dict | None = None,
                  body: bool = True) -> None:
         source = self.server.source
-        source.counters.count(f"Http{status}Count" if status in STATUS_CODES else "Http500Count")
+        source.counters.add(f"Http{status}Count" if status in STATUS_CODES else "Http500Count")
         data = (message + "\n").encode("utf-8") if message else b""
         try:
             self.send_response(status)
@@ -512,7 +512,7 @@ class HttpSource(ReplyingSource):
         # every token is compared (in constant time), so the time taken does not say which matched
         matched = [name for name, token in self._tokens.items() if hmac.compare_digest(given_bytes, token)]
         if matched:
-            self.counters.count(f"AuthTokenUseCount.{matched[0]}")
+            self.counters.add(f"AuthTokenUseCount.{matched[0]}")
         return bool(matched)
 
     def parse_cost(self, body: bytes) -> int:

@@ -134,7 +134,7 @@ class NetcatSource(QueuedSource):
         each item's commit in turn and send its ``OK``s (with any ``FAILED`` among them) in line
         order. False when the connection should end."""
         if rejected_after:
-            self.counters.count("EventRejectedCount", len(rejected_after))
+            self.counters.add("EventRejectedCount", len(rejected_after))
         n = len(lines)
         replies = _Replies(rejected_after, OK if self.ack_every_event else b"", self.failed_reply)
         items: list[tuple[int, Completion | None]] = []
@@ -179,15 +179,15 @@ class NetcatSource(QueuedSource):
                 pieces.append(lines)
                 ips.append((address[0], len(lines)))
         if rejected:
-            self.counters.count("EventRejectedCount", rejected)
+            self.counters.add("EventRejectedCount", rejected)
         if not pieces:
             return
         lines = pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces)
         addresses = [ip for ip, count in ips for _ in range(count)] if self.remote_address_header else None
         item = Item((lines, addresses), len(lines), lines.nbytes)
         if not self.handoff.put(item, block=False):
-            self.counters.count("DatagramDroppedCount", len(datagrams))
-            self.counters.count("EventRejectedCount", len(lines))
+            self.counters.add("DatagramDroppedCount", len(datagrams))
+            self.counters.add("EventRejectedCount", len(lines))
 
     # -- runner side ------------------------------------------------------------------------------
     def assemble(self, items: list[Item]) -> EventBatch:

@@ -117,12 +117,12 @@ class _SyslogSource(QueuedSource):
             # The parser is meant never to raise; if it does, keep every byte rather than lose a batch.
             self.context.logger.exception("syslog source '%s': parsing %d messages failed; delivering them "
                                           "raw, marked Invalid", self.name, n)
-            self.counters.count("InvalidEventCount", n)
+            self.counters.add("InvalidEventCount", n)
             return raw_invalid(frames, extra)
         if result.counts["invalid"]:
-            self.counters.count("InvalidEventCount", result.counts["invalid"])
+            self.counters.add("InvalidEventCount", result.counts["invalid"])
         if result.counts["incomplete"]:
-            self.counters.count("IncompleteEventCount", result.counts["incomplete"])
+            self.counters.add("IncompleteEventCount", result.counts["incomplete"])
         return result.batch
 
 
@@ -220,8 +220,8 @@ class SyslogUdpSource(_SyslogSource):
         hosts = [self._client_host(ip) for ip in ips] if self.client_hostname_header else None
         item = Item(_Frames(frames, status, ips, hosts), len(frames), frames.nbytes)
         if not self.handoff.put(item, block=False):
-            self.counters.count("DatagramDroppedCount", len(frames))
-            self.counters.count("EventRejectedCount", len(frames))
+            self.counters.add("DatagramDroppedCount", len(frames))
+            self.counters.add("EventRejectedCount", len(frames))
 
 
 # -- configuration ---------------------------------------------------------------------------------

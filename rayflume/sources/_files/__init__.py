@@ -54,10 +54,9 @@ class LockedFileSource(Source):
     def start(self, context: SourceContext) -> None:
         """Create the counters at 0 (subclasses then take their lock and load their state)."""
         super().start(context)
-        for key in self.COUNTERS:
-            context.count(key, 0)
+        context.counters.create(self.COUNTERS)
         # Created now so that other threads reading the counters never see the dict grow.
-        context.counters.setdefault("LastError", "")
+        context.counters.create(["LastError"], "")
 
     def _acquire_lock(self, path: str, busy_message: str) -> None:
         """Take the lock at ``path``; raise ConfigError(``busy_message``) while another holds it."""
@@ -79,7 +78,7 @@ class LockedFileSource(Source):
         self.log.error(full)
         self.status_error = full
         if getattr(self, "context", None) is not None:
-            self.context.counters["LastError"] = full
+            self.context.counters.set("LastError", full)
 
     def _read_state(self, path: str, consequence: str):
         """The JSON state file at ``path`` (None when absent). One that does not parse is moved
