@@ -359,3 +359,14 @@ tiers:
     assert agent.raw["sinks"]["fwd"]["batch_size"] == 200
     assert collector.sources["in"].batch_size == 50 and collector.sinks["out"].batch_size == 50
     assert collector.raw["sources"]["in"]["batch_size"] == 50
+
+
+@pytest.mark.parametrize("section", ["sources", "channels", "sinks", "sink_groups"])
+def test_a_section_that_is_not_a_mapping_is_named_not_a_crash(section):
+    topology = {"name": "t", "sources": {"s": {"type": "sequence", "channels": ["m"]}},
+                "channels": {"m": {"type": "memory"}}, "sinks": {"k": {"type": "null", "channel": "m"}}}
+    topology[section] = "abc"
+    with pytest.raises(ConfigError) as info:
+        validate(topology)
+    assert any(e.startswith(f"{section}: expected a mapping") and "'abc'" in e for e in info.value.errors), \
+        info.value.errors

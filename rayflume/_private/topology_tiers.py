@@ -129,6 +129,8 @@ def _validate_tier(tier_name: str, data: dict, prefix: str, errors: list[str]) -
         if not data.get(section) and not optional.get(section):
             errors.append(f"{prefix}{section}: at least one {kind} is required")
     _fit_batch_sizes(tier)
+    # A section that is not a mapping was reported above; the checks below see it as empty.
+    data = {**data, **{section: {} for section in SECTIONS if not isinstance(data.get(section) or {}, dict)}}
     _validate_groups(data, tier, prefix, errors)
     validate_graph(data, tier, prefix, errors)
     return tier
@@ -196,7 +198,8 @@ def _validate_placement(raw, path: str, errors: list[str]) -> Placement:
 def _validate_groups(data: dict, topo: Tier, prefix: str, errors: list[str]) -> None:
     groups = data.get("sink_groups") or {}
     if not isinstance(groups, dict):
-        errors.append(f"{prefix}sink_groups: expected a mapping of group names to {{sinks, processor}}")
+        errors.append(f"{prefix}sink_groups: expected a mapping of group names to {{sinks, processor}}; got "
+                      f"{describe_value(groups)}")
         return
     owner: dict[str, str] = {}
     for gname, raw in groups.items():
