@@ -198,8 +198,7 @@ def _validate_placement(raw, path: str, errors: list[str]) -> Placement:
 def _validate_groups(data: dict, topo: Tier, prefix: str, errors: list[str]) -> None:
     groups = data.get("sink_groups") or {}
     if not isinstance(groups, dict):
-        errors.append(f"{prefix}sink_groups: expected a mapping of group names to {{sinks, processor}}; got "
-                      f"{describe_value(groups)}")
+        errors.append(f"{prefix}sink_groups: expected a mapping of group names to {{sinks, processor}}")
         return
     owner: dict[str, str] = {}
     for gname, raw in groups.items():
