@@ -21,7 +21,7 @@ from rayflume._private.actors import ledger_key
 from rayflume._private.identity import LABEL, assign_instances, node_identity, sanitize
 from rayflume._private.state_store import MemoryStore, RayKVStore
 from rayflume.sources.base import SourceContext
-from rayflume.sources.spooldir import SpoolDirSource
+from rayflume.sources.spooldir import SpoolDirSourceConfig
 from rayflume.sources.taildir import FileGroup, TaildirSource
 from tests.channel_contract import wait_until
 from tests.cluster_helpers import controller_pid, head_collector, start_cluster, stop_cluster, tier_instances
@@ -113,12 +113,12 @@ def test_taildir_positions_are_per_instance_only_in_a_tier(tmp_path):
 def test_spooldir_positions_are_per_instance_only_in_a_tier(tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
-    src = SpoolDirSource("spool", str(spool))
+    src = SpoolDirSourceConfig(type="spooldir", channels=["c"], spool_dir=str(spool)).build("spool")
     src.use_scope("agent/agent-1")
     src.start(SourceContext(name="spool", topology="t"))
     src.stop()
     assert src.positions_path == str(spool / ".flumespool" / "agent" / "agent-1" / "rayflume-positions.json")
-    plain = SpoolDirSource("spool", str(spool))
+    plain = SpoolDirSourceConfig(type="spooldir", channels=["c"], spool_dir=str(spool)).build("spool")
     plain.start(SourceContext(name="spool", topology="t"))
     plain.stop()
     assert plain.positions_path == str(spool / ".flumespool" / "rayflume-positions.json")

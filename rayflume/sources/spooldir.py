@@ -140,38 +140,30 @@ class SpoolDirSource(LockedFileSource):
     COUNTERS = COUNTERS
     log = log
 
-    def __init__(self, name: str, spool_dir: str, file_suffix: str = ".COMPLETED",
-                 delete_policy: str = "never", tracking_policy: str = "rename",
-                 tracker_dir: str = ".flumespool", include_pattern: str = "^.*$",
-                 ignore_pattern: str = "^$", consume_order: str = "oldest", poll_delay_s: float = 0.5,
-                 recursive_directory_search: bool = False, batch_size: int = 100,
-                 input_charset: str = "UTF-8", decode_error_policy: str = "FAIL",
-                 file_header: bool = False, file_header_key: str = "file", basename_header: bool = False,
-                 basename_header_key: str = "basename", min_file_age_s: float = 0.0,
-                 max_line_length_bytes: int = 2048, read_chunk_bytes: int = READ_CHUNK_BYTES,
+    def __init__(self, name: str, config: SpoolDirSourceConfig, read_chunk_bytes: int = READ_CHUNK_BYTES,
                  wall_clock=time.time, clock=time.monotonic, rng: random.Random | None = None):
         self.name = name
-        self.spool_dir = os.path.abspath(os.path.expanduser(spool_dir))
-        self.file_suffix = file_suffix
-        self.delete_policy = delete_policy
-        self.tracking_policy = tracking_policy
-        self.tracker_dir = os.path.join(self.spool_dir, os.path.expanduser(tracker_dir))
-        self.include = re.compile(include_pattern)
-        self.ignore = re.compile(ignore_pattern)
-        self.consume_order = consume_order
-        self.poll_delay_s = poll_delay_s
-        self.recursive = recursive_directory_search
-        self.batch_size = batch_size
-        self.charset = codecs.lookup(input_charset).name
+        self.spool_dir = os.path.abspath(os.path.expanduser(config.spool_dir))
+        self.file_suffix = config.file_suffix
+        self.delete_policy = config.delete_policy
+        self.tracking_policy = config.tracking_policy
+        self.tracker_dir = os.path.join(self.spool_dir, os.path.expanduser(config.tracker_dir))
+        self.include = re.compile(config.include_pattern)
+        self.ignore = re.compile(config.ignore_pattern)
+        self.consume_order = config.consume_order
+        self.poll_delay_s = config.poll_delay_s
+        self.recursive = config.recursive_directory_search
+        self.batch_size = config.batch_size
+        self.charset = codecs.lookup(config.input_charset).name
         self.utf8 = self.charset == "utf-8"
-        self.decode_error_policy = decode_error_policy.upper()
-        self.file_header = file_header
-        self.file_header_key = file_header_key
-        self.basename_header = basename_header
-        self.basename_header_key = basename_header_key
-        self.min_file_age_s = min_file_age_s
-        self.max_line_length_bytes = max_line_length_bytes
-        self.read_chunk_bytes = max(read_chunk_bytes, max_line_length_bytes + 2)
+        self.decode_error_policy = config.decode_error_policy.upper()
+        self.file_header = config.file_header
+        self.file_header_key = config.file_header_key
+        self.basename_header = config.basename_header
+        self.basename_header_key = config.basename_header_key
+        self.min_file_age_s = config.min_file_age_s
+        self.max_line_length_bytes = config.max_line_length_bytes
+        self.read_chunk_bytes = max(read_chunk_bytes, config.max_line_length_bytes + 2)
         self.wall_clock = wall_clock
         self.clock = clock
         self.rng = rng or random.Random()
@@ -687,9 +679,4 @@ class SpoolDirSourceConfig(SourceConfig):
         return []
 
     def build(self, name: str) -> SpoolDirSource:
-        return SpoolDirSource(
-            name, self.spool_dir, self.file_suffix, self.delete_policy, self.tracking_policy, self.tracker_dir,
-            self.include_pattern, self.ignore_pattern, self.consume_order, self.poll_delay_s,
-            self.recursive_directory_search, self.batch_size, self.input_charset, self.decode_error_policy,
-            self.file_header, self.file_header_key, self.basename_header, self.basename_header_key,
-            self.min_file_age_s, self.max_line_length_bytes)
+        return SpoolDirSource(name, self)
