@@ -65,13 +65,11 @@ Counters: ``FileOpenedCount``, ``FileClosedCount``, ``FileRenamedCount``, ``File
 problem reported, as text; also ``TaildirSource.status_error``).
 """
 from rayflume.sources._framing import Framed, frame_lines
-from rayflume.sources.taildir.source import (
-    BYTE_OFFSET_HEADER,
-    FileGroup,
-    TaildirSource,
-    TaildirSourceConfig,
-    default_position_file,
-)
+from rayflume.sources.taildir.config import TaildirSourceConfig
+from rayflume.sources.taildir.groups import FileGroup
+from rayflume.sources.taildir.positions import default_position_file
+from rayflume.sources.taildir.reading import BYTE_OFFSET_HEADER
+from rayflume.sources.taildir.source import TaildirSource
 
 __all__ = ["BYTE_OFFSET_HEADER", "FileGroup", "Framed", "TaildirSource", "TaildirSourceConfig",
            "default_position_file", "frame_lines"]

@@ -1,117 +1,36 @@
-"""The ``taildir`` source runtime and its typed config. See :mod:`rayflume.sources.taildir`."""
+"""The ``taildir`` source's runtime: tailing the files of its groups, batch by batch, with positions
+that move only on acknowledgement. See :mod:`rayflume.sources.taildir` for the guarantees.
+
+:class:`TaildirSource` owns the tracked files and keeps their state consistent: it scans the
+groups' directories (:mod:`.groups`) for new, renamed, rotated and deleted files, opens and closes
+them, tells replaced content from the file that was there (:mod:`.tracked`), reads and frames
+them into the buffer (:mod:`.reading`), and persists the acknowledged positions (:mod:`.positions`).
+"""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
-import stat
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
-import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
-
-from rayflume.config_base import SourceConfig
 from rayflume.event import EventBatch
-from rayflume.interceptors.headers import set_header
-from rayflume.registry import register
 from rayflume.sources._files import LockedFileSource
-from rayflume.sources._files.storage import remove_stale_temps, write_json_atomic
-from rayflume.sources._framing import compact, frame_lines
+from rayflume.sources._files.storage import remove_stale_temps
 from rayflume.sources.base import SourceContext
+from rayflume.sources.taildir.groups import FileGroup, find_identity, list_matches
+from rayflume.sources.taildir.positions import default_position_file, stored_positions, write_positions
+from rayflume.sources.taildir.reading import _Segment, read_chunk, segment_events, take_segments
+from rayflume.sources.taildir.tracked import _EMPTY_FP, FINGERPRINT_BYTES, _Tracked
 
 log = logging.getLogger("rayflume.source.taildir")
 
-FINGERPRINT_BYTES = 256
 READ_CHUNK_BYTES = 8 << 20
 SCAN_INTERVAL_S = 0.2
-BYTE_OFFSET_HEADER = "byteoffset"
-POSITION_FORMAT = 1
 
 COUNTERS = ("FileOpenedCount", "FileClosedCount", "FileRenamedCount", "FileRotatedCount",
             "FileDeletedCount", "FileTruncatedCount", "FileReplacedCount", "FileReadFail",
             "LinesSplitCount", "PositionWriteCount", "PositionWriteFail")
-
-
-def fingerprint(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-_EMPTY_FP = fingerprint(b"")
-
-
-def default_position_file(name: str, topology: str = "") -> str:
-    base = os.path.join(os.path.expanduser("~"), ".rayflume", "taildir")
-    return os.path.join(base, topology, f"{name}.json") if topology else os.path.join(base, f"{name}.json")
-
-
-@dataclass(frozen=True)
-class FileGroup:
-    """Files named by ``pattern`` (a regex matched against the whole file name) in ``directory``."""
-
-    name: str
-    directory: str
-    pattern: re.Pattern
-    headers: dict = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, name: str, spec: str, headers: dict | None = None) -> "FileGroup":
-        directory, regex = os.path.split(spec)
-        return cls(name, directory, re.compile(regex), dict(headers or {}))
-
-
-class _Tracked:
-    """One file identity (device, inode, and the fingerprint of its first bytes) being tailed.
-
-    ``read_pos`` is how far lines were framed into the buffer; ``committed`` how far they were
-    acknowledged (what the position file records). ``epoch`` changes when the content under the
-    identity is replaced (copytruncate, inode reuse): acknowledgements of lines read in an older
-    epoch no longer move the position.
-    """
-
-    __slots__ = ("key", "path", "group", "fp_len", "fp", "epoch", "read_pos", "committed", "fd",
-                 "last_growth", "last_size", "seen_size", "held", "gone", "finished")
-
-    def __init__(self, key, path, group, pos, fp_len, fp, now):
-        self.key = key
-        self.path = path
-        self.group = group
-        self.fp_len = fp_len
-        self.fp = fp
-        self.epoch = 0
-        self.read_pos = pos
-        self.committed = pos
-        self.fd: int | None = None
-        self.last_growth = now
-        self.last_size = -1     # size at the last read attempt
-        self.seen_size = -1     # size the last directory scan saw
-        self.held = False       # the bytes after read_pos are an unterminated line up to last_size
-        self.gone = False       # no matching path names this identity any more
-        self.finished = False   # read to the end for good: dropped once everything is acknowledged
-
-    def entry(self) -> dict:
-        return {"dev": self.key[0], "ino": self.key[1], "pos": self.committed, "path": self.path,
-                "group": self.group, "fp_len": self.fp_len, "fp": self.fp}
-
-
-class _Segment:
-    """Framed lines of one file waiting in the buffer; offsets are positions in the file."""
-
-    __slots__ = ("tracked", "epoch", "path", "bodies", "starts", "ends")
-
-    def __init__(self, tracked, epoch, path, bodies, starts, ends):
-        self.tracked = tracked
-        self.epoch = epoch
-        self.path = path
-        self.bodies = bodies
-        self.starts = starts
-        self.ends = ends
-
-    def __len__(self) -> int:
-        return len(self.bodies)
 
 
 class TaildirSource(LockedFileSource):
@@ -239,18 +158,7 @@ class TaildirSource(LockedFileSource):
     def _load_positions(self) -> dict:
         data = self._read_state(self.position_file, "files are tailed as if never seen (from the start, "
                                                     "or the end with skip_to_end)")
-        if data is None:
-            return {}
-        entries = data.get("files", []) if isinstance(data, dict) else data
-        out = {}
-        for e in entries if isinstance(entries, list) else []:
-            try:
-                key = (int(e["dev"]), int(e["ino"]))
-                out[key] = {"pos": int(e["pos"]), "path": str(e["path"]), "group": str(e.get("group", "")),
-                            "fp_len": int(e.get("fp_len", 0)), "fp": str(e.get("fp", _EMPTY_FP))}
-            except (KeyError, TypeError, ValueError):
-                self._report(f"position file {self.position_file}: ignoring a malformed entry {e!r}")
-        return out
+        return stored_positions(data, self.position_file, self._report)
 
     def _write_positions(self, force: bool = False) -> None:
         if not force:
@@ -258,10 +166,8 @@ class TaildirSource(LockedFileSource):
                 return
             if self.clock() - self._last_write < self.write_pos_interval_s:
                 return
-        doc = {"format": POSITION_FORMAT, "source": self.name,
-               "files": [t.entry() for t in sorted(self.files.values(), key=lambda t: t.key)]}
         try:
-            write_json_atomic(self.position_file, doc)
+            write_positions(self.position_file, self.name, self.files.values())
         except OSError as exc:
             self.context.count("PositionWriteFail")
             self._report(f"cannot write position file {self.position_file} ({exc}); positions stay in "
@@ -274,31 +180,8 @@ class TaildirSource(LockedFileSource):
 
     # -- discovery ----------------------------------------------------------------------------------
     def _list_matches(self) -> dict:
-        """``{(dev, ino): (path, group, stat)}`` for every regular file matching a group; a file
-        matching several groups belongs to the first."""
-        found = {}
-        for g in self.groups:
-            try:
-                names = sorted(os.listdir(g.directory))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                self._report(f"cannot list directory {g.directory} of file group '{g.name}': {exc}")
-                continue
-            for fname in names:
-                if not g.pattern.fullmatch(fname):
-                    continue
-                path = os.path.join(g.directory, fname)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                key = (st.st_dev, st.st_ino)
-                if key not in found:
-                    found[key] = (path, g.name, st)
-        return found
+        """``{(dev, ino): (path, group, stat)}`` for every regular file matching a group."""
+        return list_matches(self.groups, self._report)
 
     def _initial_scan(self, stored: dict) -> None:
         now = self.clock()
@@ -309,7 +192,7 @@ class TaildirSource(LockedFileSource):
             # If it cannot be opened now, a recorded position is kept as it is: the first read
             # checks the fingerprint anyway.
             opened = self._open(t)
-            if entry is not None and (not opened or self._fingerprint_matches(t, entry["fp_len"], entry["fp"])):
+            if entry is not None and (not opened or t.fingerprint_matches(entry["fp_len"], entry["fp"])):
                 t.fp_len, t.fp = entry["fp_len"], entry["fp"]
                 t.read_pos = t.committed = entry["pos"]
                 if entry["path"] != path:
@@ -390,34 +273,25 @@ class TaildirSource(LockedFileSource):
         identity is kept and read again from byte 0, exactly as for a file found under a matching
         name. Forgetting it would silently drop every line written after the truncation.
         """
-        directory = os.path.dirname(t.path)
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
+        found = find_identity(os.path.dirname(t.path), t.key)
+        if found is None:
             return False
-        for entry in entries:
-            try:
-                st = entry.stat()
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) != t.key or not stat.S_ISREG(st.st_mode):
-                continue
-            old_path, t.path = t.path, entry.path
-            if not self._open(t):
-                t.path = old_path
-                return False
-            if st.st_size < t.committed:
-                self._new_epoch(t, f"shrank from {t.committed} to {st.st_size} bytes before it was "
-                                   f"rotated away from {old_path} (copytruncate)", "FileTruncatedCount")
-                self._refresh_fingerprint(t, st.st_size)
-            elif not self._fingerprint_matches(t, t.fp_len, t.fp):
-                self._new_epoch(t, f"has new content under the same inode (rotated away from {old_path})",
-                                "FileReplacedCount")
-                self._refresh_fingerprint(t, st.st_size)
-            t.seen_size = st.st_size
-            self._dirty = True
-            return True
-        return False
+        path, st = found
+        old_path, t.path = t.path, path
+        if not self._open(t):
+            t.path = old_path
+            return False
+        if st.st_size < t.committed:
+            self._new_epoch(t, f"shrank from {t.committed} to {st.st_size} bytes before it was "
+                               f"rotated away from {old_path} (copytruncate)", "FileTruncatedCount")
+            self._refresh_fingerprint(t, st.st_size)
+        elif not t.fingerprint_matches(t.fp_len, t.fp):
+            self._new_epoch(t, f"has new content under the same inode (rotated away from {old_path})",
+                            "FileReplacedCount")
+            self._refresh_fingerprint(t, st.st_size)
+        t.seen_size = st.st_size
+        self._dirty = True
+        return True
 
     # -- files --------------------------------------------------------------------------------------
     def _open(self, t: _Tracked) -> bool:
@@ -450,18 +324,8 @@ class TaildirSource(LockedFileSource):
         self.files.pop(t.key, None)
         self._dirty = True
 
-    def _prefix(self, t: _Tracked, n: int) -> bytes:
-        return os.pread(t.fd, n, 0) if n else b""
-
-    def _fingerprint_matches(self, t: _Tracked, fp_len: int, fp: str) -> bool:
-        data = self._prefix(t, fp_len)
-        return len(data) == fp_len and fingerprint(data) == fp
-
     def _refresh_fingerprint(self, t: _Tracked, size: int) -> None:
-        n = min(size, FINGERPRINT_BYTES)
-        if n > t.fp_len:
-            data = self._prefix(t, n)
-            t.fp_len, t.fp = len(data), fingerprint(data)
+        if t.refresh_fingerprint(size):
             self._dirty = True
 
     def _new_epoch(self, t: _Tracked, why: str, counter: str) -> None:
@@ -469,11 +333,7 @@ class TaildirSource(LockedFileSource):
         self.context.count(counter)
         log.warning("taildir '%s': %s %s; reading it again from the start (lines not yet read from "
                     "the old content are lost, as with any copytruncate)", self.name, t.path, why)
-        t.epoch += 1
-        t.read_pos = t.committed = 0
-        t.fp_len, t.fp = 0, _EMPTY_FP
-        t.held = False
-        t.last_size = -1
+        t.restart()
         self._dirty = True
 
     def _read_file(self, t: _Tracked, now: float) -> int:
@@ -498,7 +358,7 @@ class TaildirSource(LockedFileSource):
                 if size < t.read_pos:
                     self._new_epoch(t, f"shrank from {t.read_pos} to {size} bytes (copytruncate)",
                                     "FileTruncatedCount")
-                elif t.fp_len and not self._fingerprint_matches(t, t.fp_len, t.fp):
+                elif t.fp_len and not t.fingerprint_matches(t.fp_len, t.fp):
                     self._new_epoch(t, "has new content under the same inode", "FileReplacedCount")
                 if t.fp_len < FINGERPRINT_BYTES:
                     self._refresh_fingerprint(t, size)
@@ -513,22 +373,15 @@ class TaildirSource(LockedFileSource):
         return 0
 
     def _read_chunk(self, t: _Tracked, size: int, now: float, at_eof: bool = False) -> int:
-        n = min(self.read_chunk_bytes, size - t.read_pos)
-        data = os.pread(t.fd, n, t.read_pos)
-        framed = frame_lines(data, self.max_line_length_bytes, at_eof=at_eof)
-        t.last_size = size
-        t.held = t.read_pos + len(data) >= size and framed.consumed < len(data)
-        if framed.split_count:
-            self.context.count("LinesSplitCount", framed.split_count)
-        if not len(framed):
+        segment, split = read_chunk(t, size, self.read_chunk_bytes, self.max_line_length_bytes, at_eof)
+        if split:
+            self.context.count("LinesSplitCount", split)
+        if segment is None:
             return 0
-        base = t.read_pos
-        self._segments.append(_Segment(t, t.epoch, t.path, framed.bodies, framed.starts + base,
-                                       framed.ends + base))
-        self._buffered += len(framed)
-        t.read_pos = base + framed.consumed
+        self._segments.append(segment)
+        self._buffered += len(segment)
         t.last_growth = now
-        return len(framed)
+        return len(segment)
 
     def _maybe_finish(self, t: _Tracked, st, now: float) -> None:
         """Nothing new to read: close idle files; finish rotated or deleted ones."""
@@ -580,34 +433,14 @@ class TaildirSource(LockedFileSource):
                 break
 
     def _take(self, want: int) -> EventBatch:
-        parts = []
-        marks: dict[int, tuple[_Tracked, int, int]] = {}
-        while want > 0 and self._segments:
-            seg = self._segments[0]
-            if len(seg) > want:
-                part = _Segment(seg.tracked, seg.epoch, seg.path, seg.bodies.slice(0, want),
-                                seg.starts[:want], seg.ends[:want])
-                seg.bodies, seg.starts, seg.ends = seg.bodies.slice(want), seg.starts[want:], seg.ends[want:]
-            else:
-                part = self._segments.popleft()
-            parts.append(self._events(part))
-            marks[id(part.tracked), part.epoch] = (part.tracked, part.epoch, int(part.ends[-1]))
-            want -= len(part)
-            self._buffered -= len(part)
-        self._pending_marks = list(marks.values())
-        return EventBatch.concat(parts)
+        parts, self._pending_marks = take_segments(self._segments, want)
+        self._buffered -= sum(len(part) for part in parts)
+        return EventBatch.concat([self._events(part) for part in parts])
 
     def _events(self, seg: _Segment) -> EventBatch:
-        batch = EventBatch.from_bodies(compact(seg.bodies))
         group = self._group_by_name.get(seg.tracked.group)
-        if group is not None:
-            for key, value in group.headers.items():
-                batch = set_header(batch, key, value)
-        if self.file_header:
-            batch = set_header(batch, self.file_header_key, seg.path)
-        if self.byte_offset_header:
-            batch = set_header(batch, BYTE_OFFSET_HEADER, pa.array(seg.starts).cast(pa.string()))
-        return batch
+        return segment_events(seg, None if group is None else group.headers,
+                              self.file_header_key if self.file_header else None, self.byte_offset_header)
 
     def _acked(self) -> None:
         for t, epoch, end in self._pending_marks:
@@ -627,94 +460,3 @@ class TaildirSource(LockedFileSource):
         """``{path: acknowledged byte position}`` of every tracked file (for tests and status)."""
         with self._mutex:
             return {t.path: t.committed for t in self.files.values()}
-
-
-def _header_name(what: str, value: str) -> str:
-    if not value:
-        raise ValueError(f"taildir source: `{what}` must be a non-empty header name")
-    return value
-
-
-@register("source", "taildir")
-class TaildirSourceConfig(SourceConfig):
-    """``taildir`` (Flume's TAILDIR): tails the files of each file group, line by line, resuming
-    from a position file after a restart without losing or re-reading acknowledged lines."""
-
-    filegroups: dict[str, str] = Field(
-        min_length=1, description="File group name -> absolute path whose last component is a regex "
-                                  "matched against whole file names in that directory, e.g. "
-                                  "'/var/log/app/.*\\.log'. The directory part is literal.")
-    headers: dict[str, dict[str, str]] = Field(
-        default_factory=dict, description="File group name -> headers set on every event of that group.")
-    position_file: str | None = Field(
-        None, description="JSON file of acknowledged positions. None: "
-                          "~/.rayflume/taildir/<topology>/<source name>.json. In a tier each instance "
-                          "keeps its own, in the subdirectory <tier>/<instance> of the file's directory.")
-    batch_size: int = Field(100, gt=0, description="Most lines in one batch.")
-    skip_to_end: bool = Field(False, description="Start files present at start-up with no recorded "
-                                                 "position at their end instead of their start.")
-    byte_offset_header: bool = Field(False, description="Set header 'byteoffset' to each line's offset "
-                                                        "in its file.")
-    idle_timeout_s: float = Field(120.0, gt=0, description="Close a file after this long without new "
-                                                           "data; a rotated-away file is finished then.")
-    write_pos_interval_s: float = Field(
-        0.0, ge=0, description="Write the position file at most this often. 0: on every "
-                               "acknowledgement (a crash re-reads at most the batch in flight).")
-    file_header: bool = Field(False, description="Set a header with the file's absolute path.")
-    file_header_key: str = Field("file", description="The header `file_header` sets.")
-    max_line_length_bytes: int = Field(1 << 20, gt=0, description="Longer lines are cut into pieces of "
-                                                                  "this size (nothing is dropped).")
-    read_ahead: bool = Field(True, description="Read and frame the next batch while the current one is "
-                                               "delivered (positions still move only with acknowledgements).")
-
-    @field_validator("filegroups")
-    @classmethod
-    def _groups(cls, groups: dict[str, str]) -> dict[str, str]:
-        for name, spec in groups.items():
-            where = f"taildir source: `filegroups.{name}`"
-            if not name:
-                raise ValueError("taildir source: `filegroups` has an empty group name")
-            if not os.path.isabs(spec):
-                raise ValueError(f"{where}: {spec!r} must be an absolute path like /var/log/app/.*\\.log")
-            directory, regex = os.path.split(spec)
-            if not regex:
-                raise ValueError(f"{where}: {spec!r} ends with '/'; add a file name regex such as '.*'")
-            try:
-                re.compile(regex)
-            except re.error as exc:
-                raise ValueError(f"{where}: the file name part {regex!r} is not a valid regex ({exc})") from None
-        return groups
-
-    @field_validator("file_header_key")
-    @classmethod
-    def _file_header_key(cls, v: str) -> str:
-        return _header_name("file_header_key", v)
-
-    @model_validator(mode="after")
-    def _headers_name_groups(self):
-        unknown = sorted(set(self.headers) - set(self.filegroups))
-        if unknown:
-            raise ValueError(f"taildir source: `headers` names file group(s) {unknown} that are not in "
-                             f"`filegroups` ({sorted(self.filegroups)}); fix the group name")
-        return self
-
-    def check(self) -> list[str]:
-        if self.position_file is None:
-            return []
-        path = os.path.abspath(os.path.expanduser(self.position_file))
-        parent = os.path.dirname(path)
-        while parent and not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if os.path.isdir(path):
-            return [f"taildir source: `position_file` {path} is a directory; name a file"]
-        if parent and not os.access(parent, os.W_OK):
-            return [f"taildir source: `position_file` {path}: {parent} is not writable; choose a writable "
-                    f"location"]
-        return []
-
-    def build(self, name: str) -> TaildirSource:
-        groups = [FileGroup.parse(g, spec, self.headers.get(g)) for g, spec in self.filegroups.items()]
-        return TaildirSource(name, groups, self.position_file, self.batch_size, self.skip_to_end,
-                             self.byte_offset_header, self.idle_timeout_s, self.write_pos_interval_s,
-                             self.file_header, self.file_header_key, self.max_line_length_bytes,
-                             read_ahead=self.read_ahead)
