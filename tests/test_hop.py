@@ -10,12 +10,13 @@ from rayflume._private.actors import RemoteChannel, RemoteSource, _ChannelHandle
 from rayflume._private.stored import StoredBatch
 from rayflume.event import EventBatch
 from rayflume.sinks.base import SinkContext
-from rayflume.sinks.rayflume import RayflumeSink, events_digest
+from rayflume.sinks.rayflume import RayflumeSinkConfig, events_digest
 from tests.channel_contract import numbered, numbers
 
 
 def sink():
-    return RayflumeSink("fwd", "collector", None, "load_balance", 100, 10, 2, 30)
+    return RayflumeSinkConfig(type="rayflume", channel="c", tier="collector", policy="load_balance", batch_size=100,
+                              call_timeout_s=10, refresh_s=2, max_backoff_s=30).build("fwd")
 
 
 def batch(start, n=10):
@@ -146,7 +147,9 @@ class _RecordingSource:
 
 
 def _sink_with_target(instance_header=None, dies_once=False):
-    s = RayflumeSink("fwd", "collector", None, "load_balance", 100, 10, 60, 30, instance_header)
+    s = RayflumeSinkConfig(type="rayflume", channel="c", tier="collector", policy="load_balance", batch_size=100,
+                           call_timeout_s=10, refresh_s=60, max_backoff_s=30,
+                           instance_header=instance_header).build("fwd")
     s.start(SinkContext(name="fwd", topology="hop-test", scope="agent/r0"))
     target = _RecordingSource(dies_once)
     s.targets, s._refreshed_at = [("collector/r1", target)], time.monotonic()

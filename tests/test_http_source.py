@@ -21,7 +21,14 @@ from pydantic import ValidationError
 from rayflume import testing
 from rayflume.registry import lookup
 from rayflume.sources.base import SourceContext
-from rayflume.sources.http import HttpError, HttpSource, TokenUnavailable, blob_event, parse_json_events
+from rayflume.sources.http import (
+    HttpError,
+    HttpSource,
+    HttpSourceConfig,
+    TokenUnavailable,
+    blob_event,
+    parse_json_events,
+)
 from tests.channel_contract import closing_factory, wait_until
 from tests.net_helpers import SourcePipeline, cert  # noqa: F401  (cert: the fixture)
 
@@ -45,7 +52,8 @@ class Pipeline(SourcePipeline):
 @pytest.fixture
 def pipelines():
     def make(run: bool = True, pipeline_kw=None, **source_kw):
-        p = Pipeline(HttpSource("web", "127.0.0.1", 0, **source_kw), **(pipeline_kw or {}))
+        source = HttpSourceConfig(type="http", channels=["c"], bind="127.0.0.1", port=0, **source_kw).build("web")
+        p = Pipeline(source, **(pipeline_kw or {}))
         return p.run() if run else p
 
     with closing_factory(make, quiet=False) as factory:

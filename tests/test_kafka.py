@@ -66,7 +66,7 @@ class Checker:
 
 def make_sink(bootstrap: str, **kw) -> KafkaSink:
     kw.setdefault("call_timeout_s", 10)
-    sink = KafkaSink("ksink", bootstrap, **kw)
+    sink = KafkaSinkConfig(type="kafka", channel="c", bootstrap_servers=bootstrap, **kw).build("ksink")
     sink.start(SinkContext("ksink"))
     return sink
 
@@ -75,7 +75,8 @@ def make_source(bootstrap: str, topics, group: str, name: str = "ksrc", **kw) ->
     kw.setdefault("batch_duration_s", 0.2)
     kw.setdefault("auto_offset_reset", "earliest")
     consumer = {**FAST_GROUP, **kw.pop("consumer", {})}
-    src = KafkaSource(name, bootstrap, topics=topics, group_id=group, consumer=consumer, **kw)
+    src = KafkaSourceConfig(type="kafka", channels=["c"], bootstrap_servers=bootstrap, topics=topics, group_id=group,
+                            consumer=consumer, **kw).build(name)
     src.start(SourceContext(name))
     return src
 
@@ -274,8 +275,9 @@ def test_source_with_topic_regex(kafka_broker):  # noqa: F811
         s = make_sink(kafka_broker, topic=f"{base}-{i}")
         s.write(numbered(i * 100, 100))
         s.stop()
-    src = KafkaSource("ksrc", kafka_broker, topics_regex=base.replace("-", "\\-") + "-.*", group_id=unique("g"),
-                      batch_duration_s=0.2, auto_offset_reset="earliest", consumer=FAST_GROUP)
+    src = KafkaSourceConfig(type="kafka", channels=["c"], bootstrap_servers=kafka_broker,
+                            topics_regex=base.replace("-", "\\-") + "-.*", group_id=unique("g"),
+                            batch_duration_s=0.2, auto_offset_reset="earliest", consumer=FAST_GROUP).build("ksrc")
     src.start(SourceContext("ksrc"))
     try:
         checker = Checker(200)

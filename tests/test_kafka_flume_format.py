@@ -21,7 +21,7 @@ from rayflume._private.kafka_common import DECODE_ERROR_HEADER
 from rayflume.channels.kafka import KafkaChannel, KafkaChannelConfig
 from rayflume.event import Event, EventBatch
 from rayflume.sinks.base import SinkContext
-from rayflume.sinks.kafka import KafkaSink, KafkaSinkConfig
+from rayflume.sinks.kafka import KafkaSinkConfig
 from rayflume.sources.base import SourceContext
 from rayflume.sources.kafka import KafkaSource, KafkaSourceConfig
 from tests import test_kafka_channel as channel_tests
@@ -87,8 +87,9 @@ def consume_raw(bootstrap: str, topic: str, n: int, partitions: int = 1, timeout
 
 
 def make_source(bootstrap: str, topic: str, **kw) -> KafkaSource:
-    src = KafkaSource("ksrc", bootstrap, topics=[topic], group_id=unique("g"), batch_duration_s=0.2,
-                      auto_offset_reset="earliest", consumer=dict(FAST_GROUP), **kw)
+    src = KafkaSourceConfig(type="kafka", channels=["c"], bootstrap_servers=bootstrap, topics=[topic],
+                            group_id=unique("g"), batch_duration_s=0.2, auto_offset_reset="earliest",
+                            consumer=dict(FAST_GROUP), **kw).build("ksrc")
     src.start(SourceContext("ksrc"))
     return src
 
@@ -134,7 +135,8 @@ SAMPLE = [
 def test_sink_with_flume_event_format_writes_what_a_plain_avro_reader_decodes(kafka_broker):  # noqa: F811
     topic = unique("fsink")
     create_topic(kafka_broker, topic)
-    sink = KafkaSink("ksink", kafka_broker, topic=topic, call_timeout_s=10, use_flume_event_format=True)
+    sink = KafkaSinkConfig(type="kafka", channel="c", bootstrap_servers=kafka_broker, topic=topic, call_timeout_s=10,
+                           use_flume_event_format=True).build("ksink")
     sink.start(SinkContext("ksink"))
     try:
         sink.write(EventBatch.from_events(SAMPLE))
@@ -156,7 +158,8 @@ def test_sink_sends_null_header_values_and_null_bodies_as_empty(kafka_broker):  
     topic = unique("fnull")
     create_topic(kafka_broker, topic)
     headers = pa.array([[("present", "v"), ("missing", None)], [("h", "1")]], HEADERS_TYPE)
-    sink = KafkaSink("ksink", kafka_broker, topic=topic, call_timeout_s=10, use_flume_event_format=True)
+    sink = KafkaSinkConfig(type="kafka", channel="c", bootstrap_servers=kafka_broker, topic=topic, call_timeout_s=10,
+                           use_flume_event_format=True).build("ksink")
     sink.start(SinkContext("ksink"))
     try:
         sink.write(EventBatch.from_bodies(pa.array([b"body", None], pa.binary()), headers))
@@ -170,7 +173,8 @@ def test_sink_sends_null_header_values_and_null_bodies_as_empty(kafka_broker):  
 def test_sink_without_the_flag_still_writes_raw_bodies(kafka_broker):  # noqa: F811
     topic = unique("fraw")
     create_topic(kafka_broker, topic)
-    sink = KafkaSink("ksink", kafka_broker, topic=topic, call_timeout_s=10)
+    sink = KafkaSinkConfig(type="kafka", channel="c", bootstrap_servers=kafka_broker, topic=topic,
+                           call_timeout_s=10).build("ksink")
     sink.start(SinkContext("ksink"))
     try:
         sink.write(EventBatch.from_events(SAMPLE))
@@ -281,7 +285,8 @@ def test_source_reads_a_header_map_written_in_several_blocks(kafka_broker):  # n
 def test_sink_to_source_round_trip_keeps_every_header(kafka_broker):  # noqa: F811
     topic = unique("frt")
     create_topic(kafka_broker, topic)
-    sink = KafkaSink("ksink", kafka_broker, topic=topic, call_timeout_s=10, use_flume_event_format=True)
+    sink = KafkaSinkConfig(type="kafka", channel="c", bootstrap_servers=kafka_broker, topic=topic, call_timeout_s=10,
+                           use_flume_event_format=True).build("ksink")
     sink.start(SinkContext("ksink"))
     try:
         sink.write(EventBatch.from_events(SAMPLE))

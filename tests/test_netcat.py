@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from rayflume.registry import lookup
 from rayflume.sources.base import SourceContext
-from rayflume.sources.netcat import LineSplitter, NetcatSource, datagram_lines, failed_message
+from rayflume.sources.netcat import LineSplitter, NetcatSourceConfig, datagram_lines, failed_message
 from tests.channel_contract import closing_factory, wait_until
 from tests.net_helpers import SourcePipeline
 
@@ -27,7 +27,8 @@ class Pipeline(SourcePipeline):
 @pytest.fixture
 def netcat():
     def make(pipeline_kw=None, **kw):
-        return Pipeline(NetcatSource("nc", "127.0.0.1", 0, **kw), **(pipeline_kw or {}))
+        source = NetcatSourceConfig(type="netcat", channels=["c"], bind="127.0.0.1", port=0, **kw).build("nc")
+        return Pipeline(source, **(pipeline_kw or {}))
 
     with closing_factory(make, quiet=False) as factory:
         yield factory
@@ -174,7 +175,8 @@ def test_udp_lines_and_drops(netcat):
 
 
 def test_udp_queue_full_drops_datagrams():
-    source = NetcatSource("ncu", "127.0.0.1", 0, protocol="udp", buffer_bytes=1)
+    source = NetcatSourceConfig(type="netcat", channels=["c"], bind="127.0.0.1", port=0, protocol="udp",
+                                buffer_bytes=1).build("ncu")
     source.start(SourceContext("ncu"))
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:

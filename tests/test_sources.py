@@ -293,7 +293,9 @@ def test_exec_stop_kills_the_child_and_its_children(execs):
 
 
 def test_exec_stop_kills_a_child_that_ignores_sigterm(execs):
-    src = ExecSource("ex", "sh -c 'trap \"\" TERM; echo ready; while :; do sleep 0.1; done'", stop_grace_s=0.3)
+    config = ExecSourceConfig(type="exec", channels=["c"],
+                              command="sh -c 'trap \"\" TERM; echo ready; while :; do sleep 0.1; done'")
+    src = ExecSource("ex", config, stop_grace_s=0.3)
     src.start(SourceContext("ex"))
     wait_until(lambda: src.buffered_lines == 1, what="the child's trap to be set")
     src.stop()
@@ -301,7 +303,8 @@ def test_exec_stop_kills_a_child_that_ignores_sigterm(execs):
 
 
 def test_exec_backpressure_stops_reading_and_loses_nothing():
-    src = ExecSource("ex", "seq 1 200000", batch_size=5000, buffer_bytes=4096)
+    src = ExecSource("ex", ExecSourceConfig(type="exec", channels=["c"], command="seq 1 200000", batch_size=5000),
+                     buffer_bytes=4096)
     src.start(SourceContext("ex"))
     try:
         wait_until(lambda: src.backpressure_waits > 0, what="the reader to wait for room")

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from rayflume import testing
 from rayflume.registry import lookup
 from rayflume.sources.base import SourceContext
-from rayflume.sources.syslog import SyslogTcpSource, SyslogUdpSource
+from rayflume.sources.syslog import SyslogTcpSourceConfig, SyslogUdpSourceConfig
 from rayflume.sources.syslog_parser import (
     ALL,
     CONTINUATION,
@@ -56,11 +56,11 @@ def pipelines():
 
 
 def tcp_source(**kw):
-    return SyslogTcpSource("sys", "127.0.0.1", 0, **kw)
+    return SyslogTcpSourceConfig(type="syslog_tcp", channels=["c"], bind="127.0.0.1", port=0, **kw).build("sys")
 
 
 def udp_source(**kw):
-    return SyslogUdpSource("sysu", "127.0.0.1", 0, **kw)
+    return SyslogUdpSourceConfig(type="syslog_udp", channels=["c"], bind="127.0.0.1", port=0, **kw).build("sysu")
 
 
 def send_tcp(port: int, data: bytes) -> None:

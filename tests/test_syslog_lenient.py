@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayflume.sources.syslog import SyslogUdpSource
+from rayflume.sources.syslog import SyslogUdpSourceConfig
 from rayflume.sources.syslog_parser import INVALID, STATUS_HEADER, bsd_ms, parse_keep_fields, parse_messages
 from tests.channel_contract import closing_factory
 from tests.net_helpers import CollectingPipeline
@@ -303,7 +303,7 @@ def pipelines():
 
 
 def test_udp_datagrams_end_to_end(pipelines):
-    p = pipelines(SyslogUdpSource("sysu", "127.0.0.1", 0))
+    p = pipelines(SyslogUdpSourceConfig(type="syslog_udp", channels=["c"], bind="127.0.0.1", port=0).build("sysu"))
     sent = {
         b"<10>1 2012-04-13T11:11:11Z host first msg\n":
             ({"Facility": "1", "Severity": "2", "timestamp": utc_ms(2012, 4, 13, 11, 11, 11), "host": "host"},

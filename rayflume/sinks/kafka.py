@@ -96,24 +96,20 @@ except ImportError:  # confluent-kafka missing here: start() says so on the sink
 class KafkaSink(Sink):
     """Produces batches to Kafka; see the module docstring for the guarantees."""
 
-    def __init__(self, name: str, bootstrap_servers: str, topic: str = "default-flume-topic",
-                 allow_topic_override: bool = True, topic_header: str = "topic", key_header: str | None = "key",
-                 partition_id_header: str | None = None, default_partition_id: int | None = None,
-                 include_headers: bool = False, batch_size: int = 1000, call_timeout_s: float = 30.0,
-                 producer: dict | None = None, use_flume_event_format: bool = False):
+    def __init__(self, name: str, config: KafkaSinkConfig):
         self.name = name
-        self.bootstrap_servers = bootstrap_servers
-        self.topic = topic
-        self.allow_topic_override = allow_topic_override
-        self.topic_header = topic_header
-        self.key_header = key_header
-        self.partition_id_header = partition_id_header
-        self.default_partition_id = default_partition_id
-        self.include_headers = include_headers
-        self.use_flume_event_format = use_flume_event_format
-        self.batch_size = batch_size
-        self.call_timeout_s = float(call_timeout_s)
-        self.overrides = dict(producer or {})
+        self.bootstrap_servers = config.bootstrap_servers
+        self.topic = config.topic
+        self.allow_topic_override = config.allow_topic_override
+        self.topic_header = config.topic_header
+        self.key_header = config.key_header
+        self.partition_id_header = config.partition_id_header
+        self.default_partition_id = config.default_partition_id
+        self.include_headers = config.include_headers
+        self.use_flume_event_format = config.use_flume_event_format
+        self.batch_size = config.batch_size
+        self.call_timeout_s = float(config.call_timeout_s)
+        self.overrides = dict(config.producer)  # checked by the config
         self.context = SinkContext(name=name)
         self._producer = None
         self._errors: list = []
@@ -349,7 +345,4 @@ class KafkaSinkConfig(SinkConfig):
         return []
 
     def build(self, name: str) -> KafkaSink:
-        return KafkaSink(name, self.bootstrap_servers, self.topic, self.allow_topic_override, self.topic_header,
-                         self.key_header, self.partition_id_header, self.default_partition_id,
-                         self.include_headers, self.batch_size, self.call_timeout_s, self.producer,
-                         use_flume_event_format=self.use_flume_event_format)
+        return KafkaSink(name, self)

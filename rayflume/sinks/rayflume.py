@@ -57,18 +57,16 @@ def events_digest(batch: EventBatch) -> str:
 
 
 class RayflumeSink(Sink):
-    def __init__(self, name: str, tier: str, source: str | None, policy: str, batch_size: int,
-                 call_timeout_s: float, refresh_s: float, max_backoff_s: float,
-                 instance_header: str | None = None):
+    def __init__(self, name: str, config: RayflumeSinkConfig):
         self.name = name
-        self.instance_header = instance_header
-        self.tier = tier
-        self.source = source
-        self.policy = policy
-        self.batch_size = batch_size
-        self.call_timeout_s = call_timeout_s
-        self.refresh_s = refresh_s
-        self.max_backoff_s = max_backoff_s
+        self.instance_header = config.instance_header
+        self.tier = config.tier
+        self.source = config.source
+        self.policy = config.policy
+        self.batch_size = config.batch_size
+        self.call_timeout_s = config.call_timeout_s
+        self.refresh_s = config.refresh_s
+        self.max_backoff_s = config.max_backoff_s
         self.targets: list[tuple[str, object]] = []
         self._refreshed_at = 0.0
         self._next = 0
@@ -193,5 +191,4 @@ class RayflumeSinkConfig(SinkConfig):
                                                           "('<tier>/<instance>'), to tell agents apart.")
 
     def build(self, name: str) -> RayflumeSink:
-        return RayflumeSink(name, self.tier, self.source, self.policy, self.batch_size, self.call_timeout_s,
-                            self.refresh_s, self.max_backoff_s, self.instance_header)
+        return RayflumeSink(name, self)

@@ -147,20 +147,18 @@ class ExecSource(Source):
     only touch the buffer under its lock. See the module docstring for timing and delivery.
     """
 
-    def __init__(self, name: str, command: str, shell: str | None = None, restart: bool = False,
-                 restart_throttle_s: float = 10.0, log_std_err: bool = False, batch_size: int = 20,
-                 batch_timeout_s: float = 3.0, max_event_size_bytes: int = 1 << 20,
-                 buffer_bytes: int = DEFAULT_BUFFER_BYTES, stop_grace_s: float = DEFAULT_STOP_GRACE_S):
+    def __init__(self, name: str, config: ExecSourceConfig, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+                 stop_grace_s: float = DEFAULT_STOP_GRACE_S):
         self.name = name
-        self.command = command
-        self.shell = shell
-        self.argv = command_argv(command, shell)
-        self.restart = restart
-        self.restart_throttle_s = restart_throttle_s
-        self.log_std_err = log_std_err
-        self.batch_size = batch_size
-        self.batch_timeout_s = batch_timeout_s
-        self.max_event_size_bytes = max_event_size_bytes
+        self.command = config.command
+        self.shell = config.shell
+        self.argv = command_argv(config.command, config.shell)
+        self.restart = config.restart
+        self.restart_throttle_s = config.restart_throttle_s
+        self.log_std_err = config.log_std_err
+        self.batch_size = config.batch_size
+        self.batch_timeout_s = config.batch_timeout_s
+        self.max_event_size_bytes = config.max_event_size_bytes
         self.buffer_bytes = buffer_bytes
         self.stop_grace_s = stop_grace_s
 
@@ -457,5 +455,4 @@ class ExecSourceConfig(SourceConfig):
         return [problem] if problem else []
 
     def build(self, name: str) -> ExecSource:
-        return ExecSource(name, self.command, self.shell, self.restart, self.restart_throttle_s,
-                          self.log_std_err, self.batch_size, self.batch_timeout_s, self.max_event_size_bytes)
+        return ExecSource(name, self)

@@ -73,14 +73,7 @@ from rayflume.errors import RayflumeError
 from rayflume.event import HEADERS_TYPE, EventBatch
 from rayflume.registry import register
 from rayflume.sources._framing import batch_of, headers_from_columns
-from rayflume.sources._limits import (
-    DEFAULT_MAX_CONNECTIONS,
-    ByteBudget,
-    ClientLimitsConfig,
-    ConnectionLimits,
-    ConnectionTracker,
-    Watch,
-)
+from rayflume.sources._limits import ByteBudget, ClientLimitsConfig, ConnectionTracker, Watch
 from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig, family_of, is_loopback
 from rayflume.sources._queued import ReplyingSource
 from rayflume.sources._server import LimitedServerMixin, ServerThread, bind_or_close
@@ -427,30 +420,24 @@ class HttpSource(ReplyingSource):
 
     counter_names = HTTP_COUNTERS
 
-    def __init__(self, name: str, bind: str, port: int, handler: str = "json", batch_size: int = 1000,
-                 max_event_size_bytes: int = 1 << 20, max_request_bytes: int = 16 << 20,
-                 auth_token: str | None = None, tls=None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 commit_timeout_s: float = 30.0, request_timeout_s: float = 30.0,
-                 blob_query_headers: bool = True, buffer_bytes: int = 64 << 20,
-                 limits: ConnectionLimits | None = None, max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES,
-                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES):
-        super().__init__(name, batch_size, buffer_bytes)
-        self.bind = bind
-        self.port = port
-        self.handler = handler
-        self.max_event_size_bytes = max_event_size_bytes
-        self.max_request_bytes = max_request_bytes
-        # a token, or a function reading it (from auth_token_file) at start, on the source's node
-        self._auth_token = auth_token
+    def __init__(self, name: str, config: HttpSourceConfig):
+        super().__init__(name, config.batch_size, config.buffer_bytes)
+        self.bind = config.bind
+        self.port = config.port
+        self.handler = config.handler
+        self.max_event_size_bytes = config.max_event_size_bytes
+        self.max_request_bytes = config.max_request_bytes
+        # None, or a function reading the tokens (files, ${env:}/${file:}) at start, on the source's node
+        self._load_tokens = config.token_loader(name)
         self._tokens: dict[str, bytes] = {}  # token name -> token
-        self.tls = tls
-        self.limits = limits or ConnectionLimits(max_connections=max_connections, request_timeout_s=request_timeout_s)
+        self.tls = config.tls_loader(name)
+        self.limits = config.limits(config.request_timeout_s)
         self.max_connections = self.limits.max_connections
-        self.commit_timeout_s = commit_timeout_s
-        self.request_timeout_s = request_timeout_s
-        self.max_parse_bytes = max_parse_bytes
-        self.memory = ByteBudget(memory_budget_bytes)
-        self.blob_query_headers = blob_query_headers
+        self.commit_timeout_s = config.commit_timeout_s
+        self.request_timeout_s = config.request_timeout_s
+        self.max_parse_bytes = config.max_parse_bytes
+        self.memory = ByteBudget(config.memory_budget_bytes)
+        self.blob_query_headers = config.blob_query_headers
         self.bound_port: int | None = None
         self._server: ServerThread | None = None
         self._busy = 0
@@ -459,11 +446,9 @@ class HttpSource(ReplyingSource):
     # -- server side ------------------------------------------------------------------------------
     def open(self) -> None:
         # Token file and certificate are read here, on the source's node, at each start.
-        tokens = self._auth_token() if callable(self._auth_token) else self._auth_token
-        if isinstance(tokens, str):
-            tokens = {DEFAULT_TOKEN_NAME: tokens}
+        tokens = self._load_tokens() if self._load_tokens is not None else {}
         tls = resolve_tls(self.tls)
-        self._tokens = {name: t.encode("utf-8") for name, t in (tokens or {}).items() if t}
+        self._tokens = {name: t.encode("utf-8") for name, t in tokens.items() if t}
         self.counters.create(f"AuthTokenUseCount.{name}" for name in self._tokens)
         cls = _HttpServer6 if family_of(self.bind) == socket.AF_INET6 else _HttpServer
         server = cls((self.bind, self.port), _Handler, bind_and_activate=False)
@@ -664,7 +649,4 @@ class HttpSourceConfig(NetworkSourceConfig, TlsConfig, ClientLimitsConfig):
         return problems
 
     def build(self, name: str) -> HttpSource:
-        return HttpSource(name, self.bind, self.port, self.handler, self.batch_size, self.max_event_size_bytes,
-                          self.max_request_bytes, self.token_loader(name), self.tls_loader(name), self.max_connections,
-                          self.commit_timeout_s, self.request_timeout_s, self.blob_query_headers, self.buffer_bytes,
-                          self.limits(self.request_timeout_s), self.max_parse_bytes, self.memory_budget_bytes)
+        return HttpSource(name, self)

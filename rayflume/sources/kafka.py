@@ -67,25 +67,19 @@ log = logging.getLogger("rayflume.source.kafka")
 class KafkaSource(Source):
     """Consumes ``topics`` (or every topic matching ``topics_regex``) as member of ``group_id``."""
 
-    def __init__(self, name: str, bootstrap_servers: str, topics: list[str] | None = None,
-                 topics_regex: str | None = None, group_id: str = "flume", batch_size: int = 1000,
-                 batch_duration_s: float = 1.0, auto_offset_reset: str = "latest", set_topic_header: bool = True,
-                 topic_header: str = "topic", copy_kafka_headers: bool = True, consumer: dict | None = None,
-                 parse_as_flume_event: bool = False):
-        if not topics and not topics_regex:
-            raise ValueError(f"kafka source '{name}': set `topics` or `topics_regex`")
+    def __init__(self, name: str, config: KafkaSourceConfig):
         self.name = name
-        self.bootstrap_servers = bootstrap_servers
-        self.subscription = list(topics) if topics else [topics_regex if topics_regex.startswith("^")
-                                                          else "^" + topics_regex]
-        self.group_id = group_id
-        self.batch_size = batch_size
-        self.batch_duration_s = float(batch_duration_s)
-        self.auto_offset_reset = auto_offset_reset
-        self.topic_header = topic_header if set_topic_header else None
-        self.copy_kafka_headers = copy_kafka_headers
-        self.parse_as_flume_event = parse_as_flume_event
-        self.overrides = dict(consumer or {})
+        self.bootstrap_servers = config.bootstrap_servers
+        topics, regex = config.topics, config.topics_regex or ""  # exactly one is set (the config checks)
+        self.subscription = list(topics) if topics else [regex if regex.startswith("^") else "^" + regex]
+        self.group_id = config.group_id
+        self.batch_size = config.batch_size
+        self.batch_duration_s = float(config.batch_duration_s)
+        self.auto_offset_reset = config.auto_offset_reset
+        self.topic_header = config.topic_header if config.set_topic_header else None
+        self.copy_kafka_headers = config.copy_kafka_headers
+        self.parse_as_flume_event = config.parse_as_flume_event
+        self.overrides = dict(config.consumer)
         self.context = SourceContext(name=name)
         self._consumer = None
         self._pending: EventBatch | None = None
@@ -286,7 +280,4 @@ class KafkaSourceConfig(SourceConfig):
         return []
 
     def build(self, name: str) -> KafkaSource:
-        return KafkaSource(name, self.bootstrap_servers, self.topics, self.topics_regex, self.group_id,
-                           self.batch_size, self.batch_duration_s, self.auto_offset_reset, self.set_topic_header,
-                           self.topic_header, self.copy_kafka_headers, consumer=self.consumer,
-                           parse_as_flume_event=self.parse_as_flume_event)
+        return KafkaSource(name, self)

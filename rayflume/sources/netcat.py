@@ -37,13 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from rayflume.event import EventBatch, empty_headers
 from rayflume.registry import register
 from rayflume.sources._framing import LineSplitter, batch_of, datagram_lines, headers_from_columns
-from rayflume.sources._limits import (
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_REQUEST_TIMEOUT_S,
-    ClientLimitsConfig,
-    ConnectionLimits,
-    Watch,
-)
+from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S, ClientLimitsConfig, Watch
 from rayflume.sources._network import CONNECTION_COUNTERS, NetworkSourceConfig
 from rayflume.sources._queued import Completion, Item, QueuedSource
 from rayflume.sources._server import ServerThread, StreamSession, start_stream_server
@@ -90,21 +84,18 @@ class NetcatSource(QueuedSource):
 
     counter_names = NETCAT_COUNTERS
 
-    def __init__(self, name: str, bind: str, port: int, protocol: str = "tcp", batch_size: int = 1000,
-                 max_line_length_bytes: int = 512, ack_every_event: bool = True,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, remote_address_header: str | None = None,
-                 buffer_bytes: int = 16 << 20, limits: ConnectionLimits | None = None, tls=None):
-        super().__init__(name, batch_size, buffer_bytes)
-        self.tls = tls
-        self.bind = bind
-        self.port = port
-        self.protocol = protocol
-        self.max_line_length_bytes = max_line_length_bytes
-        self.ack_every_event = ack_every_event
-        self.limits = limits or ConnectionLimits(max_connections=max_connections)
+    def __init__(self, name: str, config: NetcatSourceConfig):
+        super().__init__(name, config.batch_size, config.buffer_bytes)
+        self.tls = config.tls_loader(name)
+        self.bind = config.bind
+        self.port = config.port
+        self.protocol = config.protocol
+        self.max_line_length_bytes = config.max_line_length_bytes
+        self.ack_every_event = config.ack_every_event
+        self.limits = config.limits(config.line_timeout_s)
         self.max_connections = self.limits.max_connections
-        self.remote_address_header = remote_address_header
-        self.failed_reply = failed_message(max_line_length_bytes)
+        self.remote_address_header = config.remote_address_header
+        self.failed_reply = failed_message(config.max_line_length_bytes)
         self.bound_port: int | None = None
         self._server: ServerThread | None = None
         self._receiver: UdpReceiver | None = None
@@ -259,6 +250,4 @@ class NetcatSourceConfig(NetworkSourceConfig, TlsConfig, ClientLimitsConfig):
         return self.tls_problems()
 
     def build(self, name: str) -> NetcatSource:
-        return NetcatSource(name, self.bind, self.port, self.protocol, self.batch_size, self.max_line_length_bytes,
-                            self.ack_every_event, self.max_connections, self.remote_address_header,
-                            self.buffer_bytes, self.limits(self.line_timeout_s), self.tls_loader(name))
+        return NetcatSource(name, self)

@@ -41,20 +41,13 @@ from pydantic import Field, field_validator
 from rayflume.event import EventBatch
 from rayflume.registry import register
 from rayflume.sources._framing import HEAD, StreamFramer, strip_trailers
-from rayflume.sources._limits import (
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_REQUEST_TIMEOUT_S,
-    ClientLimitsConfig,
-    ConnectionLimits,
-    Watch,
-    parse_networks,
-)
+from rayflume.sources._limits import DEFAULT_REQUEST_TIMEOUT_S, ClientLimitsConfig, Watch, parse_networks
 from rayflume.sources._network import CONNECTION_COUNTERS, HostnameCache, NetworkSourceConfig
 from rayflume.sources._queued import Item, QueuedSource
 from rayflume.sources._server import ServerThread, StreamSession, start_stream_server
 from rayflume.sources._tls import TlsConfig
 from rayflume.sources._udp import UdpReceiver
-from rayflume.sources.syslog_parser import NONE, parse_keep_fields, parse_messages, raw_invalid
+from rayflume.sources.syslog_parser import parse_keep_fields, parse_messages, raw_invalid
 
 READ_BYTES = 1 << 16
 SYSLOG_COUNTERS = CONNECTION_COUNTERS + ("InvalidEventCount", "IncompleteEventCount", "DatagramDroppedCount",
@@ -81,16 +74,14 @@ class _Frames:
 class _SyslogSource(QueuedSource):
     counter_names = SYSLOG_COUNTERS
 
-    def __init__(self, name: str, bind: str, port: int, batch_size: int, max_event_size_bytes: int,
-                 keep_fields=NONE, client_ip_header: str | None = None,
-                 client_hostname_header: str | None = None, buffer_bytes: int = 16 << 20):
-        super().__init__(name, batch_size, buffer_bytes)
-        self.bind = bind
-        self.port = port
-        self.max_event_size_bytes = max_event_size_bytes
-        self.keep_fields = keep_fields if isinstance(keep_fields, frozenset) else parse_keep_fields(keep_fields)
-        self.client_ip_header = client_ip_header
-        self.client_hostname_header = client_hostname_header
+    def __init__(self, name: str, config: SyslogTcpSourceConfig | SyslogUdpSourceConfig):
+        super().__init__(name, config.batch_size, config.buffer_bytes)
+        self.bind = config.bind
+        self.port = config.port
+        self.max_event_size_bytes = config.max_event_size_bytes
+        self.keep_fields = parse_keep_fields(config.keep_fields)  # checked by the config
+        self.client_ip_header = config.client_ip_header
+        self.client_hostname_header = config.client_hostname_header
         self.hostnames = HostnameCache()
         self.bound_port: int | None = None
 
@@ -130,14 +121,10 @@ class SyslogTcpSource(_SyslogSource):
     """Syslog over TCP (optionally TLS). See the module docstring. ``poll``/``ack`` run on the
     runner's thread; connection threads only frame and queue."""
 
-    def __init__(self, name: str, bind: str, port: int, batch_size: int = 1000, max_event_size_bytes: int = 2500,
-                 keep_fields=NONE, client_ip_header: str | None = None, client_hostname_header: str | None = None,
-                 tls=None, max_connections: int = DEFAULT_MAX_CONNECTIONS, buffer_bytes: int = 16 << 20,
-                 limits: ConnectionLimits | None = None):
-        super().__init__(name, bind, port, batch_size, max_event_size_bytes, keep_fields, client_ip_header,
-                         client_hostname_header, buffer_bytes)
-        self.tls = tls
-        self.limits = limits or ConnectionLimits(max_connections=max_connections)
+    def __init__(self, name: str, config: SyslogTcpSourceConfig):
+        super().__init__(name, config)
+        self.tls = config.tls_loader(name)
+        self.limits = config.limits(config.frame_timeout_s)
         self.max_connections = self.limits.max_connections
         self._server: ServerThread | None = None
 
@@ -187,13 +174,9 @@ class _SyslogSession(StreamSession):
 class SyslogUdpSource(_SyslogSource):
     """Syslog over UDP: one datagram, one event. See the module docstring."""
 
-    def __init__(self, name: str, bind: str, port: int, batch_size: int = 1000,
-                 max_event_size_bytes: int = 65535, keep_fields=NONE, client_ip_header: str | None = None,
-                 client_hostname_header: str | None = None, buffer_bytes: int = 16 << 20,
-                 allowed_clients: tuple = ()):
-        super().__init__(name, bind, port, batch_size, max_event_size_bytes, keep_fields, client_ip_header,
-                         client_hostname_header, buffer_bytes)
-        self.allowed_clients = allowed_clients
+    def __init__(self, name: str, config: SyslogUdpSourceConfig):
+        super().__init__(name, config)
+        self.allowed_clients = parse_networks(config.allowed_clients)
         self._receiver: UdpReceiver | None = None
 
     def open(self) -> None:
@@ -271,10 +254,7 @@ class SyslogTcpSourceConfig(_SyslogConfig, TlsConfig, ClientLimitsConfig):
         return self.tls_problems()
 
     def build(self, name: str) -> SyslogTcpSource:
-        return SyslogTcpSource(name, self.bind, self.port, self.batch_size, self.max_event_size_bytes,
-                               parse_keep_fields(self.keep_fields), self.client_ip_header,
-                               self.client_hostname_header, self.tls_loader(name), self.max_connections,
-                               self.buffer_bytes, self.limits(self.frame_timeout_s))
+        return SyslogTcpSource(name, self)
 
 
 @register("source", "syslog_udp")
@@ -286,6 +266,4 @@ class SyslogUdpSourceConfig(_SyslogConfig):
                                                                "marked Incomplete.")
 
     def build(self, name: str) -> SyslogUdpSource:
-        return SyslogUdpSource(name, self.bind, self.port, self.batch_size, self.max_event_size_bytes,
-                               parse_keep_fields(self.keep_fields), self.client_ip_header,
-                               self.client_hostname_header, self.buffer_bytes, parse_networks(self.allowed_clients))
+        return SyslogUdpSource(name, self)
