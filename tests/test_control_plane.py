@@ -22,7 +22,7 @@ from rayflume._private.identity import LABEL, assign_instances, node_identity, s
 from rayflume._private.state_store import MemoryStore, RayKVStore
 from rayflume.sources.base import SourceContext
 from rayflume.sources.spooldir import SpoolDirSourceConfig
-from rayflume.sources.taildir import FileGroup, TaildirSource
+from rayflume.sources.taildir import TaildirSourceConfig
 from tests.channel_contract import wait_until
 from tests.cluster_helpers import controller_pid, head_collector, start_cluster, stop_cluster, tier_instances
 
@@ -97,11 +97,15 @@ def test_nodes_sharing_an_identity_are_told_apart_deterministically():
 # -- per-instance source positions ------------------------------------------------------------------
 def test_taildir_positions_are_per_instance_only_in_a_tier(tmp_path):
     (tmp_path / "logs").mkdir()
-    group = FileGroup.parse("g", str(tmp_path / "logs" / ".*"))
     configured = tmp_path / "pos" / "tail.json"
-    scoped = TaildirSource("tail", [group], str(configured))
+
+    def source(position_file):
+        return TaildirSourceConfig(type="taildir", channels=["c"], filegroups={"g": str(tmp_path / "logs" / ".*")},
+                                   position_file=position_file).build("tail")
+
+    scoped = source(str(configured))
     scoped.use_scope("agent/agent-1")
-    plain = TaildirSource("tail", [group], str(tmp_path / "pos2" / "tail.json"))
+    plain = source(str(tmp_path / "pos2" / "tail.json"))
     for src in (scoped, plain):
         src.start(SourceContext(name="tail", topology="t"))
         src.stop()

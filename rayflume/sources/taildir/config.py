@@ -8,7 +8,6 @@ from pydantic import Field, field_validator, model_validator
 
 from rayflume.config_base import SourceConfig
 from rayflume.registry import register
-from rayflume.sources.taildir.groups import FileGroup
 from rayflume.sources.taildir.source import TaildirSource
 
 
@@ -96,8 +95,4 @@ class TaildirSourceConfig(SourceConfig):
         return []
 
     def build(self, name: str) -> TaildirSource:
-        groups = [FileGroup.parse(g, spec, self.headers.get(g)) for g, spec in self.filegroups.items()]
-        return TaildirSource(name, groups, self.position_file, self.batch_size, self.skip_to_end,
-                             self.byte_offset_header, self.idle_timeout_s, self.write_pos_interval_s,
-                             self.file_header, self.file_header_key, self.max_line_length_bytes,
-                             read_ahead=self.read_ahead)
+        return TaildirSource(name, self)

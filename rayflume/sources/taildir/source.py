@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from rayflume.event import EventBatch
 from rayflume.sources._files import LockedFileSource
@@ -22,6 +23,9 @@ from rayflume.sources.taildir.groups import FileGroup, find_identity, list_match
 from rayflume.sources.taildir.positions import default_position_file, stored_positions, write_positions
 from rayflume.sources.taildir.reading import _Segment, read_chunk, segment_events, take_segments
 from rayflume.sources.taildir.tracked import _EMPTY_FP, FINGERPRINT_BYTES, _Tracked
+
+if TYPE_CHECKING:  # the config module builds this class
+    from rayflume.sources.taildir.config import TaildirSourceConfig
 
 log = logging.getLogger("rayflume.source.taildir")
 
@@ -44,27 +48,23 @@ class TaildirSource(LockedFileSource):
     COUNTERS = COUNTERS
     log = log
 
-    def __init__(self, name: str, groups: list[FileGroup], position_file: str | None = None,
-                 batch_size: int = 100, skip_to_end: bool = False, byte_offset_header: bool = False,
-                 idle_timeout_s: float = 120.0, write_pos_interval_s: float = 0.0,
-                 file_header: bool = False, file_header_key: str = "file",
-                 max_line_length_bytes: int = 1 << 20, read_chunk_bytes: int = READ_CHUNK_BYTES,
-                 scan_interval_s: float = SCAN_INTERVAL_S, clock=time.monotonic, read_ahead: bool = False):
+    def __init__(self, name: str, config: TaildirSourceConfig, read_chunk_bytes: int = READ_CHUNK_BYTES,
+                 scan_interval_s: float = SCAN_INTERVAL_S, clock=time.monotonic):
         self.name = name
-        self.groups = list(groups)
+        self.groups = [FileGroup.parse(g, spec, config.headers.get(g)) for g, spec in config.filegroups.items()]
         self._group_by_name = {g.name: g for g in self.groups}
-        self.position_file = position_file  # as configured until start(); then the path in use
-        self._configured_position_file = position_file
-        self.batch_size = batch_size
-        self.skip_to_end = skip_to_end
-        self.byte_offset_header = byte_offset_header
-        self.idle_timeout_s = idle_timeout_s
-        self.write_pos_interval_s = write_pos_interval_s
-        self.file_header = file_header
-        self.file_header_key = file_header_key
-        self.max_line_length_bytes = max_line_length_bytes
+        self.position_file = config.position_file  # as configured until start(); then the path in use
+        self._configured_position_file = config.position_file
+        self.batch_size = config.batch_size
+        self.skip_to_end = config.skip_to_end
+        self.byte_offset_header = config.byte_offset_header
+        self.idle_timeout_s = config.idle_timeout_s
+        self.write_pos_interval_s = config.write_pos_interval_s
+        self.file_header = config.file_header
+        self.file_header_key = config.file_header_key
+        self.max_line_length_bytes = config.max_line_length_bytes
         # A chunk must be able to hold a whole line of the maximum length plus its terminator.
-        self.read_chunk_bytes = max(read_chunk_bytes, max_line_length_bytes + 2)
+        self.read_chunk_bytes = max(read_chunk_bytes, config.max_line_length_bytes + 2)
         self.scan_interval_s = scan_interval_s
         self.clock = clock
 
@@ -79,7 +79,7 @@ class TaildirSource(LockedFileSource):
         # Read-ahead: a thread of its own reads and frames the next batch while the runner delivers
         # the one ``poll`` returned. What it reads only fills the buffer; positions still move only
         # with acknowledgements.
-        self.read_ahead = read_ahead
+        self.read_ahead = config.read_ahead
         self._fill_wanted = threading.Event()
         self._reader_stop = threading.Event()
         self._reader: threading.Thread | None = None
