@@ -16,6 +16,11 @@ BYTE_CAPACITY_SKIP = ("the kafka channel has no byte capacity: Kafka's retention
 _metadata_support: dict[str, bool] = {}
 
 
+def kafka_channel(bootstrap_servers: str, **options) -> KafkaChannel:
+    """A kafka channel named kch, built from its config as a topology builds it."""
+    return KafkaChannelConfig(type="kafka", bootstrap_servers=bootstrap_servers, **options).build("kch")
+
+
 def keeps_offset_metadata(bootstrap: str) -> bool:
     """Whether the broker returns the metadata of a committed offset (Kafka does; tansu 0.6 does not)."""
     if bootstrap not in _metadata_support:
@@ -47,12 +52,12 @@ class _KafkaContract(ChannelContract):
         if options.get("byte_capacity") is not None:
             pytest.skip(BYTE_CAPACITY_SKIP)
         options.pop("byte_capacity", None)
-        return KafkaChannel("kch", self.bootstrap, topic=self._topic, group_id=self._group, format=self.fmt,
+        return kafka_channel(self.bootstrap, topic=self._topic, group_id=self._group, format=self.fmt,
                             call_timeout_s=10, **options)
 
     def reopen(self, ch, tmp_path):
         ch.close()
-        return KafkaChannel("kch", self.bootstrap, topic=self._topic, group_id=self._group, format=self.fmt,
+        return kafka_channel(self.bootstrap, topic=self._topic, group_id=self._group, format=self.fmt,
                             call_timeout_s=10)
 
     def test_capacity_in_bytes(self):
@@ -156,7 +161,7 @@ def test_foreign_records_drain_as_events(kafka_broker):  # noqa: F811
     for i in range(50):
         p.produce(topic, str(i).encode(), key=b"k", headers=[("src", b"app")])
     assert p.flush(10) == 0
-    ch = KafkaChannel("kch", kafka_broker, topic=topic, group_id=unique("g"), call_timeout_s=10)
+    ch = kafka_channel(kafka_broker, topic=topic, group_id=unique("g"), call_timeout_s=10)
     try:
         wait_until(lambda: ch.size() == 50, timeout_s=10, what="the channel to see 50 unread records")
         lease, b = ch.take(100, timeout_s=2)
@@ -179,7 +184,7 @@ def test_put_fails_cleanly_when_the_broker_is_unreachable():
 
     with pytest.raises(ChannelError, match="cannot set up topic"):
         # Nothing listens there: creating the channel (metadata) fails within call_timeout_s.
-        ch = KafkaChannel("kch", f"127.0.0.1:{free_port()}", topic="t", call_timeout_s=1)
+        ch = kafka_channel(f"127.0.0.1:{free_port()}", topic="t", call_timeout_s=1)
     assert ch is None
 
 
@@ -198,7 +203,7 @@ def test_config_validation():
 
 def test_put_error_is_a_channel_error(kafka_broker):  # noqa: F811
     topic = unique("tiny")
-    ch = KafkaChannel("kch", kafka_broker, topic=topic, group_id=unique("g"), call_timeout_s=5,
+    ch = kafka_channel(kafka_broker, topic=topic, group_id=unique("g"), call_timeout_s=5,
                       producer={"message.max.bytes": 2000})
     try:
         with pytest.raises(ChannelError):

@@ -37,6 +37,11 @@ FLUME_EVENT_SCHEMA = avro.schema.parse(json.dumps({
 }))
 
 
+def kafka_channel(bootstrap_servers: str, **options) -> KafkaChannel:
+    """A kafka channel named kch, built from its config as a topology builds it."""
+    return KafkaChannelConfig(type="kafka", bootstrap_servers=bootstrap_servers, **options).build("kch")
+
+
 def avro_encode(headers: dict, body: bytes) -> bytes:
     """One event as Flume's Kafka sink / channel writes it: Avro binary, no container header."""
     out = io.BytesIO()
@@ -312,7 +317,7 @@ def test_channel_takes_events_a_flume_agent_wrote(kafka_broker):  # noqa: F811
         (avro_encode({"ünï": "cødé"}, b"\x00\xfftwo"), None, [("trace", b"t-2"), ("ünï", b"other")]),
         (avro_encode({}, b""), None, None),
     ])
-    ch = KafkaChannel("kch", kafka_broker, topic=topic, group_id=unique("g"), call_timeout_s=10,
+    ch = kafka_channel(kafka_broker, topic=topic, group_id=unique("g"), call_timeout_s=10,
                       parse_as_flume_event=True)
     try:
         # The channel's own puts (arrow records, by default) share the topic with Flume's records.
@@ -337,7 +342,7 @@ def test_channel_keeps_and_counts_records_that_are_not_flume_events(kafka_broker
                                   (raw, b"rk", [("src", b"app")]),
                                   (avro_encode({"h": "2"}, b"after"), None, None)])
     group = unique("g")
-    ch = KafkaChannel("kch", kafka_broker, topic=topic, group_id=group, call_timeout_s=10,
+    ch = kafka_channel(kafka_broker, topic=topic, group_id=group, call_timeout_s=10,
                       parse_as_flume_event=True)
     try:
         events = take_all(ch, 3)
@@ -350,7 +355,7 @@ def test_channel_keeps_and_counts_records_that_are_not_flume_events(kafka_broker
     assert events[1].headers[DECODE_ERROR_HEADER]
     assert events[0].headers == {"h": "1"} and events[2].headers == {"h": "2"}
     # Committed like any other event: a new instance of the channel finds nothing left to deliver.
-    again = KafkaChannel("kch", kafka_broker, topic=topic, group_id=group, call_timeout_s=10,
+    again = kafka_channel(kafka_broker, topic=topic, group_id=group, call_timeout_s=10,
                          parse_as_flume_event=True)
     try:
         assert drain(again) == [] and again.size() == 0
@@ -360,7 +365,7 @@ def test_channel_keeps_and_counts_records_that_are_not_flume_events(kafka_broker
 
 def test_channel_with_flume_event_format_writes_what_flume_reads(kafka_broker):  # noqa: F811
     topic = unique("fcput")
-    ch = KafkaChannel("kch", kafka_broker, topic=topic, group_id=unique("g"), call_timeout_s=10,
+    ch = kafka_channel(kafka_broker, topic=topic, group_id=unique("g"), call_timeout_s=10,
                       use_flume_event_format=True)
     try:
         ch.put(EventBatch.from_events(SAMPLE), "put-1")
@@ -399,12 +404,12 @@ class TestKafkaChannelFlumeFormat(channel_tests._KafkaContract):
         if options.get("byte_capacity") is not None:
             pytest.skip(channel_tests.BYTE_CAPACITY_SKIP)
         options.pop("byte_capacity", None)
-        return KafkaChannel("kch", self.bootstrap, topic=self._topic, group_id=self._group, call_timeout_s=10,
+        return kafka_channel(self.bootstrap, topic=self._topic, group_id=self._group, call_timeout_s=10,
                             use_flume_event_format=True, **options)
 
     def reopen(self, ch, tmp_path):
         ch.close()
-        return KafkaChannel("kch", self.bootstrap, topic=self._topic, group_id=self._group, call_timeout_s=10,
+        return kafka_channel(self.bootstrap, topic=self._topic, group_id=self._group, call_timeout_s=10,
                             use_flume_event_format=True)
 
     def test_reopen_keeps_committed_puts_and_returns_leases(self):
@@ -447,4 +452,4 @@ def test_channel_config_refuses_contradictory_formats():
     with pytest.raises(ValueError, match="use_flume_event_format: true"):
         KafkaChannelConfig(type="kafka", bootstrap_servers="h:1", format="events", parse_as_flume_event=True)
     with pytest.raises(ValueError, match="parse_as_flume_event"):
-        KafkaChannel("kch", "h:1", use_flume_event_format=True, parse_as_flume_event=False)
+        kafka_channel("h:1", use_flume_event_format=True, parse_as_flume_event=False)

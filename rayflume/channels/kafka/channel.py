@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from rayflume._private.kafka_common import kafka_error_text
 from rayflume.channels.base import IdWindow, now
@@ -24,6 +25,9 @@ from rayflume.channels.kafka.wire import arrow_txn, put_records, run_events
 from rayflume.channels.leases import LeasedChannel, LeaseTable
 from rayflume.errors import ChannelError
 from rayflume.event import EventBatch
+
+if TYPE_CHECKING:  # the config module builds this class
+    from rayflume.channels.kafka.config import KafkaChannelConfig
 
 log = logging.getLogger("rayflume.channel.kafka")
 
@@ -35,27 +39,22 @@ class KafkaChannel(LeasedChannel):
 
     _leases: LeaseTable[_Lease]
 
-    def __init__(self, name: str, bootstrap_servers: str, topic: str = "flume-channel", group_id: str = "flume",
-                 format: str = "arrow", capacity: int | None = None, transaction_capacity: int = 10_000,
-                 lease_timeout_s: float = 60.0, auto_offset_reset: str = "earliest", poll_timeout_s: float = 0.5,
-                 call_timeout_s: float = 30.0, create_topic: bool = True, partitions: int = 1,
-                 replication_factor: int = -1, producer: dict | None = None, consumer: dict | None = None,
-                 use_flume_event_format: bool = False, parse_as_flume_event: bool | None = None):
-        super().__init__(name, capacity or UNBOUNDED, transaction_capacity, None, lease_timeout_s)
+    def __init__(self, name: str, config: KafkaChannelConfig):
+        super().__init__(name, config.capacity or UNBOUNDED, config.transaction_capacity, None,
+                         config.lease_timeout_s)
+        # the config refused use_flume_event_format with parse_as_flume_event: false
+        parse_as_flume_event = config.parse_as_flume_event
         if parse_as_flume_event is None:
-            parse_as_flume_event = use_flume_event_format
-        if use_flume_event_format and not parse_as_flume_event:
-            raise ValueError(f"channel '{name}': use_flume_event_format writes Flume events that this channel must "
-                             f"read back; leave parse_as_flume_event unset or set it to true")
-        self.bounded = capacity is not None
-        self.bootstrap_servers = bootstrap_servers
-        self.topic = topic
-        self.group_id = group_id
-        self.format = format
-        self.use_flume_event_format = use_flume_event_format
+            parse_as_flume_event = config.use_flume_event_format
+        self.bounded = config.capacity is not None
+        self.bootstrap_servers = config.bootstrap_servers
+        self.topic = config.topic
+        self.group_id = config.group_id
+        self.format = config.format
+        self.use_flume_event_format = config.use_flume_event_format
         self.parse_as_flume_event = parse_as_flume_event
-        self.poll_timeout_s = poll_timeout_s
-        self.call_timeout_s = call_timeout_s
+        self.poll_timeout_s = config.poll_timeout_s
+        self.call_timeout_s = config.call_timeout_s
         self._fetch_lock = threading.Lock()
         self._committed_txns = IdWindow()
         self._seen_txns = IdWindow()
@@ -79,19 +78,16 @@ class KafkaChannel(LeasedChannel):
                                f"install confluent-kafka on every node that runs this channel (or add it to the "
                                f"cluster's runtime_env)") from None
         try:
-            self._connect(producer or {}, consumer or {}, auto_offset_reset, create_topic, partitions,
-                          replication_factor)
+            self._producer, self._consumer, self._parts = connect(
+                self.bootstrap_servers, self.topic, self.group_id, config.producer, config.consumer,
+                config.auto_offset_reset, config.create_topic, config.partitions, config.replication_factor,
+                self.call_timeout_s, self.poll_timeout_s, self._on_client_error)
         except ChannelError:
             raise
         except Exception as exc:  # KafkaException, timeouts: the broker is unreachable or refuses
-            raise ChannelError(f"channel '{name}': cannot set up topic '{topic}' on Kafka at {bootstrap_servers} "
-                               f"({exc}); check bootstrap_servers and that the broker is up") from exc
-
-    def _connect(self, producer: dict, consumer: dict, auto_offset_reset: str, create_topic: bool,
-                 partitions: int, replication_factor: int) -> None:
-        self._producer, self._consumer, self._parts = connect(
-            self.bootstrap_servers, self.topic, self.group_id, producer, consumer, auto_offset_reset, create_topic,
-            partitions, replication_factor, self.call_timeout_s, self.poll_timeout_s, self._on_client_error)
+            raise ChannelError(f"channel '{name}': cannot set up topic '{self.topic}' on Kafka at "
+                               f"{self.bootstrap_servers} ({exc}); check bootstrap_servers and that the broker is "
+                               f"up") from exc
 
     def _on_client_error(self, err) -> None:
         log.debug("kafka channel '%s': client error %s", self.name, kafka_error_text(err))

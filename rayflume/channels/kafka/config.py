@@ -86,9 +86,4 @@ class KafkaChannelConfig(ChannelConfig):
         return []
 
     def build(self, name: str) -> KafkaChannel:
-        return KafkaChannel(name, self.bootstrap_servers, self.topic, self.group_id, self.format, self.capacity,
-                            self.transaction_capacity, self.lease_timeout_s, self.auto_offset_reset,
-                            self.poll_timeout_s, self.call_timeout_s, self.create_topic, self.partitions,
-                            self.replication_factor, self.producer, self.consumer,
-                            use_flume_event_format=self.use_flume_event_format,
-                            parse_as_flume_event=self.parse_as_flume_event)
+        return KafkaChannel(name, self)
