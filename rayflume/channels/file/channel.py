@@ -52,41 +52,28 @@ On an object store
 ------------------
 When ``data_dirs`` is one URI ``s3://bucket/prefix`` (and ``checkpoint_dir`` a URI too, by default
 ``<data uri>/checkpoint``) the same log lives in the object store and nothing is written locally,
-so the channel survives the loss of its node and may restart on any node. An object store has no
-append and no fsync; an object is durable once its PUT returned. So (see
-:mod:`rayflume.channels.file.objlog`):
+so the channel survives the loss of its node and may restart on any node. Each group commit is one
+new immutable object and a put or commit returns once its PUT returned (``fsync="interval"`` is
+refused); a missing object is detected at replay and counted (``MissingObjectCount``); a
+heartbeat-renewed lock object replaces ``flock``, and an instance that lost it acknowledges nothing
+(:class:`ChannelLockLost`) and writes no checkpoint; a failed GET fails the take with
+:class:`ChannelReadError` and leaves the events queued. See
+:mod:`rayflume.channels.file.object_storage`. Connection settings are ``object_store_options``
+(``pyarrow.fs.S3FileSystem`` keyword arguments).
 
-* each group commit writes one new immutable object ``<uri>/seg-<segment>/<offset>.rec`` holding
-  the records of that group commit, framed and checksummed as on disk; a put or commit returns
-  only after the PUT of its object returned (that PUT is the fsync, and concurrent commits share
-  it); ``fsync="interval"`` is refused;
-* replay lists the objects and reads those after the checkpoint's position, in order; every object
-  names its predecessor, so a missing object in the middle is detected, logged and counted
-  (``MissingObjectCount``); a record that fails its checksum is skipped and counted as on disk;
-  an object cannot be torn;
-* the checkpoint is the object ``<checkpoint_dir>/checkpoint``, replaced by one (atomic) PUT;
-  after each checkpoint, objects holding only consumed records are deleted;
-* instead of ``flock``, a lock object ``<uri>/lock`` names the owner and is renewed by a heartbeat
-  (:class:`~rayflume.channels.file.objstore.ObjectLock`, advisory): a second instance refuses to
-  open while the owner renews it, a crashed owner's lock lapses after ``lock_ttl_s``; an
-  instance that cannot renew its lock acknowledges nothing (puts and commits fail with
-  :class:`ChannelLockLost`) and writes no checkpoint until it renews it, and for good once another
-  instance took it over; segment ids carry the owner's epoch, so a zombie never overwrites the new
-  owner's objects;
-* event data stays cached in memory as on disk (``cache_bytes``); events that are not (after a
-  restart) are read back with a GET, objects cached in a small LRU; a failed GET fails the take
-  with :class:`ChannelReadError` and leaves the events queued.
-
-Connection settings are ``object_store_options`` (``pyarrow.fs.S3FileSystem`` keyword arguments).
+Structure
+---------
+The channel holds one :class:`~rayflume.channels.file.storage.ChannelStorage` (local segments:
+:mod:`~rayflume.channels.file.disk_storage`; object store:
+:mod:`~rayflume.channels.file.object_storage`) and asks it for everything that depends on where the
+log lives; recovery at open is :mod:`rayflume.channels.file.recovery`. This module keeps the queue,
+the leases, the txn ids and the counters.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -94,22 +81,15 @@ import pyarrow as pa
 from rayflume._private.fileio import FileIO
 from rayflume.channels.base import IdWindow, now
 from rayflume.channels.file import records
-from rayflume.channels.file.checkpoint import (
-    BadCheckpoint,
-    Checkpoint,
-    MissingCheckpoint,
-    read_checkpoint,
-    read_checkpoint_object,
-    remove_stale_tmp,
-    write_checkpoint,
-    write_checkpoint_object,
-)
+from rayflume.channels.file.checkpoint import Checkpoint
+from rayflume.channels.file.disk_storage import DiskStorage
 from rayflume.channels.file.errors import ChannelClosed, ChannelReadError, ChannelWriteError, InsufficientDiskSpace
-from rayflume.channels.file.lock import lock_directories
-from rayflume.channels.file.log import PUBLISHED, LogRecord, SegmentLog, list_segments, scan_segment
-from rayflume.channels.file.objlog import EPOCH_SHIFT, ChunkCache, ObjectLog, list_chunks, replay_chunks
-from rayflume.channels.file.objstore import ObjectLock, ObjectStore, check_uri, is_uri
-from rayflume.channels.file.records import CorruptRecord, Record
+from rayflume.channels.file.object_storage import ObjectStorage
+from rayflume.channels.file.objstore import ObjectStore, is_uri
+from rayflume.channels.file.recordlog import PUBLISHED, LogRecord, RecordLog
+from rayflume.channels.file.records import CorruptRecord
+from rayflume.channels.file.recovery import Ref, recover
+from rayflume.channels.file.storage import ChannelStorage
 from rayflume.channels.leases import COMMITTED, LeasedChannel, LeaseTable
 from rayflume.errors import ChannelFull
 from rayflume.event import EventBatch
@@ -121,35 +101,7 @@ DEFAULT_MAX_FILE_SIZE = 256 * MiB
 DEFAULT_MIN_FREE_SPACE = 524_288_000
 DEFAULT_CACHE_BYTES = 64 * MiB
 DEFAULT_LOCK_TTL = 15.0
-CHUNK_CACHE_BYTES = 32 * MiB
 FSYNC_MODES = ("per_commit", "interval")
-
-
-@dataclass(slots=True)
-class Ref:
-    """Rows ``[start, stop)`` of the put record at (``segment``, ``offset``).
-
-    ``batch`` is the record's whole batch when it is cached in memory, else None (read on take).
-    ``nbytes`` is this range's share of the record's Arrow bytes.
-    """
-
-    segment: int
-    offset: int
-    size: int
-    start: int
-    stop: int
-    nbytes: int
-    batch: EventBatch | None = None
-
-    @property
-    def events(self) -> int:
-        return self.stop - self.start
-
-    def split(self, k: int) -> tuple["Ref", "Ref"]:
-        nb = self.nbytes * k // self.events
-        return (Ref(self.segment, self.offset, self.size, self.start, self.start + k, nb, self.batch),
-                Ref(self.segment, self.offset, self.size, self.start + k, self.stop,
-                    self.nbytes - nb, self.batch))
 
 
 class FileLease:
@@ -178,7 +130,8 @@ class FileChannel(LeasedChannel):
     (``fsync="per_commit"``); every put that returned is delivered unless its bytes are damaged on
     disk, in which case the loss is counted (``CorruptRecordCount``) and logged.
 
-    ``io`` replaces the low-level file operations (tests inject faults with it). ``cache_bytes``
+    ``io`` replaces the low-level file operations (tests inject faults with it), ``store`` the
+    object store (an :class:`ObjectStore` subclass, re-rooted at the channel's URIs). ``cache_bytes``
     bounds how much of the queued data is also kept in memory to serve takes without a read.
     """
 
@@ -200,14 +153,6 @@ class FileChannel(LeasedChannel):
             raise ValueError(f"file channel '{name}': data_dirs is empty; give at least one directory")
         if fsync not in FSYNC_MODES:
             raise ValueError(f"file channel '{name}': fsync must be one of {FSYNC_MODES}, not {fsync!r}")
-        self._store: ObjectStore | None = None
-        self._ckpt_store: ObjectStore | None = None
-        if store is not None or is_uri(checkpoint_dir) or any(is_uri(d) for d in data_dirs):
-            self._init_object_store(name, checkpoint_dir, data_dirs, fsync, object_store_options,
-                                    store)
-        else:
-            self.checkpoint_dir = os.path.abspath(os.path.expanduser(checkpoint_dir))
-            self.data_dirs = [os.path.abspath(os.path.expanduser(d.strip())) for d in data_dirs]
         self.lock_ttl_s = lock_ttl_s
         self.max_file_size_bytes = max_file_size_bytes
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -216,7 +161,6 @@ class FileChannel(LeasedChannel):
         self.fsync_interval_s = fsync_interval_s
         self.checkpoint_on_close = checkpoint_on_close
         self.cache_bytes = cache_bytes
-        self._io = io or FileIO()
 
         self._queue: deque[Ref] = deque()
         self._committed_txns = IdWindow()
@@ -236,216 +180,47 @@ class FileChannel(LeasedChannel):
                            CheckpointErrorCount=0, ReplayRecordCount=0, ReplayFull=0,
                            ReplayDuplicateEventCount=0, ReplaySeconds=0.0)
 
-        self._log: SegmentLog | None = None
-        if self._store is None:
-            for d in [self.checkpoint_dir, *self.data_dirs]:
-                # Through the seam, fsyncing each new directory's parent: os.makedirs alone left a
-                # new channel's directories undurable, so a power cut could remove the data
-                # directory with the puts it had acknowledged (found for the power-loss tests).
-                self._io.makedirs(d)
-            self._dir_locks = lock_directories([self.checkpoint_dir, *self.data_dirs], name)
-        else:
-            self._dir_locks = self._lock_object_store()
+        self._storage = self._choose_storage(checkpoint_dir, data_dirs, io, object_store_options, store)
+        self.checkpoint_dir = self._storage.checkpoint_dir
+        self.data_dirs = self._storage.data_dirs
+        self._storage.lock()
         try:
-            self._recover()
+            found = recover(self._storage, name, self._stats)
+            self._queue.extend(found.refs)
+            self._queued_events, self._queued_bytes = found.events, found.nbytes
+            for txn in found.txn_ids:
+                self._committed_txns.add(txn)
             try:
-                self._log.open_segment()
+                self._storage.start()
             except ChannelWriteError as exc:
                 # Start anyway (takes free space); the first put retries creating a segment.
                 log.error("%s", exc)
             self.checkpoint()
         except BaseException:
-            if self._log is not None:
-                self._log.close(sync=False)
-            self._release_dir_locks()
+            self._storage.close(sync=False)
             raise
         self._maintenance = threading.Thread(target=self._maintain, name=f"file-channel-{name}",
                                              daemon=True)
         self._maintenance.start()
 
-    # -- object-store storage ------------------------------------------------------------------
-    def _init_object_store(self, name, checkpoint_dir, data_dirs, fsync, options, store) -> None:
-        where = f"file channel '{name}'"
-        if len(data_dirs) != 1 or not is_uri(data_dirs[0]) or not is_uri(checkpoint_dir):
-            raise ValueError(
-                f"{where}: on an object store data_dirs is exactly one URI and checkpoint_dir a URI "
-                f"too (got checkpoint_dir={checkpoint_dir!r}, data_dirs={list(data_dirs)!r}); a "
-                f"local checkpoint next to remote segments would not survive a move to another node")
-        if fsync != "per_commit":
-            raise ValueError(f"{where}: fsync must be 'per_commit' on an object store: there is no "
-                             f"page cache between a write and its PUT, each group commit is one PUT")
-        try:
-            self.data_dirs = [check_uri(data_dirs[0].strip())]
-            self.checkpoint_dir = check_uri(checkpoint_dir)
-            self._store = store.at(self.data_dirs[0]) if store is not None else \
-                ObjectStore.from_uri(self.data_dirs[0], options)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: {exc}") from exc
-        self._ckpt_store = self._store.at(self.checkpoint_dir)
-
-    def _lock_object_store(self) -> list[ObjectLock]:
-        roots = [self._store]
-        if not self._store.contains(self._ckpt_store):
-            roots.append(self._ckpt_store)
-        locks: list[ObjectLock] = []
-        try:
-            for st in roots:
-                lk = ObjectLock(st, self.name, self.lock_ttl_s)
-                try:
-                    lk.acquire()
-                except OSError as exc:
-                    lk.abandon()
-                    raise ChannelWriteError(
-                        f"file channel '{self.name}': cannot take its lock in {st.uri} ({exc}); it "
-                        f"did not open. Check that the object store is reachable and "
-                        f"object_store_options are right") from exc
-                locks.append(lk)
-        except BaseException:
-            for lk in locks:
-                lk.release()
-            raise
-        return locks
-
-    def _locks_valid(self) -> bool:
-        return all(lk.valid() for lk in self._dir_locks)
-
-    def _lock_lost_reason(self) -> str:
-        return "; ".join(lk.lost_reason for lk in self._dir_locks if lk.lost_reason)
+    def _choose_storage(self, checkpoint_dir: str, data_dirs: list[str], io: FileIO | None,
+                        options: dict | None, store: ObjectStore | None) -> ChannelStorage:
+        # The one place that asks which kind of storage this is: everything after talks to the
+        # storage protocol only.
+        if store is not None or is_uri(checkpoint_dir) or any(is_uri(d) for d in data_dirs):
+            return ObjectStorage(self.name, checkpoint_dir, data_dirs, fsync=self.fsync, options=options,
+                                 store=store, lock_ttl_s=self.lock_ttl_s,
+                                 max_file_size=self.max_file_size_bytes, publish_lock=self._lock,
+                                 apply=self._apply)
+        return DiskStorage(self.name, checkpoint_dir, data_dirs, io=io or FileIO(),
+                           sync_per_commit=self.fsync == "per_commit",
+                           max_file_size=self.max_file_size_bytes, publish_lock=self._lock,
+                           apply=self._apply)
 
     @property
     def on_object_store(self) -> bool:
         """Whether the log and checkpoint live on an object store (``data_dirs`` is a URI)."""
-        return self._store is not None
-
-    # -- recovery ------------------------------------------------------------------------------
-    def _recover(self) -> None:
-        if self._store is not None:
-            self._recover_objects()
-            return
-        t0 = time.monotonic()
-        remove_stale_tmp(self._io, self.checkpoint_dir)
-        segments = list_segments(self.data_dirs)
-        state = _Recovered()
-        try:
-            ckpt = read_checkpoint(self.checkpoint_dir)
-        except BadCheckpoint as exc:
-            ckpt = None
-            if segments or os.path.exists(os.path.join(self.checkpoint_dir, "checkpoint")):
-                log.warning("file channel '%s': %s; replaying all %d segments", self.name, exc,
-                            len(segments))
-                self._stats["ReplayFull"] = 1
-        if ckpt is not None:
-            state.load(ckpt)
-            start_segment, start_offset = ckpt.position
-            next_segment, next_lsn = ckpt.next_segment_id, ckpt.next_lsn
-        else:
-            start_segment, start_offset = (min(segments) if segments else 1), 0
-            next_segment, next_lsn = 1, 1
-        last = max(segments) if segments else None
-        seen_lsn = -1
-        for sid, path in list(segments.items()):
-            if sid < start_segment:
-                continue
-            scan = scan_segment(self._io, path, sid, start_offset if sid == start_segment else 0,
-                                sid == last, lambda rec, sid=sid: state.apply(sid, rec), seen_lsn)
-            if scan.removed:
-                del segments[sid]
-                continue
-            self._stats["ReplayRecordCount"] += scan.records
-            seen_lsn = max(seen_lsn, scan.last_lsn)
-            next_lsn = max(next_lsn, scan.last_lsn + 1)
-            if scan.bad_header:
-                log.error("file channel '%s': segment %s has a damaged header; reading its records "
-                          "anyway", self.name, path)
-            for d in scan.corrupt:
-                self._stats["CorruptRecordCount"] += 1
-                log.error("file channel '%s': skipped %d damaged bytes at offset %d of %s (a record "
-                          "failed its checksum); its events are lost", self.name, d.end - d.start,
-                          d.start, path)
-            if scan.torn_tail is not None:
-                self._stats["TornTailCount"] += 1
-                log.warning("file channel '%s': truncated a torn write at offset %d of %s (%d bytes "
-                            "of an unfinished record)", self.name, scan.torn_tail.start, path,
-                            scan.torn_tail.end - scan.torn_tail.start)
-        if last is not None:  # ids are never reused, not even those of removed empty segments
-            next_segment = max(next_segment, last + 1)
-        self._log = SegmentLog(
-            self._io, self.data_dirs[0], self.name, next_segment_id=next_segment, next_lsn=next_lsn,
-            max_file_size=self.max_file_size_bytes, sync_per_commit=self.fsync == "per_commit",
-            publish_lock=self._lock, apply=self._apply, existing=segments)
-        self._load_recovered(state, lambda seg, _off: seg in segments, ckpt is None, t0)
-
-    def _recover_objects(self) -> None:
-        t0 = time.monotonic()
-        store = self._store
-        try:
-            listing = list_chunks(store)
-            try:
-                ckpt = read_checkpoint_object(self._ckpt_store)
-            except MissingCheckpoint:
-                ckpt = None
-                if listing:
-                    log.warning("file channel '%s': no checkpoint in %s; replaying all %d objects",
-                                self.name, self.checkpoint_dir, sum(map(len, listing.values())))
-                    self._stats["ReplayFull"] = 1
-            except BadCheckpoint as exc:
-                ckpt = None
-                log.warning("file channel '%s': %s; replaying all %d objects", self.name, exc,
-                            sum(map(len, listing.values())))
-                self._stats["ReplayFull"] = 1
-            state = _Recovered()
-            if ckpt is not None:
-                state.load(ckpt)
-                position, next_lsn = ckpt.position, ckpt.next_lsn
-            else:
-                first = next(iter(listing.values()), None)
-                position, next_lsn = ((first[0].segment, first[0].start) if first else (0, 0)), 1
-            cache = ChunkCache(CHUNK_CACHE_BYTES)
-            replay = replay_chunks(store, listing, tuple(position), -1, state.apply, cache)
-        except OSError as exc:
-            raise ChannelReadError(
-                f"file channel '{self.name}': cannot read its log from {store.uri} ({exc}); it did "
-                f"not open. Check that the object store is reachable and object_store_options "
-                f"are right") from exc
-        self._stats["ReplayRecordCount"] += replay.records
-        self._stats["ReplayObjectCount"] = replay.objects
-        for what in replay.corrupt:
-            self._stats["CorruptRecordCount"] += 1
-            log.error("file channel '%s': %s; the records there are lost", self.name, what)
-        for what in replay.missing:
-            self._stats["MissingObjectCount"] += 1
-            log.error("file channel '%s': %s; their events are lost (and takes they committed "
-                      "may be delivered again)", self.name, what)
-        # A new epoch for this owner: its segment ids never collide with any earlier writer's.
-        epoch = max([lk.epoch for lk in self._dir_locks]
-                    + [(sid >> EPOCH_SHIFT) + 1 for sid in listing]
-                    + ([(ckpt.next_segment_id >> EPOCH_SHIFT) + 1] if ckpt is not None else []))
-        for lk in self._dir_locks:
-            lk.epoch = epoch
-        self._log = ObjectLog(
-            store, self.name, epoch=epoch, next_lsn=max(next_lsn, replay.last_lsn + 1),
-            max_file_size=self.max_file_size_bytes, publish_lock=self._lock, apply=self._apply,
-            listing=listing, lock_valid=self._locks_valid, cache=cache,
-            lock_lost_reason=self._lock_lost_reason)
-        self._load_recovered(state, self._log.has, ckpt is None, t0)
-
-    def _load_recovered(self, state: "_Recovered", exists, full: bool, t0: float) -> None:
-        self._stats["CorruptRecordCount"] += state.corrupt
-        refs, missing = state.refs(exists)
-        if missing:
-            self._stats["MissingEventCount"] += missing
-            log.error("file channel '%s': %d events named by the checkpoint are in segments or "
-                      "objects that no longer exist; they are lost", self.name, missing)
-        self._queue.extend(refs)
-        self._queued_events = sum(r.events for r in refs)
-        self._queued_bytes = sum(r.nbytes for r in refs)
-        for txn in state.txns.items():
-            self._committed_txns.add(txn)
-        self._stats["ReplayDuplicateEventCount"] = state.duplicates
-        self._stats["ReplaySeconds"] = round(time.monotonic() - t0, 6)
-        log.info("file channel '%s' recovered %d events (%s replay of %d records in %.3fs)",
-                 self.name, self._queued_events, "full" if full else "checkpoint",
-                 self._stats["ReplayRecordCount"], self._stats["ReplaySeconds"])
+        return self._storage.on_object_store
 
     # -- the contract --------------------------------------------------------------------------
     def put(self, batch: EventBatch, txn_id: str) -> None:
@@ -475,8 +250,8 @@ class FileChannel(LeasedChannel):
             parts = records.put_payload(txn_id, n, nb, batch.ipc_buffer())
             crc = records.payload_crc(parts)
             self._check_free_space(records.RECORD_HEADER_SIZE + sum(len(p) for p in parts))
-            rec = self._log.append(records.PUT, "put", parts, crc, (txn_id, n, nb, batch))
-            self._log.wait_durable(rec)
+            rec = self._storage.append(records.PUT, "put", parts, crc, (txn_id, n, nb, batch))
+            self._storage.wait_durable(rec)
         except BaseException:
             with self._lock:
                 if rec is None or rec.state != PUBLISHED:
@@ -520,11 +295,11 @@ class FileChannel(LeasedChannel):
                     (r.segment, r.offset, r.start, r.stop) for r in lease.refs)
                 # Appended under the channel lock so a concurrent retry of this commit waits on
                 # the same record; the write is small.
-                rec = self._log.append(records.TAKE_COMMIT, "commit", [payload],
-                                       records.payload_crc([payload]), lease)
+                rec = self._storage.append(records.TAKE_COMMIT, "commit", [payload],
+                                           records.payload_crc([payload]), lease)
                 lease.commit_rec = rec
         try:
-            self._log.wait_durable(rec)
+            self._storage.wait_durable(rec)
         except ChannelWriteError:
             with self._lock:
                 if lease.commit_rec is rec:
@@ -560,8 +335,7 @@ class FileChannel(LeasedChannel):
             if self.checkpoint_on_close if checkpoint is None else checkpoint:
                 self.checkpoint()
         finally:
-            self._log.close(sync=True)
-            self._release_dir_locks()
+            self._storage.close(sync=True)
 
     # -- extras --------------------------------------------------------------------------------
     def has_committed(self, txn_id: str) -> bool:
@@ -576,39 +350,29 @@ class FileChannel(LeasedChannel):
             return self._stats["CorruptEventCount"]
 
     def segment_paths(self) -> dict[int, str]:
-        """Segment id -> path of every segment file the channel keeps."""
-        with self._log.write_lock:
-            return dict(self._log.segments)
+        """Segment id -> path (on an object store: URI prefix) of every segment the channel keeps."""
+        return self._storage.segment_paths()
 
     def checkpoint(self) -> bool:
         """Write a checkpoint now and delete segments it makes unnecessary; False if it failed."""
         with self._checkpoint_lock:
-            if self._store is not None and not self._locks_valid():
+            lost = self._storage.ownership_lost()
+            if lost:
                 # A zombie must not replace the new owner's checkpoint nor delete its objects.
-                log.error("file channel '%s': no checkpoint written: this instance no longer owns "
-                          "%s (%s)", self.name, self._store.uri,
-                          self._lock_lost_reason() or "its lock lapsed")
+                log.error("file channel '%s': no checkpoint written: %s", self.name, lost)
                 with self._lock:
                     self._stats["CheckpointErrorCount"] += 1
                 return False
             with self._lock:
-                with self._log.write_lock:
-                    position = self._log.replay_position()
-                    next_segment, next_lsn = self._log.next_segment_id, self._log.next_lsn
+                position, next_segment, next_lsn = self._storage.position()
                 rows = [(r.segment, r.offset, r.size, r.start, r.stop, r.nbytes)
                         for lease in self._leases.values() for r in lease.refs]
                 rows += [(r.segment, r.offset, r.size, r.start, r.stop, r.nbytes) for r in self._queue]
                 txns = self._committed_txns.items()
                 self._dirty = False
-            if self.fsync != "per_commit":
-                self._log.sync()  # everything the snapshot names must be durable before it is
             refs = np.array(rows, dtype=np.int64).reshape(-1, 6)
-            ckpt = Checkpoint(position, next_segment, next_lsn, txns, refs)
             try:
-                if self._ckpt_store is not None:
-                    write_checkpoint_object(self._ckpt_store, ckpt)
-                else:
-                    write_checkpoint(self._io, self.checkpoint_dir, ckpt)
+                self._storage.write_checkpoint(Checkpoint(position, next_segment, next_lsn, txns, refs))
             except OSError as exc:
                 with self._lock:
                     self._dirty = True
@@ -616,30 +380,18 @@ class FileChannel(LeasedChannel):
                 log.error("file channel '%s': writing the checkpoint in %s failed: %s; replay after "
                           "a restart will be longer", self.name, self.checkpoint_dir, exc)
                 return False
-            cutoff = tuple(position)
+            cutoff = position
             if len(refs):
                 seg = int(refs[:, 0].min())
                 cutoff = min(cutoff, (seg, int(refs[refs[:, 0] == seg, 1].min())))
-            if self._store is None or self._locks_valid():
-                self._log.delete_before(cutoff)
+            self._storage.delete_before(cutoff)
             with self._lock:
                 self._stats["CheckpointCount"] += 1
             return True
 
     def metrics(self) -> dict:
         with self._lock:
-            stats = self._log.stats
-            self.counters.extra.update(
-                self._stats, FsyncCount=stats.fsyncs, FsyncErrorCount=stats.fsync_errors,
-                WriteErrorCount=stats.write_errors, SegmentCount=len(self._log.segments),
-                SegmentsDeletedCount=stats.segments_deleted, CacheBytes=self._cache_used)
-            if self._store is not None:
-                self.counters.extra.update(
-                    ObjectPutCount=stats.objects_written, ObjectDeleteCount=stats.objects_deleted,
-                    ObjectBytesWritten=stats.bytes_written, ObjectCount=self._log.object_count(),
-                    LockRenewCount=sum(lk.renewals for lk in self._dir_locks),
-                    LockValid=int(self._locks_valid()),
-                    LockLost=int(any(lk.lost_reason for lk in self._dir_locks)))
+            self.counters.extra.update(self._stats, CacheBytes=self._cache_used, **self._storage.metrics())
             return super().metrics()
 
     # -- internals -----------------------------------------------------------------------------
@@ -662,13 +414,8 @@ class FileChannel(LeasedChannel):
         self._reserved_bytes += nb
 
     def _check_free_space(self, record_size: int) -> None:
-        if self._store is not None:
-            return  # an object store has no free-space figure to check
-        try:
-            free = self._io.disk_free(self.data_dirs[0])
-        except OSError:
-            return
-        if free - record_size < self.minimum_required_space_bytes:
+        free = self._storage.free_bytes()
+        if free is not None and free - record_size < self.minimum_required_space_bytes:
             with self._lock:
                 self._stats["DiskSpaceRefusalCount"] += 1
             raise InsufficientDiskSpace(
@@ -756,7 +503,7 @@ class FileChannel(LeasedChannel):
         return good, batches
 
     def _load(self, ref: Ref) -> EventBatch:
-        data = self._log.read(ref.segment, ref.offset, ref.size)
+        data = self._storage.read(ref.segment, ref.offset, ref.size)
         rec = records.decode_record(data, records.PUT)
         _txn, rows, _nb, ipc = records.parse_put(rec.payload)
         try:
@@ -802,7 +549,7 @@ class FileChannel(LeasedChannel):
             try:
                 t = now()
                 if interval_mode and t >= next_sync:
-                    self._log.sync()
+                    self._storage.sync()
                     next_sync = t + self.fsync_interval_s
                 if t >= next_checkpoint:
                     if self._dirty:
@@ -811,76 +558,19 @@ class FileChannel(LeasedChannel):
             except Exception:  # keep the channel running; the error is logged
                 log.exception("file channel '%s': background checkpoint/fsync failed", self.name)
 
-    def _release_dir_locks(self) -> None:
-        for lk in self._dir_locks:
-            lk.release()
-        self._dir_locks = []
+    # -- internals the tests reach (test_file_channel_s3) ------------------------------------
+    @property
+    def _log(self) -> RecordLog:
+        return self._storage.log
 
+    @property
+    def _store(self) -> ObjectStore | None:
+        """The object store of a channel on one; None on local disk."""
+        return getattr(self._storage, "store", None)
 
-class _Recovered:
-    """The channel's contents rebuilt from a checkpoint and the log records after it."""
+    @property
+    def _dir_locks(self) -> list:
+        return self._storage.locks
 
-    def __init__(self):
-        # (segment, offset) -> [record size, [[start, stop, nbytes], ...]], in log order
-        self.records: dict[tuple[int, int], list] = {}
-        self.txns = IdWindow()
-        self.duplicates = 0
-        self.corrupt = 0
-
-    def load(self, ckpt: Checkpoint) -> None:
-        for seg, off, size, start, stop, nb in sorted(ckpt.refs.tolist()):
-            self.records.setdefault((seg, off), [size, []])[1].append([start, stop, nb])
-        for txn in ckpt.txn_ids:
-            self.txns.add(txn)
-
-    def apply(self, segment: int, rec: Record) -> None:
-        try:
-            if rec.rtype == records.PUT:
-                txn, rows, nbytes, _ = records.parse_put(rec.payload)
-                if txn in self.txns:
-                    self.duplicates += rows
-                    return
-                self.txns.add(txn)
-                if rows:
-                    self.records[(segment, rec.offset)] = [rec.size, [[0, rows, nbytes]]]
-            elif rec.rtype == records.TAKE_COMMIT:
-                for seg, off, start, stop in records.parse_commit(rec.payload):
-                    entry = self.records.get((seg, off))
-                    if entry is not None:
-                        entry[1] = _subtract(entry[1], start, stop)
-                        if not entry[1]:
-                            del self.records[(seg, off)]
-        except (CorruptRecord, UnicodeDecodeError, ValueError) as exc:
-            self.corrupt += 1
-            log.error("record at offset %d of segment %d verifies but does not parse (%s); skipped",
-                      rec.offset, segment, exc)
-
-    def refs(self, exists) -> tuple[list[Ref], int]:
-        """The surviving ranges in log order, and how many events are in records that are gone.
-
-        ``exists(segment, offset)`` tells whether the record at that address can still be read.
-        """
-        out, missing = [], 0
-        for (seg, off) in sorted(self.records):
-            size, ranges = self.records[(seg, off)]
-            if not exists(seg, off):
-                missing += sum(stop - start for start, stop, _ in ranges)
-                continue
-            for start, stop, nb in sorted(ranges):
-                out.append(Ref(seg, off, size, start, stop, nb))
-        return out, missing
-
-
-def _subtract(ranges: list, a: int, b: int) -> list:
-    """``ranges`` minus rows ``[a, b)``, splitting byte counts in proportion."""
-    out = []
-    for start, stop, nb in ranges:
-        if stop <= a or start >= b:
-            out.append([start, stop, nb])
-            continue
-        n = stop - start
-        if start < a:
-            out.append([start, a, nb * (a - start) // n])
-        if b < stop:
-            out.append([b, stop, nb * (stop - b) // n])
-    return out
+    def _locks_valid(self) -> bool:
+        return not self._storage.ownership_lost()

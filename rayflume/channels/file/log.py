@@ -1,14 +1,12 @@
-"""The write-ahead log of the file channel: segment files, appends, group commit and scanning.
+"""The file channel's log on local disk: segment files, appends, fsync and scanning at recovery.
 
-Appends go to the current segment of the first data directory. A record is *durable* once an
-fsync that started after it was written has returned; :meth:`SegmentLog.wait_durable` makes the
-caller wait for that, and one thread at a time (the leader) runs the fsync for everybody who is
-waiting, so N concurrent puts share one fsync (group commit). Durable records are *published*
-(handed to the channel's ``apply`` callback, under the channel's lock) strictly in log order.
-
-Record states: ``PENDING`` (written, not yet covered by an fsync), ``SYNCED`` (durable, not yet
-published), ``PUBLISHED``, ``FAILED`` (its write-back failed: the caller gets a
-:class:`ChannelWriteError` and the record is never published).
+Appends go to the current segment of the first data directory; a new segment is started when the
+current one would pass ``max_file_size`` (and after a failure). A record is durable once an fsync
+of its segment that started after it was written has returned (group commit and publication in
+log order are :class:`~rayflume.channels.file.recordlog.RecordLog`'s); a new segment's file and
+directory entry are fsynced before any record in it can be acknowledged. With
+``sync_per_commit=False`` a record counts as durable once written, and :meth:`SegmentLog.sync`
+(called every ``fsync_interval_s``) is what makes it so.
 
 Failure rule (fsyncgate): when an fsync of a segment fails, every record of that segment that no
 successful fsync covered fails, the segment is truncated back to its last durable byte (best
@@ -22,26 +20,23 @@ import mmap
 import os
 import re
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 from rayflume._private.fileio import FileIO
 from rayflume.channels.file import records
-from rayflume.channels.file.errors import ChannelClosed, ChannelWriteError
+from rayflume.channels.file.errors import ChannelWriteError
+from rayflume.channels.file.recordlog import FAILED, PENDING, SYNCED, LogRecord, RecordLog
 from rayflume.channels.file.records import (
     SEGMENT_HEADER_SIZE,
     CorruptRecord,
     Damage,
     Record,
     check_segment_header,
-    record_header,
     segment_header,
 )
 
 log = logging.getLogger(__name__)
-
-PENDING, SYNCED, PUBLISHED, FAILED = "pending", "synced", "published", "failed"
 
 _SEGMENT_RE = re.compile(r"^log-(\d{12})\.seg$")
 
@@ -70,22 +65,6 @@ def list_segments(directories) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
-class LogRecord:
-    """A record appended in this process, tracked until it is published or failed."""
-
-    __slots__ = ("lsn", "kind", "segment", "offset", "size", "state", "error", "data")
-
-    def __init__(self, lsn: int, kind: str, segment: int, offset: int, size: int, data):
-        self.lsn = lsn
-        self.kind = kind
-        self.segment = segment
-        self.offset = offset
-        self.size = size
-        self.state = PENDING
-        self.error = ""
-        self.data = data
-
-
 class Segment:
     __slots__ = ("id", "path", "fd", "size", "safe_end", "roll_requested", "failed")
 
@@ -99,47 +78,22 @@ class Segment:
         self.failed = False
 
 
-@dataclass
-class LogStats:
-    fsyncs: int = 0
-    fsync_errors: int = 0
-    write_errors: int = 0
-    segments_created: int = 0
-    segments_deleted: int = 0
-    # object stores only (ObjectLog): "fsyncs" count chunk PUTs there
-    objects_written: int = 0
-    objects_deleted: int = 0
-    bytes_written: int = 0
+class SegmentLog(RecordLog):
+    """Appends records to segment files in ``directory``. Thread-safe (see :class:`RecordLog`).
 
-
-class SegmentLog:
-    """Appends records to segment files in ``directory``. Thread-safe.
-
-    Lock order: the channel's lock (``publish_lock``) before ``write_lock``; nobody takes
-    ``write_lock`` while holding the internal sync condition.
+    ``existing`` maps the ids of the segments recovery found to their paths (any data directory).
     """
 
     def __init__(self, io: FileIO, directory: str, channel: str, *, next_segment_id: int,
                  next_lsn: int, max_file_size: int, sync_per_commit: bool,
                  publish_lock, apply: Callable[[LogRecord], None], existing: dict[int, str]):
+        super().__init__(channel, next_segment_id=next_segment_id, next_lsn=next_lsn,
+                         max_file_size=max_file_size, publish_lock=publish_lock, apply=apply)
         self.io = io
         self.directory = directory
-        self.channel = channel
-        self.next_segment_id = next_segment_id
-        self.next_lsn = next_lsn
-        self.written_lsn = next_lsn - 1
-        self.max_file_size = max_file_size
         self.sync_per_commit = sync_per_commit
-        self.publish_lock = publish_lock
-        self.apply = apply
-        self.segments: dict[int, str] = dict(existing)
+        self.segments.update(existing)
         self.cur: Segment | None = None
-        self.pending: deque[LogRecord] = deque()
-        self.write_lock = threading.Lock()
-        self.stats = LogStats()
-        self.closed = False
-        self._sync_cond = threading.Condition(threading.Lock())
-        self._syncing = False
         self._read_fds: dict[int, int] = {}
         self._read_lock = threading.Lock()
 
@@ -149,34 +103,25 @@ class SegmentLog:
             if self.cur is None:
                 self._create_segment()
 
-    def append(self, rtype: int, kind: str, parts: list, crc_of_payload: int, data) -> LogRecord:
-        """Write one record; returns it PENDING (SYNCED in interval mode). Raises ChannelWriteError."""
-        payload_len = sum(len(p) for p in parts)
-        size = records.RECORD_HEADER_SIZE + payload_len
-        with self.write_lock:
-            if self.closed:
-                raise ChannelClosed(f"file channel '{self.channel}' is closed")
-            seg = self._writable(size)
-            lsn = self.next_lsn
-            self.next_lsn += 1
-            header = record_header(rtype, lsn, payload_len, crc_of_payload)
-            offset = seg.size
-            try:
-                self.io.write(seg.fd, [header, *parts])
-            except OSError as exc:
-                self.stats.write_errors += 1
-                self._after_write_error(seg, offset, exc)
-                raise ChannelWriteError(
-                    f"file channel '{self.channel}': writing to {seg.path} failed ({exc}); nothing "
-                    f"was stored, retry later (free disk space if it is full)") from exc
-            seg.size = offset + size
-            rec = LogRecord(lsn, kind, seg.id, offset, size, data)
-            if not self.sync_per_commit:
-                rec.state = SYNCED
-                seg.safe_end = seg.size
-            self.pending.append(rec)
-            self.written_lsn = lsn
-            return rec
+    def _place(self, size: int) -> tuple[int, int]:
+        seg = self._writable(size)
+        return seg.id, seg.size
+
+    def _write(self, rec: LogRecord, buffers: list) -> None:
+        seg = self.cur  # the segment _place chose, made current if it was new
+        assert seg is not None and seg.fd is not None
+        try:
+            self.io.write(seg.fd, buffers)
+        except OSError as exc:
+            self.stats.write_errors += 1
+            self._after_write_error(seg, rec.offset, exc)
+            raise ChannelWriteError(
+                f"file channel '{self.channel}': writing to {seg.path} failed ({exc}); nothing "
+                f"was stored, retry later (free disk space if it is full)") from exc
+        seg.size = rec.offset + rec.size
+        if not self.sync_per_commit:
+            rec.state = SYNCED
+            seg.safe_end = seg.size
 
     def _writable(self, size: int) -> Segment:
         seg = self.cur
@@ -270,38 +215,7 @@ class SegmentLog:
         if self.cur is seg:
             self.cur = None
 
-    def _notify(self) -> None:
-        with self._sync_cond:
-            self._sync_cond.notify_all()
-
     # -- durability -------------------------------------------------------------------------
-    def wait_durable(self, rec: LogRecord) -> None:
-        """Return once ``rec`` is published; raise ChannelWriteError if it failed."""
-        while True:
-            with self._sync_cond:
-                while True:
-                    state = rec.state
-                    if state == PUBLISHED:
-                        return
-                    if state == FAILED:
-                        raise ChannelWriteError(rec.error)
-                    if state == SYNCED:
-                        lead = False
-                        break
-                    if not self._syncing:
-                        self._syncing = True
-                        lead = True
-                        break
-                    self._sync_cond.wait()
-            if lead:
-                try:
-                    self.sync()
-                finally:
-                    with self._sync_cond:
-                        self._syncing = False
-                        self._sync_cond.notify_all()
-            self.publish()
-
     def sync(self) -> None:
         """fsync the current segment, covering every record written so far. Never raises."""
         with self.write_lock:
@@ -326,24 +240,7 @@ class SegmentLog:
                 self.stats.fsync_errors += 1
                 self._doom(seg, error)
 
-    def publish(self) -> None:
-        """Hand every durable record at the head of the log to ``apply``, in log order."""
-        with self.publish_lock:
-            with self.write_lock:
-                ready = []
-                while self.pending and self.pending[0].state in (SYNCED, FAILED):
-                    ready.append(self.pending.popleft())
-            for rec in ready:
-                if rec.state == SYNCED:
-                    try:
-                        self.apply(rec)
-                    finally:
-                        rec.state = PUBLISHED
-        if ready:
-            self._notify()
-
     def replay_position(self) -> tuple[int, int]:
-        """Where a replay must start so that no unpublished record is skipped (under write_lock)."""
         if self.pending:
             return self.pending[0].segment, self.pending[0].offset
         if self.cur is not None:
@@ -369,11 +266,8 @@ class SegmentLog:
                 raise CorruptRecord(f"cannot read segment {segment_id} at {offset}: {exc}") from exc
 
     def delete_before(self, position: tuple[int, int]) -> list[int]:
-        """Delete what holds only records before ``position`` (here: whole older segments)."""
-        return self.delete_segments_before(position[0])
-
-    def delete_segments_before(self, segment_id: int) -> list[int]:
-        """Delete every segment with a smaller id than ``segment_id`` except the current one."""
+        """Delete every segment before ``position``'s except the current one (whole files only)."""
+        segment_id = position[0]
         with self.write_lock:
             current = self.cur.id if self.cur is not None else None
             doomed = [s for s in self.segments if s < segment_id and s != current]

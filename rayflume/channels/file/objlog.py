@@ -21,7 +21,7 @@ new epoch, so two instances never write the same key, not even a zombie that kee
 it lost its lock. Ids (and lsns) keep growing, so the log order is the order of ids and offsets.
 
 Durability. An append only buffers its record. The group-commit leader (see
-:class:`~rayflume.channels.file.log.SegmentLog`) takes every buffered record and PUTs it as one
+:class:`~rayflume.channels.file.recordlog.RecordLog`) takes every buffered record and PUTs it as one
 object (more than one only past ``MAX_CHUNK_BYTES`` or a segment roll); when the PUT returned and
 the channel still holds its lock, those records are durable and are published. The PUT is the
 fsync: there is nothing to fsync and no directory to sync. If a PUT fails, every record not yet
@@ -55,10 +55,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from rayflume.channels.file import records
-from rayflume.channels.file.errors import ChannelClosed, ChannelLockLost, ChannelReadError, ChannelWriteError
-from rayflume.channels.file.log import FAILED, PENDING, SYNCED, LogRecord, SegmentLog
+from rayflume.channels.file.errors import ChannelLockLost, ChannelReadError, ChannelWriteError
 from rayflume.channels.file.objstore import ObjectStore
-from rayflume.channels.file.records import CorruptRecord, Record, record_header
+from rayflume.channels.file.recordlog import FAILED, PENDING, SYNCED, LogRecord, LogStats, RecordLog
+from rayflume.channels.file.records import CorruptRecord, Record
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def _fetch_in_order(store: ObjectStore, chunks: list[Chunk]):
 
     with ThreadPoolExecutor(max_workers=REPLAY_PREFETCH, thread_name_prefix="file-channel-replay") as pool:
         it = iter(chunks)
-        inflight = deque()
+        inflight: deque = deque()
         for c in it:
             inflight.append((c, pool.submit(fetch, c)))
             if len(inflight) >= REPLAY_PREFETCH:
@@ -278,21 +278,29 @@ class _Pending:
         self.records: list[LogRecord] = []
 
 
-class ObjectLog(SegmentLog):
-    """The segment log of :class:`SegmentLog`, stored as chunk objects (see the module docstring).
+@dataclass
+class ObjectLogStats(LogStats):
+    objects_written: int = 0   # chunk PUTs that landed while the lock was valid (fsyncs: all tried)
+    objects_deleted: int = 0
+    bytes_written: int = 0
 
-    Same interface and the same record states and publication order; ``fsync`` statistics count
-    chunk PUTs. Thread-safe. ``lock_valid`` is asked after each PUT: records are acknowledged only
-    while it returns True (fencing; see :class:`~rayflume.channels.file.objstore.ObjectLock`).
+
+class ObjectLog(RecordLog):
+    """A log of segments stored as chunk objects (see the module docstring). Thread-safe.
+
+    The record states, group commit and publication order are :class:`RecordLog`'s; its
+    write-back (``sync``, counted in ``stats.fsyncs``) is one PUT per chunk. ``lock_valid`` is asked
+    before each append and after each PUT: records are acknowledged only while it returns True
+    (fencing; see :class:`~rayflume.channels.file.objstore.ObjectLock`).
     """
 
     def __init__(self, store: ObjectStore, channel: str, *, epoch: int, next_lsn: int,
                  max_file_size: int, publish_lock, apply: Callable[[LogRecord], None],
                  listing: dict[int, list[Chunk]], lock_valid: Callable[[], bool],
                  cache: ChunkCache, lock_lost_reason: Callable[[], str] = lambda: ""):
-        super().__init__(None, store.uri, channel, next_segment_id=first_segment_of_epoch(epoch),
-                         next_lsn=next_lsn, max_file_size=max_file_size, sync_per_commit=True,
-                         publish_lock=publish_lock, apply=apply, existing={})
+        super().__init__(channel, next_segment_id=first_segment_of_epoch(epoch), next_lsn=next_lsn,
+                         max_file_size=max_file_size, publish_lock=publish_lock, apply=apply)
+        self.stats: ObjectLogStats = ObjectLogStats()
         self.store = store
         self.epoch = epoch
         self.cache = cache
@@ -341,42 +349,30 @@ class ObjectLog(SegmentLog):
             return sum(len(s) for s in self._starts.values())
 
     # -- appending -----------------------------------------------------------------------------
-    def open_segment(self) -> None:
-        """Nothing to create: a segment exists once its first chunk is written."""
+    def _place(self, size: int) -> tuple[int, int]:
+        if not self._lock_valid():
+            raise ChannelLockLost(self._lost_message())
+        if (self.cur_sid is None or self._cur_chunks >= MAX_CHUNKS_PER_SEGMENT
+                or (self.cur_size > 0 and self.cur_size + size > self.max_file_size)):
+            self.cur_sid = self.next_segment_id
+            self.next_segment_id += 1
+            self.cur_size = 0
+            self._cur_chunks = 0
+            self.stats.segments_created += 1
+        return self.cur_sid, self.cur_size
 
-    def append(self, rtype: int, kind: str, parts: list, crc_of_payload: int, data) -> LogRecord:
-        payload_len = sum(len(p) for p in parts)
-        size = records.RECORD_HEADER_SIZE + payload_len
-        with self.write_lock:
-            if self.closed:
-                raise ChannelClosed(f"file channel '{self.channel}' is closed")
-            if not self._lock_valid():
-                raise ChannelLockLost(self._lost_message())
-            if (self.cur_sid is None or self._cur_chunks >= MAX_CHUNKS_PER_SEGMENT
-                    or (self.cur_size > 0 and self.cur_size + size > self.max_file_size)):
-                self.cur_sid = self.next_segment_id
-                self.next_segment_id += 1
-                self.cur_size = 0
-                self._cur_chunks = 0
-                self.stats.segments_created += 1
-            lsn = self.next_lsn
-            self.next_lsn += 1
-            offset = self.cur_size
-            self.cur_size += size
-            chunk = self._buffer[-1] if self._buffer else None
-            if (chunk is None or chunk.segment != self.cur_sid
-                    or (chunk.size and chunk.size + size > MAX_CHUNK_BYTES)):
-                chunk = _Pending(self.cur_sid, offset)
-                self._buffer.append(chunk)
-                self._cur_chunks += 1
-            chunk.parts.append(record_header(rtype, lsn, payload_len, crc_of_payload))
-            chunk.parts.extend(parts)
-            chunk.size += size
-            rec = LogRecord(lsn, kind, self.cur_sid, offset, size, data)
-            chunk.records.append(rec)
-            self.pending.append(rec)
-            self.written_lsn = lsn
-            return rec
+    def _write(self, rec: LogRecord, buffers: list) -> None:
+        """Buffer the record in the chunk of the next PUT (a new chunk on a new segment or when full)."""
+        self.cur_size += rec.size
+        chunk = self._buffer[-1] if self._buffer else None
+        if (chunk is None or chunk.segment != rec.segment
+                or (chunk.size and chunk.size + rec.size > MAX_CHUNK_BYTES)):
+            chunk = _Pending(rec.segment, rec.offset)
+            self._buffer.append(chunk)
+            self._cur_chunks += 1
+        chunk.parts.extend(buffers)
+        chunk.size += rec.size
+        chunk.records.append(rec)
 
     def _lost_message(self) -> str:
         why = self._lock_lost_reason()
@@ -444,6 +440,8 @@ class ObjectLog(SegmentLog):
             chunk.parts = []
 
     def wait_durable(self, rec: LogRecord) -> None:
+        """:meth:`RecordLog.wait_durable`; a record failed because the lock was not valid raises
+        :class:`ChannelLockLost`."""
         try:
             super().wait_durable(rec)
         except ChannelWriteError as exc:
@@ -546,12 +544,9 @@ class ObjectLog(SegmentLog):
             for sid, start, end in failed:
                 self._add_chunk(sid, start, end)
             self.stats.objects_deleted += sum(map(len, doomed.values())) - len(failed)
-            gone = [sid for sid in emptied if sid not in self._starts]
-            self.stats.segments_deleted += len(gone)
-        return gone
-
-    def delete_segments_before(self, segment_id: int) -> list[int]:
-        return self.delete_before((segment_id, 0))
+            vanished = [sid for sid in emptied if sid not in self._starts]
+            self.stats.segments_deleted += len(vanished)
+        return vanished
 
     def close(self, sync: bool = True) -> None:
         if sync and not self.closed:
