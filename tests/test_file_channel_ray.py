@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import threading
-import time
 
 import pytest
 import ray
@@ -103,12 +102,12 @@ class GatedFileChannelConfig(FileChannelConfig):
 
     def build(self, name: str):
         gate, waiting = testing.knob(self.gate), testing.knob(f"{self.gate}-waiting")
-        deadline = time.monotonic() + 120
-        while not gate.get():
+        if not gate.get():
             waiting.set(True)
-            if time.monotonic() > deadline:
-                raise ChannelError(f"channel '{name}': its test never opened the gate")
-            time.sleep(0.1)  # the poll interval of this bounded wait for the test's gate
+            try:
+                wait_until(gate.get, timeout_s=120, interval_s=0.1, what=f"the test to open the gate of '{name}'")
+            except AssertionError as exc:
+                raise ChannelError(f"channel '{name}': {exc}") from None
         waiting.set(False)
         return super().build(name)
 

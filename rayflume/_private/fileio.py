@@ -102,7 +102,7 @@ class FileIO:
             try:
                 self.fsync_dir(parent)
             except PermissionError:
-                pass
+                pass  # a parent this process may not open (/ on some systems): the directory exists
             return
         if parent != path:
             self.makedirs(parent)

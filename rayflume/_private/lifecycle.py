@@ -124,7 +124,7 @@ class InstanceLifecycle:
                 managed.handle = handle
                 return
         except ValueError:
-            pass
+            pass  # no actor of that name: create one below
         if create_if_missing:
             managed.handle = self._create(inst, managed)
             self._event(inst.label(), f"{managed.kind.lower()} '{managed.name}' created")
