@@ -31,6 +31,7 @@ from typing import Any
 import ray
 
 from rayflume._private import frames, logs
+from rayflume._private.actor_base import local_ray_env
 from rayflume._private.actors import NAMESPACE
 from rayflume._private.controller import RemoteController, controller_name, controller_options
 
@@ -79,7 +80,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
     if ray.is_initialized():
         return
     if not address or address == "local":
-        with _quiet_ray_thread_warning():
+        with _quiet_ray_thread_warning(), local_ray_env():
             ray.init(address=address or None, num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE,
                      logging_level=logging.WARNING)
         return

@@ -338,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def start_local_ray() -> None:
+    """The benchmarks' Ray: a new local instance with 2 CPUs and no dashboard, its workers given the
+    environment `rayflume deploy` gives those of the local Ray it starts (allocator settings)."""
+    from rayflume._private.actor_base import local_ray_env
+
+    with local_ray_env():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
+                 log_to_driver=False)
+
+
 def timing(args) -> tuple[float, float]:
     """(seconds, warmup_s) of parsed arguments: explicit values win, then --quick, then defaults."""
     seconds = args.seconds if args.seconds is not None else (QUICK_SECONDS if args.quick else SECONDS)
@@ -383,8 +393,7 @@ def parse_args(argv) -> list[Step]:
 
 def run_builtin(names: list[str], args) -> list[dict]:
     seconds, warmup_s = timing(args)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
-             log_to_driver=False)
+    start_local_ray()
     try:
         base = baseline(min(seconds, 5.0))
         print(f"baseline (bare queue actor put+take, {BATCH} x {BODY} B batches): {base:,.0f} events/s",

@@ -42,6 +42,7 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (scripts/bench.py: the benchmarks' Ray)
 from bench_files import access_log_block  # noqa: E402
 
 PIPELINES = ("e2e",)
@@ -284,8 +285,7 @@ def measure(args) -> list[dict]:
     import ray
 
     lines = args.lines or (QUICK_LINES if args.quick else LINES)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
-             log_to_driver=False)
+    bench.start_local_ray()
     try:
         r = run_e2e(lines, args.batch)
     finally:

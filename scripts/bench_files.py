@@ -27,7 +27,9 @@ import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench  # noqa: E402  (scripts/bench.py: the benchmarks' Ray)
 import numpy as np  # noqa: E402
 
 PIPELINES = ("taildir",)
@@ -179,8 +181,7 @@ def measure(args) -> list[dict]:
     import ray
 
     megabytes = args.mb if args.mb is not None else (QUICK_MB if args.quick else FILE_MB)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
-             log_to_driver=False)
+    bench.start_local_ray()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-taildir-", dir=args.dir) as tmp:
             t0 = time.perf_counter()

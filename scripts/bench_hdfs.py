@@ -145,8 +145,7 @@ def measure(args) -> list[dict]:
     disk = raw_disk_mb_per_s(min(seconds, 5.0))
     print(f"raw disk (2 MB write + fdatasync): {disk:,.1f} MB/s", file=sys.stderr)
     # A private Ray: never attach to a cluster someone else runs on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
-             log_to_driver=False)
+    bench.start_local_ray()
     try:
         base = run("memory-null", seconds, warmup_s)
         print(f"baseline memory -> null (same batches): {base['events_per_s']:,} events/s "

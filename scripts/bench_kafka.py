@@ -35,6 +35,9 @@ import uuid
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench  # noqa: E402  (scripts/bench.py: the benchmarks' Ray)
 
 BODY = 200
 BATCH = 10_000
@@ -234,8 +237,7 @@ def measure(args) -> list[dict]:
         import ray
 
         # address="local": a fresh Ray of our own even if another Ray runs on this machine
-        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume",
-                 logging_level="WARNING", log_to_driver=False)
+        bench.start_local_ray()
         try:
             r = run(seconds, warmup_s, args.flume_event_format)
         finally:

@@ -30,6 +30,9 @@ import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench  # noqa: E402  (scripts/bench.py: the benchmarks' Ray)
 
 BATCH = 10_000
 PIPELINES = ("syslog",)
@@ -186,8 +189,7 @@ def measure(args) -> list[dict]:
     print(f"baseline (client -> plain socket server that reads and frames): {base['events_per_s']:,.0f} events/s "
           f"{base['mb_per_s']:.0f} MB/s", file=sys.stderr)
     # address="local": a fresh embedded Ray even if another local cluster is running on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayflume", logging_level="WARNING",
-             log_to_driver=False)
+    bench.start_local_ray()
     try:
         result = run(seconds, warmup_s, args.octet_count)
     finally:
