@@ -11,8 +11,9 @@ topology name) with one message saying what is wrong and what to do, never a tra
 after Ctrl-C (143 after SIGTERM), once what was accepted is drained.
 
 This module is the entry point (``rayflume = "rayflume.cli:run"``, ``python -m rayflume.cli``): the
-argument parser and :func:`main`. The commands are :mod:`rayflume._private.cli_commands`, what they
-print :mod:`rayflume._private.cli_format`; both are re-exported here under their names.
+argument parser and :func:`main`. The commands are :mod:`rayflume._private.cli_commands` (re-exported
+here under their names), what they print :mod:`rayflume._private.cli_format` (of which the status,
+alerts and tap formatters are re-exported here).
 """
 from __future__ import annotations
 
@@ -39,20 +40,12 @@ from rayflume._private.cli_commands import (
     cmd_validate,
     cmd_volume,
 )
-from rayflume._private.cli_format import (
-    STATUS_COUNTERS,
-    format_alerts,
-    format_status,
-    format_volume,
-    status_line,
-    tap_lines,
-)
+from rayflume._private.cli_format import format_alerts, format_status, tap_lines
 from rayflume.errors import ConfigError, RayflumeError
 
-__all__ = ["CONNECT_TIMEOUT_S", "EXIT_BAD_INPUT", "STATUS_COUNTERS", "UsageError", "build_parser", "cmd_alerts",
-           "cmd_convert", "cmd_deploy", "cmd_logs", "cmd_pause", "cmd_send", "cmd_status", "cmd_stop", "cmd_tap",
-           "cmd_top", "cmd_types", "cmd_validate", "cmd_volume", "format_alerts", "format_status", "format_volume",
-           "main", "run", "status_line", "tap_lines"]
+__all__ = ["CONNECT_TIMEOUT_S", "EXIT_BAD_INPUT", "UsageError", "build_parser", "cmd_alerts", "cmd_convert",
+           "cmd_deploy", "cmd_logs", "cmd_pause", "cmd_send", "cmd_status", "cmd_stop", "cmd_tap", "cmd_top",
+           "cmd_types", "cmd_validate", "cmd_volume", "format_alerts", "format_status", "main", "run", "tap_lines"]
 EXIT_BAD_INPUT = 2
 
 
@@ -82,6 +75,14 @@ def _version() -> str:
         from rayflume import __version__
 
         return __version__
+
+
+def _add_topology(p, default_address: str | None, default: str | None = None) -> None:
+    """A topology's ``name`` (optional where ``default`` says what leaving it out means) and the
+    cluster it runs on (:func:`_add_connection`)."""
+    p.add_argument("name", nargs="?" if default else None,
+                   help=f"a topology's name (default: {default})" if default else "a topology's name")
+    _add_connection(p, default_address)
 
 
 def _add_connection(p, default_address: str | None) -> None:
@@ -145,15 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "status", "show deployed topologies, their components and counters",
                    "  rayflume status                          # every topology on the local cluster\n"
                    "  rayflume status weblogs --address HEAD:6379 --json")
-    p.add_argument("name", nargs="?", help="a topology's name (default: all)")
-    _add_connection(p, env_address)
+    _add_topology(p, env_address, default="all")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_status)
 
     p = _subparser(sub, "alerts", "list a topology's firing and recent alerts (rules in its `alerts:` section)",
                    "  rayflume alerts weblogs --address HEAD:6379 --json")
-    p.add_argument("name", help="a topology's name")
-    _add_connection(p, env_address)
+    _add_topology(p, env_address)
     p.add_argument("--json", action="store_true", help="print the alerts as JSON")
     p.set_defaults(func=cmd_alerts)
 
@@ -166,8 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "\nRows go tier by tier and instance by instance, each source, then channel, then sink:\n"
                    "events in and out per second, bytes per second where a counter counts bytes, the\n"
                    "channel's fill, restarts, failures counted, the node, and the last error.")
-    p.add_argument("name", nargs="?", help="a topology's name (default: the only one deployed)")
-    _add_connection(p, env_address)
+    _add_topology(p, env_address, default="the only one deployed")
     p.add_argument("--interval-s", type=float, default=1.0, metavar="S",
                    help="seconds between readings; rates are measured over them (default 1)")
     p.add_argument("--once", action="store_true",
@@ -193,9 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "\nExits 0 once --limit events were printed, or when --timeout-s passed without an event\n"
                    "(having printed none, it says so on stderr); 2 for a topology or component that does not\n"
                    "exist; 130 on Ctrl-C.")
-    p.add_argument("name", help="a topology's name")
+    _add_topology(p, env_address)
     p.add_argument("component", help="a source or sink of the topology")
-    _add_connection(p, env_address)
     p.add_argument("--limit", "-n", type=int, default=10, metavar="N",
                    help="exit after N events (default 10; 0: no limit, until --timeout-s without events)")
     p.add_argument("--format", choices=["json", "text"], default="json", help="json lines (default) or bodies as text")
@@ -219,8 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "volume", "show a topology's accepted events per UTC hour, per source (and header value)",
                    "  rayflume volume weblogs                  # per source, last 8 days, newest hours last\n"
                    "  rayflume volume weblogs --days 1 --by-header --json   # per value of volume.header")
-    p.add_argument("name", help="a topology's name")
-    _add_connection(p, env_address)
+    _add_topology(p, env_address)
     p.add_argument("--days", type=float, default=8.0, metavar="N",
                    help="the last N days (default 8, which is what is kept)")
     p.add_argument("--by-header", action="store_true",
@@ -230,8 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(sub, "stop", "drain and remove a deployed topology",
                    "  rayflume stop weblogs --address HEAD:6379")
-    p.add_argument("name", help="a topology's name")
-    _add_connection(p, env_address)
+    _add_topology(p, env_address)
     p.add_argument("--drain-timeout-s", type=float, default=30.0, metavar="S",
                    help="wait at most S seconds for the channels to drain (default 30)")
     p.set_defaults(func=cmd_stop)

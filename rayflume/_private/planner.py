@@ -27,41 +27,40 @@ KINDS = ("CHANNEL", "SINK", "SOURCE")  # creation order: what others need first
 
 
 @dataclass(frozen=True)
-class Placed:
-    """An instance that runs now (as the controller's instance map says)."""
+class _OfInstance:
+    """One instance of a tier: the first fields of :class:`Placed` and of each action on an instance,
+    ``(tier, instance_id, ...)`` (the tier ``""`` in a single-tier topology)."""
 
     tier: str
     instance_id: str
+
+
+@dataclass(frozen=True)
+class Placed(_OfInstance):
+    """An instance that runs now (as the controller's instance map says)."""
+
     node_id: str | None  # None: placed by Ray (single tier)
 
 
 @dataclass(frozen=True)
-class AddInstance:
-    tier: str
-    instance_id: str
+class AddInstance(_OfInstance):
     node_id: str | None
     identity: str | None = None
 
 
 @dataclass(frozen=True)
-class DropInstance:
-    tier: str
-    instance_id: str
+class DropInstance(_OfInstance):
     why: str
 
 
 @dataclass(frozen=True)
-class MarkLost:
-    tier: str
-    instance_id: str
+class MarkLost(_OfInstance):
     channel: str
     why: str
 
 
 @dataclass(frozen=True)
-class ClearLost:
-    tier: str
-    instance_id: str
+class ClearLost(_OfInstance):
     channel: str
 
 
@@ -236,11 +235,18 @@ def diff_components(old: dict[tuple[str, str], str], new: dict[tuple[str, str], 
 
 
 @dataclass(frozen=True)
-class ComponentView:
+class _OfComponent:
+    """One component of an instance: the first fields of :class:`ComponentView` and of each action
+    on a component, ``(kind, name, ...)``."""
+
+    kind: str  # CHANNEL, SINK or SOURCE
+    name: str
+
+
+@dataclass(frozen=True)
+class ComponentView(_OfComponent):
     """What the controller observed of one component this tick."""
 
-    kind: str
-    name: str
     state: str  # the actor's GCS state: ALIVE, RESTARTING, DEAD, ... or UNKNOWN
     restarts: int  # restarts of the current actor, as the GCS counts them
     announced_restarts: int  # the restarts already reported as events
@@ -249,22 +255,17 @@ class ComponentView:
 
 
 @dataclass(frozen=True)
-class ComponentRestarted:
-    kind: str
-    name: str
+class ComponentRestarted(_OfComponent):
     restarts: int
 
 
 @dataclass(frozen=True)
-class ReplaceComponent:
-    kind: str
-    name: str
+class ReplaceComponent(_OfComponent):
+    """Recreate a component whose actor is dead for good."""
 
 
 @dataclass(frozen=True)
-class ComponentLost:
-    kind: str
-    name: str
+class ComponentLost(_OfComponent):
     why: str
 
 

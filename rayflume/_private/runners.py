@@ -78,7 +78,19 @@ def _tally(required: dict, events: int) -> tuple | None:
     return (min(required), events) if required else None
 
 
-class SourceRunner:
+class _Runner:
+    """What source and sink runners share: a name, their counters (created here), the last error
+    (None while things go well) and a tap (a new, disarmed one by default)."""
+
+    def __init__(self, name: str, counters: Counters, counter_names: tuple[str, ...], tap: TapPoint | None):
+        self.name = name
+        self.counters = counters
+        counters.create(counter_names)
+        self.last_error: str | None = None
+        self.tap = tap if tap is not None else TapPoint()
+
+
+class SourceRunner(_Runner):
     """Drives one source. ``put_many(subbatches, txn_id, tally)`` puts sub-batches into channels
     concurrently and returns ``{channel: exception or None}``; the runner retries the failed
     required ones. ``tally`` is ``(channel, events)`` or None: the one channel of the batch that
@@ -95,19 +107,15 @@ class SourceRunner:
                  put_many: Callable[[dict[str, EventBatch], str, tuple | None], dict[str, BaseException | None]],
                  counters: Counters, backoff: Backoff | None = None, idle_backoff: Backoff | None = None,
                  tap: TapPoint | None = None):
-        self.name = name
+        super().__init__(name, counters, SOURCE_COUNTERS, tap)
         self.source = source
         self.chain = chain
         self.selector = selector
         self.put_many = put_many
-        self.counters = counters
-        counters.create(SOURCE_COUNTERS)
         self.backoff = backoff or Backoff(0.05, 5.0)
         self.idle_backoff = idle_backoff or Backoff(0.005, 0.5)
         self.stopping = threading.Event()
-        self.last_error: str | None = None
         self._volume_lock = threading.Lock()  # the cap on distinct values is checked, then kept
-        self.tap = tap if tap is not None else TapPoint()
         # Per-value volume (topology ``volume: {header: NAME}``): None costs nothing per batch.
         self.volume_header: str | None = None
         self.volume_max_values = 200
@@ -238,7 +246,7 @@ class SourceRunner:
         self.stopping.wait(seconds)
 
 
-class SinkRunner:
+class SinkRunner(_Runner):
     """One sink over its channel: ``process()`` is a single take -> write -> commit.
 
     Returns READY after a committed batch and BACKOFF when the channel had nothing; raises
@@ -256,7 +264,8 @@ class SinkRunner:
 
     def __init__(self, name: str, sink: Sink, channel: ChannelPort, holder: str, counters: Counters,
                  take_timeout_s: float = 0.1, pipelined: bool = False, tap: TapPoint | None = None):
-        self.name = name
+        super().__init__(name, counters, SINK_COUNTERS, tap)
+        counters.create(["Paused"])  # a level (0/1), not a total: not in SINK_COUNTERS
         # Pipelined (one sink draining its channel alone): the next take is in flight while this
         # batch is written, and commits are not waited for (their outcome is reaped later), with
         # the port's pipelined calls (see ChannelPort).
@@ -264,12 +273,7 @@ class SinkRunner:
         self.sink = sink
         self.channel = channel
         self.holder = holder
-        self.counters = counters
-        counters.create(SINK_COUNTERS)
-        counters.create(["Paused"])  # a level (0/1), not a total: not in SINK_COUNTERS
         self.take_timeout_s = take_timeout_s
-        self.last_error: str | None = None
-        self.tap = tap if tap is not None else TapPoint()
         # Set from the actor's threads, read by the group's thread between batches (a bool swap).
         self.paused = False
         self._parked = False  # paused, and its prefetched take and pending commits are settled

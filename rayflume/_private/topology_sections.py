@@ -34,6 +34,15 @@ def _is_whole(value, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def _text_or_error(value, problem: str, errors: list[str]) -> str | None:
+    """``value`` without its outer spaces if it is text (see :func:`_is_text`); else None, with
+    ``problem`` and what ``value`` is appended to ``errors``."""
+    if not _is_text(value):
+        errors.append(f"{problem}; got {describe_value(value)}")
+        return None
+    return value.strip()
+
+
 def validate_metrics(data: dict, topo: Topology, errors: list[str]) -> None:
     """``metrics: {host (or bind), port, token or token_file}``. The token's value is never put in a
     message."""
@@ -55,12 +64,11 @@ def validate_metrics(data: dict, topo: Topology, errors: list[str]) -> None:
     if "host" in metrics and "bind" in metrics:
         errors.append("metrics.bind: `bind` is another name for `host`; give one of them, not both")
     key = "bind" if "bind" in metrics else "host"
-    host = metrics.get(key, topo.metrics_host)
-    if not _is_text(host):
-        errors.append(f"metrics.{key}: expected the address to listen on, e.g. 127.0.0.1 (this machine only) or "
-                      f"0.0.0.0 (every interface); got {describe_value(host)}")
-    else:
-        topo.metrics_host = host.strip()
+    host = _text_or_error(metrics.get(key, topo.metrics_host),
+                          f"metrics.{key}: expected the address to listen on, e.g. 127.0.0.1 (this machine only) or "
+                          f"0.0.0.0 (every interface)", errors)
+    if host is not None:
+        topo.metrics_host = host
     port = metrics.get("port", topo.metrics_port)
     if port is not None and not _is_whole(port, 0, 65535):
         errors.append(f"metrics.port: {port!r} is not a port number (0 picks a free port, null disables)")
@@ -148,13 +156,11 @@ def validate_volume(data: dict, topo: Topology, errors: list[str]) -> None:
     known = ("header", "max_values")
     for key in sorted(set(volume) - set(known), key=str):
         errors.append(f"volume.{key}: {unknown_key(key, known, 'volume has')}")
-    header = volume.get("header")
-    if header is not None:
-        if not _is_text(header):
-            errors.append(f"volume.header: expected the name of the event header whose values are counted, e.g. "
-                          f"category; got {describe_value(header)}")
-        else:
-            topo.volume_header = header.strip()
+    if volume.get("header") is not None:
+        header = _text_or_error(volume["header"], "volume.header: expected the name of the event header whose "
+                                "values are counted, e.g. category", errors)
+        if header is not None:
+            topo.volume_header = header
     max_values = volume.get("max_values", topo.volume_max_values)
     if not _is_whole(max_values, 1, 10_000):
         errors.append(f"volume.max_values: expected a whole number from 1 to 10000 (header values counted per "

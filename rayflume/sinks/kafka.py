@@ -98,18 +98,9 @@ class KafkaSink(Sink):
 
     def __init__(self, name: str, config: KafkaSinkConfig):
         self.name = name
-        self.bootstrap_servers = config.bootstrap_servers
-        self.topic = config.topic
-        self.allow_topic_override = config.allow_topic_override
-        self.topic_header = config.topic_header
-        self.key_header = config.key_header
-        self.partition_id_header = config.partition_id_header
-        self.default_partition_id = config.default_partition_id
-        self.include_headers = config.include_headers
+        self.config = config
         self.use_flume_event_format = config.use_flume_event_format
         self.batch_size = config.batch_size
-        self.call_timeout_s = float(config.call_timeout_s)
-        self.overrides = dict(config.producer)  # checked by the config
         self.context = SinkContext(name=name)
         self._producer = None
         self._errors: list = []
@@ -129,8 +120,8 @@ class KafkaSink(Sink):
     def _new_producer(self):
         from confluent_kafka import Producer
 
-        timeout_ms = max(1000, int(self.call_timeout_s * 1000))
-        conf = producer_config(self.bootstrap_servers, self.overrides, message_timeout_ms=timeout_ms)
+        timeout_ms = max(1000, int(self.config.call_timeout_s * 1000))
+        conf = producer_config(self.config.bootstrap_servers, self.config.producer, message_timeout_ms=timeout_ms)
         # Only failed records call back into Python: a successful batch costs no per-record callback.
         conf["delivery.report.only.error"] = True
         conf["on_delivery"] = self._on_error_report
@@ -152,7 +143,7 @@ class KafkaSink(Sink):
 
     def stop(self) -> None:
         if self._producer is not None:
-            left = self._producer.flush(min(self.call_timeout_s, 10.0))
+            left = self._producer.flush(min(self.config.call_timeout_s, 10.0))
             if left:
                 log.warning("kafka sink '%s': %d records still unacknowledged at stop; their batch was "
                             "not committed and will be delivered again", self.name, left)
@@ -167,7 +158,7 @@ class KafkaSink(Sink):
         if self._producer is None:
             self._producer = self._new_producer()
         started = time.monotonic()
-        deadline = started + self.call_timeout_s
+        deadline = started + self.config.call_timeout_s
         self._settle_previous(deadline)
         self._errors.clear()
         values = flume_event_values(batch) if self.use_flume_event_format else batch.body.to_pylist()
@@ -197,8 +188,8 @@ class KafkaSink(Sink):
         if left:
             self.context.count("ConnectionFailedCount")
             raise DeliveryError(f"kafka sink '{self.name}': {left} of {n} records not acknowledged within "
-                                f"call_timeout_s={self.call_timeout_s}s (broker {self.bootstrap_servers} down "
-                                f"or slow?); the take is rolled back and retried")
+                                f"call_timeout_s={self.config.call_timeout_s}s (broker "
+                                f"{self.config.bootstrap_servers} down or slow?); the take is rolled back and retried")
         if self._errors:
             first = kafka_error_text(self._errors[0])
             failed = len(self._errors)
@@ -227,7 +218,7 @@ class KafkaSink(Sink):
             left = self._producer.flush(max(0.0, deadline - time.monotonic()))
             if left:
                 raise DeliveryError(f"kafka sink '{self.name}': {left} records of an earlier failed batch are "
-                                    f"still unacknowledged (broker {self.bootstrap_servers} unreachable?); "
+                                    f"still unacknowledged (broker {self.config.bootstrap_servers} unreachable?); "
                                     f"retrying later")
 
     def _reset_producer(self, why: str) -> None:
@@ -244,31 +235,32 @@ class KafkaSink(Sink):
 
     def _routing(self, batch: EventBatch):
         """Per-event topic, key, partition and headers: a constant where all events agree."""
-        topics = render_template(batch, self.topic)
-        if self.allow_topic_override:
-            override = batch.header(self.topic_header)
+        config = self.config
+        topics = render_template(batch, config.topic)
+        if config.allow_topic_override:
+            override = batch.header(config.topic_header)
             if override.null_count < len(override):
                 base = topics if isinstance(topics, pa.Array) else pa.scalar(topics, pa.string())
                 topics = pc.coalesce(override, base)
         if isinstance(topics, pa.Array):
             topics = constant_or_list(topics)
         keys = None
-        if self.key_header:
-            k = batch.header(self.key_header)
+        if config.key_header:
+            k = batch.header(config.key_header)
             if k.null_count < len(k):
                 keys = k.to_pylist()
-        partitions = self.default_partition_id
-        if self.partition_id_header:
-            p = batch.header(self.partition_id_header)
+        partitions = config.default_partition_id
+        if config.partition_id_header:
+            p = batch.header(config.partition_id_header)
             if p.null_count < len(p):
                 try:
                     p = p.cast(pa.int32())
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise DeliveryError(f"kafka sink '{self.name}': header '{self.partition_id_header}' must "
+                    raise DeliveryError(f"kafka sink '{self.name}': header '{config.partition_id_header}' must "
                                         f"hold partition numbers: {exc}") from exc
-                fallback = -1 if self.default_partition_id is None else self.default_partition_id
+                fallback = -1 if config.default_partition_id is None else config.default_partition_id
                 partitions = pc.fill_null(p, fallback).to_pylist()
-        headers = event_header_lists(batch) if self.include_headers else None
+        headers = event_header_lists(batch) if config.include_headers else None
         return topics, keys, partitions, headers
 
     def _produce_all(self, values, topics, keys, partitions, headers, deadline: float) -> None:
@@ -301,7 +293,7 @@ class KafkaSink(Sink):
                 # The producer's local queue is full: serve delivery reports until there is room.
                 if time.monotonic() >= deadline:
                     raise DeliveryError(f"kafka sink '{self.name}': the producer queue stayed full for "
-                                        f"call_timeout_s={self.call_timeout_s}s; the take is rolled back")
+                                        f"call_timeout_s={self.config.call_timeout_s}s; the take is rolled back")
                 producer.poll(0.005)
 
 

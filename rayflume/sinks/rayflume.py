@@ -59,14 +59,8 @@ def events_digest(batch: EventBatch) -> str:
 class RayflumeSink(Sink):
     def __init__(self, name: str, config: RayflumeSinkConfig):
         self.name = name
-        self.instance_header = config.instance_header
-        self.tier = config.tier
-        self.source = config.source
-        self.policy = config.policy
+        self.config = config
         self.batch_size = config.batch_size
-        self.call_timeout_s = config.call_timeout_s
-        self.refresh_s = config.refresh_s
-        self.max_backoff_s = config.max_backoff_s
         self.targets: list[tuple[str, object]] = []
         self._refreshed_at = 0.0
         self._next = 0
@@ -84,25 +78,25 @@ class RayflumeSink(Sink):
 
     def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and self.targets and now - self._refreshed_at < self.refresh_s:
+        if not force and self.targets and now - self._refreshed_at < self.config.refresh_s:
             return
         try:
             controller = ray.get_actor(*self._controller_name)
-            targets = ray.get(controller.hop_targets.remote(self.tier, self.source), timeout=30)
+            targets = ray.get(controller.hop_targets.remote(self.config.tier, self.config.source), timeout=30)
         except Exception as exc:
-            logger.warning("sink '%s': cannot ask the controller for tier '%s': %s", self.name, self.tier, exc)
+            logger.warning("sink '%s': cannot ask the controller for tier '%s': %s", self.name, self.config.tier, exc)
             return
         known = {i for i, _ in self.targets}
         joined = [i for i, _ in targets if i not in known]
         if joined and self.targets:
-            logger.info("sink '%s': new targets in tier '%s': %s", self.name, self.tier, joined)
+            logger.info("sink '%s': new targets in tier '%s': %s", self.name, self.config.tier, joined)
         self.targets = targets
         self._refreshed_at = now
 
     def set_hop_targets(self, tier: str, source: str, targets: list) -> bool:
         """The controller's push of ``tier``'s live receiving instances; taken if this sink sends
         there. Safe to call while ``write`` runs in another thread (one attribute is replaced)."""
-        if tier != self.tier or (self.source is not None and source != self.source):
+        if tier != self.config.tier or (self.config.source is not None and source != self.config.source):
             return False
         self.targets = list(targets)
         self._refreshed_at = time.monotonic()
@@ -126,7 +120,7 @@ class RayflumeSink(Sink):
         live = [t for t in self.targets if self._excluded_until.get(t[0], 0) <= now]
         if not live:
             live = list(self.targets)  # everyone is penalised: try them all rather than none
-        if self.policy == "failover" or len(live) < 2:
+        if self.config.policy == "failover" or len(live) < 2:
             return live
         start = self._next % len(live)
         self._next += 1
@@ -137,10 +131,10 @@ class RayflumeSink(Sink):
         if not self.targets:
             self._refresh(force=True)
         if not self.targets:
-            raise DeliveryError(f"sink '{self.name}': tier '{self.tier}' has no live instance to receive; the "
+            raise DeliveryError(f"sink '{self.name}': tier '{self.config.tier}' has no live instance to receive; the "
                                 f"events stay in this sink's channel until one starts")
-        if self.instance_header:
-            batch = set_header(batch, self.instance_header, self.context.scope or self.context.topology)
+        if self.config.instance_header:
+            batch = set_header(batch, self.config.instance_header, self.context.scope or self.context.topology)
         parts = self._parts(batch)
         for i, (part, batch_id) in enumerate(parts):
             try:
@@ -156,11 +150,11 @@ class RayflumeSink(Sink):
         errors = []
         for instance, handle in self._order():
             try:
-                ray.get(handle.append_batch.remote(payload, batch_id), timeout=self.call_timeout_s)
+                ray.get(handle.append_batch.remote(payload, batch_id), timeout=self.config.call_timeout_s)
             except Exception as exc:  # refused (full), dead, unreachable, timed out: try the next one
                 n = self._failures.get(instance, 0) + 1
                 self._failures[instance] = n
-                self._excluded_until[instance] = time.monotonic() + min(self.max_backoff_s, 0.5 * 2 ** n)
+                self._excluded_until[instance] = time.monotonic() + min(self.config.max_backoff_s, 0.5 * 2 ** n)
                 errors.append(f"{instance}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 continue
             self._failures.pop(instance, None)
@@ -169,7 +163,7 @@ class RayflumeSink(Sink):
                 self.context.count("HopFailoverCount")
             return
         self._refreshed_at = 0.0  # the set of instances may have changed: ask again next time
-        raise DeliveryError(f"sink '{self.name}': no instance of tier '{self.tier}' accepted the batch "
+        raise DeliveryError(f"sink '{self.name}': no instance of tier '{self.config.tier}' accepted the batch "
                             f"({'; '.join(errors)}); rolled back, will retry")
 
 

@@ -150,15 +150,8 @@ class ExecSource(Source):
     def __init__(self, name: str, config: ExecSourceConfig, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
                  stop_grace_s: float = DEFAULT_STOP_GRACE_S):
         self.name = name
-        self.command = config.command
-        self.shell = config.shell
+        self.config = config
         self.argv = command_argv(config.command, config.shell)
-        self.restart = config.restart
-        self.restart_throttle_s = config.restart_throttle_s
-        self.log_std_err = config.log_std_err
-        self.batch_size = config.batch_size
-        self.batch_timeout_s = config.batch_timeout_s
-        self.max_event_size_bytes = config.max_event_size_bytes
         self.buffer_bytes = buffer_bytes
         self.stop_grace_s = stop_grace_s
 
@@ -181,7 +174,7 @@ class ExecSource(Source):
         when the command or shell is not installed on this node; nothing is started then, and a
         later ``start()`` checks again."""
         super().start(context)
-        problem = command_problem(self.command, self.shell, f"exec source '{self.name}'")
+        problem = command_problem(self.config.command, self.config.shell, f"exec source '{self.name}'")
         if problem is not None:
             raise CommandNotFound(problem)
         for key in ("RestartCount", "LinesSplitCount", "ChildExitCount"):
@@ -195,7 +188,7 @@ class ExecSource(Source):
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-            key = "shell" if self.shell else "command"
+            key = "shell" if self.config.shell else "command"
             what = ("install it on this node, give its full path, or set `shell` (e.g. '/bin/sh -c')"
                     if key == "command" else "give the full path of an installed shell, e.g. '/bin/sh -c'")
             raise CommandNotFound(f"exec source '{self.name}': `{key}`: cannot run {self.argv[0]!r} on this node "
@@ -256,7 +249,7 @@ class ExecSource(Source):
     # -- reader side (own threads) -----------------------------------------------------------------
     def _drain_stderr(self, proc: subprocess.Popen) -> None:
         fd = proc.stderr.fileno()
-        framer = LineFramer(self.max_event_size_bytes) if self.log_std_err else None
+        framer = LineFramer(self.config.max_event_size_bytes) if self.config.log_std_err else None
         try:
             while True:
                 chunk = os.read(fd, 65536)
@@ -293,16 +286,17 @@ class ExecSource(Source):
                 if self._stopping.is_set():
                     break
                 self._log_exit(child.proc, code)
-                if not self.restart:
+                if not self.config.restart:
                     break
                 child = None
                 while child is None:
-                    if self._stopping.wait(self.restart_throttle_s):
+                    if self._stopping.wait(self.config.restart_throttle_s):
                         return
                     try:
                         child = self._spawn()
                     except CommandNotFound as exc:
-                        self.context.logger.error("%s; retrying in %.1fs", exc.errors[0], self.restart_throttle_s)
+                        self.context.logger.error("%s; retrying in %.1fs", exc.errors[0],
+                                                  self.config.restart_throttle_s)
                 with self._cond:
                     self._child = child
                     self._output_ended = False
@@ -321,7 +315,7 @@ class ExecSource(Source):
 
     def _log_exit(self, proc: subprocess.Popen, code: int) -> None:
         log = self.context.logger
-        if code == 127 and self.shell:
+        if code == 127 and self.config.shell:
             log.error("exec source '%s': the shell could not find the command (exit 127); fix `command` "
                       "(with log_std_err: true its message is logged)", self.name)
         elif code == 0:
@@ -331,7 +325,7 @@ class ExecSource(Source):
 
     def _pump(self, proc: subprocess.Popen) -> None:
         fd = proc.stdout.fileno()
-        framer = LineFramer(self.max_event_size_bytes)
+        framer = LineFramer(self.config.max_event_size_bytes)
         try:
             while True:
                 with self._cond:
@@ -351,7 +345,7 @@ class ExecSource(Source):
     def _enqueue(self, lines: pa.BinaryArray | None, framer: LineFramer) -> None:
         if framer.split_count:
             self.context.logger.warning("exec source '%s': %d line piece(s) longer than max_event_size_bytes=%d "
-                                        "were cut", self.name, framer.split_count, self.max_event_size_bytes)
+                                        "were cut", self.name, framer.split_count, self.config.max_event_size_bytes)
             self.context.count("LinesSplitCount", framer.split_count)
             framer.split_count = 0
         if lines is None or len(lines) == 0:
@@ -388,12 +382,12 @@ class ExecSource(Source):
             if self._lines == 0 or self._stopping.is_set():
                 return None
             # A full buffer is ready too: the reader cannot add lines until some are taken.
-            ready = (self._lines >= self.batch_size or self._output_ended
+            ready = (self._lines >= self.config.batch_size or self._output_ended
                      or self._bytes >= self.buffer_bytes
-                     or time.monotonic() - self._chunks[0][0] >= self.batch_timeout_s)
+                     or time.monotonic() - self._chunks[0][0] >= self.config.batch_timeout_s)
             if not ready:
                 return None
-            pieces = self._take_locked(self.batch_size)
+            pieces = self._take_locked(self.config.batch_size)
             self._cond.notify_all()
         body = pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces)
         self._pending = EventBatch.from_bodies(body)

@@ -55,6 +55,7 @@ import random
 import re
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -102,20 +103,23 @@ def ascii_compatible(charset: str) -> bool:
         return False
 
 
+@dataclass(slots=True, eq=False)
 class _Current:
-    """The file being read: where framing got to, what is acknowledged, where to stop."""
+    """The file being read: where framing got to (``read_pos``, from the position given), what is
+    acknowledged (``committed``, from there too), where to stop (``end``, the size in ``ident``)."""
 
-    __slots__ = ("relpath", "path", "fd", "ident", "read_pos", "committed", "end", "error")
+    relpath: str
+    path: str
+    fd: int
+    ident: dict
+    read_pos: int
+    committed: int = field(init=False)
+    end: int = field(init=False)
+    error: str | None = None        # set: the file fails once everything before `end` is acked
 
-    def __init__(self, relpath, path, fd, ident, pos):
-        self.relpath = relpath
-        self.path = path
-        self.fd = fd
-        self.ident = ident
-        self.read_pos = pos
-        self.committed = pos
-        self.end = ident["size"]
-        self.error: str | None = None       # set: the file fails once everything before `end` is acked
+    def __post_init__(self) -> None:
+        self.committed = self.read_pos
+        self.end = self.ident["size"]
 
     def entry(self, state: str = "reading") -> dict:
         out = {**self.ident, "state": state, "pos": self.committed}
@@ -143,26 +147,13 @@ class SpoolDirSource(LockedFileSource):
     def __init__(self, name: str, config: SpoolDirSourceConfig, read_chunk_bytes: int = READ_CHUNK_BYTES,
                  wall_clock=time.time, clock=time.monotonic, rng: random.Random | None = None):
         self.name = name
+        self.config = config
         self.spool_dir = os.path.abspath(os.path.expanduser(config.spool_dir))
-        self.file_suffix = config.file_suffix
-        self.delete_policy = config.delete_policy
-        self.tracking_policy = config.tracking_policy
         self.tracker_dir = os.path.join(self.spool_dir, os.path.expanduser(config.tracker_dir))
         self.include = re.compile(config.include_pattern)
         self.ignore = re.compile(config.ignore_pattern)
-        self.consume_order = config.consume_order
-        self.poll_delay_s = config.poll_delay_s
-        self.recursive = config.recursive_directory_search
-        self.batch_size = config.batch_size
         self.charset = codecs.lookup(config.input_charset).name
         self.utf8 = self.charset == "utf-8"
-        self.decode_error_policy = config.decode_error_policy.upper()
-        self.file_header = config.file_header
-        self.file_header_key = config.file_header_key
-        self.basename_header = config.basename_header
-        self.basename_header_key = config.basename_header_key
-        self.min_file_age_s = config.min_file_age_s
-        self.max_line_length_bytes = config.max_line_length_bytes
         self.read_chunk_bytes = max(read_chunk_bytes, config.max_line_length_bytes + 2)
         self.wall_clock = wall_clock
         self.clock = clock
@@ -242,7 +233,7 @@ class SpoolDirSource(LockedFileSource):
                     continue
                 try:
                     if entry.is_dir():
-                        if self.recursive and os.path.realpath(entry.path) != tracker:
+                        if self.config.recursive_directory_search and os.path.realpath(entry.path) != tracker:
                             stack.append(entry.path)
                         continue
                     if not entry.is_file():
@@ -250,23 +241,23 @@ class SpoolDirSource(LockedFileSource):
                     st = entry.stat()
                 except OSError:
                     continue
-                if name.endswith(self.file_suffix) or not self.include.fullmatch(name) \
+                if name.endswith(self.config.file_suffix) or not self.include.fullmatch(name) \
                         or self.ignore.fullmatch(name):
                     continue
                 yield os.path.relpath(entry.path, self.spool_dir), entry.path, st
 
     def _marker_path(self, relpath: str) -> str:
-        return os.path.join(self.tracker_dir, relpath + self.file_suffix)
+        return os.path.join(self.tracker_dir, relpath + self.config.file_suffix)
 
     def _already_done(self, relpath: str, path: str, st) -> bool:
         """With ``rename``: whether the completed name exists (a reused name). With ``tracker_dir``:
         whether a marker says this file is done; a marker for another file is a reused name."""
-        if self.delete_policy == "immediate":
+        if self.config.delete_policy == "immediate":
             return False
-        if self.tracking_policy == "rename":
-            if os.path.lexists(path + self.file_suffix):
+        if self.config.tracking_policy == "rename":
+            if os.path.lexists(path + self.config.file_suffix):
                 self._fail_unread(relpath, st, "FileNameReusedCount",
-                                  f"{path}: name reused: {path + self.file_suffix} already exists (a file "
+                                  f"{path}: name reused: {path + self.config.file_suffix} already exists (a file "
                                   f"of this name was completed before); skipped - rename it to process it")
                 return True
             return False
@@ -303,7 +294,7 @@ class SpoolDirSource(LockedFileSource):
             if rec is not None and rec["state"] == "reading" and _same_file(rec, st):
                 out.append((relpath, path, st))  # resumed first whatever its age
                 continue
-            if now - st.st_mtime < self.min_file_age_s:
+            if now - st.st_mtime < self.config.min_file_age_s:
                 continue
             if self._already_done(relpath, path, st):
                 continue
@@ -323,15 +314,15 @@ class SpoolDirSource(LockedFileSource):
         resumed = [c for c in candidates if self._store.get(c[0], {}).get("state") == "reading"]
         if resumed:
             return resumed[0]
-        if self.consume_order == "random":
+        if self.config.consume_order == "random":
             return self.rng.choice(candidates)
-        key = (lambda c: (c[2].st_mtime_ns, c[1])) if self.consume_order == "oldest" else \
+        key = (lambda c: (c[2].st_mtime_ns, c[1])) if self.config.consume_order == "oldest" else \
             (lambda c: (-c[2].st_mtime_ns, c[1]))
         return min(candidates, key=key)
 
     def _open_next(self) -> bool:
         now = self.clock()
-        if now - self._last_scan < self.poll_delay_s:
+        if now - self._last_scan < self.config.poll_delay_s:
             return False
         self._last_scan = now
         candidates = self._candidates()
@@ -378,7 +369,7 @@ class SpoolDirSource(LockedFileSource):
     # -- reading ------------------------------------------------------------------------------------
     def _read(self) -> None:
         cur = self._current
-        while self._buffered < self.batch_size and cur.read_pos < cur.end:
+        while self._buffered < self.config.batch_size and cur.read_pos < cur.end:
             st = os.fstat(cur.fd)
             if (st.st_size, st.st_mtime_ns) != (cur.ident["size"], cur.ident["mtime_ns"]):
                 self._fail(cur, "FileChangedCount",
@@ -391,7 +382,7 @@ class SpoolDirSource(LockedFileSource):
             if not data:
                 cur.end = cur.read_pos  # shorter than it claimed: caught as a change at completion
                 return
-            framed = frame_lines(data, self.max_line_length_bytes, at_eof=cur.read_pos + len(data) >= cur.end,
+            framed = frame_lines(data, self.config.max_line_length_bytes, at_eof=cur.read_pos + len(data) >= cur.end,
                                  utf8=self.utf8)
             if framed.split_count:
                 self.context.count("LinesSplitCount", framed.split_count)
@@ -419,7 +410,7 @@ class SpoolDirSource(LockedFileSource):
                 pass
         # Rare path (another charset, or invalid bytes): no Arrow kernel transcodes, decode per line.
         raw = bodies.to_pylist()
-        if self.decode_error_policy == "FAIL":
+        if self.config.decode_error_policy == "FAIL":
             out = []
             for i, line in enumerate(raw):
                 try:
@@ -433,7 +424,7 @@ class SpoolDirSource(LockedFileSource):
                     cur.end = cur.read_pos = offset
                     return pa.array(out, pa.binary()), i
             return pa.array(out, pa.binary()), len(raw)
-        errors = self.decode_error_policy.lower()
+        errors = self.config.decode_error_policy.lower()
         bad = 0
         out = []
         for line in raw:
@@ -503,11 +494,11 @@ class SpoolDirSource(LockedFileSource):
         """Mark ``cur`` done with the configured policy; False (reported) if that failed."""
         directory = os.path.dirname(cur.path)
         try:
-            if self.delete_policy == "immediate":
+            if self.config.delete_policy == "immediate":
                 os.unlink(cur.path)
                 fsync_dir(directory)
-            elif self.tracking_policy == "rename":
-                target = cur.path + self.file_suffix
+            elif self.config.tracking_policy == "rename":
+                target = cur.path + self.config.file_suffix
                 if os.path.lexists(target):
                     self._fail(cur, "FileNameReusedCount",
                                f"{cur.path}: cannot rename to {target}: it exists (a file of this name was "
@@ -538,7 +529,7 @@ class SpoolDirSource(LockedFileSource):
             try:
                 if self._current is None and not self._open_next():
                     return None
-                if self._buffered < self.batch_size:
+                if self._buffered < self.config.batch_size:
                     self._read()
             except OSError as exc:
                 cur = self._current
@@ -547,7 +538,7 @@ class SpoolDirSource(LockedFileSource):
                     self._close_current()
                 raise
             if self._buffered:
-                return self._take(self.batch_size)
+                return self._take(self.config.batch_size)
             self._finish_if_done()
             if self._current is not None:
                 return None
@@ -570,10 +561,10 @@ class SpoolDirSource(LockedFileSource):
         body = compact(parts[0]) if len(parts) == 1 else pa.concat_arrays(parts)
         batch = EventBatch.from_bodies(body)
         cur = self._current
-        if self.file_header:
-            batch = set_header(batch, self.file_header_key, cur.path)
-        if self.basename_header:
-            batch = set_header(batch, self.basename_header_key, os.path.basename(cur.path))
+        if self.config.file_header:
+            batch = set_header(batch, self.config.file_header_key, cur.path)
+        if self.config.basename_header:
+            batch = set_header(batch, self.config.basename_header_key, os.path.basename(cur.path))
         return batch
 
     def _acked(self) -> None:

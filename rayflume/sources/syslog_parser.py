@@ -348,6 +348,18 @@ def _ms_text(ms: pa.Array) -> pa.Array:
     return ms.cast(pa.string())
 
 
+def _body(f: dict[str, pa.Array], raw: pa.Array, keep: frozenset, order: tuple[tuple[str, str], ...],
+          extra: list[pa.Array]) -> pa.Array:
+    """The bodies of one class of messages: the raw messages (``keep`` is ALL), the MSG parts (none
+    kept), or the kept fields' text (the columns of ``order``'s kept names, then ``extra``) before
+    the MSG parts."""
+    if keep == ALL:
+        return raw
+    if not keep:
+        return f["msg"]
+    return _join([f[col] for name, col in order if name in keep] + extra + [f["msg"]])
+
+
 def _rfc5424(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray) -> _Class:
     f = {name: m.field(name) for name in ("p_pri", "pri", "p_ver", "p_ts", "ts", "p_host", "host", "p_app",
                                           "app", "p_proc", "proc", "p_msgid", "msgid", "p_sd", "sd", "p_sep",
@@ -359,18 +371,10 @@ def _rfc5424(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray
     headers[H_PROC] = _ascii(_nullify(f["proc"], b"-"))
     headers[H_MSGID] = _ascii(_nullify(f["msgid"], b"-"))
     headers[H_SD] = _text(_nullify(f["sd"], b"-"))
-    if keep == ALL:
-        body = raw
-    elif not keep:
-        body = f["msg"]
-    else:
-        order = (("priority", "p_pri"), ("version", "p_ver"), ("timestamp", "p_ts"), ("hostname", "p_host"),
-                 ("app_name", "p_app"), ("proc_id", "p_proc"), ("msg_id", "p_msgid"))
-        parts = [f[col] for name, col in order if name in keep]
-        if "structured_data" in keep:
-            parts += [f["p_sd"], f["p_sep"]]
-        body = _join(parts + [f["msg"]])
-    return _Class(rows, body, headers)
+    order = (("priority", "p_pri"), ("version", "p_ver"), ("timestamp", "p_ts"), ("hostname", "p_host"),
+             ("app_name", "p_app"), ("proc_id", "p_proc"), ("msg_id", "p_msgid"))
+    sd = [f["p_sd"], f["p_sep"]] if "structured_data" in keep else []
+    return _Class(rows, _body(f, raw, keep, order, sd), headers)
 
 
 def _rfc3164(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray, now_s: float) -> _Class:
@@ -382,17 +386,9 @@ def _rfc3164(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray
     headers[H_HOST] = _ascii(_nullify(f["host"], b"", b"-"))
     headers[H_APP] = _ascii(_nullify(f["tag"], b""))
     headers[H_PROC] = _ascii(_nullify(f["pid"], b""))
-    if keep == ALL:
-        body = raw
-    elif not keep:
-        body = f["msg"]
-    else:
-        order = (("priority", "p_pri"), ("version", "p_ver"), ("timestamp", "p_ts"), ("hostname", "p_host"))
-        parts = [f[col] for name, col in order if name in keep]
-        if "app_name" in keep or "proc_id" in keep:
-            parts.append(f["p_tag"])
-        body = _join(parts + [f["msg"]])
-    return _Class(rows, body, headers)
+    order = (("priority", "p_pri"), ("version", "p_ver"), ("timestamp", "p_ts"), ("hostname", "p_host"))
+    tag = [f["p_tag"]] if "app_name" in keep or "proc_id" in keep else []
+    return _Class(rows, _body(f, raw, keep, order, tag), headers)
 
 
 def _pri_only(m: pa.StructArray, raw: pa.Array, keep: frozenset, rows: np.ndarray) -> _Class:

@@ -72,6 +72,7 @@ the leases, the txn ids and the counters.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 
@@ -153,12 +154,7 @@ class FileChannel(LeasedChannel):
             raise ValueError(f"file channel '{name}': data_dirs is empty; give at least one directory")
         if fsync not in FSYNC_MODES:
             raise ValueError(f"file channel '{name}': fsync must be one of {FSYNC_MODES}, not {fsync!r}")
-        self.lock_ttl_s = lock_ttl_s
-        self.max_file_size_bytes = max_file_size_bytes
-        self.checkpoint_interval_s = checkpoint_interval_s
         self.minimum_required_space_bytes = minimum_required_space_bytes
-        self.fsync = fsync
-        self.fsync_interval_s = fsync_interval_s
         self.checkpoint_on_close = checkpoint_on_close
         self.cache_bytes = cache_bytes
 
@@ -180,7 +176,8 @@ class FileChannel(LeasedChannel):
                            CheckpointErrorCount=0, ReplayRecordCount=0, ReplayFull=0,
                            ReplayDuplicateEventCount=0, ReplaySeconds=0.0)
 
-        self._storage = self._choose_storage(checkpoint_dir, data_dirs, io, object_store_options, store)
+        self._storage = self._choose_storage(checkpoint_dir, data_dirs, io, object_store_options, store,
+                                             fsync=fsync, lock_ttl_s=lock_ttl_s, max_file_size=max_file_size_bytes)
         self.checkpoint_dir = self._storage.checkpoint_dir
         self.data_dirs = self._storage.data_dirs
         self._storage.lock()
@@ -199,23 +196,23 @@ class FileChannel(LeasedChannel):
         except BaseException:
             self._storage.close(sync=False)
             raise
-        self._maintenance = threading.Thread(target=self._maintain, name=f"file-channel-{name}",
-                                             daemon=True)
+        sync_interval_s = fsync_interval_s if fsync != "per_commit" else math.inf
+        self._maintenance = threading.Thread(target=self._maintain, args=(checkpoint_interval_s, sync_interval_s),
+                                             name=f"file-channel-{name}", daemon=True)
         self._maintenance.start()
 
     def _choose_storage(self, checkpoint_dir: str, data_dirs: list[str], io: FileIO | None,
-                        options: dict | None, store: ObjectStore | None) -> ChannelStorage:
+                        options: dict | None, store: ObjectStore | None, fsync: str, lock_ttl_s: float,
+                        max_file_size: int) -> ChannelStorage:
         # The one place that asks which kind of storage this is: everything after talks to the
         # storage protocol only.
         if store is not None or is_uri(checkpoint_dir) or any(is_uri(d) for d in data_dirs):
-            return ObjectStorage(self.name, checkpoint_dir, data_dirs, fsync=self.fsync, options=options,
-                                 store=store, lock_ttl_s=self.lock_ttl_s,
-                                 max_file_size=self.max_file_size_bytes, publish_lock=self._lock,
-                                 apply=self._apply)
+            return ObjectStorage(self.name, checkpoint_dir, data_dirs, fsync=fsync, options=options,
+                                 store=store, lock_ttl_s=lock_ttl_s, max_file_size=max_file_size,
+                                 publish_lock=self._lock, apply=self._apply)
         return DiskStorage(self.name, checkpoint_dir, data_dirs, io=io or FileIO(),
-                           sync_per_commit=self.fsync == "per_commit",
-                           max_file_size=self.max_file_size_bytes, publish_lock=self._lock,
-                           apply=self._apply)
+                           sync_per_commit=fsync == "per_commit", max_file_size=max_file_size,
+                           publish_lock=self._lock, apply=self._apply)
 
     @property
     def on_object_store(self) -> bool:
@@ -538,23 +535,24 @@ class FileChannel(LeasedChannel):
                 return
         q.appendleft(ref)
 
-    def _maintain(self) -> None:
-        next_checkpoint = now() + self.checkpoint_interval_s
-        next_sync = now() + self.fsync_interval_s
-        interval_mode = self.fsync != "per_commit"
+    def _maintain(self, checkpoint_interval_s: float, sync_interval_s: float) -> None:
+        """Checkpoint every ``checkpoint_interval_s`` (when anything changed) and sync the log every
+        ``sync_interval_s`` (``fsync: interval``; infinite with ``per_commit``, where commits sync)."""
+        next_checkpoint = now() + checkpoint_interval_s
+        next_sync = now() + sync_interval_s
         while True:
-            wake = min(next_checkpoint, next_sync) if interval_mode else next_checkpoint
+            wake = min(next_checkpoint, next_sync)
             if self._stop.wait(max(0.0, wake - now())):
                 return
             try:
                 t = now()
-                if interval_mode and t >= next_sync:
+                if t >= next_sync:
                     self._storage.sync()
-                    next_sync = t + self.fsync_interval_s
+                    next_sync = t + sync_interval_s
                 if t >= next_checkpoint:
                     if self._dirty:
                         self.checkpoint()
-                    next_checkpoint = t + self.checkpoint_interval_s
+                    next_checkpoint = t + checkpoint_interval_s
             except Exception:  # keep the channel running; the error is logged
                 log.exception("file channel '%s': background checkpoint/fsync failed", self.name)
 

@@ -23,7 +23,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from rayflume.channels.file.errors import ChannelClosed, ChannelWriteError
 from rayflume.channels.file.records import RECORD_HEADER_SIZE, record_header
@@ -31,20 +31,18 @@ from rayflume.channels.file.records import RECORD_HEADER_SIZE, record_header
 PENDING, SYNCED, PUBLISHED, FAILED = "pending", "synced", "published", "failed"
 
 
+@dataclass(slots=True, eq=False)
 class LogRecord:
     """A record appended in this process, tracked until it is published or failed."""
 
-    __slots__ = ("lsn", "kind", "segment", "offset", "size", "state", "error", "data")
-
-    def __init__(self, lsn: int, kind: str, segment: int, offset: int, size: int, data):
-        self.lsn = lsn
-        self.kind = kind
-        self.segment = segment
-        self.offset = offset
-        self.size = size
-        self.state = PENDING
-        self.error = ""
-        self.data = data
+    lsn: int
+    kind: str
+    segment: int
+    offset: int
+    size: int
+    data: Any
+    state: str = PENDING
+    error: str = ""
 
 
 @dataclass

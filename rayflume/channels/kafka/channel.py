@@ -42,19 +42,11 @@ class KafkaChannel(LeasedChannel):
     def __init__(self, name: str, config: KafkaChannelConfig):
         super().__init__(name, config.capacity or UNBOUNDED, config.transaction_capacity, None,
                          config.lease_timeout_s)
-        # the config refused use_flume_event_format with parse_as_flume_event: false
-        parse_as_flume_event = config.parse_as_flume_event
-        if parse_as_flume_event is None:
-            parse_as_flume_event = config.use_flume_event_format
+        self.config = config
         self.bounded = config.capacity is not None
-        self.bootstrap_servers = config.bootstrap_servers
-        self.topic = config.topic
-        self.group_id = config.group_id
-        self.format = config.format
-        self.use_flume_event_format = config.use_flume_event_format
-        self.parse_as_flume_event = parse_as_flume_event
-        self.poll_timeout_s = config.poll_timeout_s
-        self.call_timeout_s = config.call_timeout_s
+        # unset: follows use_flume_event_format (the config refused it with parse_as_flume_event: false)
+        self.parse_as_flume_event = (config.use_flume_event_format if config.parse_as_flume_event is None
+                                     else config.parse_as_flume_event)
         self._fetch_lock = threading.Lock()
         self._committed_txns = IdWindow()
         self._seen_txns = IdWindow()
@@ -68,7 +60,7 @@ class KafkaChannel(LeasedChannel):
         self._parts: dict[int, _PartitionState] = {}
         self.counters.extra.update(KafkaCommitFailCount=0, KafkaEventSendTimer=0, KafkaEventGetTimer=0,
                                    KafkaCommitTimer=0)
-        if parse_as_flume_event:
+        if self.parse_as_flume_event:
             self.counters.extra["EventDecodeFailCount"] = 0
 
         try:
@@ -79,14 +71,14 @@ class KafkaChannel(LeasedChannel):
                                f"cluster's runtime_env)") from None
         try:
             self._producer, self._consumer, self._parts = connect(
-                self.bootstrap_servers, self.topic, self.group_id, config.producer, config.consumer,
+                config.bootstrap_servers, config.topic, config.group_id, config.producer, config.consumer,
                 config.auto_offset_reset, config.create_topic, config.partitions, config.replication_factor,
-                self.call_timeout_s, self.poll_timeout_s, self._on_client_error)
+                config.call_timeout_s, config.poll_timeout_s, self._on_client_error)
         except ChannelError:
             raise
         except Exception as exc:  # KafkaException, timeouts: the broker is unreachable or refuses
-            raise ChannelError(f"channel '{name}': cannot set up topic '{self.topic}' on Kafka at "
-                               f"{self.bootstrap_servers} ({exc}); check bootstrap_servers and that the broker is "
+            raise ChannelError(f"channel '{name}': cannot set up topic '{config.topic}' on Kafka at "
+                               f"{config.bootstrap_servers} ({exc}); check bootstrap_servers and that the broker is "
                                f"up") from exc
 
     def _on_client_error(self, err) -> None:
@@ -132,14 +124,15 @@ class KafkaChannel(LeasedChannel):
 
     def _produce(self, batch: EventBatch, txn_id: str) -> list[tuple[int, int, int, int]]:
         """Produce the batch and wait for every acknowledgement; [(partition, offset, events, bytes)]."""
-        arrow = self.format == "arrow" and not self.use_flume_event_format
-        records = put_records(batch, txn_id, arrow, self.use_flume_event_format)
+        config = self.config
+        arrow = config.format == "arrow" and not config.use_flume_event_format
+        records = put_records(batch, txn_id, arrow, config.use_flume_event_format)
         if arrow:
             events, nbytes = len(batch), batch.nbytes
         else:  # a record per event
             events, nbytes = 1, max(1, batch.nbytes // max(1, len(batch)))
-        return produce(self._producer, records, events, nbytes, self.name, self.topic, self.bootstrap_servers,
-                       self.call_timeout_s)
+        return produce(self._producer, records, events, nbytes, self.name, config.topic, config.bootstrap_servers,
+                       config.call_timeout_s)
 
     # -- take ---------------------------------------------------------------------------------------
     def take(self, max_events: int, holder: str = "", timeout_s: float = 0.0):
@@ -162,7 +155,7 @@ class KafkaChannel(LeasedChannel):
                 if ready >= max_events or (ready and not unread):
                     return self._lease(max_events, holder)
                 # Events known to be in the topic and not read yet are worth poll_timeout_s.
-                limit = max(deadline, start + self.poll_timeout_s) if unread else deadline
+                limit = max(deadline, start + self.config.poll_timeout_s) if unread else deadline
                 if now() >= limit:
                     return self._lease(max_events, holder) if ready else None
             self._fetch(max_events - ready, max(0.0, min(limit - now(), 0.1)))
@@ -205,7 +198,7 @@ class KafkaChannel(LeasedChannel):
         def flush_run():
             if not run:
                 return
-            batch, failed = run_events(run, self.parse_as_flume_event, self.name, self.topic)
+            batch, failed = run_events(run, self.parse_as_flume_event, self.name, self.config.topic)
             if failed:
                 with self._lock:
                     self.counters.extra["EventDecodeFailCount"] += failed
@@ -245,7 +238,7 @@ class KafkaChannel(LeasedChannel):
                 with self._lock:
                     self.counters.EventTakeErrorCount += 1
                 log.error("kafka channel '%s': record %s[%d]@%d is not a readable Arrow batch (%s); skipped",
-                          self.name, self.topic, p, off, exc)
+                          self.name, self.config.topic, p, off, exc)
                 pieces.append(_Piece(_Record(p, off, off + 1, 0), 0, EventBatch.empty()))
                 continue
             sizes.append(len(batch))
@@ -314,11 +307,11 @@ class KafkaChannel(LeasedChannel):
         """Commit, per partition, the position of the first event not committed yet."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        moves = []
+        moves, topic = [], self.config.topic
         for p, state in self._parts.items():
             position = state.position()
             if position != state.committed:
-                moves.append((p, position, TopicPartition(self.topic, p, position[0], skip_metadata(position[1]))))
+                moves.append((p, position, TopicPartition(topic, p, position[0], skip_metadata(position[1]))))
         if not moves:
             self._commit_dirty = False
             return
@@ -355,10 +348,10 @@ class KafkaChannel(LeasedChannel):
         """Events in the topic this channel has not read: its own puts exactly, others' records as one."""
         from confluent_kafka import TopicPartition
 
-        total = 0
+        total, topic = 0, self.config.topic
         for p, state in self._parts.items():
             try:
-                _, cached_high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+                _, cached_high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
             except Exception:
                 cached_high = -1
             total += state.unread(cached_high)
@@ -377,7 +370,7 @@ class KafkaChannel(LeasedChannel):
         if not self.bounded:
             out["ChannelCapacity"] = 0
             out["ChannelFillPercentage"] = 0.0
-        out["KafkaTopic"] = self.topic
+        out["KafkaTopic"] = self.config.topic
         return out
 
     def close(self) -> None:
@@ -387,7 +380,7 @@ class KafkaChannel(LeasedChannel):
             self._closed = True
         with self._fetch_lock:
             try:
-                self._producer.flush(min(self.call_timeout_s, 5.0))
+                self._producer.flush(min(self.config.call_timeout_s, 5.0))
             except Exception:
                 pass  # closing: every acknowledged put was flushed before its put returned
             try:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from rayflume.event import EventBatch
@@ -24,18 +26,16 @@ from rayflume.sources.taildir.tracked import _Tracked
 BYTE_OFFSET_HEADER = "byteoffset"
 
 
+@dataclass(slots=True, eq=False)
 class _Segment:
     """Framed lines of one file waiting in the buffer; offsets are positions in the file."""
 
-    __slots__ = ("tracked", "epoch", "path", "bodies", "starts", "ends")
-
-    def __init__(self, tracked, epoch, path, bodies, starts, ends):
-        self.tracked = tracked
-        self.epoch = epoch
-        self.path = path
-        self.bodies = bodies
-        self.starts = starts
-        self.ends = ends
+    tracked: _Tracked
+    epoch: int
+    path: str
+    bodies: pa.BinaryArray
+    starts: np.ndarray
+    ends: np.ndarray
 
     def __len__(self) -> int:
         return len(self.bodies)

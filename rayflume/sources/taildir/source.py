@@ -53,16 +53,8 @@ class TaildirSource(LockedFileSource):
         self.name = name
         self.groups = [FileGroup.parse(g, spec, config.headers.get(g)) for g, spec in config.filegroups.items()]
         self._group_by_name = {g.name: g for g in self.groups}
+        self.config = config
         self.position_file = config.position_file  # as configured until start(); then the path in use
-        self._configured_position_file = config.position_file
-        self.batch_size = config.batch_size
-        self.skip_to_end = config.skip_to_end
-        self.byte_offset_header = config.byte_offset_header
-        self.idle_timeout_s = config.idle_timeout_s
-        self.write_pos_interval_s = config.write_pos_interval_s
-        self.file_header = config.file_header
-        self.file_header_key = config.file_header_key
-        self.max_line_length_bytes = config.max_line_length_bytes
         # A chunk must be able to hold a whole line of the maximum length plus its terminator.
         self.read_chunk_bytes = max(read_chunk_bytes, config.max_line_length_bytes + 2)
         self.scan_interval_s = scan_interval_s
@@ -79,7 +71,6 @@ class TaildirSource(LockedFileSource):
         # Read-ahead: a thread of its own reads and frames the next batch while the runner delivers
         # the one ``poll`` returned. What it reads only fills the buffer; positions still move only
         # with acknowledgements.
-        self.read_ahead = config.read_ahead
         self._fill_wanted = threading.Event()
         self._reader_stop = threading.Event()
         self._reader: threading.Thread | None = None
@@ -87,7 +78,7 @@ class TaildirSource(LockedFileSource):
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, context: SourceContext) -> None:
         super().start(context)
-        path = self._configured_position_file or default_position_file(self.name, context.topology)
+        path = self.config.position_file or default_position_file(self.name, context.topology)
         # In a tier, <dir>/<tier>/<instance>/<file>: each instance has its own positions (and lock).
         self.position_file = self._scoped(os.path.abspath(os.path.expanduser(path)))
         os.makedirs(os.path.dirname(self.position_file), exist_ok=True)
@@ -101,7 +92,7 @@ class TaildirSource(LockedFileSource):
                 self._initial_scan(stored)
                 self._started = True
                 self._write_positions(force=True)
-            if self.read_ahead:
+            if self.config.read_ahead:
                 self._reader_stop.clear()
                 self._reader = threading.Thread(target=self._read_ahead_loop, daemon=True,
                                                 name=f"taildir-{self.name}-read-ahead")
@@ -122,7 +113,7 @@ class TaildirSource(LockedFileSource):
             self._fill_wanted.wait()
             self._fill_wanted.clear()
             with self._mutex:
-                if self._started and not self._reader_stop.is_set() and self._buffered < self.batch_size:
+                if self._started and not self._reader_stop.is_set() and self._buffered < self.config.batch_size:
                     try:
                         self._fill(self.clock())
                     except Exception:  # poll reads (and reports) the same files again
@@ -164,7 +155,7 @@ class TaildirSource(LockedFileSource):
         if not force:
             if not self._dirty:
                 return
-            if self.clock() - self._last_write < self.write_pos_interval_s:
+            if self.clock() - self._last_write < self.config.write_pos_interval_s:
                 return
         try:
             write_positions(self.position_file, self.name, self.files.values())
@@ -206,7 +197,7 @@ class TaildirSource(LockedFileSource):
                     self.context.count("FileReplacedCount")
                     log.info("taildir '%s': %s reuses the inode of %s with other content; reading it from "
                              "the start", self.name, path, entry["path"])
-                elif self.skip_to_end:
+                elif self.config.skip_to_end:
                     t.read_pos = t.committed = st.st_size
                     self._dirty = True
                 if opened:
@@ -373,7 +364,7 @@ class TaildirSource(LockedFileSource):
         return 0
 
     def _read_chunk(self, t: _Tracked, size: int, now: float, at_eof: bool = False) -> int:
-        segment, split = read_chunk(t, size, self.read_chunk_bytes, self.max_line_length_bytes, at_eof)
+        segment, split = read_chunk(t, size, self.read_chunk_bytes, self.config.max_line_length_bytes, at_eof)
         if split:
             self.context.count("LinesSplitCount", split)
         if segment is None:
@@ -385,7 +376,7 @@ class TaildirSource(LockedFileSource):
 
     def _maybe_finish(self, t: _Tracked, st, now: float) -> None:
         """Nothing new to read: close idle files; finish rotated or deleted ones."""
-        idle = now - t.last_growth >= self.idle_timeout_s
+        idle = now - t.last_growth >= self.config.idle_timeout_s
         deleted = st.st_nlink == 0
         if t.gone and (deleted or idle):
             if t.held:
@@ -406,7 +397,7 @@ class TaildirSource(LockedFileSource):
     # -- runner side --------------------------------------------------------------------------------
     def _next_batch(self) -> EventBatch | None:
         now = self.clock()
-        if self._buffered < self.batch_size:
+        if self._buffered < self.config.batch_size:
             if now - self._last_scan >= self.scan_interval_s:
                 self._scan()
             self._fill(now)
@@ -414,19 +405,19 @@ class TaildirSource(LockedFileSource):
         self._write_positions()
         if self._buffered == 0:
             return None
-        batch = self._take(self.batch_size)
-        if self.read_ahead:
+        batch = self._take(self.config.batch_size)
+        if self.config.read_ahead:
             self._fill_wanted.set()   # the reader fills once poll releases the mutex
         return batch
 
     def _fill(self, now: float) -> None:
         # One chunk per file per round, so one busy file cannot starve the others; rotated-away
         # files go first, their lines are older.
-        while self._buffered < self.batch_size:
+        while self._buffered < self.config.batch_size:
             order = sorted(self.files.values(), key=lambda t: (not t.gone, t.path))
             added = 0
             for t in order:
-                if self._buffered >= self.batch_size:
+                if self._buffered >= self.config.batch_size:
                     break
                 added += self._read_file(t, now)
             if not added:
@@ -438,9 +429,9 @@ class TaildirSource(LockedFileSource):
         return EventBatch.concat([self._events(part) for part in parts])
 
     def _events(self, seg: _Segment) -> EventBatch:
-        group = self._group_by_name.get(seg.tracked.group)
+        group, config = self._group_by_name.get(seg.tracked.group), self.config
         return segment_events(seg, None if group is None else group.headers,
-                              self.file_header_key if self.file_header else None, self.byte_offset_header)
+                              config.file_header_key if config.file_header else None, config.byte_offset_header)
 
     def _acked(self) -> None:
         for t, epoch, end in self._pending_marks:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass, field
 
 FINGERPRINT_BYTES = 256
 
@@ -23,34 +24,34 @@ def fingerprint(data: bytes) -> str:
 _EMPTY_FP = fingerprint(b"")
 
 
+@dataclass(slots=True, eq=False)
 class _Tracked:
     """One file identity (device, inode, and the fingerprint of its first bytes) being tailed.
 
     ``read_pos`` is how far lines were framed into the buffer; ``committed`` how far they were
-    acknowledged (what the position file records). ``epoch`` changes when the content under the
-    identity is replaced (copytruncate, inode reuse): acknowledgements of lines read in an older
-    epoch no longer move the position.
+    acknowledged (what the position file records); both start at the position given.
+    ``epoch`` changes when the content under the identity is replaced (copytruncate, inode reuse):
+    acknowledgements of lines read in an older epoch no longer move the position.
     """
 
-    __slots__ = ("key", "path", "group", "fp_len", "fp", "epoch", "read_pos", "committed", "fd",
-                 "last_growth", "last_size", "seen_size", "held", "gone", "finished")
+    key: tuple[int, int]
+    path: str
+    group: str
+    read_pos: int
+    fp_len: int
+    fp: str
+    last_growth: float
+    committed: int = field(init=False)
+    epoch: int = 0
+    fd: int | None = None
+    last_size: int = -1     # size at the last read attempt
+    seen_size: int = -1     # size the last directory scan saw
+    held: bool = False      # the bytes after read_pos are an unterminated line up to last_size
+    gone: bool = False      # no matching path names this identity any more
+    finished: bool = False  # read to the end for good: dropped once everything is acknowledged
 
-    def __init__(self, key, path, group, pos, fp_len, fp, now):
-        self.key = key
-        self.path = path
-        self.group = group
-        self.fp_len = fp_len
-        self.fp = fp
-        self.epoch = 0
-        self.read_pos = pos
-        self.committed = pos
-        self.fd: int | None = None
-        self.last_growth = now
-        self.last_size = -1     # size at the last read attempt
-        self.seen_size = -1     # size the last directory scan saw
-        self.held = False       # the bytes after read_pos are an unterminated line up to last_size
-        self.gone = False       # no matching path names this identity any more
-        self.finished = False   # read to the end for good: dropped once everything is acknowledged
+    def __post_init__(self) -> None:
+        self.committed = self.read_pos
 
     def entry(self) -> dict:
         return {"dev": self.key[0], "ino": self.key[1], "pos": self.committed, "path": self.path,
