@@ -3,6 +3,7 @@ Arrow memory back to the system (rayflume._private.actor_base.local_ray_env), an
 starting process's environment as it was."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,8 +71,6 @@ def test_workers_of_the_local_ray_hand_freed_arrow_memory_back():
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["env"] == WORKER_MEMORY_ENV, out
     assert out["driver_env"] == {k: None for k in WORKER_MEMORY_ENV}, out
